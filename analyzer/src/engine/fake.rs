@@ -1,0 +1,1 @@
+//! A fake engine for unit tests of the classifier. (being written)

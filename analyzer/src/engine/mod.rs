@@ -1,0 +1,77 @@
+//! Engines: something that runs one prepared test in one guest image and
+//! reports an [`Observation`]. One module per engine; a fake for unit tests.
+
+use crate::machine::{GuestImage, Prepared};
+use crate::observe::{Observation, Side};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+pub mod fake;
+pub mod unicorn;
+
+/// Runs tests. A fault of the instruction under test is an `Outcome`, never
+/// an error; an engine failure is `Outcome::EngineError`.
+pub trait Engine: Send {
+    /// `unicorn`, `kvm`, `fake`.
+    fn name(&self) -> &'static str;
+    /// Engine version and flavor, for report headers.
+    fn version(&self) -> String;
+    /// Run `test` in `image` starting on `side`.
+    fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation;
+}
+
+/// The engines popek knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EngineKind {
+    Unicorn,
+    Kvm,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Unicorn, EngineKind::Kvm];
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Unicorn => "unicorn",
+            EngineKind::Kvm => "kvm",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "unicorn" => Ok(EngineKind::Unicorn),
+            "kvm" => Ok(EngineKind::Kvm),
+            other => Err(EngineError::UnknownEngine(other.to_string())),
+        }
+    }
+}
+
+/// Why an engine could not be opened or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown engine '{0}': expected unicorn, kvm or all")]
+    UnknownEngine(String),
+    #[error("unicorn: {action} failed: {error}")]
+    Unicorn { action: &'static str, error: String },
+    #[error("kvm is not available: {0}")]
+    KvmUnavailable(String),
+    #[error("kvm: {action} failed: {error}")]
+    Kvm { action: &'static str, error: String },
+}
+
+/// Opens a fresh instance of an engine (one per worker thread).
+pub fn open(kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
+    match kind {
+        EngineKind::Unicorn => Ok(Box::new(unicorn::UnicornEngine::new()?)),
+        EngineKind::Kvm => Err(EngineError::KvmUnavailable("the KVM engine is not built yet".into())),
+    }
+}

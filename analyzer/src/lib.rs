@@ -1,0 +1,9 @@
+//! popek's library: the machine model and harness builders, the instruction
+//! catalog, the engines, the classifier and the reports.
+
+pub mod engine;
+pub mod machine;
+pub mod mode;
+pub mod observe;
+
+pub use mode::{Config, Mode};

@@ -1,0 +1,1 @@
+//! Segment descriptors, gates and page tables as pure functions. (being written)

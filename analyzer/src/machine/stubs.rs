@@ -1,0 +1,1 @@
+//! Ring-0 stubs: handlers, entry points and boot stubs. (being written)

@@ -1,0 +1,345 @@
+//! What one run of one instruction produced, as owned, serializable data.
+//!
+//! Engines turn their events (Unicorn hooks, KVM exits) into an
+//! [`Observation`] at once; the classifier is a pure function over these.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Privilege level the run *started* at, from the guest's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Side {
+    /// The guest's supervisor (CPL 0, or the compressed ring under ring compression).
+    Supervisor,
+    /// The guest's user (CPL 3).
+    User,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::Supervisor, Side::User];
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Supervisor => "cpl0",
+            Side::User => "cpl3",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How control arrived at a harness entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TransferKind {
+    /// A software interrupt (INT n, INT3, INTO, INT1) through IDT vector n.
+    Interrupt(u8),
+    /// SYSCALL to the LSTAR/CSTAR entry.
+    Syscall,
+    /// SYSENTER to the SYSENTER_EIP entry.
+    Sysenter,
+    /// A far CALL or JMP through the harness's call gate.
+    CallGate,
+}
+
+/// The result of executing the instruction under test (pg-model section 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The instruction retired and the sentinel was reached at `rip`
+    /// (the expected sentinel right after it, or a landing pad in the code page).
+    Completed { rip: u64, at_sentinel: bool },
+    /// The instruction raised an exception itself.
+    Trap {
+        vector: u8,
+        /// `None` where the engine does not report it (Unicorn).
+        error_code: Option<u32>,
+        /// RIP of the faulting instruction as the engine reports it.
+        rip: u64,
+    },
+    /// Control reached a supervisor entry point the harness installed.
+    /// `cpl` is the CPL at arrival, `None` where the engine reports the event
+    /// without delivering it (Unicorn does not deliver through the IDT).
+    Transfer { kind: TransferKind, rip: u64, cpl: Option<u8> },
+    /// Triple fault / shutdown.
+    Shutdown,
+    /// The run neither completed nor trapped within the limits.
+    Hang,
+    /// The engine failed; the text says what failed.
+    EngineError(String),
+    /// The engine cannot run this case at all (for example real mode on an engine without it).
+    NotSupported(String),
+}
+
+impl Outcome {
+    /// A trap or transfer: the supervisor (a VMM) would receive control.
+    pub fn is_trap_like(&self) -> bool {
+        matches!(self, Outcome::Trap { .. } | Outcome::Transfer { .. })
+    }
+    pub fn is_completed(&self) -> bool {
+        matches!(self, Outcome::Completed { .. })
+    }
+    /// An engine-level result that is never turned into a verdict.
+    pub fn is_engine_level(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Shutdown | Outcome::Hang | Outcome::EngineError(_) | Outcome::NotSupported(_)
+        )
+    }
+    /// A memory trap (pg-model section 2): #PF, or #SS (stack limit or
+    /// non-canonical stack address). #GP is not counted as a memory trap:
+    /// Unicorn reports no error code to tell a limit check from a privilege
+    /// check, and the harness keeps every operand inside its own pages, so a
+    /// limit or canonical #GP is not expected in the sampled states.
+    pub fn is_memory_trap(&self) -> bool {
+        matches!(self, Outcome::Trap { vector: 14 | 12, .. })
+    }
+    /// Short text for reports: `completed`, `#GP(0)`, `#UD`, `int 0x80 -> cpl0`, ...
+    pub fn short(&self) -> String {
+        match self {
+            Outcome::Completed { at_sentinel: true, .. } => "completed".into(),
+            Outcome::Completed { rip, .. } => format!("completed@{rip:#x}"),
+            Outcome::Trap { vector, error_code, .. } => match error_code {
+                Some(ec) => format!("{}({ec:#x})", vector_name(*vector)),
+                None => vector_name(*vector),
+            },
+            Outcome::Transfer { kind, cpl, .. } => {
+                let k = match kind {
+                    TransferKind::Interrupt(v) => format!("int {v:#x}"),
+                    TransferKind::Syscall => "syscall".into(),
+                    TransferKind::Sysenter => "sysenter".into(),
+                    TransferKind::CallGate => "call-gate".into(),
+                };
+                match cpl {
+                    Some(c) => format!("transfer {k} -> cpl{c}"),
+                    None => format!("transfer {k} (not delivered)"),
+                }
+            }
+            Outcome::Shutdown => "shutdown".into(),
+            Outcome::Hang => "hang".into(),
+            Outcome::EngineError(e) => format!("engine-error: {e}"),
+            Outcome::NotSupported(e) => format!("not-supported: {e}"),
+        }
+    }
+}
+
+/// `#GP`, `#UD`, ... for the architectural vectors, `vec 0x41` otherwise.
+pub fn vector_name(v: u8) -> String {
+    const NAMES: [&str; 22] = [
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
+        "#GP", "#PF", "vec 0xf", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
+    ];
+    NAMES.get(v as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("vec {v:#x}"))
+}
+
+/// A segment register: selector and, where the engine exposes it, the descriptor cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Segment {
+    pub selector: u16,
+    /// (base, limit, attributes in VMX access-rights layout), if the engine reports it.
+    pub cache: Option<(u64, u32, u16)>,
+}
+
+/// A descriptor-table register (GDTR, IDTR) or a system segment (LDTR, TR).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TableReg {
+    pub selector: u16,
+    pub base: u64,
+    pub limit: u32,
+}
+
+/// The R and M part of the state (pg-model section 1): everything a VMM owns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SystemState {
+    pub cpl: u8,
+    /// CS, SS, DS, ES, FS, GS.
+    pub segs: [Segment; 6],
+    pub gdtr: TableReg,
+    pub idtr: TableReg,
+    pub ldtr: TableReg,
+    pub tr: TableReg,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    /// System flags of RFLAGS only: IF, IOPL, VM, AC (other bits masked off).
+    pub sys_flags: u64,
+    /// (index, value) of the system MSRs the engine reads, sorted by index.
+    pub msrs: Vec<(u32, u64)>,
+}
+
+/// RFLAGS bits that belong to R.
+pub const SYS_FLAGS_MASK: u64 = (1 << 9) | (3 << 12) | (1 << 17) | (1 << 18);
+/// RFLAGS bits that are user-visible results (arithmetic flags and DF).
+pub const USER_FLAGS_MASK: u64 = 0x8d5 | (1 << 10);
+
+pub const SEG_NAMES: [&str; 6] = ["cs", "ss", "ds", "es", "fs", "gs"];
+
+/// The user-visible part of the state (pg-model section 3): general
+/// registers, arithmetic flags, RIP as an offset, the data page and the stack,
+/// read at the program's own view so a relocation is already undone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UserState {
+    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15 (hardware order).
+    pub gprs: [u64; 16],
+    pub rip: u64,
+    /// Arithmetic flags and DF only.
+    pub flags: u64,
+    pub data: Vec<u8>,
+    pub stack: Vec<u8>,
+}
+
+pub const GPR_NAMES: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+
+/// One run: the state it started from and what came of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub outcome: Outcome,
+    /// R and M before the instruction.
+    pub before: SystemState,
+    /// R and M after it, when the run completed or transferred.
+    pub after: Option<SystemState>,
+    /// User-visible results, when the run completed.
+    pub user: Option<UserState>,
+}
+
+impl Observation {
+    /// An observation for a run that produced only an outcome.
+    pub fn outcome_only(outcome: Outcome, before: SystemState) -> Self {
+        Observation { outcome, before, after: None, user: None }
+    }
+
+    /// Which parts of R or M changed between `before` and `after`
+    /// (privilege level, system flags, descriptor cache, ...). Empty if none
+    /// or if there is no after-state.
+    pub fn changed_r(&self) -> Vec<String> {
+        let Some(after) = &self.after else { return Vec::new() };
+        diff_system(&self.before, after)
+    }
+}
+
+/// The parts of R and M that differ, named the way users filter on them.
+pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.cpl != b.cpl {
+        out.push(format!("privilege level: cpl {} -> {}", a.cpl, b.cpl));
+    }
+    if a.sys_flags != b.sys_flags {
+        let f = |x: u64| format!("IF={} IOPL={} AC={}", (x >> 9) & 1, (x >> 12) & 3, (x >> 18) & 1);
+        out.push(format!("system flags: {} -> {}", f(a.sys_flags), f(b.sys_flags)));
+    }
+    for (i, name) in SEG_NAMES.iter().enumerate() {
+        let (x, y) = (a.segs[i], b.segs[i]);
+        if x.selector != y.selector {
+            out.push(format!("descriptor cache: {name} {:#06x} -> {:#06x}", x.selector, y.selector));
+        } else if x.cache.is_some() && y.cache.is_some() && x.cache != y.cache {
+            out.push(format!("descriptor cache: {name} cache {:x?} -> {:x?}", x.cache, y.cache));
+        }
+    }
+    for (name, x, y) in [("gdtr", a.gdtr, b.gdtr), ("idtr", a.idtr, b.idtr)] {
+        if x != y {
+            out.push(format!(
+                "descriptor-table register: {name} {:#x}/{:#x} -> {:#x}/{:#x}",
+                x.base, x.limit, y.base, y.limit
+            ));
+        }
+    }
+    for (name, x, y) in [("ldtr", a.ldtr, b.ldtr), ("tr", a.tr, b.tr)] {
+        if x != y {
+            out.push(format!(
+                "descriptor-table register: {name} {:#06x} -> {:#06x}",
+                x.selector, y.selector
+            ));
+        }
+    }
+    for (name, x, y) in
+        [("cr0", a.cr0, b.cr0), ("cr3", a.cr3, b.cr3), ("cr4", a.cr4, b.cr4), ("efer", a.efer, b.efer)]
+    {
+        if x != y {
+            out.push(format!("control register: {name} {x:#x} -> {y:#x}"));
+        }
+    }
+    if a.msrs != b.msrs {
+        for (i, v) in &b.msrs {
+            let old = a.msrs.iter().find(|(j, _)| j == i).map(|(_, v)| *v);
+            if old != Some(*v) {
+                out.push(format!("msr: {i:#x} {:#x?} -> {v:#x}", old));
+            }
+        }
+    }
+    out
+}
+
+/// The user-visible differences between two results, for evidence.
+pub fn diff_user(a: &UserState, b: &UserState) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..16 {
+        if a.gprs[i] != b.gprs[i] {
+            out.push(format!("{} {:#x} vs {:#x}", GPR_NAMES[i], a.gprs[i], b.gprs[i]));
+        }
+    }
+    if a.rip != b.rip {
+        out.push(format!("rip {:#x} vs {:#x}", a.rip, b.rip));
+    }
+    if a.flags != b.flags {
+        out.push(format!("flags {:#x} vs {:#x}", a.flags, b.flags));
+    }
+    for (name, x, y) in [("data", &a.data, &b.data), ("stack", &a.stack, &b.stack)] {
+        if let Some(first) = x.iter().zip(y.iter()).position(|(p, q)| p != q) {
+            let end = (first + 8).min(x.len()).min(y.len());
+            out.push(format!(
+                "{name}[{first:#x}..] {} vs {}",
+                hex(&x[first..end]),
+                hex(&y[first..end])
+            ));
+        } else if x.len() != y.len() {
+            out.push(format!("{name} length {} vs {}", x.len(), y.len()));
+        }
+    }
+    out
+}
+
+/// Lower-case hex without separators.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_name_the_part_that_changed() {
+        let a = SystemState { cpl: 0, sys_flags: 1 << 9, ..Default::default() };
+        let mut b = a.clone();
+        b.sys_flags = 0;
+        b.segs[2].selector = 0x2b;
+        let d = diff_system(&a, &b);
+        assert_eq!(d.len(), 2);
+        assert!(d[0].starts_with("system flags"));
+        assert!(d[1].starts_with("descriptor cache: ds"));
+        assert!(diff_system(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn user_diff_reports_registers_and_memory() {
+        let a = UserState { data: vec![0; 16], stack: vec![1; 16], ..Default::default() };
+        let mut b = a.clone();
+        b.gprs[0] = 0x1b;
+        b.data[4] = 9;
+        let d = diff_user(&a, &b);
+        assert_eq!(d, vec!["rax 0x0 vs 0x1b".to_string(), "data[0x4..] 0000000000000000 vs 0900000000000000".to_string()]);
+    }
+
+    #[test]
+    fn outcome_text() {
+        let t = Outcome::Trap { vector: 13, error_code: Some(0), rip: 0 };
+        assert_eq!(t.short(), "#GP(0x0)");
+        assert!(Outcome::Trap { vector: 14, error_code: None, rip: 0 }.is_memory_trap());
+        assert!(!t.is_memory_trap());
+    }
+}
