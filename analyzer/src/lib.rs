@@ -1,6 +1,7 @@
 //! popek's library: the machine model and harness builders, the instruction
 //! catalog, the engines, the classifier and the reports.
 
+pub mod catalog;
 pub mod engine;
 pub mod machine;
 pub mod mode;
