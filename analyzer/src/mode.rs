@@ -99,9 +99,19 @@ pub struct Config {
 
 impl Config {
     /// The classic setting: no UMIP, IOPL 0.
-    pub const UMIP_OFF: Config = Config { umip: false, iopl: 0, tsd: false, pce: false };
+    pub const UMIP_OFF: Config = Config {
+        umip: false,
+        iopl: 0,
+        tsd: false,
+        pce: false,
+    };
     /// A modern OS: UMIP on, IOPL 0.
-    pub const UMIP_ON: Config = Config { umip: true, iopl: 0, tsd: false, pce: false };
+    pub const UMIP_ON: Config = Config {
+        umip: true,
+        iopl: 0,
+        tsd: false,
+        pce: false,
+    };
     /// The configurations a default scan covers.
     pub const DEFAULTS: [Config; 2] = [Config::UMIP_OFF, Config::UMIP_ON];
 
@@ -169,7 +179,11 @@ impl FromStr for Config {
                         _ => return Err(bad("iopl takes 0, 1, 2 or 3")),
                     }
                 }
-                _ => return Err(bad(&format!("unknown setting '{key}' (umip, iopl, tsd, pce)"))),
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown setting '{key}' (umip, iopl, tsd, pce)"
+                    )))
+                }
             }
         }
         Ok(cfg)
@@ -185,7 +199,12 @@ mod tests {
         for cfg in [
             Config::UMIP_OFF,
             Config::UMIP_ON,
-            Config { umip: true, iopl: 3, tsd: true, pce: true },
+            Config {
+                umip: true,
+                iopl: 3,
+                tsd: true,
+                pce: true,
+            },
         ] {
             assert_eq!(cfg.name().parse::<Config>().unwrap(), cfg);
             assert!(!cfg.name().contains(','));

@@ -61,7 +61,11 @@ pub enum Outcome {
     /// Control reached a supervisor entry point the harness installed.
     /// `cpl` is the CPL at arrival, `None` where the engine reports the event
     /// without delivering it (Unicorn does not deliver through the IDT).
-    Transfer { kind: TransferKind, rip: u64, cpl: Option<u8> },
+    Transfer {
+        kind: TransferKind,
+        rip: u64,
+        cpl: Option<u8>,
+    },
     /// Triple fault / shutdown.
     Shutdown,
     /// The run neither completed nor trapped within the limits.
@@ -93,14 +97,24 @@ impl Outcome {
     /// check, and the harness keeps every operand inside its own pages, so a
     /// limit or canonical #GP is not expected in the sampled states.
     pub fn is_memory_trap(&self) -> bool {
-        matches!(self, Outcome::Trap { vector: 14 | 12, .. })
+        matches!(
+            self,
+            Outcome::Trap {
+                vector: 14 | 12,
+                ..
+            }
+        )
     }
     /// Short text for reports: `completed`, `#GP(0)`, `#UD`, `int 0x80 -> cpl0`, ...
     pub fn short(&self) -> String {
         match self {
-            Outcome::Completed { at_sentinel: true, .. } => "completed".into(),
+            Outcome::Completed {
+                at_sentinel: true, ..
+            } => "completed".into(),
             Outcome::Completed { rip, .. } => format!("completed@{rip:#x}"),
-            Outcome::Trap { vector, error_code, .. } => match error_code {
+            Outcome::Trap {
+                vector, error_code, ..
+            } => match error_code {
                 Some(ec) => format!("{}({ec:#x})", vector_name(*vector)),
                 None => vector_name(*vector),
             },
@@ -130,7 +144,10 @@ pub fn vector_name(v: u8) -> String {
         "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
         "#GP", "#PF", "vec 0xf", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
     ];
-    NAMES.get(v as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("vec {v:#x}"))
+    NAMES
+        .get(v as usize)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("vec {v:#x}"))
 }
 
 /// A segment register: selector and, where the engine exposes it, the descriptor cache.
@@ -210,14 +227,21 @@ pub struct Observation {
 impl Observation {
     /// An observation for a run that produced only an outcome.
     pub fn outcome_only(outcome: Outcome, before: SystemState) -> Self {
-        Observation { outcome, before, after: None, user: None }
+        Observation {
+            outcome,
+            before,
+            after: None,
+            user: None,
+        }
     }
 
     /// Which parts of R or M changed between `before` and `after`
     /// (privilege level, system flags, descriptor cache, ...). Empty if none
     /// or if there is no after-state.
     pub fn changed_r(&self) -> Vec<String> {
-        let Some(after) = &self.after else { return Vec::new() };
+        let Some(after) = &self.after else {
+            return Vec::new();
+        };
         diff_system(&self.before, after)
     }
 }
@@ -229,15 +253,32 @@ pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
         out.push(format!("privilege level: cpl {} -> {}", a.cpl, b.cpl));
     }
     if a.sys_flags != b.sys_flags {
-        let f = |x: u64| format!("IF={} IOPL={} AC={}", (x >> 9) & 1, (x >> 12) & 3, (x >> 18) & 1);
-        out.push(format!("system flags: {} -> {}", f(a.sys_flags), f(b.sys_flags)));
+        let f = |x: u64| {
+            format!(
+                "IF={} IOPL={} AC={}",
+                (x >> 9) & 1,
+                (x >> 12) & 3,
+                (x >> 18) & 1
+            )
+        };
+        out.push(format!(
+            "system flags: {} -> {}",
+            f(a.sys_flags),
+            f(b.sys_flags)
+        ));
     }
     for (i, name) in SEG_NAMES.iter().enumerate() {
         let (x, y) = (a.segs[i], b.segs[i]);
         if x.selector != y.selector {
-            out.push(format!("descriptor cache: {name} {:#06x} -> {:#06x}", x.selector, y.selector));
+            out.push(format!(
+                "descriptor cache: {name} {:#06x} -> {:#06x}",
+                x.selector, y.selector
+            ));
         } else if x.cache.is_some() && y.cache.is_some() && x.cache != y.cache {
-            out.push(format!("descriptor cache: {name} cache {:x?} -> {:x?}", x.cache, y.cache));
+            out.push(format!(
+                "descriptor cache: {name} cache {:x?} -> {:x?}",
+                x.cache, y.cache
+            ));
         }
     }
     for (name, x, y) in [("gdtr", a.gdtr, b.gdtr), ("idtr", a.idtr, b.idtr)] {
@@ -256,9 +297,12 @@ pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
             ));
         }
     }
-    for (name, x, y) in
-        [("cr0", a.cr0, b.cr0), ("cr3", a.cr3, b.cr3), ("cr4", a.cr4, b.cr4), ("efer", a.efer, b.efer)]
-    {
+    for (name, x, y) in [
+        ("cr0", a.cr0, b.cr0),
+        ("cr3", a.cr3, b.cr3),
+        ("cr4", a.cr4, b.cr4),
+        ("efer", a.efer, b.efer),
+    ] {
         if x != y {
             out.push(format!("control register: {name} {x:#x} -> {y:#x}"));
         }
@@ -277,9 +321,9 @@ pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
 /// The user-visible differences between two results, for evidence.
 pub fn diff_user(a: &UserState, b: &UserState) -> Vec<String> {
     let mut out = Vec::new();
-    for i in 0..16 {
-        if a.gprs[i] != b.gprs[i] {
-            out.push(format!("{} {:#x} vs {:#x}", GPR_NAMES[i], a.gprs[i], b.gprs[i]));
+    for ((name, x), y) in GPR_NAMES.iter().zip(a.gprs).zip(b.gprs) {
+        if x != y {
+            out.push(format!("{name} {x:#x} vs {y:#x}"));
         }
     }
     if a.rip != b.rip {
@@ -314,7 +358,11 @@ mod tests {
 
     #[test]
     fn diffs_name_the_part_that_changed() {
-        let a = SystemState { cpl: 0, sys_flags: 1 << 9, ..Default::default() };
+        let a = SystemState {
+            cpl: 0,
+            sys_flags: 1 << 9,
+            ..Default::default()
+        };
         let mut b = a.clone();
         b.sys_flags = 0;
         b.segs[2].selector = 0x2b;
@@ -327,19 +375,38 @@ mod tests {
 
     #[test]
     fn user_diff_reports_registers_and_memory() {
-        let a = UserState { data: vec![0; 16], stack: vec![1; 16], ..Default::default() };
+        let a = UserState {
+            data: vec![0; 16],
+            stack: vec![1; 16],
+            ..Default::default()
+        };
         let mut b = a.clone();
         b.gprs[0] = 0x1b;
         b.data[4] = 9;
         let d = diff_user(&a, &b);
-        assert_eq!(d, vec!["rax 0x0 vs 0x1b".to_string(), "data[0x4..] 0000000000000000 vs 0900000000000000".to_string()]);
+        assert_eq!(
+            d,
+            vec![
+                "rax 0x0 vs 0x1b".to_string(),
+                "data[0x4..] 0000000000000000 vs 0900000000000000".to_string()
+            ]
+        );
     }
 
     #[test]
     fn outcome_text() {
-        let t = Outcome::Trap { vector: 13, error_code: Some(0), rip: 0 };
+        let t = Outcome::Trap {
+            vector: 13,
+            error_code: Some(0),
+            rip: 0,
+        };
         assert_eq!(t.short(), "#GP(0x0)");
-        assert!(Outcome::Trap { vector: 14, error_code: None, rip: 0 }.is_memory_trap());
+        assert!(Outcome::Trap {
+            vector: 14,
+            error_code: None,
+            rip: 0
+        }
+        .is_memory_trap());
         assert!(!t.is_memory_trap());
     }
 }

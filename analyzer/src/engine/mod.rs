@@ -12,7 +12,8 @@ pub mod unicorn;
 
 /// Runs tests. A fault of the instruction under test is an `Outcome`, never
 /// an error; an engine failure is `Outcome::EngineError`.
-pub trait Engine: Send {
+/// Engines are not `Send` (Unicorn is not): open one per worker thread.
+pub trait Engine {
     /// `unicorn`, `kvm`, `fake`.
     fn name(&self) -> &'static str;
     /// Engine version and flavor, for report headers.
@@ -72,6 +73,8 @@ pub enum EngineError {
 pub fn open(kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
     match kind {
         EngineKind::Unicorn => Ok(Box::new(unicorn::UnicornEngine::new()?)),
-        EngineKind::Kvm => Err(EngineError::KvmUnavailable("the KVM engine is not built yet".into())),
+        EngineKind::Kvm => Err(EngineError::KvmUnavailable(
+            "the KVM engine is not built yet".into(),
+        )),
     }
 }

@@ -3,7 +3,7 @@
 
 use super::layout::*;
 use crate::mode::{Config, Mode};
-use crate::observe::Side;
+use crate::observe::{Segment, Side, SystemState, TableReg, SYS_FLAGS_MASK};
 use serde::{Deserialize, Serialize};
 
 /// A segment register as a VMM would load it: selector and descriptor cache.
@@ -78,14 +78,767 @@ pub struct Prepared {
     pub sentinel: u64,
 }
 
+/// Base CR4 bits: OSFXSR | OSXMMEXCPT (SSE works), plus PAE and FSGSBASE in long mode.
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_TSD: u64 = 1 << 2;
+const CR4_PCE: u64 = 1 << 8;
+const CR4_UMIP: u64 = 1 << 11;
+const CR4_FSGSBASE: u64 = 1 << 16;
+const EFER_SCE: u64 = 1;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+
+/// System MSRs the harness sets and every engine reads back.
+pub mod msr {
+    pub const SYSENTER_CS: u32 = 0x174;
+    pub const SYSENTER_ESP: u32 = 0x175;
+    pub const SYSENTER_EIP: u32 = 0x176;
+    pub const STAR: u32 = 0xC000_0081;
+    pub const LSTAR: u32 = 0xC000_0082;
+    pub const CSTAR: u32 = 0xC000_0083;
+    pub const SFMASK: u32 = 0xC000_0084;
+    pub const FS_BASE: u32 = 0xC000_0100;
+    pub const GS_BASE: u32 = 0xC000_0101;
+    pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
+    /// A recognizable KERNEL_GS_BASE, so SWAPGS shows.
+    pub const KERNEL_GS_VALUE: u64 = 0x4000_0000;
+}
+
+/// Vectors whose IDT gate has DPL 3 (INT3, INTO, and the INT 0x80 system-call gate).
+pub const USER_GATES: [u8; 3] = [3, 4, 0x80];
+
 impl GuestImage {
-    pub fn build(_mode: Mode, _config: Config, _variant: Variant) -> GuestImage {
-        unimplemented!("being written")
+    /// Builds the whole guest for a mode, configuration and variant.
+    pub fn build(mode: Mode, config: Config, variant: Variant) -> GuestImage {
+        use super::descriptors::*;
+        let mut mem = vec![0u8; MEM_SIZE as usize];
+        let dpl = if mode.is_protected() {
+            variant.supervisor_dpl & 3
+        } else {
+            0
+        };
+        let seg_base = if variant.seg_shifted && mode != Mode::Long64 {
+            SEG_SHIFT
+        } else {
+            0
+        };
+        let tables = if variant.tables_moved && mode.is_protected() {
+            MOVED_TABLES
+        } else {
+            GDT
+        };
+        let (gdt, idt, tss, ldt) = (tables, tables + PAGE, tables + 2 * PAGE, tables + 3 * PAGE);
+        let paging = mode.has_paging();
+        let long = mode == Mode::Long64;
+        // Where the program's pages live physically. Without paging a segment
+        // shift moves them physically; with paging the page tables alias them.
+        let phys_moved = variant.phys_moved && paging;
+        let shift_phys = if paging { 0 } else { seg_base };
+        let (code_phys, data_phys, stack_phys) = if phys_moved {
+            (MOVED_PHYS, MOVED_PHYS + PAGE, MOVED_PHYS + 2 * PAGE)
+        } else {
+            (CODE + shift_phys, DATA + shift_phys, STACK + shift_phys)
+        };
+        let handlers_phys = HANDLERS + shift_phys;
+        let kstack_phys = KSTACK + shift_phys;
+
+        // Segment descriptors of the mode.
+        let (code_limit, code_flags, data_limit, data_flags) = match mode {
+            Mode::Real | Mode::Prot16 => (0xFFFF, 0, 0xFFFF, 0),
+            Mode::Prot32 => (0xF_FFFF, FLAG_G | FLAG_DB, 0xF_FFFF, FLAG_G | FLAG_DB),
+            Mode::Long64 => (0xF_FFFF, FLAG_G | FLAG_L, 0xF_FFFF, FLAG_G | FLAG_DB),
+        };
+        let b = seg_base as u32;
+        let code = |d: u8| descriptor(b, code_limit, with_dpl(CODE_ACCESS, d), code_flags);
+        let data = |d: u8| descriptor(b, data_limit, with_dpl(DATA_ACCESS, d), data_flags);
+        let ucode32 = if long {
+            descriptor(0, 0xF_FFFF, with_dpl(CODE_ACCESS, 3), FLAG_G | FLAG_DB)
+        } else {
+            code(3)
+        };
+        if mode.is_protected() {
+            let g = &mut mem[gdt as usize..(gdt + PAGE) as usize];
+            put64(g, sel::KCODE as usize, code(dpl));
+            put64(g, sel::KDATA as usize, data(dpl));
+            put64(g, (sel::UCODE32 & !7) as usize, ucode32);
+            put64(g, (sel::UDATA & !7) as usize, data(3));
+            put64(g, (sel::UCODE & !7) as usize, code(3));
+            put64(g, (sel::ALTDATA & !7) as usize, data(3));
+            let (tss_d, ldt_d, gate) = if long {
+                (
+                    system_descriptor64(tss, 0x67, TYPE_TSS_AVAILABLE),
+                    system_descriptor64(ldt, 7, TYPE_LDT),
+                    gate64(entry::CALLGATE, sel::KCODE, 0, TYPE_CALL_GATE, 3),
+                )
+            } else {
+                (
+                    [
+                        descriptor(tss as u32, 0x67, 0x80 | TYPE_TSS_AVAILABLE, 0),
+                        0,
+                    ],
+                    [descriptor(ldt as u32, 7, 0x80 | TYPE_LDT, 0), 0],
+                    [
+                        gate32(entry::CALLGATE as u32, sel::KCODE, TYPE_CALL_GATE, 3),
+                        0,
+                    ],
+                )
+            };
+            for (s, pair) in [
+                (sel::TSS, tss_d),
+                (sel::LDT, ldt_d),
+                (sel::CALLGATE & !7, gate),
+            ] {
+                put64(g, s as usize, pair[0]);
+                if long {
+                    put64(g, s as usize + 8, pair[1]);
+                }
+            }
+            // LDT: one user data descriptor.
+            put64(&mut mem[ldt as usize..], 0, data(3));
+            // TSS: a ring-n stack for every ring, IST1, no I/O bitmap.
+            let t = &mut mem[tss as usize..(tss + PAGE) as usize];
+            if long {
+                for off in [4usize, 0xC, 0x14, 0x24] {
+                    put64(t, off, KSTACK_TOP);
+                }
+            } else {
+                for ring in 0..3u16 {
+                    put32(t, 4 + ring as usize * 8, KSTACK_TOP as u32);
+                    put32(t, 8 + ring as usize * 8, (sel::KDATA | ring) as u32);
+                }
+            }
+            put16(t, 0x66, 0x68);
+            // IDT: one interrupt gate per vector to its HLT stub.
+            for v in 0..256u64 {
+                let gdpl = if USER_GATES.contains(&(v as u8)) {
+                    3
+                } else {
+                    0
+                };
+                let off = entry::VECTORS + v * entry::VECTOR_STRIDE;
+                if long {
+                    let [lo, hi] = gate64(off, sel::KCODE, 1, TYPE_INTERRUPT_GATE, gdpl);
+                    put64(&mut mem[idt as usize..], v as usize * 16, lo);
+                    put64(&mut mem[idt as usize..], v as usize * 16 + 8, hi);
+                } else {
+                    let g = gate32(off as u32, sel::KCODE, TYPE_INTERRUPT_GATE, gdpl);
+                    put64(&mut mem[idt as usize..], v as usize * 8, g);
+                }
+            }
+        } else {
+            // Real mode: the IVT at 0, every vector to its HLT stub.
+            for v in 0..256u64 {
+                let off = entry::VECTORS + v * entry::VECTOR_STRIDE;
+                put16(&mut mem, v as usize * 4, off as u16);
+                put16(&mut mem, v as usize * 4 + 2, (seg_base >> 4) as u16);
+            }
+        }
+
+        // Entry states of both sides.
+        let rflags = 0x2 | ((variant.if_flag as u64) << 9) | ((variant.iopl as u64 & 3) << 12);
+        let seg = |selector: u16, d: u64| {
+            let (base, limit, access, flags) = decode(d);
+            SegDesc {
+                selector,
+                base: base as u64,
+                limit,
+                attr: access_rights(access, flags),
+            }
+        };
+        let (supervisor, user) = if mode.is_protected() {
+            let ks = seg(sel::KDATA | dpl as u16, data(dpl));
+            let sup = EntryState {
+                cpl: dpl,
+                segs: [seg(sel::KCODE | dpl as u16, code(dpl)), ks, ks, ks, ks, ks],
+                rflags,
+                rip: TEST_RIP,
+                rsp: STACK_PTR,
+            };
+            let us = seg(sel::UDATA, data(3));
+            let usr = EntryState {
+                cpl: 3,
+                segs: [seg(sel::UCODE, code(3)), us, us, us, us, us],
+                rflags,
+                rip: TEST_RIP,
+                rsp: STACK_PTR,
+            };
+            (sup, Some(usr))
+        } else {
+            let s = (seg_base >> 4) as u16;
+            let c = SegDesc {
+                selector: s,
+                base: seg_base,
+                limit: 0xFFFF,
+                attr: 0x9B,
+            };
+            let d = SegDesc {
+                selector: s,
+                base: seg_base,
+                limit: 0xFFFF,
+                attr: 0x93,
+            };
+            (
+                EntryState {
+                    cpl: 0,
+                    segs: [c, d, d, d, d, d],
+                    rflags,
+                    rip: TEST_RIP,
+                    rsp: STACK_PTR,
+                },
+                None,
+            )
+        };
+
+        // Ring-0 code page: HLT everywhere (every vector stub and entry
+        // point is a HLT), then the boot stubs.
+        mem[handlers_phys as usize..(handlers_phys + PAGE) as usize].fill(SENTINEL);
+        if mode.is_protected() {
+            for (at, e) in [
+                (entry::BOOT_SUPERVISOR, &supervisor),
+                (entry::BOOT_USER, user.as_ref().unwrap_or(&supervisor)),
+            ] {
+                let t = super::stubs::BootTarget {
+                    cpl: e.cpl,
+                    cs: e.segs[0].selector,
+                    ss: e.segs[1].selector,
+                    data: e.segs[2].selector,
+                    rip: e.rip,
+                    rsp: e.rsp,
+                    rflags: e.rflags,
+                };
+                let stub = super::stubs::boot_stub(mode, &t);
+                let at = (at - HANDLERS + handlers_phys) as usize;
+                mem[at..at + stub.len()].copy_from_slice(&stub);
+            }
+        }
+        mem[code_phys as usize..(code_phys + PAGE) as usize].fill(SENTINEL);
+        for (i, x) in mem[data_phys as usize..(data_phys + PAGE) as usize]
+            .iter_mut()
+            .enumerate()
+        {
+            *x = data_fill(i);
+        }
+        for (i, x) in mem[stack_phys as usize..(stack_phys + PAGE) as usize]
+            .iter_mut()
+            .enumerate()
+        {
+            *x = stack_fill(i);
+        }
+
+        // Page tables: identity for everything but the null page; under a
+        // segment shift the low pages are aliased at SEG_SHIFT; the program's
+        // pages map to wherever they are backed.
+        let pt_base = if phys_moved {
+            MOVED_PAGE_TABLES
+        } else {
+            PAGE_TABLES
+        };
+        if paging {
+            let mut map: std::collections::BTreeMap<u64, u64> =
+                (1..MEM_SIZE / PAGE).map(|p| (p * PAGE, p * PAGE)).collect();
+            if seg_base != 0 {
+                for p in 1..SEG_SHIFT / PAGE {
+                    map.insert(seg_base + p * PAGE, p * PAGE);
+                }
+            }
+            map.insert(seg_base + CODE, code_phys);
+            map.insert(seg_base + DATA, data_phys);
+            map.insert(seg_base + STACK, stack_phys);
+            let pages: Vec<(u64, u64)> = map.into_iter().collect();
+            for (addr, page) in page_tables(long, pt_base, &pages) {
+                mem[addr as usize..addr as usize + page.len()].copy_from_slice(&page);
+            }
+        }
+
+        let mut cr0 = match mode {
+            Mode::Real => CR0_ET,
+            Mode::Prot16 => CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM,
+            Mode::Prot32 | Mode::Long64 => {
+                CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG
+            }
+        };
+        cr0 ^= variant.cr0_xor;
+        let mut cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT;
+        if long {
+            cr4 |= CR4_PAE | CR4_FSGSBASE;
+        }
+        if config.umip {
+            cr4 |= CR4_UMIP;
+        }
+        if config.tsd {
+            cr4 |= CR4_TSD;
+        }
+        if config.pce {
+            cr4 |= CR4_PCE;
+        }
+        let mut msrs = vec![
+            (msr::SYSENTER_CS, sel::KCODE as u64),
+            (msr::SYSENTER_ESP, KSTACK_TOP),
+            (msr::SYSENTER_EIP, entry::SYSENTER),
+        ];
+        if long {
+            msrs.extend([
+                (
+                    msr::STAR,
+                    ((sel::UCODE32 as u64 & !3) << 48) | ((sel::KCODE as u64) << 32),
+                ),
+                (msr::LSTAR, entry::SYSCALL),
+                (msr::CSTAR, entry::SYSCALL),
+                (msr::SFMASK, 0x700),
+                (msr::FS_BASE, 0),
+                (msr::GS_BASE, 0),
+                (msr::KERNEL_GS_BASE, msr::KERNEL_GS_VALUE),
+            ]);
+        }
+        let sys = if mode.is_protected() {
+            SysRegs {
+                cr0,
+                cr3: if paging { pt_base } else { 0 },
+                cr4,
+                efer: if long {
+                    EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+                } else {
+                    0
+                },
+                gdtr: (gdt, sel::GDT_LIMIT),
+                idtr: (idt, if long { 0xFFF } else { 0x7FF }),
+                ldtr: SegDesc {
+                    selector: sel::LDT,
+                    base: ldt,
+                    limit: 7,
+                    attr: access_rights(0x80 | TYPE_LDT, 0),
+                },
+                tr: SegDesc {
+                    selector: sel::TSS,
+                    base: tss,
+                    limit: 0x67,
+                    attr: access_rights(0x80 | TYPE_TSS_BUSY, 0),
+                },
+                msrs,
+            }
+        } else {
+            SysRegs {
+                cr0,
+                cr3: 0,
+                cr4: cr4 & !(CR4_PAE | CR4_FSGSBASE),
+                efer: 0,
+                gdtr: (0, 0xFFFF),
+                idtr: (0, 0x3FF),
+                ldtr: SegDesc {
+                    selector: 0,
+                    base: 0,
+                    limit: 0xFFFF,
+                    attr: 0x82,
+                },
+                tr: SegDesc {
+                    selector: 0,
+                    base: 0,
+                    limit: 0xFFFF,
+                    attr: 0x8B,
+                },
+                msrs,
+            }
+        };
+        let mut restore_pages = vec![code_phys, data_phys, stack_phys, kstack_phys];
+        if mode.is_protected() {
+            restore_pages.extend([gdt, tss, ldt]);
+        } else {
+            restore_pages.push(0); // the IVT
+        }
+        GuestImage {
+            mode,
+            config,
+            variant,
+            memory: mem,
+            sys,
+            supervisor,
+            user,
+            seg_base,
+            code_phys,
+            data_phys,
+            stack_phys,
+            restore_pages,
+        }
     }
+
+    /// The entry state of a side (`None`: no user side in real mode).
     pub fn entry(&self, side: Side) -> Option<&EntryState> {
         match side {
             Side::Supervisor => Some(&self.supervisor),
             Side::User => self.user.as_ref(),
         }
+    }
+
+    /// Linear address at which an engine starts a side's boot stub, with the
+    /// CPU still in its initial flat ring-0 state (segment bases 0).
+    pub fn boot_linear(&self, side: Side) -> u64 {
+        let at = match side {
+            Side::Supervisor => entry::BOOT_SUPERVISOR,
+            Side::User => entry::BOOT_USER,
+        };
+        if self.mode.has_paging() {
+            at
+        } else {
+            at + self.seg_base
+        }
+    }
+
+    /// Linear address of a program-view offset.
+    pub fn linear(&self, offset: u64) -> u64 {
+        self.seg_base + offset
+    }
+
+    /// The R and M state the image intends at the test's start on a side.
+    pub fn system_state(&self, side: Side) -> Option<SystemState> {
+        let e = self.entry(side)?;
+        let mut segs = [Segment::default(); 6];
+        for (s, d) in segs.iter_mut().zip(e.segs.iter()) {
+            *s = Segment {
+                selector: d.selector,
+                cache: Some((d.base, d.limit, d.attr)),
+            };
+        }
+        let t = |(base, limit): (u64, u16)| TableReg {
+            selector: 0,
+            base,
+            limit: limit as u32,
+        };
+        let sd = |d: &SegDesc| TableReg {
+            selector: d.selector,
+            base: d.base,
+            limit: d.limit,
+        };
+        Some(SystemState {
+            cpl: e.cpl,
+            segs,
+            gdtr: t(self.sys.gdtr),
+            idtr: t(self.sys.idtr),
+            ldtr: sd(&self.sys.ldtr),
+            tr: sd(&self.sys.tr),
+            cr0: self.sys.cr0,
+            cr3: self.sys.cr3,
+            cr4: self.sys.cr4,
+            efer: self.sys.efer,
+            sys_flags: e.rflags & SYS_FLAGS_MASK,
+            msrs: self.sys.msrs.clone(),
+        })
+    }
+
+    /// Resolves a symbolic value for a side.
+    pub fn resolve(&self, side: Side, e: &EntryState, sym: Sym, sentinel: u64) -> u64 {
+        match sym {
+            Sym::Imm(v) => v,
+            Sym::Data(n) => DATA + n,
+            Sym::Stack(n) => STACK + n,
+            Sym::Code(n) => CODE + n,
+            Sym::Sentinel => sentinel,
+            Sym::FlagsXor(x) => e.rflags ^ x,
+            Sym::Sel(role) => self.selector(side, role) as u64,
+        }
+    }
+
+    /// The selector a role names on a side (segment values in real mode).
+    pub fn selector(&self, side: Side, role: SelRole) -> u16 {
+        if !self.mode.is_protected() {
+            return if role == SelRole::Null {
+                0
+            } else {
+                (self.seg_base >> 4) as u16
+            };
+        }
+        let k = self.supervisor.cpl as u16;
+        let user = side == Side::User;
+        match role {
+            SelRole::OwnCode if user => sel::UCODE,
+            SelRole::OwnStack | SelRole::OwnData if user => sel::UDATA,
+            SelRole::OwnCode | SelRole::SupervisorCode => sel::KCODE | k,
+            SelRole::OwnStack | SelRole::OwnData | SelRole::SupervisorData => sel::KDATA | k,
+            SelRole::AltData => sel::ALTDATA,
+            SelRole::UserCode => sel::UCODE,
+            SelRole::UserData => sel::UDATA,
+            SelRole::UserCode32 => sel::UCODE32,
+            SelRole::Ldt => sel::LDT,
+            SelRole::Tss => sel::TSS,
+            SelRole::CallGate => sel::CALLGATE,
+            SelRole::LdtData => sel::LDT_DATA,
+            SelRole::Null => sel::NULL,
+        }
+    }
+
+    /// Resolves a test for a side: the code page with the encoding (patched)
+    /// at `TEST_RIP` and HLT everywhere else, the data and stack pages with
+    /// the setup's values, and the general registers. `None` when the side
+    /// does not exist (the user side in real mode).
+    pub fn prepare(&self, side: Side, bytes: &[u8], setup: &Setup) -> Option<Prepared> {
+        let e = self.entry(side)?;
+        let sentinel = TEST_RIP + bytes.len() as u64;
+        let mut code_page = vec![SENTINEL; PAGE as usize];
+        let at = (TEST_RIP - CODE) as usize;
+        code_page[at..at + bytes.len()].copy_from_slice(bytes);
+        for p in &setup.patches {
+            let v = self.resolve(side, e, p.value, sentinel).to_le_bytes();
+            let start = at + p.offset as usize;
+            let n = (p.size as usize).min(8);
+            if let Some(dst) = code_page.get_mut(start..start + n) {
+                dst.copy_from_slice(&v[..n]);
+            }
+        }
+        let mut data_page: Vec<u8> = (0..PAGE as usize).map(data_fill).collect();
+        let mut stack_page: Vec<u8> = (0..PAGE as usize).map(stack_fill).collect();
+        for m in &setup.mem {
+            let v = self.resolve(side, e, m.value, sentinel).to_le_bytes();
+            let page = match m.region {
+                Region::Data => &mut data_page,
+                Region::Stack => &mut stack_page,
+            };
+            let n = (m.size as usize).min(8);
+            if let Some(dst) = page.get_mut(m.offset as usize..m.offset as usize + n) {
+                dst.copy_from_slice(&v[..n]);
+            }
+        }
+        let mut gprs = default_gprs();
+        for (r, v) in &setup.regs {
+            gprs[r.index()] = self.resolve(side, e, *v, sentinel);
+        }
+        Some(Prepared {
+            code_page,
+            data_page,
+            stack_page,
+            gprs,
+            rip: TEST_RIP,
+            sentinel,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::descriptors::*;
+    use super::*;
+
+    fn gdt_entry(img: &GuestImage, selector: u16) -> u64 {
+        let at = (img.sys.gdtr.0 + (selector & !7) as u64) as usize;
+        u64::from_le_bytes(img.memory[at..at + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn gdt_has_flat_ring0_and_ring3_segments() {
+        for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+            let img = GuestImage::build(mode, Config::UMIP_OFF, Variant::base(&Config::UMIP_OFF));
+            for (s, dpl, is_code) in [
+                (sel::KCODE, 0, true),
+                (sel::KDATA, 0, false),
+                (sel::UCODE, 3, true),
+                (sel::UDATA, 3, false),
+                (sel::ALTDATA, 3, false),
+            ] {
+                let (base, _, access, flags) = decode(gdt_entry(&img, s));
+                assert_eq!(base, 0, "{mode} {s:#x}");
+                assert_eq!((access >> 5) & 3, dpl, "{mode} {s:#x} dpl");
+                assert_eq!(
+                    access & 0x8,
+                    if is_code { 8 } else { 0 },
+                    "{mode} {s:#x} code bit"
+                );
+                if mode == Mode::Long64 && is_code {
+                    assert_eq!(flags & FLAG_L, FLAG_L, "64-bit code has L");
+                }
+                if mode == Mode::Prot16 {
+                    assert_eq!(flags & FLAG_DB, 0, "16-bit segments have D=0");
+                }
+            }
+            let (tss_base, tss_limit, tss_access, _) = decode(gdt_entry(&img, sel::TSS));
+            assert_eq!((tss_base as u64, tss_limit, tss_access), (TSS, 0x67, 0x89));
+            assert_eq!(img.sys.tr.base, TSS);
+        }
+    }
+
+    #[test]
+    fn long_mode_idt_gates_use_ist1_and_user_gates_have_dpl3() {
+        let img = GuestImage::build(
+            Mode::Long64,
+            Config::UMIP_OFF,
+            Variant::base(&Config::UMIP_OFF),
+        );
+        let rd = |v: usize| {
+            u64::from_le_bytes(img.memory[IDT as usize + v * 16..][..8].try_into().unwrap())
+        };
+        let g13 = rd(13);
+        assert_eq!((g13 >> 32) & 7, 1, "IST1");
+        assert_eq!((g13 >> 45) & 3, 0, "#GP gate DPL 0");
+        assert_eq!(
+            (g13 & 0xFFFF) | ((g13 >> 48) << 16),
+            entry::VECTORS + 13 * 4
+        );
+        assert_eq!((rd(0x80) >> 45) & 3, 3, "int 0x80 gate DPL 3");
+        // TSS RSP0 and IST1 point at the ring-0 stack.
+        let t = &img.memory[TSS as usize..];
+        assert_eq!(u64::from_le_bytes(t[4..12].try_into().unwrap()), KSTACK_TOP);
+        assert_eq!(
+            u64::from_le_bytes(t[0x24..0x2c].try_into().unwrap()),
+            KSTACK_TOP
+        );
+        assert_eq!(img.memory[HANDLERS as usize + 13 * 4], SENTINEL);
+    }
+
+    #[test]
+    fn program_pages_are_mapped_where_the_variant_says() {
+        let cfg = Config::UMIP_OFF;
+        for mode in [Mode::Prot32, Mode::Long64] {
+            for v in Variant::matrix(mode, &cfg) {
+                let img = GuestImage::build(mode, cfg, v);
+                let long = mode == Mode::Long64;
+                for (off, phys) in [
+                    (CODE, img.code_phys),
+                    (DATA, img.data_phys),
+                    (STACK, img.stack_phys),
+                ] {
+                    assert_eq!(
+                        translate(&img.memory, long, img.sys.cr3, img.linear(off)),
+                        Some(phys),
+                        "{mode} {}",
+                        v.name(&cfg)
+                    );
+                }
+                assert_eq!(
+                    translate(&img.memory, long, img.sys.cr3, img.linear(HANDLERS)),
+                    Some(HANDLERS)
+                );
+                assert_eq!(translate(&img.memory, long, img.sys.cr3, 0), None);
+                assert_eq!(img.memory[img.code_phys as usize], SENTINEL);
+                assert_eq!(img.memory[img.data_phys as usize + 1], data_fill(1));
+            }
+        }
+        let moved = Variant {
+            phys_moved: true,
+            ..Variant::base(&cfg)
+        };
+        let img = GuestImage::build(Mode::Prot32, cfg, moved);
+        assert_eq!(img.data_phys, MOVED_PHYS + PAGE);
+        assert_eq!(img.sys.cr3, MOVED_PAGE_TABLES);
+    }
+
+    #[test]
+    fn relocation_moves_tables_and_shifts_bases() {
+        let cfg = Config::UMIP_OFF;
+        let moved = GuestImage::build(
+            Mode::Prot32,
+            cfg,
+            Variant {
+                tables_moved: true,
+                ..Variant::base(&cfg)
+            },
+        );
+        assert_eq!(moved.sys.gdtr.0, MOVED_TABLES);
+        assert_eq!(moved.sys.idtr.0, MOVED_TABLES + PAGE);
+        assert_eq!(moved.sys.tr.base, MOVED_TABLES + 2 * PAGE);
+        let shifted = GuestImage::build(
+            Mode::Prot16,
+            cfg,
+            Variant {
+                seg_shifted: true,
+                ..Variant::base(&cfg)
+            },
+        );
+        assert_eq!(shifted.supervisor.segs[0].base, SEG_SHIFT);
+        assert_eq!(shifted.user.as_ref().unwrap().segs[2].base, SEG_SHIFT);
+        assert_eq!(
+            shifted.data_phys,
+            SEG_SHIFT + DATA,
+            "no paging: pages move physically"
+        );
+        assert_eq!(
+            shifted.memory[(SEG_SHIFT + entry::BOOT_USER) as usize],
+            0xB8,
+            "boot stub copied with the handlers"
+        );
+    }
+
+    #[test]
+    fn ring_compression_lowers_supervisor_descriptors() {
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(
+            Mode::Prot32,
+            cfg,
+            Variant {
+                supervisor_dpl: 1,
+                ..Variant::base(&cfg)
+            },
+        );
+        assert_eq!(img.supervisor.cpl, 1);
+        assert_eq!(img.supervisor.segs[0].selector, sel::KCODE | 1);
+        let (_, _, access, _) = decode(gdt_entry(&img, sel::KCODE));
+        assert_eq!((access >> 5) & 3, 1);
+        assert_eq!(
+            img.selector(Side::Supervisor, SelRole::OwnStack),
+            sel::KDATA | 1
+        );
+    }
+
+    #[test]
+    fn config_and_variant_reach_control_registers_and_flags() {
+        let on = GuestImage::build(
+            Mode::Long64,
+            Config::UMIP_ON,
+            Variant::base(&Config::UMIP_ON),
+        );
+        assert_ne!(on.sys.cr4 & CR4_UMIP, 0);
+        let off = GuestImage::build(
+            Mode::Long64,
+            Config::UMIP_OFF,
+            Variant::base(&Config::UMIP_OFF),
+        );
+        assert_eq!(off.sys.cr4 & CR4_UMIP, 0);
+        assert_eq!(off.sys.efer & EFER_LMA, EFER_LMA);
+        let v = Variant {
+            if_flag: false,
+            iopl: 3,
+            cr0_xor: CR0_TS,
+            ..Variant::base(&Config::UMIP_OFF)
+        };
+        let img = GuestImage::build(Mode::Prot32, Config::UMIP_OFF, v);
+        assert_eq!(img.supervisor.rflags, 0x3002);
+        assert_ne!(img.sys.cr0 & CR0_TS, 0);
+    }
+
+    #[test]
+    fn prepare_resolves_symbols_per_side() {
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Prot32, cfg, Variant::base(&cfg));
+        let setup = Setup {
+            regs: vec![
+                (Gpr::Rax, Sym::Sel(SelRole::OwnCode)),
+                (Gpr::Rcx, Sym::Sentinel),
+            ],
+            mem: vec![MemInit {
+                region: Region::Stack,
+                offset: 0x800,
+                size: 4,
+                value: Sym::FlagsXor(0x3200),
+            }],
+            patches: vec![Patch {
+                offset: 1,
+                size: 2,
+                value: Sym::Sel(SelRole::OwnCode),
+            }],
+        };
+        let bytes = [0x90, 0, 0];
+        let s = img.prepare(Side::Supervisor, &bytes, &setup).unwrap();
+        let u = img.prepare(Side::User, &bytes, &setup).unwrap();
+        assert_eq!(s.gprs[0], sel::KCODE as u64);
+        assert_eq!(u.gprs[0], sel::UCODE as u64);
+        assert_eq!(s.gprs[1], TEST_RIP + 3);
+        assert_eq!(s.sentinel, TEST_RIP + 3);
+        assert_eq!(&u.code_page[0x100..0x104], &[0x90, 0x2b, 0x00, SENTINEL]);
+        assert_eq!(
+            u32::from_le_bytes(s.stack_page[0x800..0x804].try_into().unwrap()),
+            0x202 ^ 0x3200
+        );
+        assert_eq!(s.gprs[3], DATA + 0x180);
+        let real = GuestImage::build(Mode::Real, cfg, Variant::base(&cfg));
+        assert!(real.prepare(Side::User, &bytes, &setup).is_none());
     }
 }

@@ -151,14 +151,14 @@ impl Gpr {
 /// string pointers inside the data page, small counts, no zero divisors.
 pub fn default_gprs() -> [u64; 16] {
     [
-        0x11,          // rax
-        2,             // rcx: small count for REP, LOOP, shifts
-        0x40,          // rdx: I/O port, small high half for DIV
-        DATA + 0x180,  // rbx: data pointer (XLAT), low byte 0x80
-        STACK_PTR,     // rsp
+        0x11,             // rax
+        2,                // rcx: small count for REP, LOOP, shifts
+        0x40,             // rdx: I/O port, small high half for DIV
+        DATA + 0x180,     // rbx: data pointer (XLAT), low byte 0x80
+        STACK_PTR,        // rsp
         STACK_PTR + 0x40, // rbp: inside the stack page (LEAVE, ENTER)
-        DATA + 0x400,  // rsi: string source
-        DATA + 0x800,  // rdi: string destination
+        DATA + 0x400,     // rsi: string source
+        DATA + 0x800,     // rdi: string destination
         0x8,
         0x9,
         0xa,
@@ -326,7 +326,12 @@ impl Variant {
         if self.iopl != config.iopl {
             parts.push(format!("iopl={}", self.iopl));
         }
-        for (bit, n) in [(CR0_TS, "ts"), (CR0_MP, "mp"), (CR0_WP, "wp"), (CR0_AM, "am")] {
+        for (bit, n) in [
+            (CR0_TS, "ts"),
+            (CR0_MP, "mp"),
+            (CR0_WP, "wp"),
+            (CR0_AM, "am"),
+        ] {
             if self.cr0_xor & bit != 0 {
                 parts.push(format!("cr0^{n}"));
             }
@@ -345,29 +350,62 @@ impl Variant {
         let base = Variant::base(config);
         let mut v = vec![base];
         if mode.is_protected() {
-            v.push(Variant { tables_moved: true, ..base });
+            v.push(Variant {
+                tables_moved: true,
+                ..base
+            });
         }
         if mode.has_paging() {
-            v.push(Variant { phys_moved: true, ..base });
+            v.push(Variant {
+                phys_moved: true,
+                ..base
+            });
         }
         if matches!(mode, Mode::Real | Mode::Prot16 | Mode::Prot32) {
-            v.push(Variant { seg_shifted: true, ..base });
+            v.push(Variant {
+                seg_shifted: true,
+                ..base
+            });
         }
         if mode.is_protected() {
-            v.push(Variant { supervisor_dpl: 1, ..base });
-            v.push(Variant { supervisor_dpl: 3, ..base });
+            v.push(Variant {
+                supervisor_dpl: 1,
+                ..base
+            });
+            v.push(Variant {
+                supervisor_dpl: 3,
+                ..base
+            });
         }
-        v.push(Variant { if_flag: false, ..base });
+        v.push(Variant {
+            if_flag: false,
+            ..base
+        });
         if mode.is_protected() {
-            v.push(Variant { iopl: if config.iopl == 3 { 0 } else { 3 }, ..base });
+            v.push(Variant {
+                iopl: if config.iopl == 3 { 0 } else { 3 },
+                ..base
+            });
         }
-        v.push(Variant { cr0_xor: CR0_TS, ..base });
-        v.push(Variant { cr0_xor: CR0_MP, ..base });
+        v.push(Variant {
+            cr0_xor: CR0_TS,
+            ..base
+        });
+        v.push(Variant {
+            cr0_xor: CR0_MP,
+            ..base
+        });
         if mode.has_paging() {
-            v.push(Variant { cr0_xor: CR0_WP, ..base });
+            v.push(Variant {
+                cr0_xor: CR0_WP,
+                ..base
+            });
         }
         if mode.is_protected() {
-            v.push(Variant { cr0_xor: CR0_AM, ..base });
+            v.push(Variant {
+                cr0_xor: CR0_AM,
+                ..base
+            });
         }
         v
     }
@@ -407,16 +445,26 @@ mod tests {
         assert!(m32.iter().any(|v| v.seg_shifted));
         assert!(m32.iter().any(|v| v.phys_moved));
         assert!(m32.iter().any(|v| v.supervisor_dpl == 1));
-        assert!(!Variant::matrix(Mode::Long64, &cfg).iter().any(|v| v.seg_shifted));
-        assert!(!Variant::matrix(Mode::Prot16, &cfg).iter().any(|v| v.phys_moved));
+        assert!(!Variant::matrix(Mode::Long64, &cfg)
+            .iter()
+            .any(|v| v.seg_shifted));
+        assert!(!Variant::matrix(Mode::Prot16, &cfg)
+            .iter()
+            .any(|v| v.phys_moved));
     }
 
     #[test]
     fn privilege_test_uses_only_config_preserving_variants() {
         let cfg = Config::UMIP_OFF;
         let m = Variant::matrix(Mode::Prot32, &cfg);
-        let kept: Vec<_> = m.iter().filter(|v| v.keeps_config(&cfg)).map(|v| v.name(&cfg)).collect();
+        let kept: Vec<_> = m
+            .iter()
+            .filter(|v| v.keeps_config(&cfg))
+            .map(|v| v.name(&cfg))
+            .collect();
         assert!(kept.contains(&"base".to_string()));
-        assert!(!kept.iter().any(|n| n.contains("iopl") || n.contains("ring")));
+        assert!(!kept
+            .iter()
+            .any(|n| n.contains("iopl") || n.contains("ring")));
     }
 }
