@@ -2,7 +2,9 @@
 //! catalog, the engines, the classifier and the reports.
 
 pub mod catalog;
+pub mod cli;
 pub mod engine;
+pub mod explain;
 pub mod machine;
 pub mod mode;
 pub mod observe;

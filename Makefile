@@ -1,0 +1,29 @@
+# popek: two entry points, `make scan` and `make test` (see README.md).
+CARGO ?= cargo
+POPEK := target/release/popek
+
+.PHONY: scan test deps build lint bench clean
+
+deps:
+	@scripts/ensure-deps.sh
+
+build: deps
+	$(CARGO) build --release --locked
+
+# The full default scan on Unicorn: every catalog instruction in 16-, 32-
+# and 64-bit mode with umip=off and umip=on, written to reports/.
+scan: build
+	$(POPEK) scan --engine unicorn --out reports --format csv,json,md
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test --release --locked --workspace
+
+bench: deps
+	$(CARGO) bench --locked -p analyzer
+
+clean:
+	$(CARGO) clean

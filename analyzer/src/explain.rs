@@ -1,0 +1,263 @@
+//! `popek explain`: run one instruction (every catalog form of a mnemonic, or
+//! exactly the given bytes) at CPL 0 and CPL 3 and say what each run did.
+
+use crate::catalog::{self, DocMeta, Entry};
+use crate::engine::Engine;
+use crate::machine::{GuestImage, Prepared, Setup, Variant};
+use crate::mode::{Config, Mode};
+use crate::observe::{diff_system, diff_user, hex, Observation, Side, UserState, USER_FLAGS_MASK};
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+use serde::Serialize;
+
+/// What the user asked to explain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Mnemonic(String),
+    Bytes(Vec<u8>),
+}
+
+/// Bad input, with a message that says what is wrong and where.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExplainError {
+    #[error("malformed hex at character {position}: '{found}' is not a hex digit (write bytes like '0f 01 05' or 0x0f0105)")]
+    BadHexDigit { position: usize, found: char },
+    #[error("malformed hex: {digits} hex digits is an odd number; every byte needs two digits")]
+    OddHex { digits: usize },
+    #[error("no bytes given")]
+    Empty,
+    #[error("{len} bytes is longer than any x86 instruction (15 bytes at most)")]
+    TooLong { len: usize },
+    #[error("the bytes {bytes} do not decode as an instruction in {mode}-bit mode")]
+    Invalid { bytes: String, mode: String },
+    #[error("the bytes hold more than one instruction: the first, '{first}', is {len} of the {total} bytes")]
+    Trailing { first: String, len: usize, total: usize },
+    #[error("unknown mnemonic '{name}' in {mode}-bit mode{}", suggestions(.suggest))]
+    UnknownMnemonic { name: String, mode: String, suggest: Vec<String> },
+}
+
+fn suggestions(s: &[String]) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("; did you mean {}?", s.join(", "))
+    }
+}
+
+/// Reads a target: hex bytes when it has a `0x` prefix, a digit or spaces
+/// between byte pairs (`0f 01 05`, `0x0f0105`, `f4`); otherwise a mnemonic
+/// (`sgdt`, `fadd`). `force_hex` reads it as bytes in every case.
+pub fn parse_target(s: &str, force_hex: bool) -> Result<Target, ExplainError> {
+    let t = s.trim();
+    let looks_hex = t.starts_with("0x")
+        || t.starts_with("0X")
+        || t.chars().any(|c| c.is_ascii_digit())
+        || t.contains(char::is_whitespace);
+    if force_hex || looks_hex {
+        parse_hex(t).map(Target::Bytes)
+    } else {
+        Ok(Target::Mnemonic(t.to_ascii_lowercase()))
+    }
+}
+
+/// Parses hex bytes: pairs of digits, optionally separated by spaces,
+/// commas or colons, each group optionally prefixed with `0x`.
+pub fn parse_hex(s: &str) -> Result<Vec<u8>, ExplainError> {
+    let mut digits = Vec::new();
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '0' && matches!(chars.get(i + 1), Some('x' | 'X')) && (i == 0 || !chars[i - 1].is_ascii_hexdigit()) {
+            i += 2;
+            continue;
+        }
+        if c.is_whitespace() || c == ',' || c == ':' {
+            i += 1;
+            continue;
+        }
+        match c.to_digit(16) {
+            Some(d) => digits.push(d as u8),
+            None => return Err(ExplainError::BadHexDigit { position: i + 1, found: c }),
+        }
+        i += 1;
+    }
+    if digits.is_empty() {
+        return Err(ExplainError::Empty);
+    }
+    if digits.len() % 2 != 0 {
+        return Err(ExplainError::OddHex { digits: digits.len() });
+    }
+    let bytes: Vec<u8> = digits.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
+    if bytes.len() > 15 {
+        return Err(ExplainError::TooLong { len: bytes.len() });
+    }
+    Ok(bytes)
+}
+
+/// One run of an explained instruction.
+#[derive(Clone, Debug, Serialize)]
+pub struct SideRun {
+    pub side: Side,
+    pub outcome: String,
+    /// Parts of R and M that changed.
+    pub system_changes: Vec<String>,
+    /// User-visible results that changed (registers, flags, data page, stack).
+    pub user_changes: Vec<String>,
+    /// The full observation, for `--json`.
+    pub observation: Observation,
+}
+
+/// One explained form.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explained {
+    pub mode: String,
+    pub config: String,
+    pub engine: String,
+    pub code: String,
+    pub form: String,
+    pub bytes: String,
+    pub doc: DocMeta,
+    pub runs: Vec<SideRun>,
+}
+
+/// The entries a target names in a mode: catalog forms of a mnemonic, or the
+/// given bytes as one entry with the harness's default operands.
+pub fn entries_for(target: &Target, mode: Mode) -> Result<Vec<Entry>, ExplainError> {
+    match target {
+        Target::Mnemonic(m) => {
+            let cat = catalog::build(mode);
+            let found: Vec<Entry> = cat.find_mnemonic(m).into_iter().cloned().collect();
+            if found.is_empty() {
+                return Err(ExplainError::UnknownMnemonic {
+                    name: m.clone(),
+                    mode: mode.name().to_string(),
+                    suggest: cat.suggest(m, 5),
+                });
+            }
+            Ok(found)
+        }
+        Target::Bytes(b) => Ok(vec![entry_from_bytes(b, mode)?]),
+    }
+}
+
+/// Decodes raw bytes into a catalog-shaped entry (default harness setup).
+pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError> {
+    let mut d = Decoder::with_ip(mode.bitness(), bytes, crate::machine::TEST_RIP, DecoderOptions::NONE);
+    let insn = d.decode();
+    if insn.is_invalid() {
+        return Err(ExplainError::Invalid { bytes: hex(bytes), mode: mode.name().to_string() });
+    }
+    let mut form = String::new();
+    IntelFormatter::new().format(&insn, &mut form);
+    if insn.len() != bytes.len() {
+        return Err(ExplainError::Trailing { first: form, len: insn.len(), total: bytes.len() });
+    }
+    Ok(Entry {
+        mode,
+        code: format!("{:?}", insn.code()),
+        mnemonic: format!("{:?}", insn.mnemonic()).to_lowercase(),
+        form,
+        bytes: bytes.to_vec(),
+        setup: Setup::default(),
+        doc: catalog::doc_meta(&insn.op_code(), &insn),
+    })
+}
+
+/// The user-visible state a prepared test starts from.
+pub fn initial_user_state(image: &GuestImage, side: Side, p: &Prepared) -> UserState {
+    let rflags = image.entry(side).map(|e| e.rflags).unwrap_or(0);
+    UserState {
+        gprs: p.gprs,
+        rip: p.rip,
+        flags: rflags & USER_FLAGS_MASK,
+        data: p.data_page.clone(),
+        stack: p.stack_page.clone(),
+    }
+}
+
+/// Runs every entry at CPL 0 and CPL 3 in the base state of `config`.
+pub fn explain(entries: &[Entry], config: Config, engine: &mut dyn Engine) -> Vec<Explained> {
+    let mut out = Vec::new();
+    for e in entries {
+        let image = GuestImage::build(e.mode, config, Variant::base(&config));
+        let mut runs = Vec::new();
+        for side in Side::BOTH {
+            let Some(p) = image.prepare(side, &e.bytes, &e.setup) else { continue };
+            let obs = engine.run(&image, side, &p);
+            let system_changes = obs.after.as_ref().map(|a| diff_system(&obs.before, a)).unwrap_or_default();
+            let user_changes = obs
+                .user
+                .as_ref()
+                .map(|u| diff_user(&initial_user_state(&image, side, &p), u))
+                .unwrap_or_default();
+            runs.push(SideRun { side, outcome: obs.outcome.short(), system_changes, user_changes, observation: obs });
+        }
+        out.push(Explained {
+            mode: e.mode.name().to_string(),
+            config: config.name(),
+            engine: engine.version(),
+            code: e.code.clone(),
+            form: e.form.clone(),
+            bytes: hex(&e.bytes),
+            doc: e.doc.clone(),
+            runs,
+        });
+    }
+    out
+}
+
+/// Text for people.
+pub fn render_text(items: &[Explained]) -> String {
+    let mut s = String::new();
+    for x in items {
+        s.push_str(&format!(
+            "{}  [{}]  bytes {}  mode {}  {}  engine {}\n",
+            x.form, x.code, x.bytes, x.mode, x.config, x.engine
+        ));
+        let d = &x.doc;
+        s.push_str(&format!(
+            "  documented: privileged={} cpl0-only={} io={} intel-vm-exit={} flow={}\n",
+            d.is_privileged, d.must_be_cpl0, d.is_input_output, d.intel_vm_exit, d.flow_control
+        ));
+        for r in &x.runs {
+            s.push_str(&format!("  {}: {}\n", r.side, r.outcome));
+            for c in r.system_changes.iter().chain(r.user_changes.iter()) {
+                s.push_str(&format!("      changed {c}\n"));
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_parsing_accepts_common_spellings_and_says_where_it_fails() {
+        assert_eq!(parse_hex("0f 01 05").unwrap(), vec![0x0f, 0x01, 0x05]);
+        assert_eq!(parse_hex("0x0f0105").unwrap(), vec![0x0f, 0x01, 0x05]);
+        assert_eq!(parse_hex("0x0f,0x01").unwrap(), vec![0x0f, 0x01]);
+        assert_eq!(parse_hex("F4").unwrap(), vec![0xf4]);
+        assert_eq!(parse_hex("0f 0g"), Err(ExplainError::BadHexDigit { position: 5, found: 'g' }));
+        assert_eq!(parse_hex("0f 1"), Err(ExplainError::OddHex { digits: 3 }));
+        assert_eq!(parse_hex("  "), Err(ExplainError::Empty));
+        assert!(matches!(parse_hex(&"90".repeat(16)), Err(ExplainError::TooLong { len: 16 })));
+    }
+
+    #[test]
+    fn targets_are_mnemonics_unless_they_look_like_hex() {
+        assert_eq!(parse_target("SGDT", false).unwrap(), Target::Mnemonic("sgdt".into()));
+        assert_eq!(parse_target("fadd", false).unwrap(), Target::Mnemonic("fadd".into()));
+        assert_eq!(parse_target("f4", false).unwrap(), Target::Bytes(vec![0xf4]));
+        assert_eq!(parse_target("cc", true).unwrap(), Target::Bytes(vec![0xcc]));
+    }
+
+    #[test]
+    fn bytes_must_be_exactly_one_valid_instruction() {
+        assert!(matches!(entry_from_bytes(&[0x90, 0x90], Mode::Long64), Err(ExplainError::Trailing { len: 1, total: 2, .. })));
+        // PUSH ES does not exist in 64-bit mode.
+        assert!(matches!(entry_from_bytes(&[0x06], Mode::Long64), Err(ExplainError::Invalid { .. })));
+        assert_eq!(entry_from_bytes(&[0x06], Mode::Prot32).unwrap().mnemonic, "push");
+    }
+}
