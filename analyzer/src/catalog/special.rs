@@ -72,6 +72,9 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
                 .map(|(s, role)| {
                     let mut q = p.clone();
                     q.instr.set_op_register(0, s);
+                    // The source is the AX family (`mov ds, ax`).
+                    let size = q.instr.op_register(1).size() as u32;
+                    q.instr.set_op_register(1, gpr_reg(Gpr::Rax, size));
                     set_gpr_of_operand(&mut q, 1, Sym::Sel(role));
                     q
                 })

@@ -34,13 +34,17 @@ fn catalog_coverage_per_mode() {
                 skipped.contains(code.as_str())
             );
         }
-        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut reasons: BTreeMap<String, (usize, Vec<&str>)> = BTreeMap::new();
         for s in &c.skipped {
-            let key: String = s.reason.chars().take(70).collect();
-            *reasons.entry(key).or_default() += 1;
+            let key: String = s.reason.chars().take(90).collect();
+            let r = reasons.entry(key).or_default();
+            r.0 += 1;
+            if r.1.len() < 3 {
+                r.1.push(&s.code);
+            }
         }
         let mut reasons: Vec<_> = reasons.into_iter().collect();
-        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        reasons.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
         let pct = 100.0 * covered.len() as f64 / existing.len() as f64;
         println!(
             "mode {mode}: {} codes exist, {} with entries ({pct:.1}%), {} skipped, {} entries",
@@ -49,8 +53,8 @@ fn catalog_coverage_per_mode() {
             c.skipped.len(),
             c.entries.len()
         );
-        for (r, n) in reasons.iter().take(8) {
-            println!("    {n:5}  {r}");
+        for (r, (n, eg)) in reasons.iter().take(12) {
+            println!("    {n:5}  {r}  (e.g. {})", eg.join(", "));
         }
         let floor = match mode {
             Mode::Long64 => 85.0,
@@ -66,7 +70,7 @@ fn entries_decode_back_to_their_code() {
         for e in &c.entries {
             assert!(e.bytes.len() <= MAX_LEN, "{mode} {}: {} bytes", e.form, e.bytes.len());
             let code = Code::values().find(|c| format!("{c:?}") == e.code).expect("code name");
-            let d = decode_at(&e.bytes, mode.bitness(), code.op_code().decoder_option());
+            let d = decode_at(&e.bytes, mode.bitness(), super::encode::decoder_options(code.op_code(), mode.bitness()));
             assert_eq!(format!("{:?}", d.code()), e.code, "{mode} {}", e.form);
             assert_eq!(d.len(), e.bytes.len(), "{mode} {}", e.form);
             assert_eq!(e.mode, *mode);
@@ -79,7 +83,7 @@ fn memory_operands_stay_inside_the_data_page() {
     for (mode, c) in catalogs() {
         for e in c.entries.iter().take(usize::MAX) {
             let code = Code::values().find(|c| format!("{c:?}") == e.code).expect("code name");
-            let d = decode_at(&e.bytes, mode.bitness(), code.op_code().decoder_option());
+            let d = decode_at(&e.bytes, mode.bitness(), super::encode::decoder_options(code.op_code(), mode.bitness()));
             for i in 0..d.op_count() {
                 if d.op_kind(i) == OpKind::Memory && d.memory_index() == iced_x86::Register::None {
                     let a = d.memory_displacement64();
@@ -151,7 +155,7 @@ fn specific_entries_have_their_setup() {
     for mode in Mode::ALL {
         for e in cat(mode).find_mnemonic("jmp").iter().chain(cat(mode).find_mnemonic("je").iter()) {
             let code = Code::values().find(|c| format!("{c:?}") == e.code).expect("code name");
-            let d = decode_at(&e.bytes, mode.bitness(), code.op_code().decoder_option());
+            let d = decode_at(&e.bytes, mode.bitness(), super::encode::decoder_options(code.op_code(), mode.bitness()));
             if matches!(d.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64) {
                 assert_eq!(d.near_branch_target(), TEST_RIP + e.bytes.len() as u64, "{mode} {}", e.form);
             }
@@ -188,4 +192,23 @@ fn building_is_deterministic() {
     }
     let all = build_all(&[Mode::Prot32, Mode::Long64]);
     assert_eq!(all.entries.len(), cat(Mode::Prot32).entries.len() + cat(Mode::Long64).entries.len());
+}
+
+/// Writes every entry to `/tmp/popek-catalog-<mode>.txt` for review:
+/// `cargo test -p analyzer dump_catalog -- --ignored`.
+#[test]
+#[ignore]
+fn dump_catalog() {
+    use std::fmt::Write as _;
+    for (mode, c) in catalogs() {
+        let mut out = String::new();
+        for e in &c.entries {
+            let hex: String = e.bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = writeln!(out, "{:28} {:40} {hex:30} {:?}", e.code, e.form, e.setup);
+        }
+        for s in &c.skipped {
+            let _ = writeln!(out, "SKIPPED {} {}", s.code, s.reason);
+        }
+        std::fs::write(format!("/tmp/popek-catalog-{}.txt", mode.name()), out).expect("write dump");
+    }
 }
