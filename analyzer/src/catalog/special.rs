@@ -2,9 +2,12 @@
 //! selectors, far pointers, stack frames, control registers, gates.
 //!
 //! Choices worth knowing:
-//! - `MOV CS, r/m16` is a valid `Code` form (8E /1) that is #UD by
-//!   definition; it is kept as an entry (`mov cs, ax`) when iced can encode
-//!   and decode it, so the scan shows the #UD.
+//! - `MOV CS, r/m16` (8E /1) is #UD by definition and iced's decoder
+//!   decodes it as invalid, so the `mov cs, ax` plan fails the decode-back
+//!   check and is dropped; the `MOV Sreg` Codes keep their other five entries.
+//! - Real mode: CR0 and LMSW values keep PE = 0 (0x32), so no test switches
+//!   the harness into protected mode. LSS loads the stack pointer with the
+//!   harness's own (`STACK_PTR`), so the stack stays in the stack page.
 //! - `MOV Sreg, r/m` and `MOV r/m, Sreg` get one entry per segment register.
 //! - `MOV CRn` gets entries for CR0, CR2, CR3, CR4 (and CR8 in 64-bit mode),
 //!   writing the harness's base value of the mode back; `MOV DRn` for DR0
@@ -36,7 +39,8 @@ fn stack(offset: u16, size: u8, value: Sym) -> MemInit {
 /// Base CR0 of the harness in a mode.
 pub fn base_cr0(mode: Mode) -> u64 {
     match mode {
-        Mode::Real | Mode::Prot16 => 0x33,
+        Mode::Real => 0x32,
+        Mode::Prot16 => 0x33,
         Mode::Prot32 | Mode::Long64 => 0x8005_0033,
     }
 }
@@ -192,8 +196,12 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             p.setup.mem.push(data(MEM_OFFSET + 2, base_size, Sym::Imm(base)));
         }
         Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => {
-            let role = if mnem == Mnemonic::Lss { SelRole::OwnStack } else { SelRole::OwnData };
-            p.setup.mem.push(data(MEM_OFFSET, osz_b, Sym::Data(0x200)));
+            let (role, off) = if mnem == Mnemonic::Lss {
+                (SelRole::OwnStack, Sym::Stack(SP_OFF as u64))
+            } else {
+                (SelRole::OwnData, Sym::Data(0x200))
+            };
+            p.setup.mem.push(data(MEM_OFFSET, osz_b, off));
             p.setup.mem.push(data(MEM_OFFSET + osz_b as u64, 2, Sym::Sel(role)));
         }
         Mnemonic::Bound => {
@@ -242,7 +250,11 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
         Mnemonic::Verr | Mnemonic::Verw => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::UserData)),
         Mnemonic::Lldt => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::Ldt)),
         Mnemonic::Ltr => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::Tss)),
-        Mnemonic::Lmsw => set_gpr_of_operand(&mut p, 0, Sym::Imm(0x33)),
+        Mnemonic::Lmsw => set_gpr_of_operand(&mut p, 0, Sym::Imm(base_cr0(ctx.mode) & 0xffff)),
+        Mnemonic::Invpcid | Mnemonic::Invept | Mnemonic::Invvpid => {
+            // The type register: 2 = all contexts (valid for every one of them).
+            set_gpr_of_operand(&mut p, 0, Sym::Imm(2))
+        }
         Mnemonic::Arpl => {
             set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::OwnData));
             set_gpr_of_operand(&mut p, 1, Sym::Sel(SelRole::OwnData));
@@ -289,7 +301,7 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             }
         }
         Mnemonic::Rdmsr => set_reg(&mut p.setup, Gpr::Rcx, Sym::Imm(0x174)),
-        Mnemonic::Wrmsr => {
+        Mnemonic::Wrmsr | Mnemonic::Wrmsrns => {
             set_reg(&mut p.setup, Gpr::Rcx, Sym::Imm(0x174));
             set_reg(&mut p.setup, Gpr::Rdx, Sym::Imm(0));
             set_reg(&mut p.setup, Gpr::Rax, Sym::Imm(0x10));
