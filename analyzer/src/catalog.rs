@@ -1,6 +1,22 @@
 //! The instruction catalog: every iced-x86 `Code` in every mode where it
 //! exists, as at least one concrete encoding with a harness setup, beside
-//! iced's documented metadata. (Types fixed; building is being written.)
+//! iced's documented metadata.
+//!
+//! [`build`] walks `Code::values()` in order and, for every `Code` that exists
+//! in the mode, makes one or more encodings placed at `TEST_RIP` whose
+//! operands follow the harness ABI (pg-model section 5): memory operands in
+//! the data page, stack frames in the stack page, valid selectors in the
+//! registers that are loaded into segment registers, branch targets on the
+//! sentinel. Codes that cannot be encoded go to [`Catalog::skipped`] with the
+//! reason.
+
+mod encode;
+mod lookup;
+mod special;
+#[cfg(test)]
+mod tests;
+
+pub use lookup::edit_distance;
 
 use crate::machine::Setup;
 use crate::mode::Mode;
@@ -47,4 +63,44 @@ pub struct Skipped {
     pub mode: Mode,
     pub code: String,
     pub reason: String,
+}
+
+/// Every encoding of one or more modes, plus what could not be encoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub entries: Vec<Entry>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The catalog of one mode, in iced `Code` order (several entries of one
+/// `Code` keep the order in which they were planned).
+pub fn build(mode: Mode) -> Catalog {
+    encode::build_mode(mode)
+}
+
+/// The catalogs of several modes, concatenated in the order given.
+pub fn build_all(modes: &[Mode]) -> Catalog {
+    let mut all = Catalog::default();
+    for &mode in modes {
+        let c = build(mode);
+        all.entries.extend(c.entries);
+        all.skipped.extend(c.skipped);
+    }
+    all
+}
+
+/// Whether a `Code` counts as an instruction of the catalog: everything but
+/// INVALID, the data declarations (db/dw/dd/dq) and `Zero_bytes`.
+pub fn is_cataloged(code: iced_x86::Code) -> bool {
+    code.op_code().is_instruction()
+}
+
+/// Whether a `Code` exists in a mode (Real and Prot16 both run 16-bit code).
+pub fn exists_in(code: iced_x86::Code, mode: Mode) -> bool {
+    let op = code.op_code();
+    match mode.bitness() {
+        16 => op.mode16(),
+        32 => op.mode32(),
+        _ => op.mode64(),
+    }
 }
