@@ -16,6 +16,7 @@ mod special;
 #[cfg(test)]
 mod tests;
 
+pub use encode::doc_meta;
 pub use lookup::edit_distance;
 
 use crate::machine::Setup;

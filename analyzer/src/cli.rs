@@ -64,7 +64,9 @@ pub fn parse_engines(s: &str) -> Result<Vec<EngineKind>> {
     if s.trim().eq_ignore_ascii_case("all") {
         return Ok(EngineKind::ALL.to_vec());
     }
-    s.split(',').map(|p| p.parse::<EngineKind>().map_err(anyhow::Error::from)).collect()
+    s.split(',')
+        .map(|p| p.parse::<EngineKind>().map_err(anyhow::Error::from))
+        .collect()
 }
 
 /// Runs a parsed command line.
@@ -77,7 +79,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
     let target = explain::parse_target(&a.target, a.hex)?;
-    let config = Config { umip: a.umip == OnOff::On, iopl: a.iopl, ..Config::default() };
+    let config = Config {
+        umip: a.umip == OnOff::On,
+        iopl: a.iopl,
+        ..Config::default()
+    };
     let entries = explain::entries_for(&target, a.mode)?;
     let kinds = parse_engines(&a.engine)?;
     let mut all = Vec::new();

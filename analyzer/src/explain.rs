@@ -12,7 +12,9 @@ use serde::Serialize;
 /// What the user asked to explain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    Mnemonic(String),
+    /// A mnemonic, optionally with text that the forms must contain
+    /// (`push cs` is the forms of `push` whose text contains `cs`).
+    Mnemonic(String, Option<String>),
     Bytes(Vec<u8>),
 }
 
@@ -30,9 +32,24 @@ pub enum ExplainError {
     #[error("the bytes {bytes} do not decode as an instruction in {mode}-bit mode")]
     Invalid { bytes: String, mode: String },
     #[error("the bytes hold more than one instruction: the first, '{first}', is {len} of the {total} bytes")]
-    Trailing { first: String, len: usize, total: usize },
+    Trailing {
+        first: String,
+        len: usize,
+        total: usize,
+    },
     #[error("unknown mnemonic '{name}' in {mode}-bit mode{}", suggestions(.suggest))]
-    UnknownMnemonic { name: String, mode: String, suggest: Vec<String> },
+    UnknownMnemonic {
+        name: String,
+        mode: String,
+        suggest: Vec<String>,
+    },
+    #[error("no form of '{name}' in {mode}-bit mode contains '{filter}'; its forms are: {}", .forms.join(" | "))]
+    NoSuchForm {
+        name: String,
+        filter: String,
+        mode: String,
+        forms: Vec<String>,
+    },
 }
 
 fn suggestions(s: &[String]) -> String {
@@ -43,20 +60,33 @@ fn suggestions(s: &[String]) -> String {
     }
 }
 
-/// Reads a target: hex bytes when it has a `0x` prefix, a digit or spaces
-/// between byte pairs (`0f 01 05`, `0x0f0105`, `f4`); otherwise a mnemonic
-/// (`sgdt`, `fadd`). `force_hex` reads it as bytes in every case.
+/// Reads a target: hex bytes when it consists of hex digits (with optional
+/// `0x` prefixes and separators) and has a digit, a `0x` prefix or spaces
+/// (`0f 01 05`, `0x0f0105`, `f4`); otherwise a mnemonic with optional operand
+/// text (`sgdt`, `fadd`, `push cs`). `force_hex` reads it as bytes always.
 pub fn parse_target(s: &str, force_hex: bool) -> Result<Target, ExplainError> {
     let t = s.trim();
-    let looks_hex = t.starts_with("0x")
-        || t.starts_with("0X")
-        || t.chars().any(|c| c.is_ascii_digit())
-        || t.contains(char::is_whitespace);
+    let only_hex = t
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() || c.is_whitespace() || matches!(c, 'x' | 'X' | ',' | ':'));
+    let looks_hex = only_hex
+        && (t.contains("0x")
+            || t.contains("0X")
+            || t.chars().any(|c| c.is_ascii_digit())
+            || t.contains(char::is_whitespace));
     if force_hex || looks_hex {
-        parse_hex(t).map(Target::Bytes)
-    } else {
-        Ok(Target::Mnemonic(t.to_ascii_lowercase()))
+        return parse_hex(t).map(Target::Bytes);
     }
+    let lower = t.to_ascii_lowercase();
+    let mut words = lower.split_whitespace();
+    let name = words.next().unwrap_or_default().to_string();
+    let rest: Vec<&str> = words.collect();
+    let filter = if rest.is_empty() {
+        None
+    } else {
+        Some(rest.join(" "))
+    };
+    Ok(Target::Mnemonic(name, filter))
 }
 
 /// Parses hex bytes: pairs of digits, optionally separated by spaces,
@@ -67,7 +97,10 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, ExplainError> {
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        if c == '0' && matches!(chars.get(i + 1), Some('x' | 'X')) && (i == 0 || !chars[i - 1].is_ascii_hexdigit()) {
+        if c == '0'
+            && matches!(chars.get(i + 1), Some('x' | 'X'))
+            && (i == 0 || !chars[i - 1].is_ascii_hexdigit())
+        {
             i += 2;
             continue;
         }
@@ -77,7 +110,12 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, ExplainError> {
         }
         match c.to_digit(16) {
             Some(d) => digits.push(d as u8),
-            None => return Err(ExplainError::BadHexDigit { position: i + 1, found: c }),
+            None => {
+                return Err(ExplainError::BadHexDigit {
+                    position: i + 1,
+                    found: c,
+                })
+            }
         }
         i += 1;
     }
@@ -85,7 +123,9 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, ExplainError> {
         return Err(ExplainError::Empty);
     }
     if digits.len() % 2 != 0 {
-        return Err(ExplainError::OddHex { digits: digits.len() });
+        return Err(ExplainError::OddHex {
+            digits: digits.len(),
+        });
     }
     let bytes: Vec<u8> = digits.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
     if bytes.len() > 15 {
@@ -124,7 +164,7 @@ pub struct Explained {
 /// given bytes as one entry with the harness's default operands.
 pub fn entries_for(target: &Target, mode: Mode) -> Result<Vec<Entry>, ExplainError> {
     match target {
-        Target::Mnemonic(m) => {
+        Target::Mnemonic(m, filter) => {
             let cat = catalog::build(mode);
             let found: Vec<Entry> = cat.find_mnemonic(m).into_iter().cloned().collect();
             if found.is_empty() {
@@ -134,7 +174,27 @@ pub fn entries_for(target: &Target, mode: Mode) -> Result<Vec<Entry>, ExplainErr
                     suggest: cat.suggest(m, 5),
                 });
             }
-            Ok(found)
+            let Some(f) = filter else { return Ok(found) };
+            let squash = |s: &str| {
+                s.to_ascii_lowercase()
+                    .split_whitespace()
+                    .collect::<String>()
+            };
+            let want = squash(f);
+            let kept: Vec<Entry> = found
+                .iter()
+                .filter(|e| squash(&e.form).contains(&want))
+                .cloned()
+                .collect();
+            if kept.is_empty() {
+                return Err(ExplainError::NoSuchForm {
+                    name: m.clone(),
+                    filter: f.clone(),
+                    mode: mode.name().to_string(),
+                    forms: found.iter().map(|e| e.form.clone()).collect(),
+                });
+            }
+            Ok(kept)
         }
         Target::Bytes(b) => Ok(vec![entry_from_bytes(b, mode)?]),
     }
@@ -142,15 +202,27 @@ pub fn entries_for(target: &Target, mode: Mode) -> Result<Vec<Entry>, ExplainErr
 
 /// Decodes raw bytes into a catalog-shaped entry (default harness setup).
 pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError> {
-    let mut d = Decoder::with_ip(mode.bitness(), bytes, crate::machine::TEST_RIP, DecoderOptions::NONE);
+    let mut d = Decoder::with_ip(
+        mode.bitness(),
+        bytes,
+        crate::machine::TEST_RIP,
+        DecoderOptions::NONE,
+    );
     let insn = d.decode();
     if insn.is_invalid() {
-        return Err(ExplainError::Invalid { bytes: hex(bytes), mode: mode.name().to_string() });
+        return Err(ExplainError::Invalid {
+            bytes: hex(bytes),
+            mode: mode.name().to_string(),
+        });
     }
     let mut form = String::new();
     IntelFormatter::new().format(&insn, &mut form);
     if insn.len() != bytes.len() {
-        return Err(ExplainError::Trailing { first: form, len: insn.len(), total: bytes.len() });
+        return Err(ExplainError::Trailing {
+            first: form,
+            len: insn.len(),
+            total: bytes.len(),
+        });
     }
     Ok(Entry {
         mode,
@@ -182,15 +254,27 @@ pub fn explain(entries: &[Entry], config: Config, engine: &mut dyn Engine) -> Ve
         let image = GuestImage::build(e.mode, config, Variant::base(&config));
         let mut runs = Vec::new();
         for side in Side::BOTH {
-            let Some(p) = image.prepare(side, &e.bytes, &e.setup) else { continue };
+            let Some(p) = image.prepare(side, &e.bytes, &e.setup) else {
+                continue;
+            };
             let obs = engine.run(&image, side, &p);
-            let system_changes = obs.after.as_ref().map(|a| diff_system(&obs.before, a)).unwrap_or_default();
+            let system_changes = obs
+                .after
+                .as_ref()
+                .map(|a| diff_system(&obs.before, a))
+                .unwrap_or_default();
             let user_changes = obs
                 .user
                 .as_ref()
                 .map(|u| diff_user(&initial_user_state(&image, side, &p), u))
                 .unwrap_or_default();
-            runs.push(SideRun { side, outcome: obs.outcome.short(), system_changes, user_changes, observation: obs });
+            runs.push(SideRun {
+                side,
+                outcome: obs.outcome.short(),
+                system_changes,
+                user_changes,
+                observation: obs,
+            });
         }
         out.push(Explained {
             mode: e.mode.name().to_string(),
@@ -239,25 +323,83 @@ mod tests {
         assert_eq!(parse_hex("0x0f0105").unwrap(), vec![0x0f, 0x01, 0x05]);
         assert_eq!(parse_hex("0x0f,0x01").unwrap(), vec![0x0f, 0x01]);
         assert_eq!(parse_hex("F4").unwrap(), vec![0xf4]);
-        assert_eq!(parse_hex("0f 0g"), Err(ExplainError::BadHexDigit { position: 5, found: 'g' }));
+        assert_eq!(
+            parse_hex("0f 0g"),
+            Err(ExplainError::BadHexDigit {
+                position: 5,
+                found: 'g'
+            })
+        );
         assert_eq!(parse_hex("0f 1"), Err(ExplainError::OddHex { digits: 3 }));
         assert_eq!(parse_hex("  "), Err(ExplainError::Empty));
-        assert!(matches!(parse_hex(&"90".repeat(16)), Err(ExplainError::TooLong { len: 16 })));
+        assert!(matches!(
+            parse_hex(&"90".repeat(16)),
+            Err(ExplainError::TooLong { len: 16 })
+        ));
     }
 
     #[test]
     fn targets_are_mnemonics_unless_they_look_like_hex() {
-        assert_eq!(parse_target("SGDT", false).unwrap(), Target::Mnemonic("sgdt".into()));
-        assert_eq!(parse_target("fadd", false).unwrap(), Target::Mnemonic("fadd".into()));
-        assert_eq!(parse_target("f4", false).unwrap(), Target::Bytes(vec![0xf4]));
+        assert_eq!(
+            parse_target("SGDT", false).unwrap(),
+            Target::Mnemonic("sgdt".into(), None)
+        );
+        assert_eq!(
+            parse_target("fadd", false).unwrap(),
+            Target::Mnemonic("fadd".into(), None)
+        );
+        assert_eq!(
+            parse_target("push  CS", false).unwrap(),
+            Target::Mnemonic("push".into(), Some("cs".into()))
+        );
+        assert_eq!(
+            parse_target("f4", false).unwrap(),
+            Target::Bytes(vec![0xf4])
+        );
         assert_eq!(parse_target("cc", true).unwrap(), Target::Bytes(vec![0xcc]));
     }
 
     #[test]
+    fn mnemonic_forms_are_filtered_by_operand_text() {
+        let t = parse_target("push cs", false).unwrap();
+        let e = entries_for(&t, Mode::Prot32).unwrap();
+        assert!(
+            !e.is_empty() && e.iter().all(|x| x.form.contains("cs")),
+            "{:?}",
+            e.iter().map(|x| &x.form).collect::<Vec<_>>()
+        );
+        let t = parse_target("push xyz", false).unwrap();
+        assert!(matches!(
+            entries_for(&t, Mode::Prot32),
+            Err(ExplainError::NoSuchForm { .. })
+        ));
+        let t = parse_target("sgtd", false).unwrap();
+        match entries_for(&t, Mode::Long64) {
+            Err(ExplainError::UnknownMnemonic { suggest, .. }) => {
+                assert!(suggest.contains(&"sgdt".to_string()))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn bytes_must_be_exactly_one_valid_instruction() {
-        assert!(matches!(entry_from_bytes(&[0x90, 0x90], Mode::Long64), Err(ExplainError::Trailing { len: 1, total: 2, .. })));
+        assert!(matches!(
+            entry_from_bytes(&[0x90, 0x90], Mode::Long64),
+            Err(ExplainError::Trailing {
+                len: 1,
+                total: 2,
+                ..
+            })
+        ));
         // PUSH ES does not exist in 64-bit mode.
-        assert!(matches!(entry_from_bytes(&[0x06], Mode::Long64), Err(ExplainError::Invalid { .. })));
-        assert_eq!(entry_from_bytes(&[0x06], Mode::Prot32).unwrap().mnemonic, "push");
+        assert!(matches!(
+            entry_from_bytes(&[0x06], Mode::Long64),
+            Err(ExplainError::Invalid { .. })
+        ));
+        assert_eq!(
+            entry_from_bytes(&[0x06], Mode::Prot32).unwrap().mnemonic,
+            "push"
+        );
     }
 }

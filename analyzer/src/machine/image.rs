@@ -600,6 +600,10 @@ impl GuestImage {
             }
         }
         let mut gprs = default_gprs();
+        if self.mode != Mode::Long64 {
+            // R8-R15 exist only in long mode.
+            gprs[8..].fill(0);
+        }
         for (r, v) in &setup.regs {
             gprs[r.index()] = self.resolve(side, e, *v, sentinel);
         }
