@@ -2,9 +2,15 @@
 //! catalog, the engines, the classifier and the reports.
 
 pub mod catalog;
+pub mod classify;
+pub mod compare;
 pub mod engine;
 pub mod machine;
 pub mod mode;
 pub mod observe;
+pub mod record;
+pub mod report;
+pub mod scan;
+pub mod violators;
 
 pub use mode::{Config, Mode};

@@ -82,6 +82,28 @@ impl GuestImage {
     pub fn build(_mode: Mode, _config: Config, _variant: Variant) -> GuestImage {
         unimplemented!("being written")
     }
+    /// Resolves a test for one side; `None` where the side does not exist
+    /// (the user side in real mode).
+    ///
+    /// Placeholder so that the scan compiles before the image builder lands:
+    /// it places the bytes before the sentinel and the default pages and
+    /// registers, without resolving `setup`. The image builder replaces it.
+    pub fn prepare(&self, side: Side, bytes: &[u8], _setup: &Setup) -> Option<Prepared> {
+        self.entry(side)?;
+        let mut code_page = vec![SENTINEL; PAGE as usize];
+        let start = (TEST_RIP - CODE) as usize;
+        code_page
+            .get_mut(start..start + bytes.len())?
+            .copy_from_slice(bytes);
+        Some(Prepared {
+            code_page,
+            data_page: (0..PAGE as usize).map(data_fill).collect(),
+            stack_page: (0..PAGE as usize).map(stack_fill).collect(),
+            gprs: default_gprs(),
+            rip: TEST_RIP,
+            sentinel: TEST_RIP + bytes.len() as u64,
+        })
+    }
     pub fn entry(&self, side: Side) -> Option<&EntryState> {
         match side {
             Side::Supervisor => Some(&self.supervisor),
