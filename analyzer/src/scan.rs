@@ -485,6 +485,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_image_that_cannot_be_built_is_an_error() {
+        struct Broken;
+        impl Harness for Broken {
+            fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage {
+                if variant.phys_moved {
+                    panic!("no room for the page tables");
+                }
+                TinyHarness.build(mode, config, variant)
+            }
+            fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared> {
+                TinyHarness.prepare(image, side, entry)
+            }
+        }
+        let entries = vec![entry(Mode::Long64, "hlt", &[0xf4])];
+        let fake = FakeEngine::new(rule);
+        let f = fake.clone();
+        let err = run_scan_with(
+            &Broken,
+            &entries,
+            &[Config::UMIP_OFF],
+            move || Ok(Box::new(f.clone()) as Box<dyn Engine>),
+            1,
+            false,
+        )
+        .expect_err("broken image");
+        assert_eq!(
+            err.to_string(),
+            "cannot build the guest image for mode 64, umip=off, variant phys-moved: no room for the page tables"
+        );
+        assert_eq!(fake.runs(), 0, "nothing runs before every image exists");
+    }
+
+    #[test]
     fn plan_selects_by_mode_and_name() {
         let entries = vec![
             entry(Mode::Prot32, "hlt", &[0xf4]),

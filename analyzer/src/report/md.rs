@@ -81,12 +81,16 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
         "| mode | configuration | theorem 1 (VMM) | theorem 3 (hybrid VMM) |"
     )?;
     writeln!(w, "|---|---|---|---|")?;
-    let holds = |holds: bool, n: usize| {
-        if holds {
+    let holds = |holds: bool, n: usize, unjudged: usize| {
+        let mut s = if holds {
             "holds".to_string()
         } else {
             format!("fails ({n} violators)")
+        };
+        if unjudged > 0 {
+            s.push_str(&format!(", {unjudged} not judged (engine errors)"));
         }
+        s
     };
     for t in &h.theorems {
         writeln!(
@@ -94,8 +98,12 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
             "| {} | {} | {} | {} |",
             t.mode,
             t.config,
-            holds(t.theorem1_vmm.holds, t.theorem1_vmm.violators),
-            holds(t.theorem3_hybrid.holds, t.theorem3_hybrid.violators)
+            holds(t.theorem1_vmm.holds, t.theorem1_vmm.violators, t.unjudged),
+            holds(
+                t.theorem3_hybrid.holds,
+                t.theorem3_hybrid.violators,
+                t.unjudged
+            )
         )?;
     }
 
@@ -181,6 +189,14 @@ mod tests {
     use super::*;
     use crate::record::tests::record;
     use crate::report::tests::sample;
+
+    #[test]
+    fn golden_markdown() {
+        let mut out = Vec::new();
+        write_md(&mut out, &sample()).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(text, include_str!("testdata/sample.md"));
+    }
 
     #[test]
     fn groups_follow_robin_and_irvine() {

@@ -72,6 +72,9 @@ pub struct Theorems {
     pub theorem1_vmm: TheoremResult,
     /// Theorem 3: a hybrid VMM iff every user-sensitive instruction is privileged.
     pub theorem3_hybrid: TheoremResult,
+    /// Records without a verdict (class `engine-error`): the theorems say
+    /// nothing about them.
+    pub unjudged: usize,
 }
 
 impl Report {
@@ -134,6 +137,10 @@ impl Report {
                         holds: hy == 0,
                         violators: hy,
                     },
+                    unjudged: group
+                        .iter()
+                        .filter(|r| r.verdict.class == Class::EngineError)
+                        .count(),
                 });
             }
         }
@@ -358,6 +365,23 @@ pub(crate) mod tests {
             (t[1].config.as_str(), t[1].theorem1_vmm.holds),
             ("umip=on", true)
         );
+    }
+
+    #[test]
+    fn engine_errors_are_not_judged_by_the_theorems() {
+        let r = Report::with_host(
+            "fake",
+            "fake 1",
+            "Test CPU",
+            vec![record("hlt", Class::EngineError, true)],
+        );
+        let t = &r.header.theorems[0];
+        assert!(t.theorem1_vmm.holds && t.theorem3_hybrid.holds);
+        assert_eq!(t.unjudged, 1);
+        let mut out = Vec::new();
+        md::write_md(&mut out, &r).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains("| 32 | umip=off | holds, 1 not judged (engine errors) |"));
     }
 
     #[test]
