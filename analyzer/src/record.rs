@@ -41,7 +41,7 @@ impl Record {
         verdict: Verdict,
     ) -> Record {
         let documented_privileged = entry.doc.is_privileged || entry.doc.must_be_cpl0;
-        let doc_disagreement = doc_disagreement(&entry.doc, &verdict);
+        let doc_disagreement = doc_disagreement(entry.mode, &entry.doc, &verdict);
         Record {
             engine: engine.into(),
             engine_version: engine_version.into(),
@@ -89,8 +89,9 @@ impl Record {
 }
 
 /// Where the measured verdict differs from iced's documented metadata, or
-/// `None`. Engine errors are not compared.
-pub fn doc_disagreement(doc: &DocMeta, v: &Verdict) -> Option<String> {
+/// `None`. Engine errors are not compared, nor is privilege in real mode
+/// (no CPL 3 there, so nothing documented as CPL 0 only can trap for it).
+pub fn doc_disagreement(mode: Mode, doc: &DocMeta, v: &Verdict) -> Option<String> {
     if v.class == Class::EngineError {
         return None;
     }
@@ -106,7 +107,7 @@ pub fn doc_disagreement(doc: &DocMeta, v: &Verdict) -> Option<String> {
             );
         }
     }
-    if documented && !v.privileged {
+    if documented && !v.privileged && mode.is_protected() {
         out.push(format!(
             "iced documents it as CPL 0 only, but it is not privileged here (class {})",
             v.class
@@ -236,10 +237,13 @@ pub(crate) mod tests {
             intel_vm_exit: true,
             ..Default::default()
         };
-        assert!(doc_disagreement(&doc, &verdict(Class::Innocuous))
-            .is_some_and(|d| d.contains("intel_vm_exit")));
+        assert!(
+            doc_disagreement(Mode::Prot32, &doc, &verdict(Class::Innocuous))
+                .is_some_and(|d| d.contains("intel_vm_exit"))
+        );
         assert_eq!(
             doc_disagreement(
+                Mode::Prot32,
                 &DocMeta {
                     is_input_output: true,
                     ..Default::default()
@@ -250,6 +254,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             doc_disagreement(
+                Mode::Prot32,
                 &DocMeta {
                     is_privileged: true,
                     ..Default::default()
@@ -257,6 +262,16 @@ pub(crate) mod tests {
                 &verdict(Class::EngineError)
             ),
             None
+        );
+        let cpl0_only = DocMeta {
+            is_privileged: true,
+            ..Default::default()
+        };
+        assert!(doc_disagreement(Mode::Prot16, &cpl0_only, &verdict(Class::Innocuous)).is_some());
+        assert_eq!(
+            doc_disagreement(Mode::Real, &cpl0_only, &verdict(Class::Innocuous)),
+            None,
+            "real mode has no CPL 3"
         );
     }
 

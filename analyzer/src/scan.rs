@@ -429,9 +429,13 @@ pub(crate) mod tests {
         assert_eq!(records[0].verdict.runs, per(Mode::Real, 1));
         assert_eq!(records[0].engine, "fake");
         assert_eq!(records[3].bytes, "0f0105");
-        assert!(
-            records[0].doc_disagreement.is_some(),
-            "documented HLT unprivileged in real mode"
+        assert_eq!(
+            records[0].doc_disagreement, None,
+            "real mode: no CPL 3 to trap"
+        );
+        assert_eq!(
+            records[2].doc_disagreement, None,
+            "HLT privileged as documented"
         );
     }
 
