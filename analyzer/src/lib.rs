@@ -2,11 +2,17 @@
 //! catalog, the engines, the classifier and the reports.
 
 pub mod catalog;
+pub mod classify;
 pub mod cli;
+pub mod compare;
 pub mod engine;
 pub mod explain;
 pub mod machine;
 pub mod mode;
 pub mod observe;
+pub mod record;
+pub mod report;
+pub mod scan;
+pub mod violators;
 
 pub use mode::{Config, Mode};

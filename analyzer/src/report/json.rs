@@ -1,0 +1,95 @@
+//! JSON: the complete report, to keep and to read back (`popek diff`).
+
+use super::{Report, ReportError, TOOL};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Writes the report as pretty JSON with a final newline.
+pub fn write_json<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut w, report).map_err(io::Error::from)?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
+/// Reads a report written by [`write_json`].
+pub fn read_report(path: &Path) -> Result<Report, ReportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_report(path, &text)
+}
+
+/// Parses report text; `path` only names the source in errors.
+pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ReportError::Parse {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        msg: e.to_string(),
+    })?;
+    let not = |why: String| ReportError::NotAReport {
+        path: path.to_path_buf(),
+        why,
+    };
+    match value
+        .get("header")
+        .and_then(|h| h.get("tool"))
+        .and_then(|t| t.as_str())
+    {
+        Some(TOOL) => {}
+        Some(other) => return Err(not(format!("written by '{other}', not {TOOL}"))),
+        None => return Err(not("no header.tool field".into())),
+    }
+    if !value.get("records").is_some_and(|r| r.is_array()) {
+        return Err(not("no records array".into()));
+    }
+    serde_json::from_str(text)
+        .map_err(|e| not(format!("line {}, column {}: {e}", e.line(), e.column())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::sample;
+
+    fn p() -> &'static Path {
+        Path::new("r.json")
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut out = Vec::new();
+        write_json(&mut out, &sample()).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("{\n  \"header\": {\n    \"tool\": \"popek\""));
+        assert!(text.contains("\"theorem1_vmm\""));
+        assert!(text.contains("\"host_cpu\": \"Test CPU\""));
+        assert_eq!(parse_report(p(), &text).expect("parse"), sample());
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = read_report(Path::new("/nonexistent/popek.json")).expect_err("missing");
+        assert!(
+            e.to_string()
+                .starts_with("cannot read report /nonexistent/popek.json"),
+            "{e}"
+        );
+        match parse_report(p(), "{\n  \"header\": [,\n}") {
+            Err(ReportError::Parse { line, column, .. }) => assert_eq!((line, column), (2, 14)),
+            other => panic!("{other:?}"),
+        }
+        let e = parse_report(p(), "{\"header\": {\"tool\": \"other\"}, \"records\": []}")
+            .expect_err("other tool");
+        assert_eq!(
+            e.to_string(),
+            "r.json is not a popek report: written by 'other', not popek"
+        );
+        let e = parse_report(p(), "[1, 2]").expect_err("array");
+        assert!(matches!(e, ReportError::NotAReport { .. }));
+        let e = parse_report(p(), "{\"header\": {\"tool\": \"popek\"}, \"records\": []}")
+            .expect_err("fields");
+        assert!(e.to_string().contains("missing field"), "{e}");
+    }
+}

@@ -1,0 +1,451 @@
+//! Reports: CSV for tools, JSON to keep and read back, Markdown for people.
+//! Every writer is generic over `io::Write` and byte-for-byte deterministic
+//! (no timestamps, stable order, no floats). Files are written atomically.
+
+pub mod csv;
+pub mod json;
+pub mod md;
+
+use crate::classify::Class;
+use crate::record::Record;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+pub use json::read_report;
+
+/// The name of this tool in report headers.
+pub const TOOL: &str = "popek";
+
+/// A complete report: header facts and the records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub header: Header,
+    pub records: Vec<Record>,
+}
+
+/// Facts about a scan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub tool: String,
+    pub tool_version: String,
+    pub engine: String,
+    pub engine_version: String,
+    /// Model name from /proc/cpuinfo, or `unknown`.
+    pub host_cpu: String,
+    /// Modes in report order (`16`, `32`, ...).
+    pub modes: Vec<String>,
+    /// Configuration names in the order of the records.
+    pub configurations: Vec<String>,
+    /// Per (mode, configuration): how many records of each class.
+    pub counts: Vec<GroupCounts>,
+    /// Per (mode, configuration): the theorem verdicts.
+    pub theorems: Vec<Theorems>,
+}
+
+/// Class counts of one (mode, configuration).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCounts {
+    pub mode: String,
+    pub config: String,
+    /// Class name to count; every class is present.
+    pub classes: BTreeMap<String, usize>,
+}
+
+/// Whether a theorem's condition holds, and how many instructions break it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TheoremResult {
+    pub holds: bool,
+    pub violators: usize,
+}
+
+/// The theorem verdicts of one (mode, configuration).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Theorems {
+    pub mode: String,
+    pub config: String,
+    /// Theorem 1: a VMM can be built iff every sensitive instruction is privileged.
+    pub theorem1_vmm: TheoremResult,
+    /// Theorem 3: a hybrid VMM iff every user-sensitive instruction is privileged.
+    pub theorem3_hybrid: TheoremResult,
+    /// Records without a verdict (class `engine-error`): the theorems say
+    /// nothing about them.
+    pub unjudged: usize,
+}
+
+impl Report {
+    /// A report over `records` (kept in their order), with the host's CPU name.
+    pub fn new(engine: &str, engine_version: &str, records: Vec<Record>) -> Report {
+        Report::with_host(engine, engine_version, &host_cpu(), records)
+    }
+
+    /// A report with a given host CPU name (for tests and reproducible output).
+    pub fn with_host(
+        engine: &str,
+        engine_version: &str,
+        host_cpu: &str,
+        records: Vec<Record>,
+    ) -> Report {
+        let mut modes: Vec<_> = records.iter().map(|r| r.mode).collect();
+        modes.sort();
+        modes.dedup();
+        let mut configurations: Vec<String> = Vec::new();
+        for r in &records {
+            if !configurations.contains(&r.config) {
+                configurations.push(r.config.clone());
+            }
+        }
+        let mut counts = Vec::new();
+        let mut theorems = Vec::new();
+        for m in &modes {
+            for c in &configurations {
+                let group: Vec<&Record> = records
+                    .iter()
+                    .filter(|r| r.mode == *m && r.config == *c)
+                    .collect();
+                if group.is_empty() {
+                    continue;
+                }
+                let mut classes: BTreeMap<String, usize> = Class::ALL
+                    .iter()
+                    .map(|k| (k.name().to_string(), 0))
+                    .collect();
+                for r in &group {
+                    *classes
+                        .entry(r.verdict.class.name().to_string())
+                        .or_default() += 1;
+                }
+                counts.push(GroupCounts {
+                    mode: m.name().into(),
+                    config: c.clone(),
+                    classes,
+                });
+                let pg = group.iter().filter(|r| r.verdict.violates_pg).count();
+                let hy = group.iter().filter(|r| r.verdict.violates_hybrid).count();
+                theorems.push(Theorems {
+                    mode: m.name().into(),
+                    config: c.clone(),
+                    theorem1_vmm: TheoremResult {
+                        holds: pg == 0,
+                        violators: pg,
+                    },
+                    theorem3_hybrid: TheoremResult {
+                        holds: hy == 0,
+                        violators: hy,
+                    },
+                    unjudged: group
+                        .iter()
+                        .filter(|r| r.verdict.class == Class::EngineError)
+                        .count(),
+                });
+            }
+        }
+        Report {
+            header: Header {
+                tool: TOOL.into(),
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+                engine: engine.into(),
+                engine_version: engine_version.into(),
+                host_cpu: host_cpu.into(),
+                modes: modes.iter().map(|m| m.name().to_string()).collect(),
+                configurations,
+                counts,
+                theorems,
+            },
+            records,
+        }
+    }
+}
+
+/// The CPU model name from /proc/cpuinfo, or `unknown`.
+pub fn host_cpu() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Why a report could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write report {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read report {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not valid JSON (line {line}, column {column}): {msg}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        msg: String,
+    },
+    #[error("{} is not a popek report: {why}", path.display())]
+    NotAReport { path: PathBuf, why: String },
+    #[error("unknown report format '{0}': expected csv, json or md")]
+    UnknownFormat(String),
+}
+
+/// A report format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Format {
+    Csv,
+    Json,
+    Md,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Csv, Format::Json, Format::Md];
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Md => "md",
+        }
+    }
+    /// Writes `report` in this format.
+    pub fn write<W: Write>(self, w: W, report: &Report) -> io::Result<()> {
+        match self {
+            Format::Csv => csv::write_csv(w, &report.records),
+            Format::Json => json::write_json(w, report),
+            Format::Md => md::write_md(w, report),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.extension())
+    }
+}
+
+impl FromStr for Format {
+    type Err = ReportError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            "md" | "markdown" => Ok(Format::Md),
+            other => Err(ReportError::UnknownFormat(other.into())),
+        }
+    }
+}
+
+/// Writes a file atomically: into a temporary file in the same directory,
+/// flushed and synced, then renamed over `path`. On any error the temporary
+/// file is removed and `path` is left as it was.
+pub fn write_atomic<F>(path: &Path, write: F) -> Result<(), ReportError>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let err = |source| ReportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.file_name().ok_or_else(|| {
+        err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file name",
+        ))
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let mut w = BufWriter::new(file);
+        write(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+/// Writes `report` into `dir` in each format as `popek-<engine>.<ext>`;
+/// returns the paths written.
+pub fn write_reports(
+    dir: &Path,
+    formats: &[Format],
+    report: &Report,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let mut written = Vec::new();
+    for f in formats {
+        let path = dir.join(format!("popek-{}.{}", report.header.engine, f.extension()));
+        write_atomic(&path, |w| f.write(w, report))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::record::tests::record;
+
+    pub(crate) fn sample() -> Report {
+        let mut umip = record("sgdt", Class::Privileged, false);
+        umip.config = "umip=on".into();
+        Report::with_host(
+            "fake",
+            "fake 1",
+            "Test CPU",
+            vec![
+                record("hlt", Class::Privileged, true),
+                record("sgdt", Class::SensitiveUnprivileged, false),
+                record("add", Class::Innocuous, false),
+                umip,
+            ],
+        )
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("popek-report-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("scratch dir");
+        d
+    }
+
+    #[test]
+    fn header_counts_and_theorems_per_configuration() {
+        let r = sample();
+        assert_eq!(r.header.modes, vec!["32"]);
+        assert_eq!(r.header.configurations, vec!["umip=off", "umip=on"]);
+        assert_eq!(r.header.counts[0].classes["privileged"], 1);
+        assert_eq!(r.header.counts[0].classes["sensitive-unprivileged"], 1);
+        assert_eq!(r.header.counts[0].classes["unsupported"], 0);
+        let t = &r.header.theorems;
+        assert_eq!(
+            t[0].theorem1_vmm,
+            TheoremResult {
+                holds: false,
+                violators: 1
+            }
+        );
+        assert_eq!(
+            t[0].theorem3_hybrid,
+            TheoremResult {
+                holds: false,
+                violators: 1
+            }
+        );
+        assert_eq!(
+            (t[1].config.as_str(), t[1].theorem1_vmm.holds),
+            ("umip=on", true)
+        );
+    }
+
+    #[test]
+    fn engine_errors_are_not_judged_by_the_theorems() {
+        let r = Report::with_host(
+            "fake",
+            "fake 1",
+            "Test CPU",
+            vec![record("hlt", Class::EngineError, true)],
+        );
+        let t = &r.header.theorems[0];
+        assert!(t.theorem1_vmm.holds && t.theorem3_hybrid.holds);
+        assert_eq!(t.unjudged, 1);
+        let mut out = Vec::new();
+        md::write_md(&mut out, &r).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains("| 32 | umip=off | holds, 1 not judged (engine errors) |"));
+    }
+
+    #[test]
+    fn every_format_is_byte_for_byte_deterministic() {
+        for f in Format::ALL {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            f.write(&mut a, &sample()).expect("write");
+            f.write(&mut b, &sample()).expect("write");
+            assert!(!a.is_empty());
+            assert_eq!(a, b, "{f}");
+        }
+    }
+
+    #[test]
+    fn atomic_write_replaces_or_leaves_nothing() {
+        let dir = scratch("atomic");
+        let path = dir.join("r.txt");
+        write_atomic(&path, |w| w.write_all(b"one")).expect("write");
+        assert_eq!(fs::read(&path).expect("read"), b"one");
+        let err = write_atomic(&path, |w| {
+            w.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        })
+        .expect_err("fails");
+        assert!(
+            err.to_string().contains("r.txt") && err.to_string().contains("disk full"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            b"one",
+            "old report untouched"
+        );
+        let left: Vec<_> = fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.map(|e| e.file_name()))
+            .collect();
+        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+        let missing = dir.join("no/such/dir/r.txt");
+        let err = write_atomic(&missing, |w| w.write_all(b"x")).expect_err("no dir");
+        assert!(matches!(&err, ReportError::Write { path, .. } if *path == missing));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn write_reports_writes_every_format_and_json_reads_back() {
+        let dir = scratch("all");
+        let report = sample();
+        let paths = write_reports(&dir, &Format::ALL, &report).expect("write");
+        let names: Vec<String> = paths
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(
+            names,
+            ["popek-fake.csv", "popek-fake.json", "popek-fake.md"]
+        );
+        assert_eq!(read_report(&paths[1]).expect("read back"), report);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn formats_parse() {
+        assert_eq!("markdown".parse::<Format>().ok(), Some(Format::Md));
+        assert!("pdf".parse::<Format>().is_err());
+    }
+}

@@ -1,0 +1,556 @@
+//! Scan orchestration: every catalog entry in every configuration, every
+//! state of the matrix on every side, on a pool of workers that each own
+//! one engine; then the classifier and one [`Record`] per (entry, configuration).
+
+use crate::catalog::Entry;
+use crate::classify::{classify, Run};
+use crate::engine::{Engine, EngineError};
+use crate::machine::{GuestImage, Prepared, Variant};
+use crate::mode::{Config, Mode};
+use crate::observe::{Observation, Outcome, Side};
+use crate::record::Record;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What to scan: the modes, the configurations, and optionally which
+/// instructions (by iced `Code` name or mnemonic, case-insensitive).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPlan {
+    pub modes: Vec<Mode>,
+    pub configs: Vec<Config>,
+    /// Keep only entries whose `code` or `mnemonic` equals one of these; all if empty.
+    pub only: Vec<String>,
+}
+
+impl ScanPlan {
+    /// The entries of the plan's modes that pass its filter, in catalog order.
+    pub fn select<'e>(&self, entries: &'e [Entry]) -> Vec<&'e Entry> {
+        entries
+            .iter()
+            .filter(|e| self.modes.contains(&e.mode))
+            .filter(|e| {
+                self.only.is_empty()
+                    || self.only.iter().any(|o| {
+                        o.eq_ignore_ascii_case(&e.code) || o.eq_ignore_ascii_case(&e.mnemonic)
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Why a scan could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot open the engine: {0}")]
+    OpenEngine(#[source] EngineError),
+    #[error("cannot open the engine for a worker thread: {0}")]
+    OpenWorkerEngine(String),
+    #[error("cannot build the guest image for mode {mode}, {config}, variant {variant}: {msg}")]
+    BuildImage {
+        mode: Mode,
+        config: String,
+        variant: String,
+        msg: String,
+    },
+    #[error("cannot start {jobs} worker threads: {source}")]
+    ThreadPool {
+        jobs: usize,
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
+}
+
+/// Builds guest images and resolves tests for them. The scan uses
+/// [`GuestHarness`]; tests may substitute images no engine could run.
+pub trait Harness: Sync {
+    fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage;
+    /// `None` where the side does not exist (the user side in real mode).
+    fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared>;
+}
+
+/// The real harness: [`GuestImage::build`] and [`GuestImage::prepare`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestHarness;
+
+impl Harness for GuestHarness {
+    fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage {
+        GuestImage::build(mode, config, variant)
+    }
+    fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared> {
+        image.prepare(side, &entry.bytes, &entry.setup)
+    }
+}
+
+/// Scans `entries` (each in its own mode) in every configuration of
+/// `configs` on `jobs` workers (0: one per CPU), each with its own engine
+/// from `make_engine`. Records come sorted by mode, configuration (in the
+/// order given) and entry (in the order given).
+pub fn run_scan<F>(
+    entries: &[Entry],
+    configs: &[Config],
+    make_engine: F,
+    jobs: usize,
+    progress: bool,
+) -> Result<Vec<Record>, ScanError>
+where
+    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Sync,
+{
+    run_scan_with(&GuestHarness, entries, configs, make_engine, jobs, progress)
+}
+
+type Images = BTreeMap<(Mode, usize), Vec<(Variant, Arc<GuestImage>)>>;
+type Built = Result<((Mode, usize), Variant, Arc<GuestImage>), ScanError>;
+
+/// [`run_scan`] with a chosen harness.
+pub fn run_scan_with<H, F>(
+    harness: &H,
+    entries: &[Entry],
+    configs: &[Config],
+    make_engine: F,
+    jobs: usize,
+    progress: bool,
+) -> Result<Vec<Record>, ScanError>
+where
+    H: Harness,
+    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Sync,
+{
+    let jobs = if jobs == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        jobs
+    };
+    // Open one engine at once so that a missing engine is an error, not a
+    // failure deep inside a worker. Workers open their own: engines are not
+    // `Send` (Unicorn is not), so each pool thread keeps one in a thread-local.
+    let first = make_engine().map_err(ScanError::OpenEngine)?;
+    let (engine_name, engine_version) = (first.name().to_string(), first.version());
+    drop(first);
+    let scan_id = NEXT_SCAN.fetch_add(1, Ordering::Relaxed);
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|source| ScanError::ThreadPool { jobs, source })?;
+
+    let mut modes: Vec<Mode> = entries.iter().map(|e| e.mode).collect();
+    modes.sort();
+    modes.dedup();
+
+    // Every image once per (mode, configuration, variant).
+    let keys: Vec<(Mode, usize, Variant)> = modes
+        .iter()
+        .flat_map(|&m| {
+            configs
+                .iter()
+                .enumerate()
+                .flat_map(move |(ci, c)| Variant::matrix(m, c).into_iter().map(move |v| (m, ci, v)))
+        })
+        .collect();
+    let built: Vec<Built> = pool.install(|| {
+        keys.par_iter()
+            .map(|&(mode, ci, variant)| {
+                let config = configs[ci];
+                catch_unwind(AssertUnwindSafe(|| harness.build(mode, config, variant)))
+                    .map(|img| ((mode, ci), variant, Arc::new(img)))
+                    .map_err(|p| ScanError::BuildImage {
+                        mode,
+                        config: config.name(),
+                        variant: variant.name(&config),
+                        msg: panic_text(p.as_ref()),
+                    })
+            })
+            .collect()
+    });
+    let mut images: Images = BTreeMap::new();
+    for b in built {
+        let (key, variant, image) = b?;
+        images.entry(key).or_default().push((variant, image));
+    }
+
+    // Work items in report order: mode, configuration, entry.
+    let mut items: Vec<(Mode, usize, usize)> = Vec::new();
+    for &mode in &modes {
+        for ci in 0..configs.len() {
+            items.extend(
+                entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.mode == mode)
+                    .map(|(ei, _)| (mode, ci, ei)),
+            );
+        }
+    }
+
+    let bar = if progress && std::io::stderr().is_terminal() {
+        let bar =
+            ProgressBar::with_draw_target(Some(items.len() as u64), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed} / ~{eta}]")
+        {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let records: Result<Vec<Record>, ScanError> = pool.install(|| {
+        items
+            .par_iter()
+            .map(|&(mode, ci, ei)| {
+                let (entry, config) = (&entries[ei], &configs[ci]);
+                let variants = images.get(&(mode, ci)).map(Vec::as_slice).unwrap_or(&[]);
+                let runs = WORKER_ENGINE.with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    let mut engine = match slot.take() {
+                        Some((id, e)) if id == scan_id => Some(e),
+                        _ => None,
+                    };
+                    let runs = runs_of(harness, &mut engine, &make_engine, variants, entry, config);
+                    *slot = engine.map(|e| (scan_id, e));
+                    runs
+                })?;
+                let verdict = classify(mode, config, &runs);
+                bar.inc(1);
+                bar.set_message(entry.code.clone());
+                Ok(Record::new(
+                    &engine_name,
+                    &engine_version,
+                    entry,
+                    config,
+                    verdict,
+                ))
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    records
+}
+
+thread_local! {
+    /// The engine of the current worker thread, tagged with the scan it belongs to.
+    static WORKER_ENGINE: RefCell<Option<(u64, Box<dyn Engine>)>> = const { RefCell::new(None) };
+}
+
+/// Distinguishes scans, so a thread never reuses another scan's engine.
+static NEXT_SCAN: AtomicU64 = AtomicU64::new(0);
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
+
+/// Every state of the matrix on every side that exists, then the base state's repeat 1.
+fn runs_of<H, F>(
+    harness: &H,
+    engine: &mut Option<Box<dyn Engine>>,
+    make_engine: &F,
+    variants: &[(Variant, Arc<GuestImage>)],
+    entry: &Entry,
+    config: &Config,
+) -> Result<Vec<Run>, ScanError>
+where
+    H: Harness,
+    F: Fn() -> Result<Box<dyn Engine>, EngineError>,
+{
+    let mut runs = Vec::with_capacity(variants.len() * 2 + 2);
+    let base = Variant::base(config);
+    let mut plan: Vec<(&(Variant, Arc<GuestImage>), u8)> =
+        variants.iter().map(|v| (v, 0)).collect();
+    plan.extend(variants.iter().filter(|(v, _)| *v == base).map(|v| (v, 1)));
+    for ((variant, image), repeat) in plan {
+        for side in Side::BOTH {
+            let Some(test) = harness.prepare(image, side, entry) else {
+                continue;
+            };
+            let obs = run_guarded(engine, make_engine, image, side, &test)?;
+            runs.push(Run {
+                variant: *variant,
+                side,
+                repeat,
+                obs,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// Runs one test; a panicking engine becomes an engine error and is reopened
+/// for the next run.
+fn run_guarded<F>(
+    slot: &mut Option<Box<dyn Engine>>,
+    make_engine: &F,
+    image: &GuestImage,
+    side: Side,
+    test: &Prepared,
+) -> Result<Observation, ScanError>
+where
+    F: Fn() -> Result<Box<dyn Engine>, EngineError>,
+{
+    let engine = match slot {
+        Some(e) => e,
+        None => slot.insert(make_engine().map_err(|e| ScanError::OpenWorkerEngine(e.to_string()))?),
+    };
+    match catch_unwind(AssertUnwindSafe(|| engine.run(image, side, test))) {
+        Ok(obs) => Ok(obs),
+        Err(p) => {
+            *slot = None;
+            let before = Default::default();
+            Ok(Observation::outcome_only(
+                Outcome::EngineError(format!("engine panicked: {}", panic_text(p.as_ref()))),
+                before,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::catalog::DocMeta;
+    use crate::classify::Class;
+    use crate::engine::fake::{obs, FakeEngine};
+    use crate::machine::{EntryState, SysRegs, TEST_RIP};
+    use crate::observe::{SystemState, UserState};
+
+    /// Images with no memory: enough for the fake engine, which reads only the variant.
+    pub(crate) struct TinyHarness;
+
+    impl Harness for TinyHarness {
+        fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage {
+            GuestImage {
+                mode,
+                config,
+                variant,
+                memory: Vec::new(),
+                sys: SysRegs::default(),
+                supervisor: EntryState::default(),
+                user: mode.is_protected().then(EntryState::default),
+                seg_base: 0,
+                code_phys: 0,
+                data_phys: 0,
+                stack_phys: 0,
+                restore_pages: Vec::new(),
+            }
+        }
+        fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared> {
+            image.prepare(side, &entry.bytes, &entry.setup)
+        }
+    }
+
+    fn entry(mode: Mode, mnemonic: &str, bytes: &[u8]) -> Entry {
+        Entry {
+            mode,
+            code: mnemonic.to_ascii_uppercase(),
+            mnemonic: mnemonic.into(),
+            form: mnemonic.into(),
+            bytes: bytes.to_vec(),
+            setup: Default::default(),
+            doc: DocMeta {
+                is_privileged: mnemonic == "hlt",
+                ..Default::default()
+            },
+        }
+    }
+
+    /// HLT (f4) traps at CPL 3; SGDT (0f 01 ..) stores a base that moves with the tables;
+    /// everything else completes identically.
+    pub(crate) fn rule(v: &Variant, side: Side, bytes: &[u8]) -> Observation {
+        let sys = SystemState {
+            cpl: if side == Side::User { 3 } else { 0 },
+            ..Default::default()
+        };
+        let mut user = UserState {
+            rip: TEST_RIP + bytes.len() as u64,
+            ..Default::default()
+        };
+        match bytes {
+            [0xf4] if side == Side::User => obs::trap(13, Some(0), sys),
+            [0x0f, 0x01, ..] => {
+                user.data = vec![u8::from(v.tables_moved); 4];
+                obs::completed(sys, user)
+            }
+            _ => obs::completed(sys, user),
+        }
+    }
+
+    fn scan(entries: &[Entry], fake: &FakeEngine, jobs: usize) -> Result<Vec<Record>, ScanError> {
+        let f = fake.clone();
+        run_scan_with(
+            &TinyHarness,
+            entries,
+            &Config::DEFAULTS,
+            move || Ok(Box::new(f.clone()) as Box<dyn Engine>),
+            jobs,
+            false,
+        )
+    }
+
+    #[test]
+    fn scan_classifies_every_entry_in_every_configuration_in_order() {
+        let entries = vec![
+            entry(Mode::Long64, "add", &[0x01, 0xc0]),
+            entry(Mode::Prot32, "hlt", &[0xf4]),
+            entry(Mode::Prot32, "sgdt", &[0x0f, 0x01, 0x05]),
+            entry(Mode::Real, "hlt", &[0xf4]),
+        ];
+        let fake = FakeEngine::new(rule);
+        let records = scan(&entries, &fake, 2).expect("scan");
+        let got: Vec<(String, String, String, Class)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.mode.name().to_string(),
+                    r.config.clone(),
+                    r.mnemonic.clone(),
+                    r.verdict.class,
+                )
+            })
+            .collect();
+        let want = [
+            ("real", "umip=off", "hlt", Class::Innocuous),
+            ("real", "umip=on", "hlt", Class::Innocuous),
+            ("32", "umip=off", "hlt", Class::Privileged),
+            ("32", "umip=off", "sgdt", Class::SensitiveUnprivileged),
+            ("32", "umip=on", "hlt", Class::Privileged),
+            ("32", "umip=on", "sgdt", Class::SensitiveUnprivileged),
+            ("64", "umip=off", "add", Class::Innocuous),
+            ("64", "umip=on", "add", Class::Innocuous),
+        ];
+        let want: Vec<(String, String, String, Class)> = want
+            .iter()
+            .map(|(m, c, n, k)| (m.to_string(), c.to_string(), n.to_string(), *k))
+            .collect();
+        assert_eq!(got, want);
+        // Runs: per entry and configuration, every variant on each side plus 2 repeats
+        // (real mode: one side).
+        let per = |m: Mode, sides: usize| (Variant::matrix(m, &Config::UMIP_OFF).len() + 1) * sides;
+        let expected = 2 * (per(Mode::Long64, 2) + 2 * per(Mode::Prot32, 2) + per(Mode::Real, 1));
+        assert_eq!(fake.runs(), expected);
+        assert_eq!(records[0].verdict.runs, per(Mode::Real, 1));
+        assert_eq!(records[0].engine, "fake");
+        assert_eq!(records[3].bytes, "0f0105");
+        assert_eq!(
+            records[0].doc_disagreement, None,
+            "real mode: no CPL 3 to trap"
+        );
+        assert_eq!(
+            records[2].doc_disagreement, None,
+            "HLT privileged as documented"
+        );
+    }
+
+    #[test]
+    fn scan_is_deterministic_across_job_counts() {
+        let entries: Vec<Entry> = (0..20u8)
+            .map(|i| entry(Mode::Prot16, "add", &[0x01, i]))
+            .collect();
+        let one = scan(&entries, &FakeEngine::new(rule), 1).expect("scan");
+        let two = scan(&entries, &FakeEngine::new(rule), 2).expect("scan");
+        assert_eq!(one, two);
+        assert_eq!(one.len(), 40);
+    }
+
+    #[test]
+    fn an_engine_that_cannot_open_is_an_error() {
+        let entries = vec![entry(Mode::Prot32, "hlt", &[0xf4])];
+        let err = run_scan_with(
+            &TinyHarness,
+            &entries,
+            &Config::DEFAULTS,
+            || Err(EngineError::KvmUnavailable("/dev/kvm: no such file".into())),
+            1,
+            false,
+        )
+        .expect_err("no engine");
+        assert!(matches!(err, ScanError::OpenEngine(_)));
+        assert_eq!(
+            err.to_string(),
+            "cannot open the engine: kvm is not available: /dev/kvm: no such file"
+        );
+    }
+
+    #[test]
+    fn a_panicking_engine_becomes_engine_errors() {
+        let entries = vec![entry(Mode::Prot32, "hlt", &[0xf4])];
+        let fake = FakeEngine::new(|v: &Variant, side, bytes: &[u8]| {
+            if v.tables_moved {
+                panic!("boom");
+            }
+            rule(v, side, bytes)
+        });
+        let records = scan(&entries, &fake, 1).expect("scan");
+        let v = &records[0].verdict;
+        assert_eq!(v.class, Class::Privileged);
+        assert_eq!(v.engine_level_runs, 2);
+        assert_eq!(
+            v.engine_results[0],
+            "tables-moved@cpl0: engine-error: engine panicked: boom"
+        );
+    }
+
+    #[test]
+    fn an_image_that_cannot_be_built_is_an_error() {
+        struct Broken;
+        impl Harness for Broken {
+            fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage {
+                if variant.phys_moved {
+                    panic!("no room for the page tables");
+                }
+                TinyHarness.build(mode, config, variant)
+            }
+            fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared> {
+                TinyHarness.prepare(image, side, entry)
+            }
+        }
+        let entries = vec![entry(Mode::Long64, "hlt", &[0xf4])];
+        let fake = FakeEngine::new(rule);
+        let f = fake.clone();
+        let err = run_scan_with(
+            &Broken,
+            &entries,
+            &[Config::UMIP_OFF],
+            move || Ok(Box::new(f.clone()) as Box<dyn Engine>),
+            1,
+            false,
+        )
+        .expect_err("broken image");
+        assert_eq!(
+            err.to_string(),
+            "cannot build the guest image for mode 64, umip=off, variant phys-moved: no room for the page tables"
+        );
+        assert_eq!(fake.runs(), 0, "nothing runs before every image exists");
+    }
+
+    #[test]
+    fn plan_selects_by_mode_and_name() {
+        let entries = vec![
+            entry(Mode::Prot32, "hlt", &[0xf4]),
+            entry(Mode::Long64, "hlt", &[0xf4]),
+            entry(Mode::Prot32, "add", &[1, 0]),
+        ];
+        let plan = ScanPlan {
+            modes: vec![Mode::Prot32],
+            configs: vec![Config::UMIP_OFF],
+            only: vec!["HLT".into()],
+        };
+        let sel = plan.select(&entries);
+        assert_eq!(sel.len(), 1);
+        assert_eq!(sel[0].mode, Mode::Prot32);
+        let all = ScanPlan {
+            only: Vec::new(),
+            ..plan
+        };
+        assert_eq!(all.select(&entries).len(), 2);
+    }
+}
