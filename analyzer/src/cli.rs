@@ -6,6 +6,14 @@ use crate::explain;
 use crate::mode::{Config, Mode};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::catalog;
+use crate::compare;
+use crate::record::Record;
+use crate::report::{self, Format, Report};
+use crate::scan::{self, ScanPlan};
+use crate::violators;
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Which x86 instructions break Popek & Goldberg? Measured, with evidence.
@@ -20,6 +28,12 @@ pub struct Cli {
 pub enum Command {
     /// Run one instruction at CPL 0 and CPL 3 and show what each run did.
     Explain(ExplainArgs),
+    /// Classify every catalog instruction over the sampled-state matrix and write reports.
+    Scan(ScanArgs),
+    /// The sensitive instructions that are not privileged, from a report or a fresh scan.
+    Violators(ViolatorsArgs),
+    /// Compare two reports (two engines, two CPUs, two versions); exit 1 if they differ.
+    Diff(DiffArgs),
     /// List the engines, their versions, and why one is not available.
     Engines,
 }
@@ -55,6 +69,66 @@ pub struct ExplainArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Engine: unicorn, kvm or all (all adds an engine-comparison report).
+    #[arg(long, default_value = "unicorn")]
+    pub engine: String,
+    /// Modes, comma-separated: real, 16, 32, 64.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64", value_parser = parse_mode)]
+    pub mode: Vec<Mode>,
+    /// Configurations, comma-separated (settings joined by ':'): umip=off, umip=on, umip=on:iopl=3, ...
+    #[arg(long, value_delimiter = ',', default_value = "umip=off,umip=on", value_parser = parse_config)]
+    pub config: Vec<Config>,
+    /// Only these instructions (mnemonics or iced Code names), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Directory the reports are written to.
+    #[arg(long, default_value = "reports")]
+    pub out: PathBuf,
+    /// Report formats, comma-separated: csv, json, md.
+    #[arg(long, value_delimiter = ',', default_value = "csv,json,md", value_parser = parse_format)]
+    pub format: Vec<Format>,
+    /// Worker threads (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ViolatorsArgs {
+    /// A JSON report to read; without it, a fresh scan on Unicorn.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Only this mode.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+    /// Only this configuration (e.g. umip=off).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Worker threads for a fresh scan (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The first JSON report (for example the kept baseline).
+    pub a: PathBuf,
+    /// The second JSON report.
+    pub b: PathBuf,
+    /// Print the differences as Markdown instead of one line each.
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+fn parse_config(s: &str) -> Result<Config, String> {
+    s.parse::<Config>().map_err(|e| e.to_string())
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse::<Format>().map_err(|e| e.to_string())
+}
+
 fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse::<Mode>().map_err(|e| e.to_string())
 }
@@ -73,6 +147,9 @@ pub fn parse_engines(s: &str) -> Result<Vec<EngineKind>> {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Explain(a) => cmd_explain(a),
+        Command::Scan(a) => cmd_scan(a),
+        Command::Violators(a) => cmd_violators(a),
+        Command::Diff(a) => cmd_diff(a),
         Command::Engines => cmd_engines(),
     }
 }
@@ -117,4 +194,120 @@ fn cmd_engines() -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Scans on one engine: the catalog of the plan's modes, filtered, in every configuration.
+pub fn scan_records(kind: EngineKind, plan: &ScanPlan, jobs: usize) -> Result<Vec<Record>> {
+    let cat = catalog::build_all(&plan.modes);
+    let selected: Vec<catalog::Entry> = plan.select(&cat.entries).into_iter().cloned().collect();
+    if selected.is_empty() {
+        bail!("no catalog instruction matches --only {}", plan.only.join(","));
+    }
+    let progress = std::io::stderr().is_terminal();
+    let records = scan::run_scan(&selected, &plan.configs, || engine::open(kind), jobs, progress)
+        .with_context(|| format!("scan on {kind} failed"))?;
+    Ok(records)
+}
+
+fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
+    let kinds = parse_engines(&a.engine)?;
+    let all = a.engine.eq_ignore_ascii_case("all");
+    let plan = ScanPlan { modes: a.mode.clone(), configs: a.config.clone(), only: a.only.clone() };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create the report directory {}", a.out.display()))?;
+    let mut reports: Vec<Report> = Vec::new();
+    for kind in kinds {
+        if all {
+            if let Err(e) = engine::open(kind) {
+                eprintln!("popek: engine {kind} is not available, scanning without it: {e}");
+                continue;
+            }
+        }
+        let records = scan_records(kind, &plan, a.jobs)?;
+        let version = records.first().map(|r| r.engine_version.clone()).unwrap_or_default();
+        let rep = Report::new(kind.name(), &version, records);
+        for path in report::write_reports(&a.out, &a.format, &rep)? {
+            eprintln!("popek: wrote {}", path.display());
+        }
+        print!("{}", summary(&rep));
+        reports.push(rep);
+    }
+    if all && reports.len() == 2 {
+        let diffs = compare::compare(&reports[0].records, &reports[1].records);
+        let path = a.out.join("popek-comparison.md");
+        report::write_atomic(&path, |w| {
+            compare::write_differences_md(w, &reports[0].header.engine, &reports[1].header.engine, &diffs)
+        })?;
+        eprintln!("popek: wrote {} ({} differences)", path.display(), diffs.len());
+    } else if all {
+        eprintln!("popek: only one engine ran; no engine comparison written");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per (mode, configuration): the theorem verdicts and the class counts.
+pub fn summary(rep: &Report) -> String {
+    let mut s = String::new();
+    for t in &rep.header.theorems {
+        s.push_str(&format!(
+            "{} mode {:>4} {:<10} theorem 1 (VMM): {} ({} violators)  theorem 3 (hybrid VMM): {} ({} violators)\n",
+            rep.header.engine,
+            t.mode,
+            t.config,
+            if t.theorem1_vmm.holds { "holds" } else { "fails" },
+            t.theorem1_vmm.violators,
+            if t.theorem3_hybrid.holds { "holds" } else { "fails" },
+            t.theorem3_hybrid.violators,
+        ));
+    }
+    s
+}
+
+fn cmd_violators(a: ViolatorsArgs) -> Result<ExitCode> {
+    let records = match &a.report {
+        Some(path) => report::read_report(path)?.records,
+        None => {
+            let plan = ScanPlan {
+                modes: a.mode.map(|m| vec![m]).unwrap_or_else(|| Mode::DEFAULT_SCAN.to_vec()),
+                configs: match &a.config {
+                    Some(c) => vec![parse_config(c).map_err(anyhow::Error::msg)?],
+                    None => Config::DEFAULTS.to_vec(),
+                },
+                only: Vec::new(),
+            };
+            scan_records(EngineKind::Unicorn, &plan, a.jobs)?
+        }
+    };
+    let config = match &a.config {
+        Some(c) => Some(parse_config(c).map_err(anyhow::Error::msg)?.name()),
+        None => None,
+    };
+    let found = violators::violators(&records, a.mode, config.as_deref());
+    print!("{}", violators::render_violators(&found));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
+    let ra = report::read_report(&a.a)?;
+    let rb = report::read_report(&a.b)?;
+    let diffs = compare::compare(&ra.records, &rb.records);
+    if a.markdown {
+        let mut out = Vec::new();
+        compare::write_differences_md(&mut out, &a.a.display().to_string(), &a.b.display().to_string(), &diffs)?;
+        print!("{}", String::from_utf8_lossy(&out));
+    } else {
+        for d in &diffs {
+            println!(
+                "{} {} {} [{}]: {} | a: {} | b: {}",
+                d.mode,
+                d.config,
+                d.form,
+                d.code,
+                d.fields.join(","),
+                d.a.as_ref().map(|s| s.class.as_str()).unwrap_or("missing"),
+                d.b.as_ref().map(|s| s.class.as_str()).unwrap_or("missing"),
+            );
+        }
+        eprintln!("popek: {} differences between {} and {}", diffs.len(), a.a.display(), a.b.display());
+    }
+    Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
