@@ -41,7 +41,8 @@ impl Ctx {
     pub fn osz(&self) -> u32 {
         match self.op.operand_size() {
             0 => {
-                if self.bitness == 64 && (self.op.default_op_size64() || self.op.force_op_size64()) {
+                if self.bitness == 64 && (self.op.default_op_size64() || self.op.force_op_size64())
+                {
                     64
                 } else if self.bitness == 16 {
                     16
@@ -96,10 +97,6 @@ fn is_xsave_area(code: Code) -> bool {
     m.starts_with("xsave") || m.starts_with("xrstor")
 }
 
-fn vec_reg(kind_base: Register, n: usize) -> Register {
-    reg_add(kind_base, n)
-}
-
 /// Fill operand `i` of kind `kind` with a memory operand at `addr`.
 fn set_mem(instr: &mut Instruction, i: u32, kind: K, bitness: u32, addr: u64) {
     instr.set_op_kind(i, OpKind::Memory);
@@ -116,7 +113,12 @@ fn set_mem(instr: &mut Instruction, i: u32, kind: K, bitness: u32, addr: u64) {
     let absolute_only = index.is_some()
         || matches!(
             kind,
-            K::mem_mpx | K::mem_mib | K::sibmem | K::r32_or_mem_mpx | K::r64_or_mem_mpx | K::bnd_or_mem_mpx
+            K::mem_mpx
+                | K::mem_mib
+                | K::sibmem
+                | K::r32_or_mem_mpx
+                | K::r64_or_mem_mpx
+                | K::bnd_or_mem_mpx
         );
     if let Some(ix) = index {
         instr.set_memory_index(ix);
@@ -142,7 +144,11 @@ pub(super) fn generic(ctx: &Ctx) -> Result<Instruction, String> {
     let bitness = ctx.bitness;
     let mut instr = Instruction::default();
     instr.set_code(code);
-    let addr = if is_xsave_area(code) { DATA } else { DATA + MEM_OFFSET };
+    let addr = if is_xsave_area(code) {
+        DATA
+    } else {
+        DATA + MEM_OFFSET
+    };
     // MOVDIR64B/ENQCMD: the memory operand's address size is that of the
     // register operand holding the destination address.
     let reg_mem_size = op.op_kinds().iter().find_map(|k| match k {
@@ -170,7 +176,14 @@ pub(super) fn generic(ctx: &Ctx) -> Result<Instruction, String> {
             K::xbegin_2 | K::xbegin_4 => {
                 // XBEGIN does not mask its target by operand size; iced wants
                 // NearBranch64 in 64-bit code and NearBranch32 otherwise.
-                instr.set_op_kind(i, if bitness == 64 { OpKind::NearBranch64 } else { OpKind::NearBranch32 });
+                instr.set_op_kind(
+                    i,
+                    if bitness == 64 {
+                        OpKind::NearBranch64
+                    } else {
+                        OpKind::NearBranch32
+                    },
+                );
                 instr.set_near_branch64(TEST_RIP + 2);
             }
             K::br16_1
@@ -212,10 +225,14 @@ pub(super) fn generic(ctx: &Ctx) -> Result<Instruction, String> {
             K::r8_reg => reg(Register::AL, &mut instr),
             K::r16_or_mem | K::r16_rm | K::r16_opcode => reg(Register::CX, &mut instr),
             K::r16_reg | K::r16_reg_mem => reg(Register::AX, &mut instr),
-            K::r32_or_mem | K::r32_or_mem_mpx | K::r32_rm | K::r32_opcode => reg(Register::ECX, &mut instr),
+            K::r32_or_mem | K::r32_or_mem_mpx | K::r32_rm | K::r32_opcode => {
+                reg(Register::ECX, &mut instr)
+            }
             K::r32_reg | K::r32_reg_mem => reg(Register::EAX, &mut instr),
             K::r32_vvvv => reg(Register::EDX, &mut instr),
-            K::r64_or_mem | K::r64_or_mem_mpx | K::r64_rm | K::r64_opcode => reg(Register::RCX, &mut instr),
+            K::r64_or_mem | K::r64_or_mem_mpx | K::r64_rm | K::r64_opcode => {
+                reg(Register::RCX, &mut instr)
+            }
             K::r64_reg | K::r64_reg_mem => reg(Register::RAX, &mut instr),
             K::r64_vvvv => reg(Register::RDX, &mut instr),
             K::seg_reg => reg(Register::DS, &mut instr),
@@ -266,7 +283,11 @@ pub(super) fn generic(ctx: &Ctx) -> Result<Instruction, String> {
                 imms += 1;
             }
             K::imm8 | K::imm8_const_1 => {
-                let k = if imms > 0 { OpKind::Immediate8_2nd } else { OpKind::Immediate8 };
+                let k = if imms > 0 {
+                    OpKind::Immediate8_2nd
+                } else {
+                    OpKind::Immediate8
+                };
                 instr.set_op_kind(i, k);
                 if k == OpKind::Immediate8_2nd {
                     instr.set_immediate8_2nd(1);
@@ -275,7 +296,13 @@ pub(super) fn generic(ctx: &Ctx) -> Result<Instruction, String> {
                 }
                 imms += 1;
             }
-            K::imm8sex16 | K::imm8sex32 | K::imm8sex64 | K::imm16 | K::imm32 | K::imm32sex64 | K::imm64 => {
+            K::imm8sex16
+            | K::imm8sex32
+            | K::imm8sex64
+            | K::imm16
+            | K::imm32
+            | K::imm32sex64
+            | K::imm64 => {
                 let k = match kind {
                     K::imm8sex16 => OpKind::Immediate8to16,
                     K::imm8sex32 => OpKind::Immediate8to32,
@@ -286,7 +313,9 @@ pub(super) fn generic(ctx: &Ctx) -> Result<Instruction, String> {
                     _ => OpKind::Immediate64,
                 };
                 instr.set_op_kind(i, k);
-                instr.try_set_immediate_u64(i, 1).map_err(|e| e.to_string())?;
+                instr
+                    .try_set_immediate_u64(i, 1)
+                    .map_err(|e| e.to_string())?;
                 imms += 1;
             }
             K::seg_rSI => instr.set_op_kind(
@@ -355,13 +384,10 @@ pub(super) fn set_reg(setup: &mut Setup, g: Gpr, value: Sym) {
     setup.regs.push((g, value));
 }
 
-/// `vec_reg` is kept for special cases that pick other vector registers.
-#[allow(dead_code)]
-pub(super) fn xmm(n: usize) -> Register {
-    vec_reg(Register::XMM0, n)
-}
-
-fn encode_at(instr: &Instruction, bitness: u32) -> Result<(Vec<u8>, iced_x86::ConstantOffsets), String> {
+fn encode_at(
+    instr: &Instruction,
+    bitness: u32,
+) -> Result<(Vec<u8>, iced_x86::ConstantOffsets), String> {
     let mut enc = Encoder::new(bitness);
     enc.encode(instr, TEST_RIP).map_err(|e| e.to_string())?;
     let offs = enc.get_constant_offsets();
@@ -370,7 +396,10 @@ fn encode_at(instr: &Instruction, bitness: u32) -> Result<(Vec<u8>, iced_x86::Co
 
 fn has_near_branch(instr: &Instruction) -> bool {
     (0..instr.op_count()).any(|i| {
-        matches!(instr.op_kind(i), OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64)
+        matches!(
+            instr.op_kind(i),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        )
     })
 }
 
@@ -419,7 +448,11 @@ fn finish(ctx: &Ctx, mut plan: Plan) -> Result<Entry, String> {
         return Err(format!("decodes back as {:?}", decoded.code()));
     }
     if decoded.len() != bytes.len() {
-        return Err(format!("decodes back with length {} instead of {}", decoded.len(), bytes.len()));
+        return Err(format!(
+            "decodes back with length {} instead of {}",
+            decoded.len(),
+            bytes.len()
+        ));
     }
     let mut form = format_intel(&decoded);
     if let Some(note) = &plan.note {
@@ -446,7 +479,11 @@ pub fn decoder_options(op: &OpCodeInfo, bitness: u32) -> u32 {
         32 => (op.intel_decoder32(), op.amd_decoder32()),
         _ => (op.intel_decoder64(), op.amd_decoder64()),
     };
-    let amd_only = if amd && !intel { iced_x86::DecoderOptions::AMD } else { 0 };
+    let amd_only = if amd && !intel {
+        iced_x86::DecoderOptions::AMD
+    } else {
+        0
+    };
     op.decoder_option() | amd_only
 }
 
@@ -478,7 +515,11 @@ pub fn doc_meta(op: &OpCodeInfo, instr: &Instruction) -> DocMeta {
         intel_may_vm_exit: op.intel_may_vm_exit(),
         amd_vm_exit: op.amd_vm_exit(),
         flow_control: format!("{:?}", instr.flow_control()),
-        cpuid: instr.cpuid_features().iter().map(|f| format!("{f:?}")).collect(),
+        cpuid: instr
+            .cpuid_features()
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect(),
     }
 }
 
@@ -489,21 +530,32 @@ pub(super) fn build_mode(mode: Mode) -> Catalog {
         if !is_cataloged(code) || !exists_in(code, mode) {
             continue;
         }
-        let ctx = Ctx { mode, bitness: mode.bitness(), code, op: code.op_code() };
+        let ctx = Ctx {
+            mode,
+            bitness: mode.bitness(),
+            code,
+            op: code.op_code(),
+        };
         if ctx.op.fwait() {
             // iced encodes these as WAIT (9B) followed by the no-wait Code,
             // which decode as two instructions; both are cataloged on their own.
             cat.skipped.push(Skipped {
                 mode,
                 code: format!("{code:?}"),
-                reason: "fwait form: encodes as WAIT + the no-wait Code (both cataloged separately)".into(),
+                reason:
+                    "fwait form: encodes as WAIT + the no-wait Code (both cataloged separately)"
+                        .into(),
             });
             continue;
         }
         let base = match generic(&ctx) {
             Ok(i) => i,
             Err(e) => {
-                cat.skipped.push(Skipped { mode, code: format!("{code:?}"), reason: format!("operands: {e}") });
+                cat.skipped.push(Skipped {
+                    mode,
+                    code: format!("{code:?}"),
+                    reason: format!("operands: {e}"),
+                });
                 continue;
             }
         };
@@ -521,7 +573,13 @@ pub(super) fn build_mode(mode: Mode) -> Catalog {
         for plan in plans {
             match finish(&ctx, plan) {
                 Ok(e) => {
-                    if !cat.entries.iter().rev().take(got).any(|x| x.bytes == e.bytes && x.setup == e.setup) {
+                    if !cat
+                        .entries
+                        .iter()
+                        .rev()
+                        .take(got)
+                        .any(|x| x.bytes == e.bytes && x.setup == e.setup)
+                    {
                         cat.entries.push(e);
                         got += 1;
                     }
@@ -533,7 +591,11 @@ pub(super) fn build_mode(mode: Mode) -> Catalog {
         }
         if got == 0 {
             let reason = first_err.unwrap_or_else(|| "no encoding planned".into());
-            cat.skipped.push(Skipped { mode, code: format!("{code:?}"), reason: format!("encode: {reason}") });
+            cat.skipped.push(Skipped {
+                mode,
+                code: format!("{code:?}"),
+                reason: format!("encode: {reason}"),
+            });
         }
     }
     cat

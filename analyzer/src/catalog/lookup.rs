@@ -13,7 +13,10 @@ impl Catalog {
     /// Entries of one iced `Code` name (case-insensitive), in catalog order.
     pub fn find_code(&self, code: &str) -> Vec<&Entry> {
         let code = code.trim();
-        self.entries.iter().filter(|e| e.code.eq_ignore_ascii_case(code)).collect()
+        self.entries
+            .iter()
+            .filter(|e| e.code.eq_ignore_ascii_case(code))
+            .collect()
     }
 
     /// The distinct mnemonics of the catalog, sorted.
@@ -26,10 +29,17 @@ impl Catalog {
     /// alphabetically), for "unknown mnemonic, did you mean ...".
     pub fn suggest(&self, m: &str, n: usize) -> Vec<String> {
         let m = m.trim().to_ascii_lowercase();
-        let mut scored: Vec<(usize, &str)> =
-            self.mnemonics().into_iter().map(|c| (edit_distance(&m, c), c)).collect();
+        let mut scored: Vec<(usize, &str)> = self
+            .mnemonics()
+            .into_iter()
+            .map(|c| (edit_distance(&m, c), c))
+            .collect();
         scored.sort();
-        scored.into_iter().take(n).map(|(_, c)| c.to_string()).collect()
+        scored
+            .into_iter()
+            .take(n)
+            .map(|(_, c)| c.to_string())
+            .collect()
     }
 }
 
@@ -49,7 +59,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[(i - 1) * w + j] + 1).min(d[i * w + j - 1] + 1).min(d[(i - 1) * w + j - 1] + cost);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[(i - 2) * w + j - 2] + 1);
             }

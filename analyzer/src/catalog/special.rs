@@ -20,8 +20,10 @@
 //!   writes x87|SSE (3).
 //! - MONITOR-like instructions taking an address in rAX get `DATA + 0x100`.
 
-use super::encode::{gpr_of, gpr_reg, reg_operand, set_gpr_of_operand, set_reg, Ctx, Plan, MEM_OFFSET};
-use crate::machine::{Gpr, MemInit, Region, SelRole, Setup, Sym, STACK_PTR, STACK};
+use super::encode::{
+    gpr_of, gpr_reg, reg_operand, set_gpr_of_operand, set_reg, Ctx, Plan, MEM_OFFSET,
+};
+use crate::machine::{Gpr, MemInit, Region, SelRole, Setup, Sym, STACK, STACK_PTR};
 use crate::mode::Mode;
 use iced_x86::{Code, Mnemonic, OpKind, Register};
 
@@ -29,11 +31,21 @@ use iced_x86::{Code, Mnemonic, OpKind, Register};
 const SP_OFF: u16 = (STACK_PTR - STACK) as u16;
 
 fn data(offset: u64, size: u8, value: Sym) -> MemInit {
-    MemInit { region: Region::Data, offset: offset as u16, size, value }
+    MemInit {
+        region: Region::Data,
+        offset: offset as u16,
+        size,
+        value,
+    }
 }
 
 fn stack(offset: u16, size: u8, value: Sym) -> MemInit {
-    MemInit { region: Region::Stack, offset, size, value }
+    MemInit {
+        region: Region::Stack,
+        offset,
+        size,
+        value,
+    }
 }
 
 /// Base CR0 of the harness in a mode.
@@ -55,7 +67,12 @@ pub fn base_cr4(mode: Mode) -> u64 {
 
 /// All plans for one code. The first plan is the main one.
 pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
-    let mut p = Plan { instr: base, setup: Setup::default(), note: None, far: None };
+    let mut p = Plan {
+        instr: base,
+        setup: Setup::default(),
+        note: None,
+        far: None,
+    };
     let code = ctx.code;
     let osz = ctx.osz();
     let osz_b = (osz / 8) as u8;
@@ -170,7 +187,9 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             let mk = |role: SelRole| {
                 let mut q = p.clone();
                 q.setup.mem.push(data(MEM_OFFSET, off, Sym::Sentinel));
-                q.setup.mem.push(data(MEM_OFFSET + off as u64, 2, Sym::Sel(role)));
+                q.setup
+                    .mem
+                    .push(data(MEM_OFFSET + off as u64, 2, Sym::Sel(role)));
                 q
             };
             let mut v = vec![mk(SelRole::OwnCode)];
@@ -193,7 +212,9 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             };
             let base_size = if ctx.bitness == 64 { 8 } else { 4 };
             p.setup.mem.push(data(MEM_OFFSET, 2, Sym::Imm(limit)));
-            p.setup.mem.push(data(MEM_OFFSET + 2, base_size, Sym::Imm(base)));
+            p.setup
+                .mem
+                .push(data(MEM_OFFSET + 2, base_size, Sym::Imm(base)));
         }
         Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => {
             let (role, off) = if mnem == Mnemonic::Lss {
@@ -202,19 +223,27 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
                 (SelRole::OwnData, Sym::Data(0x200))
             };
             p.setup.mem.push(data(MEM_OFFSET, osz_b, off));
-            p.setup.mem.push(data(MEM_OFFSET + osz_b as u64, 2, Sym::Sel(role)));
+            p.setup
+                .mem
+                .push(data(MEM_OFFSET + osz_b as u64, 2, Sym::Sel(role)));
         }
         Mnemonic::Bound => {
             let half = osz_b;
             p.setup.mem.push(data(MEM_OFFSET, half, Sym::Imm(0)));
-            p.setup.mem.push(data(MEM_OFFSET + half as u64, half, Sym::Imm(0x100)));
+            p.setup
+                .mem
+                .push(data(MEM_OFFSET + half as u64, half, Sym::Imm(0x100)));
         }
         Mnemonic::Ret => {
             p.setup.mem.push(stack(SP_OFF, osz_b, Sym::Sentinel));
         }
         Mnemonic::Retf => {
             p.setup.mem.push(stack(SP_OFF, osz_b, Sym::Sentinel));
-            p.setup.mem.push(stack(SP_OFF + osz_b as u16, osz_b, Sym::Sel(SelRole::OwnCode)));
+            p.setup.mem.push(stack(
+                SP_OFF + osz_b as u16,
+                osz_b,
+                Sym::Sel(SelRole::OwnCode),
+            ));
         }
         Mnemonic::Iret | Mnemonic::Iretd | Mnemonic::Iretq => {
             let w = match mnem {
@@ -236,18 +265,26 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             }
         }
         Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Popfq => {
-            p.setup.mem.push(stack(SP_OFF, osz_b, Sym::FlagsXor(0x3200)));
+            p.setup
+                .mem
+                .push(stack(SP_OFF, osz_b, Sym::FlagsXor(0x3200)));
         }
         Mnemonic::Pop => {
             if let Some((_, r)) = reg_operand(&p.instr, 0) {
                 if r.is_segment_register() {
-                    let role = if r == Register::SS { SelRole::OwnStack } else { SelRole::AltData };
+                    let role = if r == Register::SS {
+                        SelRole::OwnStack
+                    } else {
+                        SelRole::AltData
+                    };
                     p.setup.mem.push(stack(SP_OFF, osz_b, Sym::Sel(role)));
                 }
             }
         }
         Mnemonic::Lar | Mnemonic::Lsl => set_gpr_of_operand(&mut p, 1, Sym::Sel(SelRole::UserData)),
-        Mnemonic::Verr | Mnemonic::Verw => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::UserData)),
+        Mnemonic::Verr | Mnemonic::Verw => {
+            set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::UserData))
+        }
         Mnemonic::Lldt => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::Ldt)),
         Mnemonic::Ltr => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::Tss)),
         Mnemonic::Lmsw => set_gpr_of_operand(&mut p, 0, Sym::Imm(base_cr0(ctx.mode) & 0xffff)),
@@ -282,7 +319,8 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             // Divisor rBX (0x8180 / BL = 0x80): the quotient of rDX:rAX fits.
             if let Some((i, r)) = reg_operand(&p.instr, 0) {
                 if r.is_gpr() {
-                    p.instr.set_op_register(i, gpr_reg(Gpr::Rbx, r.size() as u32));
+                    p.instr
+                        .set_op_register(i, gpr_reg(Gpr::Rbx, r.size() as u32));
                 }
             }
         }

@@ -11,7 +11,11 @@ fn catalogs() -> &'static Vec<(Mode, Catalog)> {
 }
 
 fn cat(mode: Mode) -> &'static Catalog {
-    &catalogs().iter().find(|(m, _)| *m == mode).expect("mode built").1
+    &catalogs()
+        .iter()
+        .find(|(m, _)| *m == mode)
+        .expect("mode built")
+        .1
 }
 
 /// Per mode: entry coverage of the codes that exist in it.
@@ -68,9 +72,20 @@ fn catalog_coverage_per_mode() {
 fn entries_decode_back_to_their_code() {
     for (mode, c) in catalogs() {
         for e in &c.entries {
-            assert!(e.bytes.len() <= MAX_LEN, "{mode} {}: {} bytes", e.form, e.bytes.len());
-            let code = Code::values().find(|c| format!("{c:?}") == e.code).expect("code name");
-            let d = decode_at(&e.bytes, mode.bitness(), super::encode::decoder_options(code.op_code(), mode.bitness()));
+            assert!(
+                e.bytes.len() <= MAX_LEN,
+                "{mode} {}: {} bytes",
+                e.form,
+                e.bytes.len()
+            );
+            let code = Code::values()
+                .find(|c| format!("{c:?}") == e.code)
+                .expect("code name");
+            let d = decode_at(
+                &e.bytes,
+                mode.bitness(),
+                super::encode::decoder_options(code.op_code(), mode.bitness()),
+            );
             assert_eq!(format!("{:?}", d.code()), e.code, "{mode} {}", e.form);
             assert_eq!(d.len(), e.bytes.len(), "{mode} {}", e.form);
             assert_eq!(e.mode, *mode);
@@ -82,13 +97,23 @@ fn entries_decode_back_to_their_code() {
 fn memory_operands_stay_inside_the_data_page() {
     for (mode, c) in catalogs() {
         for e in c.entries.iter().take(usize::MAX) {
-            let code = Code::values().find(|c| format!("{c:?}") == e.code).expect("code name");
-            let d = decode_at(&e.bytes, mode.bitness(), super::encode::decoder_options(code.op_code(), mode.bitness()));
+            let code = Code::values()
+                .find(|c| format!("{c:?}") == e.code)
+                .expect("code name");
+            let d = decode_at(
+                &e.bytes,
+                mode.bitness(),
+                super::encode::decoder_options(code.op_code(), mode.bitness()),
+            );
             for i in 0..d.op_count() {
                 if d.op_kind(i) == OpKind::Memory && d.memory_index() == iced_x86::Register::None {
                     let a = d.memory_displacement64();
                     let a = if mode.bitness() == 16 { a & 0xffff } else { a };
-                    assert!((DATA..DATA + PAGE).contains(&a), "{mode} {}: address {a:#x}", e.form);
+                    assert!(
+                        (DATA..DATA + PAGE).contains(&a),
+                        "{mode} {}: address {a:#x}",
+                        e.form
+                    );
                 }
             }
             for m in &e.setup.mem {
@@ -107,57 +132,104 @@ fn specific_entries_have_their_setup() {
     let c32 = cat(Mode::Prot32);
     let sgdt = c32.find_mnemonic("sgdt");
     assert!(!sgdt.is_empty());
-    assert!(sgdt.iter().all(|e| e.form.contains("8100h")), "{:?}", sgdt[0].form);
+    assert!(
+        sgdt.iter().all(|e| e.form.contains("8100h")),
+        "{:?}",
+        sgdt[0].form
+    );
 
     let mov_ds: Vec<_> = c32
         .find_mnemonic("mov")
         .into_iter()
-        .filter(|e| e.form.starts_with("mov ds,") && has_reg(e, Gpr::Rax, Sym::Sel(SelRole::AltData)))
+        .filter(|e| {
+            e.form.starts_with("mov ds,") && has_reg(e, Gpr::Rax, Sym::Sel(SelRole::AltData))
+        })
         .collect();
     assert!(!mov_ds.is_empty(), "mov ds, ax with rax = AltData");
 
     let popfd = c32.find_mnemonic("popfd");
     assert!(!popfd.is_empty());
-    assert!(popfd[0]
-        .setup
-        .mem
-        .iter()
-        .any(|m| m.region == Region::Stack && m.offset == 0x800 && m.value == Sym::FlagsXor(0x3200)));
+    assert!(popfd[0].setup.mem.iter().any(|m| m.region == Region::Stack
+        && m.offset == 0x800
+        && m.value == Sym::FlagsXor(0x3200)));
 
     let ltr = c32.find_mnemonic("ltr");
     assert!(!ltr.is_empty());
-    assert!(ltr.iter().all(|e| e.setup.regs.iter().any(|(_, v)| *v == Sym::Sel(SelRole::Tss))));
+    assert!(ltr.iter().all(|e| e
+        .setup
+        .regs
+        .iter()
+        .any(|(_, v)| *v == Sym::Sel(SelRole::Tss))));
 
     for mode in Mode::ALL {
         let c = cat(mode);
-        assert!(c.find_mnemonic("int").iter().any(|e| e.bytes == [0xcd, 0x80]), "{mode}: int 80h");
-        assert!(c.find_mnemonic("int").iter().any(|e| e.bytes == [0xcd, 0x21]), "{mode}: int 21h");
+        assert!(
+            c.find_mnemonic("int")
+                .iter()
+                .any(|e| e.bytes == [0xcd, 0x80]),
+            "{mode}: int 80h"
+        );
+        assert!(
+            c.find_mnemonic("int")
+                .iter()
+                .any(|e| e.bytes == [0xcd, 0x21]),
+            "{mode}: int 21h"
+        );
     }
 
     let far = c32.find_code("Jmp_m1632");
     assert_eq!(far.len(), 1);
     let mem = &far[0].setup.mem;
-    assert!(mem.iter().any(|m| m.offset == 0x100 && m.size == 4 && m.value == Sym::Sentinel));
-    assert!(mem.iter().any(|m| m.offset == 0x104 && m.size == 2 && m.value == Sym::Sel(SelRole::OwnCode)));
+    assert!(mem
+        .iter()
+        .any(|m| m.offset == 0x100 && m.size == 4 && m.value == Sym::Sentinel));
+    assert!(mem
+        .iter()
+        .any(|m| m.offset == 0x104 && m.size == 2 && m.value == Sym::Sel(SelRole::OwnCode)));
 
     let gate = c32.find_code("Call_m1632");
     assert!(gate.iter().any(|e| e.form.contains("call gate")
-        && e.setup.mem.iter().any(|m| m.value == Sym::Sel(SelRole::CallGate))));
+        && e.setup
+            .mem
+            .iter()
+            .any(|m| m.value == Sym::Sel(SelRole::CallGate))));
 
     // Direct far jump: offset and selector patched.
     let jf = c32.find_code("Jmp_ptr1632");
     assert_eq!(jf.len(), 1);
     let p = &jf[0].setup.patches;
-    assert!(p.iter().any(|x| x.value == Sym::Sentinel && x.size == 4 && x.offset == 1));
-    assert!(p.iter().any(|x| x.value == Sym::Sel(SelRole::OwnCode) && x.size == 2 && x.offset == 5));
+    assert!(p
+        .iter()
+        .any(|x| x.value == Sym::Sentinel && x.size == 4 && x.offset == 1));
+    assert!(p
+        .iter()
+        .any(|x| x.value == Sym::Sel(SelRole::OwnCode) && x.size == 2 && x.offset == 5));
 
     // Near branches land on the sentinel right after the instruction.
     for mode in Mode::ALL {
-        for e in cat(mode).find_mnemonic("jmp").iter().chain(cat(mode).find_mnemonic("je").iter()) {
-            let code = Code::values().find(|c| format!("{c:?}") == e.code).expect("code name");
-            let d = decode_at(&e.bytes, mode.bitness(), super::encode::decoder_options(code.op_code(), mode.bitness()));
-            if matches!(d.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64) {
-                assert_eq!(d.near_branch_target(), TEST_RIP + e.bytes.len() as u64, "{mode} {}", e.form);
+        for e in cat(mode)
+            .find_mnemonic("jmp")
+            .iter()
+            .chain(cat(mode).find_mnemonic("je").iter())
+        {
+            let code = Code::values()
+                .find(|c| format!("{c:?}") == e.code)
+                .expect("code name");
+            let d = decode_at(
+                &e.bytes,
+                mode.bitness(),
+                super::encode::decoder_options(code.op_code(), mode.bitness()),
+            );
+            if matches!(
+                d.op0_kind(),
+                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+            ) {
+                assert_eq!(
+                    d.near_branch_target(),
+                    TEST_RIP + e.bytes.len() as u64,
+                    "{mode} {}",
+                    e.form
+                );
             }
         }
     }
@@ -166,10 +238,22 @@ fn specific_entries_have_their_setup() {
     let c64 = cat(Mode::Long64);
     let iretq = c64.find_mnemonic("iretq");
     assert_eq!(iretq[0].setup.mem.len(), 5);
-    let mov_cr0: Vec<_> = c64.find_code("Mov_cr_r64").into_iter().filter(|e| e.form.starts_with("mov cr0,")).collect();
-    assert!(has_reg(mov_cr0[0], Gpr::Rcx, Sym::Imm(0x8005_0033)), "{:?}", mov_cr0[0].setup);
+    let mov_cr0: Vec<_> = c64
+        .find_code("Mov_cr_r64")
+        .into_iter()
+        .filter(|e| e.form.starts_with("mov cr0,"))
+        .collect();
+    assert!(
+        has_reg(mov_cr0[0], Gpr::Rcx, Sym::Imm(0x8005_0033)),
+        "{:?}",
+        mov_cr0[0].setup
+    );
     let ret = c64.find_code("Retnq");
-    assert!(ret[0].setup.mem.iter().any(|m| m.value == Sym::Sentinel && m.size == 8));
+    assert!(ret[0]
+        .setup
+        .mem
+        .iter()
+        .any(|m| m.value == Sym::Sentinel && m.size == 8));
 }
 
 #[test]
@@ -191,7 +275,10 @@ fn building_is_deterministic() {
         assert_eq!(&build(mode), cat(mode));
     }
     let all = build_all(&[Mode::Prot32, Mode::Long64]);
-    assert_eq!(all.entries.len(), cat(Mode::Prot32).entries.len() + cat(Mode::Long64).entries.len());
+    assert_eq!(
+        all.entries.len(),
+        cat(Mode::Prot32).entries.len() + cat(Mode::Long64).entries.len()
+    );
 }
 
 /// Writes every entry to `/tmp/popek-catalog-<mode>.txt` for review:
