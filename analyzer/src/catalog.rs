@@ -105,3 +105,39 @@ pub fn exists_in(code: iced_x86::Code, mode: Mode) -> bool {
         _ => op.mode64(),
     }
 }
+
+/// How much of one mode a catalog covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub mode: Mode,
+    /// Codes that exist in the mode (instructions only).
+    pub existing: usize,
+    /// Codes with at least one entry.
+    pub covered: usize,
+    /// Codes that went to `skipped`.
+    pub skipped: usize,
+    /// Entries (a code can have several).
+    pub entries: usize,
+}
+
+impl Catalog {
+    /// Coverage of one mode by this catalog.
+    pub fn coverage(&self, mode: Mode) -> Coverage {
+        let existing = iced_x86::Code::values()
+            .filter(|&c| is_cataloged(c) && exists_in(c, mode))
+            .count();
+        let covered: std::collections::BTreeSet<&str> = self
+            .entries
+            .iter()
+            .filter(|e| e.mode == mode)
+            .map(|e| e.code.as_str())
+            .collect();
+        Coverage {
+            mode,
+            existing,
+            covered: covered.len(),
+            skipped: self.skipped.iter().filter(|s| s.mode == mode).count(),
+            entries: self.entries.iter().filter(|e| e.mode == mode).count(),
+        }
+    }
+}

@@ -97,10 +97,6 @@ fn is_xsave_area(code: Code) -> bool {
     m.starts_with("xsave") || m.starts_with("xrstor")
 }
 
-fn vec_reg(kind_base: Register, n: usize) -> Register {
-    reg_add(kind_base, n)
-}
-
 /// Fill operand `i` of kind `kind` with a memory operand at `addr`.
 fn set_mem(instr: &mut Instruction, i: u32, kind: K, bitness: u32, addr: u64) {
     instr.set_op_kind(i, OpKind::Memory);
@@ -386,12 +382,6 @@ pub(super) fn set_gpr_of_operand(plan: &mut Plan, i: u32, value: Sym) {
 pub(super) fn set_reg(setup: &mut Setup, g: Gpr, value: Sym) {
     setup.regs.retain(|(r, _)| *r != g);
     setup.regs.push((g, value));
-}
-
-/// `vec_reg` is kept for special cases that pick other vector registers.
-#[allow(dead_code)]
-pub(super) fn xmm(n: usize) -> Register {
-    vec_reg(Register::XMM0, n)
 }
 
 fn encode_at(

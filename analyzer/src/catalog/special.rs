@@ -363,6 +363,38 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
         | Mnemonic::Rmpupdate
         | Mnemonic::Psmash => set_reg(&mut p.setup, Gpr::Rax, Sym::Data(MEM_OFFSET)),
         Mnemonic::Umonitor => set_gpr_of_operand(&mut p, 0, Sym::Data(MEM_OFFSET)),
+        Mnemonic::Rdpkru => set_reg(&mut p.setup, Gpr::Rcx, Sym::Imm(0)),
+        Mnemonic::Wrpkru => {
+            set_reg(&mut p.setup, Gpr::Rcx, Sym::Imm(0));
+            set_reg(&mut p.setup, Gpr::Rdx, Sym::Imm(0));
+        }
+        Mnemonic::Mwait | Mnemonic::Mwaitx => {
+            // ECX = 0: no extensions (reserved bits set would #GP); EAX = 0: C1 hint.
+            set_reg(&mut p.setup, Gpr::Rcx, Sym::Imm(0));
+            set_reg(&mut p.setup, Gpr::Rax, Sym::Imm(0));
+        }
+        Mnemonic::Tpause | Mnemonic::Umwait => {
+            // EDX:EAX is a TSC deadline: already passed, so it returns at once.
+            set_reg(&mut p.setup, Gpr::Rdx, Sym::Imm(0));
+        }
+        Mnemonic::Ldmxcsr | Mnemonic::Vldmxcsr => {
+            p.setup.mem.push(data(MEM_OFFSET, 4, Sym::Imm(0x1f80)));
+        }
+        Mnemonic::Fxrstor | Mnemonic::Fxrstor64 => {
+            // MXCSR (offset 24) without reserved bits, or FXRSTOR #GPs.
+            p.setup.mem.push(data(MEM_OFFSET + 24, 4, Sym::Imm(0x1f80)));
+        }
+        Mnemonic::Xrstor | Mnemonic::Xrstor64 | Mnemonic::Xrstors | Mnemonic::Xrstors64 => {
+            // The area is at DATA + 0: valid MXCSR, and an XSAVE header (offset
+            // 512) restoring nothing: XSTATE_BV = 0, XCOMP_BV = 0 (standard
+            // form) or bit 63 (compacted form, required by XRSTORS), the rest 0.
+            let compacted = matches!(mnem, Mnemonic::Xrstors | Mnemonic::Xrstors64);
+            p.setup.mem.push(data(24, 4, Sym::Imm(0x1f80)));
+            for q in 0..8u64 {
+                let v = if q == 1 && compacted { 1u64 << 63 } else { 0 };
+                p.setup.mem.push(data(512 + 8 * q, 8, Sym::Imm(v)));
+            }
+        }
         _ => {}
     }
     vec![p]

@@ -60,9 +60,16 @@ fn catalog_coverage_per_mode() {
         for (r, (n, eg)) in reasons.iter().take(12) {
             println!("    {n:5}  {r}  (e.g. {})", eg.join(", "));
         }
+        let cov = c.coverage(*mode);
+        assert_eq!(
+            (cov.existing, cov.covered, cov.skipped),
+            (existing.len(), covered.len(), c.skipped.len())
+        );
+        // Achieved (iced 1.22): 99.6% in 16/32-bit code, 95.2% in 64-bit
+        // (207 MVEX codes cannot be encoded by this iced build).
         let floor = match mode {
-            Mode::Long64 => 85.0,
-            _ => 95.0,
+            Mode::Long64 => 94.5,
+            _ => 99.0,
         };
         assert!(pct >= floor, "{mode}: coverage {pct:.1}% below {floor}%");
     }
