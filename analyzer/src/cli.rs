@@ -1,17 +1,17 @@
 //! Command-line options and the commands behind them. `main` only parses
 //! and calls [`run`]; everything here is reachable from tests.
 
+use crate::catalog;
+use crate::compare;
 use crate::engine::{self, EngineKind};
 use crate::explain;
 use crate::mode::{Config, Mode};
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use crate::catalog;
-use crate::compare;
 use crate::record::Record;
 use crate::report::{self, Format, Report};
 use crate::scan::{self, ScanPlan};
 use crate::violators;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -201,19 +201,33 @@ pub fn scan_records(kind: EngineKind, plan: &ScanPlan, jobs: usize) -> Result<Ve
     let cat = catalog::build_all(&plan.modes);
     let selected: Vec<catalog::Entry> = plan.select(&cat.entries).into_iter().cloned().collect();
     if selected.is_empty() {
-        bail!("no catalog instruction matches --only {}", plan.only.join(","));
+        bail!(
+            "no catalog instruction matches --only {}",
+            plan.only.join(",")
+        );
     }
     let progress = std::io::stderr().is_terminal();
-    let records = scan::run_scan(&selected, &plan.configs, || engine::open(kind), jobs, progress)
-        .with_context(|| format!("scan on {kind} failed"))?;
+    let records = scan::run_scan(
+        &selected,
+        &plan.configs,
+        || engine::open(kind),
+        jobs,
+        progress,
+    )
+    .with_context(|| format!("scan on {kind} failed"))?;
     Ok(records)
 }
 
 fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
     let all = a.engine.eq_ignore_ascii_case("all");
-    let plan = ScanPlan { modes: a.mode.clone(), configs: a.config.clone(), only: a.only.clone() };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create the report directory {}", a.out.display()))?;
+    let plan = ScanPlan {
+        modes: a.mode.clone(),
+        configs: a.config.clone(),
+        only: a.only.clone(),
+    };
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create the report directory {}", a.out.display()))?;
     let mut reports: Vec<Report> = Vec::new();
     for kind in kinds {
         if all {
@@ -223,7 +237,10 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             }
         }
         let records = scan_records(kind, &plan, a.jobs)?;
-        let version = records.first().map(|r| r.engine_version.clone()).unwrap_or_default();
+        let version = records
+            .first()
+            .map(|r| r.engine_version.clone())
+            .unwrap_or_default();
         let rep = Report::new(kind.name(), &version, records);
         for path in report::write_reports(&a.out, &a.format, &rep)? {
             eprintln!("popek: wrote {}", path.display());
@@ -235,9 +252,18 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         let diffs = compare::compare(&reports[0].records, &reports[1].records);
         let path = a.out.join("popek-comparison.md");
         report::write_atomic(&path, |w| {
-            compare::write_differences_md(w, &reports[0].header.engine, &reports[1].header.engine, &diffs)
+            compare::write_differences_md(
+                w,
+                &reports[0].header.engine,
+                &reports[1].header.engine,
+                &diffs,
+            )
         })?;
-        eprintln!("popek: wrote {} ({} differences)", path.display(), diffs.len());
+        eprintln!(
+            "popek: wrote {} ({} differences)",
+            path.display(),
+            diffs.len()
+        );
     } else if all {
         eprintln!("popek: only one engine ran; no engine comparison written");
     }
@@ -267,7 +293,10 @@ fn cmd_violators(a: ViolatorsArgs) -> Result<ExitCode> {
         Some(path) => report::read_report(path)?.records,
         None => {
             let plan = ScanPlan {
-                modes: a.mode.map(|m| vec![m]).unwrap_or_else(|| Mode::DEFAULT_SCAN.to_vec()),
+                modes: a
+                    .mode
+                    .map(|m| vec![m])
+                    .unwrap_or_else(|| Mode::DEFAULT_SCAN.to_vec()),
                 configs: match &a.config {
                     Some(c) => vec![parse_config(c).map_err(anyhow::Error::msg)?],
                     None => Config::DEFAULTS.to_vec(),
@@ -292,7 +321,12 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let diffs = compare::compare(&ra.records, &rb.records);
     if a.markdown {
         let mut out = Vec::new();
-        compare::write_differences_md(&mut out, &a.a.display().to_string(), &a.b.display().to_string(), &diffs)?;
+        compare::write_differences_md(
+            &mut out,
+            &a.a.display().to_string(),
+            &a.b.display().to_string(),
+            &diffs,
+        )?;
         print!("{}", String::from_utf8_lossy(&out));
     } else {
         for d in &diffs {
@@ -307,7 +341,16 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
                 d.b.as_ref().map(|s| s.class.as_str()).unwrap_or("missing"),
             );
         }
-        eprintln!("popek: {} differences between {} and {}", diffs.len(), a.a.display(), a.b.display());
+        eprintln!(
+            "popek: {} differences between {} and {}",
+            diffs.len(),
+            a.a.display(),
+            a.b.display()
+        );
     }
-    Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if diffs.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

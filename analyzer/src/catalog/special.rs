@@ -23,8 +23,7 @@
 use super::encode::{
     gpr_of, gpr_reg, reg_operand, set_gpr_of_operand, set_reg, Ctx, Plan, MEM_OFFSET,
 };
-use crate::machine::{Gpr, MemInit, Region, SelRole, Setup, Sym, STACK, STACK_PTR};
-use crate::mode::Mode;
+use crate::machine::{Gpr, MemInit, Region, SelRole, Setup, Sym, SysValue, STACK, STACK_PTR};
 use iced_x86::{Code, Mnemonic, OpKind, Register};
 
 /// Offset inside the stack page of the initial stack pointer.
@@ -45,23 +44,6 @@ fn stack(offset: u16, size: u8, value: Sym) -> MemInit {
         offset,
         size,
         value,
-    }
-}
-
-/// Base CR0 of the harness in a mode.
-pub fn base_cr0(mode: Mode) -> u64 {
-    match mode {
-        Mode::Real => 0x32,
-        Mode::Prot16 => 0x33,
-        Mode::Prot32 | Mode::Long64 => 0x8005_0033,
-    }
-}
-
-/// Base CR4 of the harness in a mode.
-pub fn base_cr4(mode: Mode) -> u64 {
-    match mode {
-        Mode::Long64 => 0x20620,
-        _ => 0x600,
     }
 }
 
@@ -114,13 +96,18 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
         Code::Mov_cr_r32 | Code::Mov_cr_r64 | Code::Mov_r32_cr | Code::Mov_r64_cr => {
             let to_cr = matches!(code, Code::Mov_cr_r32 | Code::Mov_cr_r64);
             let mut crs = vec![
-                (Register::CR0, base_cr0(ctx.mode)),
-                (Register::CR2, 0x8100),
-                (Register::CR3, crate::machine::PAGE_TABLES),
-                (Register::CR4, base_cr4(ctx.mode)),
+                // Write back the image's own value with one harmless bit
+                // flipped (CR0.TS, CR4.OSXMMEXCPT), so a completed write shows.
+                (
+                    Register::CR0,
+                    Sym::Sys(SysValue::Cr0, crate::machine::CR0_TS),
+                ),
+                (Register::CR2, Sym::Imm(0x8100)),
+                (Register::CR3, Sym::Sys(SysValue::Cr3, 0)),
+                (Register::CR4, Sym::Sys(SysValue::Cr4, 1 << 10)),
             ];
             if ctx.bitness == 64 {
-                crs.push((Register::CR8, 0));
+                crs.push((Register::CR8, Sym::Imm(0)));
             }
             let cr_op = if to_cr { 0 } else { 1 };
             return crs
@@ -129,7 +116,7 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
                     let mut q = p.clone();
                     q.instr.set_op_register(cr_op, cr);
                     if to_cr {
-                        set_gpr_of_operand(&mut q, 1, Sym::Imm(v));
+                        set_gpr_of_operand(&mut q, 1, v);
                     }
                     q
                 })
@@ -205,16 +192,17 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
 
     match mnem {
         Mnemonic::Lgdt | Mnemonic::Lidt => {
+            // Reload the image's own table (moved tables stay moved).
             let (limit, base) = if mnem == Mnemonic::Lgdt {
-                (crate::machine::sel::GDT_LIMIT as u64, crate::machine::GDT)
+                (SysValue::GdtLimit, SysValue::GdtBase)
             } else {
-                (0xfff, crate::machine::IDT)
+                (SysValue::IdtLimit, SysValue::IdtBase)
             };
             let base_size = if ctx.bitness == 64 { 8 } else { 4 };
-            p.setup.mem.push(data(MEM_OFFSET, 2, Sym::Imm(limit)));
+            p.setup.mem.push(data(MEM_OFFSET, 2, Sym::Sys(limit, 0)));
             p.setup
                 .mem
-                .push(data(MEM_OFFSET + 2, base_size, Sym::Imm(base)));
+                .push(data(MEM_OFFSET + 2, base_size, Sym::Sys(base, 0)));
         }
         Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => {
             let (role, off) = if mnem == Mnemonic::Lss {
@@ -287,7 +275,9 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
         }
         Mnemonic::Lldt => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::Ldt)),
         Mnemonic::Ltr => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::Tss)),
-        Mnemonic::Lmsw => set_gpr_of_operand(&mut p, 0, Sym::Imm(base_cr0(ctx.mode) & 0xffff)),
+        Mnemonic::Lmsw => {
+            set_gpr_of_operand(&mut p, 0, Sym::Sys(SysValue::Cr0, crate::machine::CR0_TS))
+        }
         Mnemonic::Invpcid | Mnemonic::Invept | Mnemonic::Invvpid => {
             // The type register: 2 = all contexts (valid for every one of them).
             set_gpr_of_operand(&mut p, 0, Sym::Imm(2))

@@ -241,7 +241,7 @@ fn specific_entries_have_their_setup() {
         }
     }
 
-    // Returns and IRET have a frame; MOV CR0 writes a plausible CR0.
+    // Returns and IRET have a frame; MOV CR0 writes the image's CR0 with TS flipped.
     let c64 = cat(Mode::Long64);
     let iretq = c64.find_mnemonic("iretq");
     assert_eq!(iretq[0].setup.mem.len(), 5);
@@ -251,7 +251,11 @@ fn specific_entries_have_their_setup() {
         .filter(|e| e.form.starts_with("mov cr0,"))
         .collect();
     assert!(
-        has_reg(mov_cr0[0], Gpr::Rcx, Sym::Imm(0x8005_0033)),
+        has_reg(
+            mov_cr0[0],
+            Gpr::Rcx,
+            Sym::Sys(crate::machine::SysValue::Cr0, crate::machine::CR0_TS)
+        ),
         "{:?}",
         mov_cr0[0].setup
     );

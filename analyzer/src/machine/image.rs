@@ -536,6 +536,17 @@ impl GuestImage {
             Sym::Code(n) => CODE + n,
             Sym::Sentinel => sentinel,
             Sym::FlagsXor(x) => e.rflags ^ x,
+            Sym::Sys(v, x) => {
+                x ^ match v {
+                    SysValue::Cr0 => self.sys.cr0,
+                    SysValue::Cr3 => self.sys.cr3,
+                    SysValue::Cr4 => self.sys.cr4,
+                    SysValue::GdtBase => self.sys.gdtr.0,
+                    SysValue::GdtLimit => self.sys.gdtr.1 as u64,
+                    SysValue::IdtBase => self.sys.idtr.0,
+                    SysValue::IdtLimit => self.sys.idtr.1 as u64,
+                }
+            }
             Sym::Sel(role) => self.selector(side, role) as u64,
         }
     }

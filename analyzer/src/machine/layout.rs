@@ -215,6 +215,22 @@ pub enum Sym {
     /// The RFLAGS value of the run's start with the given bits XORed in
     /// (for POPF/IRET frames that try to flip IF or IOPL).
     FlagsXor(u64),
+    /// A system register's value in the run's image with the given bits
+    /// XORed in (MOV to CR writes back a value that differs in one harmless
+    /// bit; LGDT/LIDT reload the image's own tables).
+    Sys(SysValue, u64),
+}
+
+/// System values a setup can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SysValue {
+    Cr0,
+    Cr3,
+    Cr4,
+    GdtBase,
+    GdtLimit,
+    IdtBase,
+    IdtLimit,
 }
 
 /// Where a memory setup value goes.
