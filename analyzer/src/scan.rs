@@ -341,6 +341,8 @@ pub(crate) mod tests {
                 data_phys: 0,
                 stack_phys: 0,
                 restore_pages: Vec::new(),
+                tss_sel: 0,
+                ldt_sel: 0,
             }
         }
         fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared> {

@@ -269,9 +269,13 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
                 }
             }
         }
-        Mnemonic::Lar | Mnemonic::Lsl => set_gpr_of_operand(&mut p, 1, Sym::Sel(SelRole::UserData)),
+        // The supervisor's own data descriptor: the one a deprivileging VMM
+        // changes (ring compression) and CPL 3 may not see.
+        Mnemonic::Lar | Mnemonic::Lsl => {
+            set_gpr_of_operand(&mut p, 1, Sym::Sel(SelRole::SupervisorData))
+        }
         Mnemonic::Verr | Mnemonic::Verw => {
-            set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::UserData))
+            set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::SupervisorData))
         }
         Mnemonic::Lldt => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::Ldt)),
         Mnemonic::Ltr => set_gpr_of_operand(&mut p, 0, Sym::Sel(SelRole::Tss)),

@@ -258,8 +258,14 @@ impl Machine {
             };
             self.write_mmr(R::LDTR, seg(&sys.ldtr))
                 .map_err(|e| e.to_string())?;
-            self.write_mmr(R::TR, seg(&sys.tr))
-                .map_err(|e| e.to_string())?;
+            // QEMU keeps TR's cached type "available" (9) and marks only the
+            // GDT descriptor busy; with a busy type in the cache its TSS
+            // lookups abort the process. KVM wants the architectural busy type.
+            let mut tr = sys.tr;
+            if tr.attr & 0xF == 0xB {
+                tr.attr = (tr.attr & !0xF) | 0x9;
+            }
+            self.write_mmr(R::TR, seg(&tr)).map_err(|e| e.to_string())?;
             for &(rid, value) in &sys.msrs {
                 self.write_msr(rid, value).map_err(|e| e.to_string())?;
             }
@@ -467,10 +473,16 @@ impl Machine {
         match result {
             Ok((outcome, done)) => {
                 let (after, user) = if done {
-                    let user = if outcome.is_completed() {
-                        self.user_state(image).ok()
-                    } else {
-                        None
+                    let user = match &outcome {
+                        // Where the run ended, not where Unicorn's RIP stopped
+                        // (one past a HLT that stopped it at CPL 0).
+                        Outcome::Completed { rip, .. } => {
+                            self.user_state(image).ok().map(|mut u| {
+                                u.rip = *rip;
+                                u
+                            })
+                        }
+                        _ => None,
                     };
                     (Some(self.system_state(image)), user)
                 } else {

@@ -63,6 +63,9 @@ pub struct GuestImage {
     pub stack_phys: u64,
     /// Physical pages an instruction may dirty, restored before every run.
     pub restore_pages: Vec<u64>,
+    /// Selectors of the TSS and LDT descriptors (moved in the "tables moved" variant).
+    pub tss_sel: u16,
+    pub ldt_sel: u16,
 }
 
 /// A test resolved for one image and side: what the engine writes and sets.
@@ -131,6 +134,11 @@ impl GuestImage {
             GDT
         };
         let (gdt, idt, tss, ldt) = (tables, tables + PAGE, tables + 2 * PAGE, tables + 3 * PAGE);
+        let (tss_sel, ldt_sel) = if variant.tables_moved && mode.is_protected() {
+            (sel::MOVED_TSS, sel::MOVED_LDT)
+        } else {
+            (sel::TSS, sel::LDT)
+        };
         let paging = mode.has_paging();
         let long = mode == Mode::Long64;
         // Where the program's pages live physically. Without paging a segment
@@ -187,8 +195,8 @@ impl GuestImage {
                 )
             };
             for (s, pair) in [
-                (sel::TSS, tss_d),
-                (sel::LDT, ldt_d),
+                (tss_sel, tss_d),
+                (ldt_sel, ldt_d),
                 (sel::CALLGATE & !7, gate),
             ] {
                 put64(g, s as usize, pair[0]);
@@ -406,13 +414,13 @@ impl GuestImage {
                 gdtr: (gdt, sel::GDT_LIMIT),
                 idtr: (idt, if long { 0xFFF } else { 0x7FF }),
                 ldtr: SegDesc {
-                    selector: sel::LDT,
+                    selector: ldt_sel,
                     base: ldt,
                     limit: 7,
                     attr: access_rights(0x80 | TYPE_LDT, 0),
                 },
                 tr: SegDesc {
-                    selector: sel::TSS,
+                    selector: tss_sel,
                     base: tss,
                     limit: 0x67,
                     attr: access_rights(0x80 | TYPE_TSS_BUSY, 0),
@@ -461,6 +469,8 @@ impl GuestImage {
             data_phys,
             stack_phys,
             restore_pages,
+            tss_sel,
+            ldt_sel,
         }
     }
 
@@ -571,8 +581,8 @@ impl GuestImage {
             SelRole::UserCode => sel::UCODE,
             SelRole::UserData => sel::UDATA,
             SelRole::UserCode32 => sel::UCODE32,
-            SelRole::Ldt => sel::LDT,
-            SelRole::Tss => sel::TSS,
+            SelRole::Ldt => self.ldt_sel,
+            SelRole::Tss => self.tss_sel,
             SelRole::CallGate => sel::CALLGATE,
             SelRole::LdtData => sel::LDT_DATA,
             SelRole::Null => sel::NULL,
@@ -750,6 +760,12 @@ mod tests {
         assert_eq!(moved.sys.gdtr.0, MOVED_TABLES);
         assert_eq!(moved.sys.idtr.0, MOVED_TABLES + PAGE);
         assert_eq!(moved.sys.tr.base, MOVED_TABLES + 2 * PAGE);
+        assert_eq!(moved.sys.tr.selector, sel::MOVED_TSS);
+        assert_eq!(moved.sys.ldtr.selector, sel::MOVED_LDT);
+        let (_, _, access, _) = decode(gdt_entry(&moved, sel::MOVED_TSS));
+        assert_eq!(access, 0x89, "TSS descriptor in its moved slot");
+        assert_eq!(gdt_entry(&moved, sel::TSS), 0, "old slot empty");
+        assert_eq!(moved.selector(Side::User, SelRole::Tss), sel::MOVED_TSS);
         let shifted = GuestImage::build(
             Mode::Prot16,
             cfg,

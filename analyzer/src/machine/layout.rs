@@ -80,8 +80,13 @@ pub mod sel {
     pub const CALLGATE: u16 = 0x58 | 3;
     /// A data descriptor in the LDT, DPL 3 (TI = 1, index 0).
     pub const LDT_DATA: u16 = 0x04 | 3;
-    /// GDTR limit.
-    pub const GDT_LIMIT: u16 = 0x67;
+    /// Where the "tables moved" variant puts the TSS and LDT descriptors: a
+    /// VMM that owns the GDT places the guest's system descriptors in other
+    /// slots, which STR and SLDT reveal.
+    pub const MOVED_TSS: u16 = 0x68;
+    pub const MOVED_LDT: u16 = 0x78;
+    /// GDTR limit (the same in every variant).
+    pub const GDT_LIMIT: u16 = 0x87;
 }
 
 /// Offsets of the ring-0 entry points inside the HANDLERS page.
