@@ -4,10 +4,18 @@ use super::{Report, ReportError, TOOL};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Writes the report as pretty JSON with a final newline.
+/// Writes the report as JSON: the header pretty-printed, then one record
+/// per line, so a full scan stays compact and `git diff` of two reports
+/// shows one changed line per changed verdict.
 pub fn write_json<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
-    serde_json::to_writer_pretty(&mut w, report).map_err(io::Error::from)?;
-    w.write_all(b"\n")?;
+    w.write_all(b"{\n\"header\": ")?;
+    serde_json::to_writer_pretty(&mut w, &report.header).map_err(io::Error::from)?;
+    w.write_all(b",\n\"records\": [")?;
+    for (i, r) in report.records.iter().enumerate() {
+        w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+        serde_json::to_writer(&mut w, r).map_err(io::Error::from)?;
+    }
+    w.write_all(b"\n]\n}\n")?;
     w.flush()
 }
 
@@ -62,7 +70,10 @@ mod tests {
         let mut out = Vec::new();
         write_json(&mut out, &sample()).expect("write");
         let text = String::from_utf8(out).expect("utf8");
-        assert!(text.starts_with("{\n  \"header\": {\n    \"tool\": \"popek\""));
+        assert!(text.starts_with("{\n\"header\": {\n  \"tool\": \"popek\""));
+        // One record per line.
+        let record_lines = text.lines().filter(|l| l.starts_with("{\"engine\"")).count();
+        assert_eq!(record_lines, sample().records.len());
         assert!(text.contains("\"theorem1_vmm\""));
         assert!(text.contains("\"host_cpu\": \"Test CPU\""));
         assert_eq!(parse_report(p(), &text).expect("parse"), sample());
