@@ -52,6 +52,15 @@ pub enum ExplainError {
     },
 }
 
+/// For a name that could be hex bytes (`cc`): how to run it as bytes.
+fn hex_hint(name: &str) -> String {
+    if !name.is_empty() && name.len() % 2 == 0 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+        format!(" (to run the bytes {name}, write 0x{name} or pass --hex)")
+    } else {
+        String::new()
+    }
+}
+
 fn suggestions(s: &[String]) -> String {
     if s.is_empty() {
         String::new()
@@ -60,20 +69,24 @@ fn suggestions(s: &[String]) -> String {
     }
 }
 
-/// Reads a target: hex bytes when it consists of hex digits (with optional
-/// `0x` prefixes and separators) and has a digit, a `0x` prefix or spaces
-/// (`0f 01 05`, `0x0f0105`, `f4`); otherwise a mnemonic with optional operand
-/// text (`sgdt`, `fadd`, `push cs`). `force_hex` reads it as bytes always.
+/// Reads a target: hex bytes when it starts with a digit, or consists of hex
+/// digits (with optional `0x` prefixes and separators) and has a digit, a
+/// `0x` prefix or spaces (`0f 01 05`, `0x0f0105`, `f4`); otherwise a mnemonic
+/// with optional operand text (`sgdt`, `fadd`, `push cs`). `force_hex` reads
+/// it as bytes always.
 pub fn parse_target(s: &str, force_hex: bool) -> Result<Target, ExplainError> {
     let t = s.trim();
     let only_hex = t
         .chars()
         .all(|c| c.is_ascii_hexdigit() || c.is_whitespace() || matches!(c, 'x' | 'X' | ',' | ':'));
-    let looks_hex = only_hex
-        && (t.contains("0x")
-            || t.contains("0X")
-            || t.chars().any(|c| c.is_ascii_digit())
-            || t.contains(char::is_whitespace));
+    // No mnemonic starts with a digit, so such a target is always hex.
+    let starts_with_digit = t.starts_with(|c: char| c.is_ascii_digit());
+    let looks_hex = starts_with_digit
+        || (only_hex
+            && (t.contains("0x")
+                || t.contains("0X")
+                || t.chars().any(|c| c.is_ascii_digit())
+                || t.contains(char::is_whitespace)));
     if force_hex || looks_hex {
         return parse_hex(t).map(Target::Bytes);
     }

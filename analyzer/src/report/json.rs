@@ -72,7 +72,10 @@ mod tests {
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.starts_with("{\n\"header\": {\n  \"tool\": \"popek\""));
         // One record per line.
-        let record_lines = text.lines().filter(|l| l.starts_with("{\"engine\"")).count();
+        let record_lines = text
+            .lines()
+            .filter(|l| l.starts_with("{\"engine\""))
+            .count();
         assert_eq!(record_lines, sample().records.len());
         assert!(text.contains("\"theorem1_vmm\""));
         assert!(text.contains("\"host_cpu\": \"Test CPU\""));
