@@ -37,7 +37,7 @@ pub enum ExplainError {
         len: usize,
         total: usize,
     },
-    #[error("unknown mnemonic '{name}' in {mode}-bit mode{}", suggestions(.suggest))]
+    #[error("unknown mnemonic '{name}' in {mode}-bit mode{}{}", suggestions(.suggest), hex_hint(.name))]
     UnknownMnemonic {
         name: String,
         mode: String,
