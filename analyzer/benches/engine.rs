@@ -1,0 +1,66 @@
+//! Executions per second of the engines: one run of one instruction (restore
+//! the context, write the harness pages, run to the sentinel, capture the
+//! state), and one catalog entry over its whole sampled-state matrix.
+
+use analyzer::engine::{self, EngineKind};
+use analyzer::machine::{GuestImage, Setup, Variant};
+use analyzer::observe::Side;
+use analyzer::{Config, Mode};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+
+fn one_run(c: &mut Criterion) {
+    let mut g = c.benchmark_group("unicorn_run");
+    g.throughput(Throughput::Elements(1));
+    let cfg = Config::UMIP_OFF;
+    for (mode, name, bytes) in [
+        (Mode::Long64, "nop_64_cpl3", &[0x90u8][..]),
+        (Mode::Long64, "hlt_64_cpl3_trap", &[0xF4][..]),
+        (
+            Mode::Prot32,
+            "sgdt_32_cpl3",
+            &[0x0F, 0x01, 0x05, 0x00, 0x81, 0, 0][..],
+        ),
+    ] {
+        let Ok(mut e) = engine::open(EngineKind::Unicorn) else {
+            return;
+        };
+        let img = GuestImage::build(mode, cfg, Variant::base(&cfg));
+        let Some(p) = img.prepare(Side::User, bytes, &Setup::default()) else {
+            return;
+        };
+        g.bench_function(name, |b| b.iter(|| black_box(e.run(&img, Side::User, &p))));
+    }
+    g.finish();
+}
+
+fn one_matrix(c: &mut Criterion) {
+    let mut g = c.benchmark_group("unicorn_matrix");
+    let cfg = Config::UMIP_OFF;
+    let mode = Mode::Prot32;
+    let images: Vec<GuestImage> = Variant::matrix(mode, &cfg)
+        .into_iter()
+        .map(|v| GuestImage::build(mode, cfg, v))
+        .collect();
+    let runs = images.len() as u64 * 2;
+    g.throughput(Throughput::Elements(runs));
+    let Ok(mut e) = engine::open(EngineKind::Unicorn) else {
+        return;
+    };
+    let bytes = [0x9C]; // pushfd
+    g.bench_function("pushfd_32_all_variants_both_sides", |b| {
+        b.iter(|| {
+            for img in &images {
+                for side in Side::BOTH {
+                    if let Some(p) = img.prepare(side, &bytes, &Setup::default()) {
+                        black_box(e.run(img, side, &p));
+                    }
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, one_run, one_matrix);
+criterion_main!(benches);
