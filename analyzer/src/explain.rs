@@ -54,7 +54,10 @@ pub enum ExplainError {
 
 /// For a name that could be hex bytes (`cc`): how to run it as bytes.
 fn hex_hint(name: &str) -> String {
-    if !name.is_empty() && name.len() % 2 == 0 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !name.is_empty()
+        && name.len().is_multiple_of(2)
+        && name.chars().all(|c| c.is_ascii_hexdigit())
+    {
         format!(" (to run the bytes {name}, write 0x{name} or pass --hex)")
     } else {
         String::new()
@@ -244,7 +247,7 @@ pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError>
         form,
         bytes: bytes.to_vec(),
         setup: Setup::default(),
-        doc: catalog::doc_meta(&insn.op_code(), &insn),
+        doc: catalog::doc_meta(insn.op_code(), &insn),
     })
 }
 
