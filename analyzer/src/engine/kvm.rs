@@ -790,7 +790,7 @@ impl KvmEngine {
         }
         let vectors_end = entry::VECTORS + 256 * entry::VECTOR_STRIDE;
         if !(entry::VECTORS..vectors_end).contains(&hlt_at)
-            || (hlt_at - entry::VECTORS) % entry::VECTOR_STRIDE != 0
+            || !(hlt_at - entry::VECTORS).is_multiple_of(entry::VECTOR_STRIDE)
         {
             return Ok(Ending::only(Outcome::EngineError(format!(
                 "hlt at unexpected rip {hlt_at:#x}"
@@ -911,10 +911,8 @@ impl KvmEngine {
         at.rflags = frame_flags;
         at.rsp = frame_rsp.unwrap_or(sp + ((first + 3) * size) as u64);
         let mut s = *sregs;
-        let before_cs = s.cs;
         s.cs.selector = frame_cs as u16;
         s.cs.dpl = (frame_cs & 3) as u8;
-        let _ = before_cs;
         if let Some(ss) = frame_ss {
             s.ss.selector = ss as u16;
             s.ss.dpl = (ss & 3) as u8;
@@ -936,33 +934,31 @@ impl KvmEngine {
         })
     }
 
-    fn run_checked(
-        &mut self,
-        image: &GuestImage,
-        side: Side,
-        test: &Prepared,
-    ) -> Result<Observation, (EngineError, SystemState)> {
-        let none = |e| (e, SystemState::default());
+    /// One run; every failure of KVM itself becomes `Outcome::EngineError`.
+    fn run_checked(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+        let fail = |e: EngineError, before: SystemState| {
+            Observation::outcome_only(Outcome::EngineError(e.to_string()), before)
+        };
         self.load(image);
         self.restore(image, test);
-        self.set_state(image, side, test).map_err(none)?;
-        let sregs = self
+        if let Err(e) = self.set_state(image, side, test) {
+            return fail(e, SystemState::default());
+        }
+        // The before-state is what KVM reports right after setting it.
+        let read = self
             .vcpu
             .get_sregs()
             .map_err(kvm_err("get sregs"))
-            .map_err(none)?;
-        let regs = self
-            .vcpu
-            .get_regs()
-            .map_err(kvm_err("get regs"))
-            .map_err(none)?;
-        let before = self
-            .system_state(image, &sregs, regs.rflags)
-            .map_err(none)?;
+            .and_then(|s| Ok((s, self.vcpu.get_regs().map_err(kvm_err("get regs"))?)))
+            .and_then(|(s, r)| self.system_state(image, &s, r.rflags));
+        let before = match read {
+            Ok(b) => b,
+            Err(e) => return fail(e, SystemState::default()),
+        };
         match self.execute(image, test) {
             Ok(mut end) => {
-                // Caches the frame does not carry: keep what the run started with
-                // when the selector did not change.
+                // Caches the frame does not carry: keep what the run started
+                // with when the selector did not change.
                 if let Some(after) = end.after.as_mut() {
                     for i in 0..2 {
                         if after.segs[i].cache.is_none()
@@ -972,14 +968,14 @@ impl KvmEngine {
                         }
                     }
                 }
-                Ok(Observation {
+                Observation {
                     outcome: end.outcome,
                     before,
                     after: end.after,
                     user: end.user,
-                })
+                }
             }
-            Err(e) => Err((e, before)),
+            Err(e) => fail(e, before),
         }
     }
 }
@@ -994,15 +990,18 @@ impl KvmEngine {
         let img = GuestImage::build(mode, config, Variant::base(&config));
         let r = match img.prepare(Side::Supervisor, &[0x90], &Setup::default()) {
             None => Err("no supervisor side".to_string()),
-            Some(p) => match self.run_checked(&img, Side::Supervisor, &p) {
-                Ok(o) if o.outcome.is_completed() => Ok(()),
-                Ok(o) => Err(format!(
-                    "{}: a NOP at cpl0 in mode {mode} ended in {}",
-                    self.flavor,
-                    o.outcome.short()
-                )),
-                Err((e, _)) => Err(format!("{}: mode {mode}: {e}", self.flavor)),
-            },
+            Some(p) => {
+                let o = self.run_checked(&img, Side::Supervisor, &p);
+                if o.outcome.is_completed() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{}: a NOP at cpl0 in mode {mode} ended in {}",
+                        self.flavor,
+                        o.outcome.short()
+                    ))
+                }
+            }
         };
         self.modes.insert((mode, config), r.clone());
         r
@@ -1091,12 +1090,7 @@ impl Engine for KvmEngine {
         if let Err(why) = self.mode_supported(image.mode, image.config) {
             return Observation::outcome_only(Outcome::NotSupported(why), SystemState::default());
         }
-        match self.run_checked(image, side, test) {
-            Ok(o) => o,
-            Err((e, before)) => {
-                Observation::outcome_only(Outcome::EngineError(e.to_string()), before)
-            }
-        }
+        self.run_checked(image, side, test)
     }
 }
 
