@@ -180,14 +180,31 @@ static SIGNAL_SETUP: Once = Once::new();
 static SIGNAL_SETUP_RESULT: Mutex<Option<String>> = Mutex::new(None);
 
 /// Installs the no-op handler once per process (sigaction is per process).
+/// SA_RESTART keeps other system calls of the vCPU thread from failing with
+/// EINTR when a late signal arrives; KVM_RUN returns EINTR regardless.
 fn install_signal_handler() -> Result<(), EngineError> {
     SIGNAL_SETUP.call_once(|| {
-        if let Err(e) =
-            vmm_sys_util::signal::register_signal_handler(watchdog_signal(), on_watchdog_signal)
-        {
-            if let Ok(mut r) = SIGNAL_SETUP_RESULT.lock() {
-                *r = Some(e.to_string());
+        let num = watchdog_signal();
+        let err = match vmm_sys_util::signal::validate_signal_num(num) {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => {
+                // SAFETY: `sigaction` is plain data; an all-zero value is a
+                // valid empty action that is filled in below.
+                let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+                act.sa_sigaction = on_watchdog_signal as *const () as usize;
+                act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+                // SAFETY: `act` is a fully initialized action whose handler
+                // is an `extern "C"` function that does nothing (so it is
+                // async-signal-safe); the old action is not asked for.
+                let r = unsafe {
+                    libc::sigemptyset(&raw mut act.sa_mask);
+                    libc::sigaction(num, &raw const act, std::ptr::null_mut())
+                };
+                (r != 0).then(|| std::io::Error::last_os_error().to_string())
             }
+        };
+        if let (Some(e), Ok(mut r)) = (err, SIGNAL_SETUP_RESULT.lock()) {
+            *r = Some(e);
         }
     });
     match SIGNAL_SETUP_RESULT.lock().ok().and_then(|r| r.clone()) {
@@ -281,6 +298,16 @@ impl Watchdog {
     }
 
     fn arm(&self, deadline: Instant) {
+        thread_local! {
+            static UNBLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        // The vCPU thread must not block the signal, or KVM_RUN never sees it.
+        UNBLOCKED.with(|u| {
+            if !u.get() {
+                let _ = vmm_sys_util::signal::unblock_signal(watchdog_signal());
+                u.set(true);
+            }
+        });
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         self.set(Some((deadline, me)));
