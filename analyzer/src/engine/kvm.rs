@@ -1022,8 +1022,14 @@ impl KvmEngine {
                 if o.outcome.is_completed() {
                     Ok(())
                 } else {
+                    let hint = if mode == Mode::Prot32 && self.flavor == Flavor::Pvm {
+                        " (measured: PVM runs this guest without paging, not with \
+                         32-bit non-PAE paging)"
+                    } else {
+                        ""
+                    };
                     Err(format!(
-                        "{}: a NOP at cpl0 in mode {mode} ended in {}",
+                        "{}: a NOP at cpl0 in mode {mode} ended in {}{hint}",
                         self.flavor,
                         o.outcome.short()
                     ))
@@ -1446,6 +1452,38 @@ mod tests {
             matches!(u.outcome, Outcome::Trap { vector: 6, .. }),
             "{:?}",
             u.outcome
+        );
+        // PUSHFQ at CPL 3 pushes IF = 1 although the guest runs with IF = 0
+        // (at CPL 0 it pushes IF = 0).
+        let cfg = Config::UMIP_OFF;
+        let if0 = Variant {
+            if_flag: false,
+            ..Variant::base(&cfg)
+        };
+        for (side, want) in [(Side::Supervisor, 0x2), (Side::User, 0x202)] {
+            let o = run_on(&mut e, Mode::Long64, cfg, if0, side, &[0x9C], &NONE);
+            assert!(completed(&o), "{side}: {:?}", o.outcome);
+            assert_eq!(o.before.sys_flags, 0, "{side}");
+            let st = o.user.unwrap().stack;
+            let pushed = u64::from_le_bytes(st[0x7F8..0x800].try_into().unwrap());
+            assert_eq!(pushed, want, "{side}: pushfq pushed {pushed:#x}");
+        }
+        // Real mode: INT 0x80 never leaves the instruction (INT 0x21 and
+        // INT 3 are delivered through the IVT).
+        let o = base(&mut e, Mode::Real, Side::Supervisor, &[0xCD, 0x80], &NONE);
+        assert_eq!(o.outcome, Outcome::Hang);
+        let o = base(&mut e, Mode::Real, Side::Supervisor, &[0xCD, 0x21], &NONE);
+        assert!(
+            matches!(
+                o.outcome,
+                Outcome::Transfer {
+                    kind: TransferKind::Interrupt(0x21),
+                    cpl: Some(0),
+                    ..
+                }
+            ),
+            "{:?}",
+            o.outcome
         );
     }
 
