@@ -798,9 +798,7 @@ impl KvmEngine {
             });
         }
         let kind = match hlt_at {
-            entry::SYSCALL => Some(TransferKind::Syscall),
-            entry::SYSENTER => Some(TransferKind::Sysenter),
-            entry::CALLGATE => Some(TransferKind::CallGate),
+            entry::SYSCALL | entry::SYSENTER | entry::CALLGATE => entry_kind(hlt_at),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -918,7 +916,15 @@ impl KvmEngine {
             && error_code == Some(0)
             && frame_rip != test.rip
             && (frame_rip == test.sentinel || code_byte(frame_rip) == Some(SENTINEL));
-        if !landed {
+        // A harness entry point whose HLT raised #GP: control arrived there
+        // at CPL > 0 (seen on PVM: SYSCALL from CPL 3 jumps to LSTAR and
+        // stays at CPL 3).
+        let arrived = if vector == 13 && error_code == Some(0) {
+            entry_kind(frame_rip)
+        } else {
+            None
+        };
+        if !landed && arrived.is_none() {
             return Ok(Ending::only(Outcome::Trap {
                 vector,
                 error_code,
@@ -949,6 +955,17 @@ impl KvmEngine {
         after.segs[0].cache = None;
         if frame_ss.is_some() {
             after.segs[1].cache = None;
+        }
+        if let Some(kind) = arrived {
+            return Ok(Ending {
+                outcome: Outcome::Transfer {
+                    kind,
+                    rip: frame_rip,
+                    cpl: Some((frame_cs & 3) as u8),
+                },
+                after: Some(after),
+                user: None,
+            });
         }
         let user = self.user_state(image, &at, frame_rip)?;
         Ok(Ending {
@@ -1044,6 +1061,24 @@ impl KvmEngine {
 enum Exit {
     Hlt,
     Ended(Outcome),
+}
+
+/// The kind of transfer that ends at a harness entry point, if `off` is one
+/// (SYSCALL, SYSENTER, call gate, or the stub of an IDT vector).
+fn entry_kind(off: u64) -> Option<TransferKind> {
+    match off {
+        entry::SYSCALL => Some(TransferKind::Syscall),
+        entry::SYSENTER => Some(TransferKind::Sysenter),
+        entry::CALLGATE => Some(TransferKind::CallGate),
+        _ if (entry::VECTORS..entry::VECTORS + 256 * entry::VECTOR_STRIDE).contains(&off)
+            && (off - entry::VECTORS).is_multiple_of(entry::VECTOR_STRIDE) =>
+        {
+            Some(TransferKind::Interrupt(
+                ((off - entry::VECTORS) / entry::VECTOR_STRIDE) as u8,
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// The vector a software-interrupt instruction at `rip` raises, if it is one
@@ -1554,6 +1589,89 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn entry_points_port_io_and_page_faults() {
+        let Some(mut e) = engine() else { return };
+        let m = Mode::Long64;
+        // SYSCALL at CPL 3 arrives at the LSTAR entry: at CPL 0 on hardware;
+        // measured on PVM: at CPL 3 (CS stays 0x2b, RSP unchanged), so the
+        // entry's HLT raises #GP there.
+        let o = base(&mut e, m, Side::User, &[0x0F, 0x05], &NONE);
+        let want_cpl = if flavor_is_pvm(&e) { 3 } else { 0 };
+        assert_eq!(
+            o.outcome,
+            Outcome::Transfer {
+                kind: TransferKind::Syscall,
+                rip: entry::SYSCALL,
+                cpl: Some(want_cpl)
+            }
+        );
+        assert_eq!(o.after.unwrap().cpl, want_cpl);
+        // IN at CPL 0 reaches KVM, which answers 0xff.
+        let o = base(&mut e, m, Side::Supervisor, &[0xEC], &NONE);
+        assert!(completed(&o), "{:?}", o.outcome);
+        assert_eq!(o.user.unwrap().gprs[0] & 0xFF, 0xFF);
+        // OUT at CPL 3 with IOPL 0 and no I/O bitmap: #GP(0).
+        let o = base(&mut e, m, Side::User, &[0xEE], &NONE);
+        assert!(is_gp(&o), "{:?}", o.outcome);
+        // A read of the unmapped null page at CPL 3: #PF, user read, not present.
+        let o = base(
+            &mut e,
+            m,
+            Side::User,
+            &[0x8B, 0x04, 0x25, 0, 0, 0, 0],
+            &NONE,
+        );
+        assert_eq!(
+            o.outcome,
+            Outcome::Trap {
+                vector: 14,
+                error_code: Some(4),
+                rip: crate::machine::TEST_RIP
+            }
+        );
+        // A far call through the call gate at CPL 3 (16-bit mode, call
+        // ptr16:16) arrives at CPL 0 on hardware; measured on PVM: #UD at
+        // the instruction.
+        let o = base(
+            &mut e,
+            Mode::Prot16,
+            Side::User,
+            &[0x9A, 0, 0, 0, 0],
+            &Setup {
+                patches: vec![crate::machine::Patch {
+                    offset: 3,
+                    size: 2,
+                    value: Sym::Sel(crate::machine::SelRole::CallGate),
+                }],
+                ..Setup::default()
+            },
+        );
+        if flavor_is_pvm(&e) {
+            assert_eq!(
+                o.outcome,
+                Outcome::Trap {
+                    vector: 6,
+                    error_code: None,
+                    rip: crate::machine::TEST_RIP
+                }
+            );
+        } else {
+            assert!(
+                matches!(
+                    o.outcome,
+                    Outcome::Transfer {
+                        kind: TransferKind::CallGate,
+                        cpl: Some(0),
+                        ..
+                    }
+                ),
+                "{:?}",
+                o.outcome
+            );
         }
     }
 
