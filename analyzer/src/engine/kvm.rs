@@ -28,8 +28,9 @@ use crate::observe::{
     SYS_FLAGS_MASK, USER_FLAGS_MASK,
 };
 use kvm_bindings::{
-    kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region, Msrs,
-    KVM_MAX_CPUID_ENTRIES,
+    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::collections::HashMap;
@@ -162,6 +163,15 @@ impl Drop for GuestMemory {
 
 // ---------------------------------------------------------------------------
 // Watchdog
+
+/// The host page size (the granule of KVM's dirty log).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => PAGE as usize,
+    }
+}
 
 /// The real-time signal the watchdog sends to interrupt KVM_RUN.
 fn watchdog_signal() -> libc::c_int {
@@ -370,6 +380,14 @@ pub struct KvmEngine {
     /// Per mode and configuration: whether a NOP at CPL 0 completes in its
     /// base image (`Err`: why the mode is not supported here).
     modes: HashMap<(Mode, Config), Result<(), String>>,
+    /// The before-state KVM reported for an image and side (it is the same
+    /// for every run: all of it is set anew from the image).
+    befores: HashMap<(ImageKey, Side), SystemState>,
+    /// Whether KVM logs the pages the guest dirties (then every one of them
+    /// is restored, not only the image's `restore_pages`).
+    dirty_log: bool,
+    /// The last run ended at engine level: clear pending events first.
+    reset_events: bool,
 }
 
 impl KvmEngine {
@@ -401,17 +419,23 @@ impl KvmEngine {
         let api = kvm.get_api_version();
         let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
         let mem = GuestMemory::new(MEM_SIZE as usize)?;
-        let region = kvm_userspace_memory_region {
+        let mut region = kvm_userspace_memory_region {
             slot: 0,
-            flags: 0,
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
             guest_phys_addr: 0,
             memory_size: MEM_SIZE,
             userspace_addr: mem.ptr as u64,
         };
         // SAFETY: the region is the live mapping owned by `mem`, which the
         // engine keeps until after the VM is dropped (field order).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm_err("set the guest memory region"))?;
+        let mut dirty_log = unsafe { vm.set_user_memory_region(region) }.is_ok();
+        if !dirty_log {
+            region.flags = 0;
+            // SAFETY: as above.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(kvm_err("set the guest memory region"))?;
+        }
+        dirty_log = dirty_log && vm.get_dirty_log(0, MEM_SIZE as usize).is_ok();
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create a vCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -429,12 +453,42 @@ impl KvmEngine {
             flavor,
             watchdog,
             modes: HashMap::new(),
+            befores: HashMap::new(),
+            dirty_log,
+            reset_events: false,
         })
     }
 
     /// The flavor of /dev/kvm this engine runs on.
     pub fn flavor(&self) -> Flavor {
         self.flavor
+    }
+
+    /// Undoes the guest's own writes of the last run (pages KVM logged as
+    /// dirty get back what the engine last wrote there).
+    fn undo_guest_writes(&mut self) {
+        if !self.dirty_log {
+            return;
+        }
+        let Ok(bitmap) = self._vm.get_dirty_log(0, MEM_SIZE as usize) else {
+            // Without the log, restore_pages still covers the harness pages.
+            self.dirty_log = false;
+            return;
+        };
+        let host_page = page_size();
+        let guest = self.mem.slice_mut();
+        for (w, bits) in bitmap.iter().enumerate() {
+            let mut bits = *bits;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = (w * 64 + b) * host_page;
+                let end = (start + host_page).min(guest.len());
+                if start < end {
+                    guest[start..end].copy_from_slice(&self.loaded[start..end]);
+                }
+            }
+        }
     }
 
     /// Makes guest memory equal to the image's, writing only changed pages.
@@ -491,7 +545,30 @@ impl KvmEngine {
             error: "no such side in this mode".into(),
         })?;
         let sys = &image.sys;
+        if self.reset_events {
+            self.vcpu
+                .set_vcpu_events(&kvm_vcpu_events::default())
+                .map_err(kvm_err("clear pending events"))?;
+            self.reset_events = false;
+        }
+        // State no outcome records but an instruction may change: x87/SSE
+        // and the debug registers start from their reset values.
+        let fpu = kvm_fpu {
+            fcw: 0x37F,
+            mxcsr: 0x1F80,
+            ..Default::default()
+        };
+        self.vcpu.set_fpu(&fpu).map_err(kvm_err("set fpu"))?;
+        let dregs = kvm_debugregs {
+            dr6: 0xFFFF_0FF0,
+            dr7: 0x400,
+            ..Default::default()
+        };
+        self.vcpu
+            .set_debug_regs(&dregs)
+            .map_err(kvm_err("set debug registers"))?;
         let mut sregs = self.vcpu.get_sregs().map_err(kvm_err("get sregs"))?;
+        sregs.cr8 = 0;
         sregs.cr0 = sys.cr0;
         sregs.cr3 = sys.cr3;
         sregs.cr4 = sys.cr4;
@@ -983,23 +1060,39 @@ impl KvmEngine {
         let fail = |e: EngineError, before: SystemState| {
             Observation::outcome_only(Outcome::EngineError(e.to_string()), before)
         };
+        self.undo_guest_writes();
         self.load(image);
         self.restore(image, test);
         if let Err(e) = self.set_state(image, side, test) {
+            self.reset_events = true;
             return fail(e, SystemState::default());
         }
-        // The before-state is what KVM reports right after setting it.
-        let read = self
-            .vcpu
-            .get_sregs()
-            .map_err(kvm_err("get sregs"))
-            .and_then(|s| Ok((s, self.vcpu.get_regs().map_err(kvm_err("get regs"))?)))
-            .and_then(|(s, r)| self.system_state(image, &s, r.rflags));
-        let before = match read {
-            Ok(b) => b,
-            Err(e) => return fail(e, SystemState::default()),
+        // The before-state is what KVM reported right after setting it
+        // (the first time for this image and side; every run sets the same).
+        let key = ((image.mode, image.config, image.variant), side);
+        let before = match self.befores.get(&key) {
+            Some(b) => b.clone(),
+            None => {
+                let read = self
+                    .vcpu
+                    .get_sregs()
+                    .map_err(kvm_err("get sregs"))
+                    .and_then(|s| Ok((s, self.vcpu.get_regs().map_err(kvm_err("get regs"))?)))
+                    .and_then(|(s, r)| self.system_state(image, &s, r.rflags));
+                match read {
+                    Ok(b) => {
+                        self.befores.insert(key, b.clone());
+                        b
+                    }
+                    Err(e) => return fail(e, SystemState::default()),
+                }
+            }
         };
-        match self.execute(image, test) {
+        let result = self.execute(image, test);
+        if !matches!(&result, Ok(end) if !end.outcome.is_engine_level()) {
+            self.reset_events = true;
+        }
+        match result {
             Ok(mut end) => {
                 // Caches the frame does not carry: keep what the run started
                 // with when the selector did not change.
@@ -1673,6 +1766,32 @@ mod tests {
                 o.outcome
             );
         }
+    }
+
+    #[test]
+    fn guest_writes_outside_the_harness_pages_are_undone() {
+        let Some(mut e) = engine() else { return };
+        if !e.dirty_log {
+            println!("skipped: KVM does not log dirty pages here");
+            return;
+        }
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        let at = 0x20000usize;
+        assert!(!img.restore_pages.contains(&(at as u64)));
+        let store = [0x88, 0x04, 0x25, 0x00, 0x00, 0x02, 0x00]; // mov [0x20000], al
+        let load = [0x8A, 0x04, 0x25, 0x00, 0x00, 0x02, 0x00]; // mov al, [0x20000]
+        let setup = Setup {
+            regs: vec![(Gpr::Rax, Sym::Imm(0x5A))],
+            ..Setup::default()
+        };
+        let p = img.prepare(Side::Supervisor, &store, &setup).unwrap();
+        assert!(completed(&e.run(&img, Side::Supervisor, &p)));
+        assert_eq!(e.mem.slice()[at], 0x5A, "the store reached guest memory");
+        let p = img.prepare(Side::Supervisor, &load, &NONE).unwrap();
+        let o = e.run(&img, Side::Supervisor, &p);
+        assert!(completed(&o), "{:?}", o.outcome);
+        assert_eq!(o.user.unwrap().gprs[0] & 0xFF, img.memory[at] as u64);
     }
 
     #[test]
