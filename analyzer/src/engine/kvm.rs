@@ -16,8 +16,33 @@
 //! when a run overstays [`TIME_LIMIT`]; `KVM_RUN` then returns EINTR and the
 //! run is a `Hang`.
 //!
+//! Besides the image's `restore_pages`, every page the guest dirtied (KVM's
+//! dirty log) gets back its last written content before the next run; x87/SSE
+//! state, debug registers, CR8 and (after an engine-level end) pending events
+//! are reset too. The before-state is what KVM reports right after the
+//! registers are set (read once per image and side).
+//!
+//! Not supported: a supervisor at CPL 1 or 3 (ring-compression variants):
+//! its HLT entry stubs raise #GP instead of exiting, without end.
+//!
 //! On PVM (`kvm_pvm`, a software hypervisor) the guest's supervisor runs in
-//! hardware user mode; what it reports is recorded as it is.
+//! hardware user mode; what it reports is recorded as it is. Measured there
+//! (the tests assert each):
+//! - 32-bit protected mode with (non-PAE) paging: every run shuts down; the
+//!   engine reports the mode as `NotSupported`. Real mode and 16-bit
+//!   protected mode run.
+//! - At CPL 0, INT n / INT3 / INT1, LAR, LSL, VERR, RDTSCP, XGETBV and
+//!   SYSENTER (64-bit) end in KVM_EXIT_INTERNAL_ERROR (an `EngineError`).
+//! - At CPL 3 in 64-bit mode: `mov ax, cs` reads 0x33 (the host's user
+//!   selector), PUSHFQ pushes IF = 1 when the guest has IF = 0, INT 0x80
+//!   raises #UD, the #GP frame's RFLAGS shows IOPL 0 when the guest has
+//!   IOPL 3, and SYSCALL jumps to LSTAR without leaving CPL 3 (recorded as a
+//!   transfer at CPL 3).
+//! - 16-bit mode at CPL 3: INT n, INT3, LAR, LSL, VERR raise #UD; a far
+//!   call through the call gate raises #UD; with a nonzero SS base the
+//!   exception frame is written at linear ESP, ignoring the SS base (an
+//!   `EngineError` that says so).
+//! - Real mode: INT 0x80 never leaves the instruction (a `Hang`).
 
 use super::{Engine, EngineError};
 use crate::machine::{entry, GuestImage, Prepared, SegDesc, CODE, MEM_SIZE, PAGE, SENTINEL};
