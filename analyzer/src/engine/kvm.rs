@@ -1621,6 +1621,40 @@ mod tests {
             let pushed = u64::from_le_bytes(st[0x7F8..0x800].try_into().unwrap());
             assert_eq!(pushed, want, "{side}: pushfq pushed {pushed:#x}");
         }
+        // At CPL 0 these end in KVM_EXIT_INTERNAL_ERROR; at CPL 3 in 64-bit
+        // mode they run (XGETBV: #GP, CR4.OSXSAVE is clear), in 16-bit
+        // mode they raise #UD.
+        let cases: [(&str, &[u8], &str); 6] = [
+            ("lar", &[0x0F, 0x02, 0xC1], "completed"),
+            ("lsl", &[0x0F, 0x03, 0xC1], "completed"),
+            ("verr", &[0x0F, 0x00, 0xE1], "completed"),
+            ("rdtscp", &[0x0F, 0x01, 0xF9], "completed"),
+            ("xgetbv", &[0x0F, 0x01, 0xD0], "#GP(0x0)"),
+            ("int1", &[0xF1], "#DB"),
+        ];
+        for (name, bytes, user64) in cases {
+            for mode in [Mode::Long64, Mode::Prot16] {
+                let s = base(&mut e, mode, Side::Supervisor, bytes, &NONE);
+                assert!(
+                    matches!(&s.outcome, Outcome::EngineError(t) if t.contains("INTERNAL_ERROR")),
+                    "{mode} {name} cpl0: {:?}",
+                    s.outcome
+                );
+                let u = base(&mut e, mode, Side::User, bytes, &NONE);
+                let want = if mode == Mode::Long64 { user64 } else { "#UD" };
+                assert_eq!(u.outcome.short(), want, "{mode} {name} cpl3");
+            }
+        }
+        let s = base(&mut e, Mode::Long64, Side::Supervisor, &[0x0F, 0x34], &NONE);
+        assert!(
+            matches!(&s.outcome, Outcome::EngineError(t) if t.contains("INTERNAL_ERROR")),
+            "sysenter cpl0: {:?}",
+            s.outcome
+        );
+        for bytes in [&[0xCD, 0x80][..], &[0xCC]] {
+            let u = base(&mut e, Mode::Prot16, Side::User, bytes, &NONE);
+            assert_eq!(u.outcome.short(), "#UD", "16-bit cpl3 {bytes:02x?}");
+        }
         // Real mode: INT 0x80 never leaves the instruction (INT 0x21 and
         // INT 3 are delivered through the IVT).
         let o = base(&mut e, Mode::Real, Side::Supervisor, &[0xCD, 0x80], &NONE);
