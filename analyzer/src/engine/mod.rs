@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod fake;
+pub mod kvm;
 pub mod unicorn;
 
 /// Runs tests. A fault of the instruction under test is an `Outcome`, never
@@ -73,8 +74,12 @@ pub enum EngineError {
 pub fn open(kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
     match kind {
         EngineKind::Unicorn => Ok(Box::new(unicorn::UnicornEngine::new()?)),
-        EngineKind::Kvm => Err(EngineError::KvmUnavailable(
-            "the KVM engine is not built yet".into(),
-        )),
+        EngineKind::Kvm => Ok(Box::new(kvm::KvmEngine::new()?)),
     }
+}
+
+/// Whether an engine can be opened here: its version text, or why not
+/// (for `popek engines`).
+pub fn availability(kind: EngineKind) -> Result<String, String> {
+    open(kind).map(|e| e.version()).map_err(|e| e.to_string())
 }
