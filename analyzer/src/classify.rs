@@ -763,6 +763,7 @@ mod tests {
                 before,
                 after: Some(after),
                 user: None,
+                baseline: None,
             }
         });
         let v = classify(Mode::Prot32, &CFG, &runs);

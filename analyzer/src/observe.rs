@@ -222,6 +222,12 @@ pub struct Observation {
     pub after: Option<SystemState>,
     /// User-visible results, when the run completed.
     pub user: Option<UserState>,
+    /// R and M after a NOP run in the same state on the same engine, when
+    /// known. Changes are measured against it, so what the engine or the
+    /// harness itself does to R (PVM's exception frames show IOPL 0 at CPL 3,
+    /// for one) is not blamed on the instruction.
+    #[serde(default)]
+    pub baseline: Option<SystemState>,
 }
 
 impl Observation {
@@ -232,17 +238,19 @@ impl Observation {
             before,
             after: None,
             user: None,
+            baseline: None,
         }
     }
 
-    /// Which parts of R or M changed between `before` and `after`
-    /// (privilege level, system flags, descriptor cache, ...). Empty if none
-    /// or if there is no after-state.
+    /// Which parts of R or M the instruction changed (privilege level,
+    /// system flags, descriptor cache, ...): the after-state against the
+    /// NOP baseline when there is one, else against the before-state. Empty
+    /// if none or if there is no after-state.
     pub fn changed_r(&self) -> Vec<String> {
         let Some(after) = &self.after else {
             return Vec::new();
         };
-        diff_system(&self.before, after)
+        diff_system(self.baseline.as_ref().unwrap_or(&self.before), after)
     }
 }
 
@@ -391,6 +399,33 @@ mod tests {
                 "data[0x4..] 0000000000000000 vs 0900000000000000".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn changes_are_measured_against_the_nop_baseline() {
+        let before = SystemState {
+            sys_flags: 3 << 12,
+            ..Default::default()
+        };
+        // The engine shows IOPL 0 after any instruction in this state...
+        let after = SystemState {
+            sys_flags: 0,
+            ..Default::default()
+        };
+        let mut o = Observation {
+            outcome: Outcome::Completed {
+                rip: 0,
+                at_sentinel: true,
+            },
+            before,
+            after: Some(after.clone()),
+            user: None,
+            baseline: None,
+        };
+        assert_eq!(o.changed_r().len(), 1);
+        // ...and so does a NOP: the instruction itself changed nothing.
+        o.baseline = Some(after);
+        assert!(o.changed_r().is_empty());
     }
 
     #[test]

@@ -7,12 +7,12 @@ use crate::classify::{classify, Run};
 use crate::engine::{Engine, EngineError};
 use crate::machine::{GuestImage, Prepared, Variant};
 use crate::mode::{Config, Mode};
-use crate::observe::{Observation, Outcome, Side};
+use crate::observe::{Observation, Outcome, Side, SystemState};
 use crate::record::Record;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,12 +210,16 @@ where
                 let variants = images.get(&(mode, ci)).map(Vec::as_slice).unwrap_or(&[]);
                 let runs = WORKER_ENGINE.with(|cell| {
                     let mut slot = cell.borrow_mut();
-                    let mut engine = match slot.take() {
-                        Some((id, e)) if id == scan_id => Some(e),
-                        _ => None,
+                    let mut worker = match slot.take() {
+                        Some(w) if w.scan == scan_id => w,
+                        _ => Worker {
+                            scan: scan_id,
+                            engine: None,
+                            baselines: HashMap::new(),
+                        },
                     };
-                    let runs = runs_of(harness, &mut engine, &make_engine, variants, entry, config);
-                    *slot = engine.map(|e| (scan_id, e));
+                    let runs = runs_of(harness, &mut worker, &make_engine, variants, entry, config);
+                    *slot = Some(worker);
                     runs
                 })?;
                 let verdict = classify(mode, config, &runs);
@@ -235,9 +239,20 @@ where
     records
 }
 
+/// What a worker thread keeps between entries: its engine and, per state,
+/// the after-state of a NOP (the baseline control changes are measured against).
+struct Worker {
+    scan: u64,
+    engine: Option<Box<dyn Engine>>,
+    baselines: HashMap<(Mode, Config, Variant, Side), Option<SystemState>>,
+}
+
+/// The null instruction of the baseline runs.
+const NOP: [u8; 1] = [0x90];
+
 thread_local! {
-    /// The engine of the current worker thread, tagged with the scan it belongs to.
-    static WORKER_ENGINE: RefCell<Option<(u64, Box<dyn Engine>)>> = const { RefCell::new(None) };
+    /// The current worker thread's engine and baselines, tagged with their scan.
+    static WORKER_ENGINE: RefCell<Option<Worker>> = const { RefCell::new(None) };
 }
 
 /// Distinguishes scans, so a thread never reuses another scan's engine.
@@ -250,10 +265,11 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panicked".into())
 }
 
-/// Every state of the matrix on every side that exists, then the base state's repeat 1.
+/// Every state of the matrix on every side that exists, then the base state's
+/// repeat 1. Each observation gets the NOP baseline of its state.
 fn runs_of<H, F>(
     harness: &H,
-    engine: &mut Option<Box<dyn Engine>>,
+    worker: &mut Worker,
     make_engine: &F,
     variants: &[(Variant, Arc<GuestImage>)],
     entry: &Entry,
@@ -273,7 +289,28 @@ where
             let Some(test) = harness.prepare(image, side, entry) else {
                 continue;
             };
-            let obs = run_guarded(engine, make_engine, image, side, &test)?;
+            let key = (image.mode, image.config, image.variant, side);
+            if !worker.baselines.contains_key(&key) {
+                let nop = Entry {
+                    bytes: NOP.to_vec(),
+                    setup: Default::default(),
+                    ..entry.clone()
+                };
+                let baseline = match harness.prepare(image, side, &nop) {
+                    Some(p) => {
+                        let o = run_guarded(&mut worker.engine, make_engine, image, side, &p)?;
+                        if o.outcome.is_completed() {
+                            o.after
+                        } else {
+                            None
+                        }
+                    }
+                    None => None,
+                };
+                worker.baselines.insert(key, baseline);
+            }
+            let mut obs = run_guarded(&mut worker.engine, make_engine, image, side, &test)?;
+            obs.baseline = worker.baselines.get(&key).cloned().flatten();
             runs.push(Run {
                 variant: *variant,
                 side,
@@ -438,7 +475,17 @@ pub(crate) mod tests {
         // (real mode: one side).
         let per = |m: Mode, sides: usize| (Variant::matrix(m, &Config::UMIP_OFF).len() + 1) * sides;
         let expected = 2 * (per(Mode::Long64, 2) + 2 * per(Mode::Prot32, 2) + per(Mode::Real, 1));
-        assert_eq!(fake.runs(), expected);
+        // Plus one NOP baseline per state and side in each of the 2 workers
+        // that needed it.
+        let states = |m: Mode, sides: usize| Variant::matrix(m, &Config::UMIP_OFF).len() * sides;
+        let baselines =
+            2 * (states(Mode::Long64, 2) + states(Mode::Prot32, 2) + states(Mode::Real, 1));
+        let runs = fake.runs();
+        assert!(
+            (expected + baselines..=expected + 2 * baselines).contains(&runs),
+            "{runs} runs: {expected} tests and {baselines} to {} baselines expected",
+            2 * baselines
+        );
         assert_eq!(records[0].verdict.runs, per(Mode::Real, 1));
         assert_eq!(records[0].engine, "fake");
         assert_eq!(records[3].bytes, "0f0105");

@@ -76,6 +76,7 @@ pub mod obs {
             before: sys,
             after,
             user: Some(user),
+            baseline: None,
         }
     }
 
@@ -93,6 +94,7 @@ pub mod obs {
             before,
             after: Some(after),
             user: Some(user),
+            baseline: None,
         }
     }
 

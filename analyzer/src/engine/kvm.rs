@@ -1135,6 +1135,7 @@ impl KvmEngine {
                     before,
                     after: end.after,
                     user: end.user,
+                    baseline: None,
                 }
             }
             Err(e) => fail(e, before),

@@ -493,6 +493,7 @@ impl Machine {
                     before,
                     after,
                     user,
+                    baseline: None,
                 }
             }
             Err(e) => Observation::outcome_only(Outcome::EngineError(e.to_string()), before),
