@@ -28,7 +28,7 @@
 //! On PVM (`kvm_pvm`, a software hypervisor) the guest's supervisor runs in
 //! hardware user mode; what it reports is recorded as it is. Measured there
 //! (the tests assert each):
-//! - 32-bit protected mode with (non-PAE) paging: every run shuts down; the
+//! - 32-bit protected mode with paging (2-level or PAE): every run shuts down; the
 //!   engine reports the mode as `NotSupported`. Real mode and 16-bit
 //!   protected mode run.
 //! - At CPL 0, INT n / INT3 / INT1, LAR, LSL, VERR, RDTSCP, XGETBV and
@@ -1159,8 +1159,8 @@ impl KvmEngine {
                     Ok(())
                 } else {
                     let hint = if mode == Mode::Prot32 && self.flavor == Flavor::Pvm {
-                        " (measured: PVM runs this guest without paging, not with \
-                         32-bit non-PAE paging)"
+                        " (measured: PVM runs this 32-bit guest without paging, \
+                         but neither with 2-level nor with PAE paging)"
                     } else {
                         ""
                     };

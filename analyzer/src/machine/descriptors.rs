@@ -84,49 +84,63 @@ pub const PTE_RW: u64 = 2;
 pub const PTE_US: u64 = 4;
 pub const PTE_ALL: u64 = PTE_P | PTE_RW | PTE_US;
 
+/// The paging structures a mode uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paging {
+    /// 32-bit 2-level paging (PD, PT; 4-byte entries).
+    Legacy,
+    /// PAE 3-level paging (PDPT, PD, PT; 8-byte entries).
+    Pae,
+    /// 4-level long-mode paging (PML4, PDPT, PD, PT).
+    Long,
+}
+
 /// Builds page tables mapping `pages` (linear page address -> physical page
-/// address, all below 2 MiB linear) at `base`. 64-bit: PML4, PDPT, PD, PT at
-/// base, +0x1000, +0x2000, +0x3000. 32-bit (non-PAE): PD at base, PT at +0x1000.
+/// address, all below 2 MiB linear) at `base`, one table per page from
+/// `base` on: Long: PML4, PDPT, PD, PT; Pae: PDPT, PD, PT; Legacy: PD, PT.
 /// Returns (physical address, page contents) of each table page.
-pub fn page_tables(long_mode: bool, base: u64, pages: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
-    let mut tables = Vec::new();
-    if long_mode {
-        let mut pml4 = vec![0u8; 4096];
-        let mut pdpt = vec![0u8; 4096];
-        let mut pd = vec![0u8; 4096];
-        let mut pt = vec![0u8; 4096];
-        put64(&mut pml4, 0, (base + 0x1000) | PTE_ALL);
-        put64(&mut pdpt, 0, (base + 0x2000) | PTE_ALL);
-        put64(&mut pd, 0, (base + 0x3000) | PTE_ALL);
-        for &(lin, phys) in pages {
-            debug_assert!(lin < 0x20_0000);
-            put64(&mut pt, ((lin >> 12) & 511) as usize * 8, phys | PTE_ALL);
+pub fn page_tables(kind: Paging, base: u64, pages: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
+    let levels = match kind {
+        Paging::Legacy => 2,
+        Paging::Pae => 3,
+        Paging::Long => 4,
+    };
+    let mut tables: Vec<(u64, Vec<u8>)> = (0..levels)
+        .map(|i| (base + i * 0x1000, vec![0u8; 4096]))
+        .collect();
+    // Every level but the last points at the next table with its first entry.
+    for i in 0..levels as usize - 1 {
+        let next = base + (i as u64 + 1) * 0x1000;
+        match kind {
+            Paging::Legacy => put32(&mut tables[i].1, 0, (next | PTE_ALL) as u32),
+            // PAE PDPT entries have RW and US reserved: present only.
+            Paging::Pae if i == 0 => put64(&mut tables[i].1, 0, next | PTE_P),
+            _ => put64(&mut tables[i].1, 0, next | PTE_ALL),
         }
-        tables.push((base, pml4));
-        tables.push((base + 0x1000, pdpt));
-        tables.push((base + 0x2000, pd));
-        tables.push((base + 0x3000, pt));
-    } else {
-        let mut pd = vec![0u8; 4096];
-        let mut pt = vec![0u8; 4096];
-        put32(&mut pd, 0, ((base + 0x1000) | PTE_ALL) as u32);
-        for &(lin, phys) in pages {
-            debug_assert!(lin < 0x40_0000);
-            put32(
-                &mut pt,
-                ((lin >> 12) & 1023) as usize * 4,
-                (phys | PTE_ALL) as u32,
-            );
+    }
+    let pt = &mut tables[levels as usize - 1].1;
+    for &(lin, phys) in pages {
+        match kind {
+            Paging::Legacy => {
+                debug_assert!(lin < 0x40_0000);
+                put32(
+                    pt,
+                    ((lin >> 12) & 1023) as usize * 4,
+                    (phys | PTE_ALL) as u32,
+                );
+            }
+            Paging::Pae | Paging::Long => {
+                debug_assert!(lin < 0x20_0000);
+                put64(pt, ((lin >> 12) & 511) as usize * 8, phys | PTE_ALL);
+            }
         }
-        tables.push((base, pd));
-        tables.push((base + 0x1000, pt));
     }
     tables
 }
 
 /// Walks page tables in `mem` (physical memory from 0) for a linear address.
 /// Returns the physical address, or None if not mapped. For tests and checks.
-pub fn translate(mem: &[u8], long_mode: bool, cr3: u64, lin: u64) -> Option<u64> {
+pub fn translate(mem: &[u8], kind: Paging, cr3: u64, lin: u64) -> Option<u64> {
     let rd64 = |a: u64| -> Option<u64> {
         let a = a as usize;
         mem.get(a..a + 8)
@@ -137,26 +151,31 @@ pub fn translate(mem: &[u8], long_mode: bool, cr3: u64, lin: u64) -> Option<u64>
         mem.get(a..a + 4)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as u64)
     };
-    if long_mode {
-        let mut table = cr3 & !0xFFF;
-        for shift in [39u32, 30, 21, 12] {
-            let e = rd64(table + ((lin >> shift) & 511) * 8)?;
+    let walk = |first: u64, shifts: &[(u32, u64)]| -> Option<u64> {
+        let mut table = first;
+        for &(shift, mask) in shifts {
+            let e = rd64(table + ((lin >> shift) & mask) * 8)?;
             if e & PTE_P == 0 {
                 return None;
             }
             table = e & 0x000F_FFFF_FFFF_F000;
         }
         Some(table | (lin & 0xFFF))
-    } else {
-        let pde = rd32((cr3 & !0xFFF) + ((lin >> 22) & 1023) * 4)?;
-        if pde & PTE_P == 0 {
-            return None;
+    };
+    match kind {
+        Paging::Long => walk(cr3 & !0xFFF, &[(39, 511), (30, 511), (21, 511), (12, 511)]),
+        Paging::Pae => walk(cr3 & !0x1F, &[(30, 3), (21, 511), (12, 511)]),
+        Paging::Legacy => {
+            let pde = rd32((cr3 & !0xFFF) + ((lin >> 22) & 1023) * 4)?;
+            if pde & PTE_P == 0 {
+                return None;
+            }
+            let pte = rd32((pde & !0xFFF) + ((lin >> 12) & 1023) * 4)?;
+            if pte & PTE_P == 0 {
+                return None;
+            }
+            Some((pte & !0xFFF) | (lin & 0xFFF))
         }
-        let pte = rd32((pde & !0xFFF) + ((lin >> 12) & 1023) * 4)?;
-        if pte & PTE_P == 0 {
-            return None;
-        }
-        Some((pte & !0xFFF) | (lin & 0xFFF))
     }
 }
 
@@ -237,7 +256,7 @@ mod tests {
 
     #[test]
     fn page_tables_translate_as_built() {
-        for long in [false, true] {
+        for long in [Paging::Legacy, Paging::Pae, Paging::Long] {
             let pages = [(0x7000, 0x27000), (0x8000, 0x8000), (0x17000, 0x7000)];
             let mut mem = vec![0u8; 0x40000];
             for (addr, page) in page_tables(long, 0xA000, &pages) {
@@ -253,5 +272,17 @@ mod tests {
             );
             assert_eq!(translate(&mem, long, 0xA000, 0x9000), None);
         }
+    }
+
+    #[test]
+    fn pae_pdpt_entries_carry_only_the_present_bit() {
+        let t = page_tables(Paging::Pae, 0xA000, &[(0x7000, 0x7000)]);
+        let pdpte = u64::from_le_bytes(t[0].1[0..8].try_into().unwrap());
+        assert_eq!(
+            pdpte,
+            0xB000 | PTE_P,
+            "RW and US are reserved in a PAE PDPTE"
+        );
+        assert_eq!(t.len(), 3);
     }
 }

@@ -356,7 +356,8 @@ impl GuestImage {
             map.insert(seg_base + DATA, data_phys);
             map.insert(seg_base + STACK, stack_phys);
             let pages: Vec<(u64, u64)> = map.into_iter().collect();
-            for (addr, page) in page_tables(long, pt_base, &pages) {
+            let kind = if long { Paging::Long } else { Paging::Pae };
+            for (addr, page) in page_tables(kind, pt_base, &pages) {
                 mem[addr as usize..addr as usize + page.len()].copy_from_slice(&page);
             }
         }
@@ -372,6 +373,10 @@ impl GuestImage {
         let mut cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT;
         if long {
             cr4 |= CR4_PAE | CR4_FSGSBASE;
+        }
+        if mode == Mode::Prot32 {
+            // PAE paging in 32-bit mode: KVM's PVM runs no 2-level paging.
+            cr4 |= CR4_PAE;
         }
         if config.umip {
             cr4 |= CR4_UMIP;
@@ -715,24 +720,28 @@ mod tests {
         for mode in [Mode::Prot32, Mode::Long64] {
             for v in Variant::matrix(mode, &cfg) {
                 let img = GuestImage::build(mode, cfg, v);
-                let long = mode == Mode::Long64;
+                let kind = if mode == Mode::Long64 {
+                    Paging::Long
+                } else {
+                    Paging::Pae
+                };
                 for (off, phys) in [
                     (CODE, img.code_phys),
                     (DATA, img.data_phys),
                     (STACK, img.stack_phys),
                 ] {
                     assert_eq!(
-                        translate(&img.memory, long, img.sys.cr3, img.linear(off)),
+                        translate(&img.memory, kind, img.sys.cr3, img.linear(off)),
                         Some(phys),
                         "{mode} {}",
                         v.name(&cfg)
                     );
                 }
                 assert_eq!(
-                    translate(&img.memory, long, img.sys.cr3, img.linear(HANDLERS)),
+                    translate(&img.memory, kind, img.sys.cr3, img.linear(HANDLERS)),
                     Some(HANDLERS)
                 );
-                assert_eq!(translate(&img.memory, long, img.sys.cr3, 0), None);
+                assert_eq!(translate(&img.memory, kind, img.sys.cr3, 0), None);
                 assert_eq!(img.memory[img.code_phys as usize], SENTINEL);
                 assert_eq!(img.memory[img.data_phys as usize + 1], data_fill(1));
             }
