@@ -194,3 +194,151 @@ fn engines_lists_unicorn() {
     assert!(out.contains("unicorn: available"), "{out}");
     assert!(out.contains("kvm:"), "{out}");
 }
+
+/// Whether the KVM tests can run here; prints `skipped: <reason>` when not,
+/// and fails instead when POPEK_REQUIRE_KVM=1 (a KVM CI job).
+fn kvm_or_skip(test: &str) -> bool {
+    match analyzer::engine::availability(analyzer::engine::EngineKind::Kvm) {
+        Ok(_) => true,
+        Err(reason) => {
+            if std::env::var("POPEK_REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("{test}: KVM is required (POPEK_REQUIRE_KVM=1) but not available: {reason}");
+            }
+            println!("skipped: {test}: {reason}");
+            false
+        }
+    }
+}
+
+#[test]
+fn explain_on_kvm_shows_umip_traps() {
+    if !kvm_or_skip("explain_on_kvm_shows_umip_traps") {
+        return;
+    }
+    let o = popek(&[
+        "explain", "sgdt", "--mode", "64", "--umip", "on", "--engine", "all",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    // Unicorn has no CR4.UMIP; the KVM probe shows the #GP.
+    let kvm = out.split("engine kvm").nth(1).expect("a kvm section");
+    assert!(kvm.contains("cpl3: #GP"), "{out}");
+    let unicorn = out
+        .split("engine unicorn")
+        .nth(1)
+        .expect("a unicorn section");
+    assert!(
+        unicorn
+            .split("engine kvm")
+            .next()
+            .unwrap_or("")
+            .contains("cpl3: completed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn scan_all_engines_reports_the_umip_disagreement() {
+    if !kvm_or_skip("scan_all_engines_reports_the_umip_disagreement") {
+        return;
+    }
+    let d = tempfile::tempdir().expect("temp dir");
+    let o = popek(&[
+        "scan",
+        "--engine",
+        "all",
+        "--only",
+        "sgdt,smsw,hlt,add",
+        "--mode",
+        "64",
+        "--out",
+        d.path().to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    for f in [
+        "popek-unicorn.json",
+        "popek-kvm.json",
+        "popek-comparison.md",
+        "popek-comparison.json",
+    ] {
+        assert!(d.path().join(f).exists(), "{f} written");
+    }
+    let diffs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("popek-comparison.json")).expect("read"),
+    )
+    .expect("comparison JSON");
+    let umip_sgdt = diffs
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|x| x["config"] == "umip=on" && x["code"] == "Sgdt_m1664")
+        .expect("SGDT under umip=on differs between the engines");
+    assert_eq!(
+        umip_sgdt["a"]["class"], "sensitive-unprivileged",
+        "{umip_sgdt}"
+    );
+    assert_eq!(umip_sgdt["b"]["class"], "privileged", "{umip_sgdt}");
+    let md = std::fs::read_to_string(d.path().join("popek-comparison.md")).expect("read");
+    assert!(
+        md.contains("# popek: unicorn vs kvm") && md.contains("sgdt"),
+        "{md}"
+    );
+    // HLT is privileged on both: not a difference.
+    assert!(!diffs
+        .as_array()
+        .expect("list")
+        .iter()
+        .any(|x| x["code"] == "Hlt"));
+}
+
+#[test]
+fn without_kvm_popek_says_why_and_unicorn_still_works() {
+    let run = |args: &[&str], dev: &str| {
+        Command::new(env!("CARGO_BIN_EXE_popek"))
+            .args(args)
+            .env("POPEK_KVM_DEVICE", dev)
+            .output()
+            .expect("run popek")
+    };
+    // `engines` names the reason and the fix.
+    let o = run(&["engines"], "/nonexistent/kvm");
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(out.contains("unicorn: available"), "{out}");
+    assert!(
+        out.contains("kvm: not available") && out.contains("/nonexistent/kvm does not exist"),
+        "{out}"
+    );
+    // A directory cannot be opened read/write.
+    let o = run(&["engines"], "/");
+    assert!(
+        text(&o).0.contains("cannot open / read/write"),
+        "{:?}",
+        text(&o)
+    );
+    // Asking for KVM explicitly fails with the reason...
+    let o = run(&["explain", "hlt", "--engine", "kvm"], "/nonexistent/kvm");
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("does not exist"), "{:?}", text(&o));
+    // ...while `all` goes on with Unicorn and says what it skipped.
+    let d = tempfile::tempdir().expect("temp dir");
+    let o = run(
+        &[
+            "scan",
+            "--engine",
+            "all",
+            "--only",
+            "hlt",
+            "--mode",
+            "64",
+            "--out",
+            d.path().to_str().expect("utf-8"),
+        ],
+        "/nonexistent/kvm",
+    );
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("engine kvm is not available"), "{err}");
+    assert!(d.path().join("popek-unicorn.json").exists());
+    assert!(!d.path().join("popek-kvm.json").exists());
+}

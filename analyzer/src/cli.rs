@@ -12,7 +12,7 @@ use crate::scan::{self, ScanPlan};
 use crate::violators;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -264,6 +264,12 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             path.display(),
             diffs.len()
         );
+        let path = a.out.join("popek-comparison.json");
+        report::write_atomic(&path, |w| {
+            serde_json::to_writer_pretty(&mut *w, &diffs).map_err(std::io::Error::from)?;
+            w.write_all(b"\n")
+        })?;
+        eprintln!("popek: wrote {}", path.display());
     } else if all {
         eprintln!("popek: only one engine ran; no engine comparison written");
     }

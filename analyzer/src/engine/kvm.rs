@@ -419,28 +419,29 @@ impl KvmEngine {
     /// Whether /dev/kvm can be used, and which flavor it is; the error says
     /// what is wrong and how to fix it.
     pub fn availability() -> Result<Flavor, String> {
-        let path = Path::new("/dev/kvm");
+        let path = device_path();
+        let name = path.display();
         if !path.exists() {
-            return Err(
-                "/dev/kvm does not exist: load kvm_intel, kvm_amd or kvm_pvm (modprobe), \
+            return Err(format!(
+                "{name} does not exist: load kvm_intel, kvm_amd or kvm_pvm (modprobe), \
                  or enable virtualization in the firmware or for this VM"
-                    .into(),
-            );
+            ));
         }
-        match OpenOptions::new().read(true).write(true).open(path) {
+        match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(_) => Ok(Flavor::detect()),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(
-                "permission denied opening /dev/kvm: add your user to the kvm group or run as root"
-                    .into(),
-            ),
-            Err(e) => Err(format!("cannot open /dev/kvm read/write: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
+                "permission denied opening {name}: add your user to the kvm group or run as root"
+            )),
+            Err(e) => Err(format!("cannot open {name} read/write: {e}")),
         }
     }
 
     /// Creates the VM, its memory and its vCPU.
     pub fn new() -> Result<KvmEngine, EngineError> {
         let flavor = KvmEngine::availability().map_err(EngineError::KvmUnavailable)?;
-        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        let path = std::ffi::CString::new(device_path().as_os_str().as_encoded_bytes())
+            .map_err(|e| EngineError::KvmUnavailable(format!("bad device path: {e}")))?;
+        let kvm = Kvm::new_with_path(&path).map_err(kvm_err("open the KVM device"))?;
         let api = kvm.get_api_version();
         let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
         let mem = GuestMemory::new(MEM_SIZE as usize)?;
@@ -1279,6 +1280,13 @@ impl Engine for KvmEngine {
         }
         self.run_checked(image, side, test)
     }
+}
+
+/// The KVM device: `/dev/kvm`, or the path in `POPEK_KVM_DEVICE`.
+pub fn device_path() -> std::path::PathBuf {
+    std::env::var_os("POPEK_KVM_DEVICE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/dev/kvm"))
 }
 
 #[cfg(test)]
