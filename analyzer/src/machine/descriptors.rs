@@ -109,13 +109,14 @@ pub fn page_tables(kind: Paging, base: u64, pages: &[(u64, u64)]) -> Vec<(u64, V
         .map(|i| (base + i * 0x1000, vec![0u8; 4096]))
         .collect();
     // Every level but the last points at the next table with its first entry.
-    for i in 0..levels as usize - 1 {
-        let next = base + (i as u64 + 1) * 0x1000;
+    let last = tables.len() - 1;
+    for (i, (addr, table)) in tables.iter_mut().enumerate().take(last) {
+        let next = *addr + 0x1000;
         match kind {
-            Paging::Legacy => put32(&mut tables[i].1, 0, (next | PTE_ALL) as u32),
+            Paging::Legacy => put32(table, 0, (next | PTE_ALL) as u32),
             // PAE PDPT entries have RW and US reserved: present only.
-            Paging::Pae if i == 0 => put64(&mut tables[i].1, 0, next | PTE_P),
-            _ => put64(&mut tables[i].1, 0, next | PTE_ALL),
+            Paging::Pae if i == 0 => put64(table, 0, next | PTE_P),
+            _ => put64(table, 0, next | PTE_ALL),
         }
     }
     let pt = &mut tables[levels as usize - 1].1;
