@@ -72,8 +72,8 @@ pub struct Theorems {
     pub theorem1_vmm: TheoremResult,
     /// Theorem 3: a hybrid VMM iff every user-sensitive instruction is privileged.
     pub theorem3_hybrid: TheoremResult,
-    /// Records without a verdict (class `engine-error`): the theorems say
-    /// nothing about them.
+    /// Records without a verdict (class `engine-error` or
+    /// `engine-deviation`): the theorems say nothing about them.
     pub unjudged: usize,
 }
 
@@ -139,7 +139,7 @@ impl Report {
                     },
                     unjudged: group
                         .iter()
-                        .filter(|r| r.verdict.class == Class::EngineError)
+                        .filter(|r| r.verdict.unjudged())
                         .count(),
                 });
             }
