@@ -89,7 +89,7 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
             format!("fails ({n} violators)")
         };
         if unjudged > 0 {
-            s.push_str(&format!(", {unjudged} not judged (engine errors)"));
+            s.push_str(&format!(", {unjudged} not judged (engine errors or deviations)"));
         }
         s
     };

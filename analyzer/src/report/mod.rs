@@ -381,7 +381,7 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         md::write_md(&mut out, &r).expect("write");
         let text = String::from_utf8(out).expect("utf8");
-        assert!(text.contains("| 32 | umip=off | holds, 1 not judged (engine errors) |"));
+        assert!(text.contains("| 32 | umip=off | holds, 1 not judged (engine errors or deviations) |"));
     }
 
     #[test]

@@ -71,7 +71,7 @@ fn errors_name_line_and_column() {
     assert!(msg.contains("bad configuration 'umip=maybe'"), "{msg}");
     // Known deviation without an engine.
     let (_, col, msg) = parse_err("hlt\t*\t*\tprivileged\tSDM\tno colon here\n");
-    assert_eq!(col, 22);
+    assert_eq!(col, 24);
     assert!(msg.contains("'engine: reason'"), "{msg}");
     // A missing header.
     match Facts::parse("hlt\t*\t*\tprivileged\tSDM\t\n", Path::new("t.tsv")) {
@@ -82,7 +82,7 @@ fn errors_name_line_and_column() {
     }
     // The message names the file.
     let e = parse("hlt\t*\t*\tnope\tSDM\t\n").expect_err("bad");
-    assert!(e.to_string().starts_with("t.tsv:2:7: unknown expect"), "{e}");
+    assert!(e.to_string().starts_with("t.tsv:2:9: unknown expect"), "{e}");
 }
 
 #[test]
