@@ -293,8 +293,7 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
 
     let off_sentinel = valid.iter().find_map(|o| match o.run.obs.outcome {
         Outcome::Completed {
-            at_sentinel: false,
-            ..
+            at_sentinel: false, ..
         } => Some(format!("{}: {}", label_text(o), o.run.obs.outcome.short())),
         _ => None,
     });
@@ -663,9 +662,14 @@ mod tests {
         engine_deviation(&mut next, "Next");
         assert_eq!(next.class, Class::EngineDeviation);
         assert!(next.unjudged() && !next.violates_pg && !next.violates_hybrid);
-        assert!(next.notes.iter().any(|n| n.contains("different instruction")));
+        assert!(next
+            .notes
+            .iter()
+            .any(|n| n.contains("different instruction")));
         // At the sentinel: no deviation.
-        let runs = runs_of(Mode::Prot32, &CFG, |_, side, _| obs::completed(sys(side), user()));
+        let runs = runs_of(Mode::Prot32, &CFG, |_, side, _| {
+            obs::completed(sys(side), user())
+        });
         let mut v = classify(Mode::Prot32, &CFG, &runs);
         assert_eq!(v.off_sentinel, None);
         engine_deviation(&mut v, "Next");

@@ -273,9 +273,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             }
         }
         let mut records = scan_records(kind, &plan, a.jobs)?;
-        let findings = facts
-            .as_ref()
-            .map(|f| truth::annotate(&mut records, f));
+        let findings = facts.as_ref().map(|f| truth::annotate(&mut records, f));
         let version = records
             .first()
             .map(|r| r.engine_version.clone())
@@ -315,7 +313,9 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         eprintln!("popek: only one engine ran; no engine comparison written");
     }
     if a.strict && unexpected > 0 {
-        eprintln!("popek: --strict: {unexpected} unexpected disagreements with the documented facts");
+        eprintln!(
+            "popek: --strict: {unexpected} unexpected disagreements with the documented facts"
+        );
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)

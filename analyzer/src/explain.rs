@@ -231,7 +231,7 @@ pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError>
         form,
         bytes: bytes.to_vec(),
         setup: Setup::default(),
-        doc: catalog::doc_meta(&insn.op_code(), &insn),
+        doc: catalog::doc_meta(insn.op_code(), &insn),
     })
 }
 

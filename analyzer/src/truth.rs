@@ -133,12 +133,16 @@ impl Fact {
     /// Whether the row names this entry (mode aside).
     fn names(&self, code: &str, mnemonic: &str, form: &str) -> bool {
         let name = if self.is_code { code } else { mnemonic };
-        name == self.instruction && self.unless.as_ref().is_none_or(|u| !form.contains(u.as_str()))
+        name == self.instruction
+            && self
+                .unless
+                .as_ref()
+                .is_none_or(|u| !form.contains(u.as_str()))
     }
     /// Whether the row covers this record.
     pub fn matches(&self, r: &Record) -> bool {
         self.modes.contains(&r.mode)
-            && self.configs.iter().any(|c| *c == r.config)
+            && self.configs.contains(&r.config)
             && self.names(&r.code, &r.mnemonic, &r.form)
     }
     /// The reason this engine is known to deviate, if the row names it.
@@ -282,16 +286,14 @@ impl Facts {
             } else {
                 let mut out = Vec::new();
                 for c in cfg.split(',').map(str::trim) {
-                    let parsed = c.parse::<Config>().map_err(|e| {
-                        err(line, c_cfg, format!("bad configuration '{c}': {e}"))
-                    })?;
+                    let parsed = c
+                        .parse::<Config>()
+                        .map_err(|e| err(line, c_cfg, format!("bad configuration '{c}': {e}")))?;
                     out.push(parsed.name());
                 }
                 out
             };
-            let expect = exp
-                .parse::<Expect>()
-                .map_err(|msg| err(line, c_exp, msg))?;
+            let expect = exp.parse::<Expect>().map_err(|msg| err(line, c_exp, msg))?;
             if source.is_empty() {
                 return Err(err(line, c_src, "the source of the fact is empty".into()));
             }
@@ -548,11 +550,7 @@ impl fmt::Display for Tally {
             self.agree, self.known, self.unexpected
         )?;
         if self.fixed > 0 {
-            write!(
-                f,
-                ", {} listed as known deviations but agree",
-                self.fixed
-            )?;
+            write!(f, ", {} listed as known deviations but agree", self.fixed)?;
         }
         Ok(())
     }

@@ -14,7 +14,9 @@ fn unicorn_agrees_with_the_documented_facts_except_known_gaps() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/expected-verdicts.tsv");
     let facts = Facts::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let cat = catalog::build_all(&Mode::DEFAULT_SCAN);
-    facts.validate(&cat.entries).unwrap_or_else(|e| panic!("{e}"));
+    facts
+        .validate(&cat.entries)
+        .unwrap_or_else(|e| panic!("{e}"));
     let plan = ScanPlan {
         modes: Mode::DEFAULT_SCAN.to_vec(),
         configs: Config::DEFAULTS.to_vec(),
@@ -68,16 +70,28 @@ fn unicorn_agrees_with_the_documented_facts_except_known_gaps() {
         })
     };
     for mode in Mode::DEFAULT_SCAN {
-        assert!(flagged("sgdt", mode, "umip=on"), "SGDT under UMIP in mode {mode}");
+        assert!(
+            flagged("sgdt", mode, "umip=on"),
+            "SGDT under UMIP in mode {mode}"
+        );
         assert!(flagged("in", mode, "umip=off"), "IN vs IOPL in mode {mode}");
-        assert!(flagged("out", mode, "umip=off"), "OUT vs IOPL in mode {mode}");
-        assert!(!flagged("sgdt", mode, "umip=off"), "SGDT without UMIP agrees");
+        assert!(
+            flagged("out", mode, "umip=off"),
+            "OUT vs IOPL in mode {mode}"
+        );
+        assert!(
+            !flagged("sgdt", mode, "umip=off"),
+            "SGDT without UMIP agrees"
+        );
     }
     let known_umip = findings.iter().any(|f| {
         f.code.starts_with("Sgdt")
             && f.config == "umip=on"
             && matches!(&f.status, Status::KnownDeviation(r) if r.contains("UMIP"))
     });
-    assert!(known_umip, "SGDT under umip=on is a known unicorn deviation");
+    assert!(
+        known_umip,
+        "SGDT under umip=on is a known unicorn deviation"
+    );
     assert!(tally.agree > 0 && tally.known > 0);
 }

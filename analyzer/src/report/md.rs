@@ -89,7 +89,9 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
             format!("fails ({n} violators)")
         };
         if unjudged > 0 {
-            s.push_str(&format!(", {unjudged} not judged (engine errors or deviations)"));
+            s.push_str(&format!(
+                ", {unjudged} not judged (engine errors or deviations)"
+            ));
         }
         s
     };
@@ -329,7 +331,12 @@ mod tests {
             "fake",
             "fake 1",
             "Test CPU",
-            vec![record("add", Class::Innocuous, false), known, unexpected, other],
+            vec![
+                record("add", Class::Innocuous, false),
+                known,
+                unexpected,
+                other,
+            ],
         );
         let mut out = Vec::new();
         write_md(&mut out, &rep).expect("write");

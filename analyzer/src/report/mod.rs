@@ -137,10 +137,7 @@ impl Report {
                         holds: hy == 0,
                         violators: hy,
                     },
-                    unjudged: group
-                        .iter()
-                        .filter(|r| r.verdict.unjudged())
-                        .count(),
+                    unjudged: group.iter().filter(|r| r.verdict.unjudged()).count(),
                 });
             }
         }
@@ -381,7 +378,9 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         md::write_md(&mut out, &r).expect("write");
         let text = String::from_utf8(out).expect("utf8");
-        assert!(text.contains("| 32 | umip=off | holds, 1 not judged (engine errors or deviations) |"));
+        assert!(
+            text.contains("| 32 | umip=off | holds, 1 not judged (engine errors or deviations) |")
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ fn parses_a_good_table() {
     let g = &facts.facts[1];
     assert!(g.is_code);
     assert_eq!(g.modes, vec![Mode::Prot16, Mode::Prot32]);
-    assert_eq!(g.configs, vec!["umip=off".to_string(), "umip=on".to_string()]);
+    assert_eq!(
+        g.configs,
+        vec!["umip=off".to_string(), "umip=on".to_string()]
+    );
     assert!(g.known_deviation.is_empty());
     let h = &facts.facts[2];
     assert_eq!(h.instruction, "Call_ptr1632");
@@ -82,13 +85,16 @@ fn errors_name_line_and_column() {
     }
     // The message names the file.
     let e = parse("hlt\t*\t*\tnope\tSDM\t\n").expect_err("bad");
-    assert!(e.to_string().starts_with("t.tsv:2:9: unknown expect"), "{e}");
+    assert!(
+        e.to_string().starts_with("t.tsv:2:9: unknown expect"),
+        "{e}"
+    );
 }
 
 #[test]
 fn validate_rejects_a_row_matching_no_entry() {
-    let facts = parse("hlt\t*\t*\tprivileged\tSDM\t\nswapgs\t32\t*\tprivileged\tSDM\t\n")
-        .expect("parses");
+    let facts =
+        parse("hlt\t*\t*\tprivileged\tSDM\t\nswapgs\t32\t*\tprivileged\tSDM\t\n").expect("parses");
     let entries = crate::catalog::build(Mode::Prot32).entries;
     match facts.validate(&entries) {
         Err(TruthError::NoMatch {
@@ -99,8 +105,8 @@ fn validate_rejects_a_row_matching_no_entry() {
         }) if instruction == "swapgs" => {}
         other => panic!("{other:?}"),
     }
-    let ok = parse("hlt\t*\t*\tprivileged\tSDM\t\nswapgs\t64\t*\tprivileged\tSDM\t\n")
-        .expect("parses");
+    let ok =
+        parse("hlt\t*\t*\tprivileged\tSDM\t\nswapgs\t64\t*\tprivileged\tSDM\t\n").expect("parses");
     // Mode 64 is not in these entries: nothing to check it against.
     ok.validate(&entries).expect("valid");
 }
@@ -134,7 +140,10 @@ fn check_gives_each_status() {
             ("hlt", &Status::Agrees),
             ("sgdt", &Status::KnownDeviation("no CR4.UMIP".into())),
             ("wrmsr", &Status::Disagrees),
-            ("cpuid", &Status::KnownDeviationFixed("thought broken".into())),
+            (
+                "cpuid",
+                &Status::KnownDeviationFixed("thought broken".into())
+            ),
         ]
     );
     assert_eq!(
