@@ -308,7 +308,18 @@ pub(crate) mod tests {
         let json = serde_json::to_value(&r).expect("serialize");
         assert_eq!(json["mode"], "32");
         assert_eq!(json["verdict"]["class"], "innocuous");
-        let back: Record = serde_json::from_value(json).expect("deserialize");
+        let back: Record = serde_json::from_value(json.clone()).expect("deserialize");
+        assert_eq!(back, r);
+        // Reports written before the documented facts still read.
+        let mut old = json;
+        let obj = old.as_object_mut().expect("object");
+        obj.remove("documented");
+        obj.remove("deviation");
+        obj["verdict"]
+            .as_object_mut()
+            .expect("verdict")
+            .remove("off_sentinel");
+        let back: Record = serde_json::from_value(old).expect("old report");
         assert_eq!(back, r);
     }
 }

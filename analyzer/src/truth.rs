@@ -164,7 +164,7 @@ pub struct Facts {
 /// Why the table could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TruthError {
-    #[error("cannot read the documented facts {}: {source}", path.display())]
+    #[error("cannot read the documented facts {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
