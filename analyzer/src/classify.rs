@@ -180,9 +180,12 @@ impl Verdict {
 /// Applies the instruction's iced flow control to a verdict: a non-branch
 /// (`Next`) that completed off the sentinel was decoded with another length
 /// by the engine, so the verdict becomes `engine-deviation`, with no
-/// violation of either theorem. Other flow controls are left alone.
+/// violation of either theorem. The same holds for `Interrupt` (INT n, INTO,
+/// SMINT): it traps, transfers, or falls through to the sentinel, never
+/// completes elsewhere (Unicorn runs Cyrix SMINT `0f 7e` as MOVD).
+/// Branches, calls and returns are left alone: they land on landing pads.
 pub fn engine_deviation(v: &mut Verdict, flow_control: &str) {
-    if flow_control != "Next" || v.class == Class::EngineError {
+    if !matches!(flow_control, "Next" | "Interrupt") || v.class == Class::EngineError {
         return;
     }
     let Some(off) = &v.off_sentinel else {
@@ -651,6 +654,9 @@ mod tests {
             v.off_sentinel.as_deref(),
             Some("base@cpl0: completed@0x7105")
         );
+        let mut int = v.clone();
+        engine_deviation(&mut int, "Interrupt");
+        assert_eq!(int.class, Class::EngineDeviation);
         // A branch may land on a landing pad: nothing changes.
         let mut branch = v.clone();
         engine_deviation(&mut branch, "UnconditionalBranch");
