@@ -47,6 +47,9 @@ pub enum Class {
     AlwaysTraps,
     /// Every run ended at engine level; no verdict.
     EngineError,
+    /// The engine executed a different instruction (it completed a
+    /// non-branch off the sentinel); no verdict on this one.
+    EngineDeviation,
     /// Privileged (possibly also sensitive, which is what P&G require).
     Privileged,
     /// Sensitive and not privileged: a P&G violation.
@@ -58,10 +61,11 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 7] = [
+    pub const ALL: [Class; 8] = [
         Class::Unsupported,
         Class::AlwaysTraps,
         Class::EngineError,
+        Class::EngineDeviation,
         Class::Privileged,
         Class::SensitiveUnprivileged,
         Class::Innocuous,
@@ -72,6 +76,7 @@ impl Class {
             Class::Unsupported => "unsupported",
             Class::AlwaysTraps => "always-traps",
             Class::EngineError => "engine-error",
+            Class::EngineDeviation => "engine-deviation",
             Class::Privileged => "privileged",
             Class::SensitiveUnprivileged => "sensitive-unprivileged",
             Class::Innocuous => "innocuous",
@@ -155,12 +160,43 @@ pub struct Verdict {
     pub engine_level_runs: usize,
     /// Remarks on how the verdict was reached (real mode, no comparable pair, ...).
     pub notes: Vec<String>,
+    /// The first completing run that stopped somewhere other than the
+    /// sentinel right after the instruction (`state: completed@0x...`).
+    #[serde(default)]
+    pub off_sentinel: Option<String>,
 }
 
 impl Verdict {
     pub fn sensitive(&self) -> bool {
         self.control_sensitive || self.behavior_sensitive
     }
+    /// Neither a verdict nor a theorem counts it: every run ended at engine
+    /// level, or the engine executed a different instruction.
+    pub fn unjudged(&self) -> bool {
+        matches!(self.class, Class::EngineError | Class::EngineDeviation)
+    }
+}
+
+/// Applies the instruction's iced flow control to a verdict: a non-branch
+/// (`Next`) that completed off the sentinel was decoded with another length
+/// by the engine, so the verdict becomes `engine-deviation`, with no
+/// violation of either theorem. The same holds for `Interrupt` (INT n, INTO,
+/// SMINT): it traps, transfers, or falls through to the sentinel, never
+/// completes elsewhere (Unicorn runs Cyrix SMINT `0f 7e` as MOVD).
+/// Branches, calls and returns are left alone: they land on landing pads.
+pub fn engine_deviation(v: &mut Verdict, flow_control: &str) {
+    if !matches!(flow_control, "Next" | "Interrupt") || v.class == Class::EngineError {
+        return;
+    }
+    let Some(off) = &v.off_sentinel else {
+        return;
+    };
+    v.notes.push(format!(
+        "engine executed a different instruction ({off}, not at the sentinel right after it): no verdict"
+    ));
+    v.class = Class::EngineDeviation;
+    v.violates_pg = false;
+    v.violates_hybrid = false;
 }
 
 /// The parts of R and M, as `diff_system` names them (the text before `:`).
@@ -257,6 +293,13 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
         .iter()
         .filter(|o| !o.run.obs.outcome.is_engine_level())
         .collect();
+
+    let off_sentinel = valid.iter().find_map(|o| match o.run.obs.outcome {
+        Outcome::Completed {
+            at_sentinel: false, ..
+        } => Some(format!("{}: {}", label_text(o), o.run.obs.outcome.short())),
+        _ => None,
+    });
 
     let always_traps = !valid.is_empty() && valid.iter().all(|o| o.run.obs.outcome.is_trap_like());
     let unsupported = !valid.is_empty() && valid.iter().all(|o| is_ud(&o.run.obs.outcome));
@@ -512,6 +555,7 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
         runs: runs.len(),
         engine_level_runs: runs.len() - valid.len(),
         notes,
+        off_sentinel,
     }
 }
 
@@ -593,6 +637,49 @@ mod tests {
                 assert_eq!(v.evidence[0].to_string(), "not-privileged: base@cpl0 completed vs base@cpl3 completed (the CPL 3 run does not trap)");
             }
         }
+    }
+
+    #[test]
+    fn a_non_branch_completing_off_the_sentinel_is_an_engine_deviation() {
+        let runs = runs_of(Mode::Prot32, &CFG, |_, side, _| {
+            let mut o = obs::completed(sys(side), user());
+            o.outcome = Outcome::Completed {
+                rip: 0x7105,
+                at_sentinel: false,
+            };
+            o
+        });
+        let v = classify(Mode::Prot32, &CFG, &runs);
+        assert_eq!(
+            v.off_sentinel.as_deref(),
+            Some("base@cpl0: completed@0x7105")
+        );
+        let mut int = v.clone();
+        engine_deviation(&mut int, "Interrupt");
+        assert_eq!(int.class, Class::EngineDeviation);
+        // A branch may land on a landing pad: nothing changes.
+        let mut branch = v.clone();
+        engine_deviation(&mut branch, "UnconditionalBranch");
+        assert_eq!(branch, v);
+        // A non-branch that did so ran another instruction.
+        let mut next = v.clone();
+        next.violates_pg = true;
+        next.violates_hybrid = true;
+        engine_deviation(&mut next, "Next");
+        assert_eq!(next.class, Class::EngineDeviation);
+        assert!(next.unjudged() && !next.violates_pg && !next.violates_hybrid);
+        assert!(next
+            .notes
+            .iter()
+            .any(|n| n.contains("different instruction")));
+        // At the sentinel: no deviation.
+        let runs = runs_of(Mode::Prot32, &CFG, |_, side, _| {
+            obs::completed(sys(side), user())
+        });
+        let mut v = classify(Mode::Prot32, &CFG, &runs);
+        assert_eq!(v.off_sentinel, None);
+        engine_deviation(&mut v, "Next");
+        assert_eq!(v.class, Class::Innocuous);
     }
 
     #[test]

@@ -9,11 +9,12 @@ use crate::mode::{Config, Mode};
 use crate::record::Record;
 use crate::report::{self, Format, Report};
 use crate::scan::{self, ScanPlan};
+use crate::truth::{self, Facts, Status, Tally};
 use crate::violators;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Which x86 instructions break Popek & Goldberg? Measured, with evidence.
@@ -92,6 +93,15 @@ pub struct ScanArgs {
     /// Worker threads (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
+    /// The table of documented facts the verdicts are put beside (default
+    /// corpus/expected-verdicts.tsv, relative to the current directory; a
+    /// missing default is only a warning); `none` skips it.
+    #[arg(long)]
+    pub facts: Option<String>,
+    /// Exit with status 2 if a verdict disagrees with the documented facts
+    /// where no known engine gap explains it (for regression checks).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +228,30 @@ pub fn scan_records(kind: EngineKind, plan: &ScanPlan, jobs: usize) -> Result<Ve
     Ok(records)
 }
 
+/// The documented facts a scan uses: `--facts none` none, `--facts PATH`
+/// that table (an error if it cannot be read), no option the default table
+/// if it exists (a warning if not). A table that does not parse, or names an
+/// instruction the catalog of `modes` lacks, is an error.
+pub fn load_facts(arg: Option<&str>, modes: &[Mode]) -> Result<Option<Facts>> {
+    let facts = match arg {
+        Some(a) if a.eq_ignore_ascii_case("none") => return Ok(None),
+        Some(p) => Facts::load(Path::new(p))?,
+        None => {
+            let p = Path::new(truth::DEFAULT_PATH);
+            if !p.exists() {
+                eprintln!(
+                    "popek: warning: {} not found; verdicts are not compared with the documented facts (--facts PATH, or --facts none)",
+                    p.display()
+                );
+                return Ok(None);
+            }
+            Facts::load(p)?
+        }
+    };
+    facts.validate(&catalog::build_all(modes).entries)?;
+    Ok(Some(facts))
+}
+
 fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
     let all = a.engine.eq_ignore_ascii_case("all");
@@ -226,6 +260,8 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         configs: a.config.clone(),
         only: a.only.clone(),
     };
+    let facts = load_facts(a.facts.as_deref(), &plan.modes)?;
+    let mut unexpected = 0;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create the report directory {}", a.out.display()))?;
     let mut reports: Vec<Report> = Vec::new();
@@ -236,7 +272,8 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
                 continue;
             }
         }
-        let records = scan_records(kind, &plan, a.jobs)?;
+        let mut records = scan_records(kind, &plan, a.jobs)?;
+        let findings = facts.as_ref().map(|f| truth::annotate(&mut records, f));
         let version = records
             .first()
             .map(|r| r.engine_version.clone())
@@ -246,6 +283,14 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             eprintln!("popek: wrote {}", path.display());
         }
         print!("{}", summary(&rep));
+        if let Some(findings) = &findings {
+            for f in findings.iter().filter(|f| f.status == Status::Disagrees) {
+                eprintln!("popek: unexpected disagreement: {f}");
+            }
+            let tally = Tally::of(findings);
+            unexpected += tally.unexpected;
+            println!("{} {tally}", kind.name());
+        }
         reports.push(rep);
     }
     if all && reports.len() == 2 {
@@ -272,6 +317,12 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         eprintln!("popek: wrote {}", path.display());
     } else if all {
         eprintln!("popek: only one engine ran; no engine comparison written");
+    }
+    if a.strict && unexpected > 0 {
+        eprintln!(
+            "popek: --strict: {unexpected} unexpected disagreements with the documented facts"
+        );
+        return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ pub mod observe;
 pub mod record;
 pub mod report;
 pub mod scan;
+pub mod truth;
 pub mod violators;
 
 pub use mode::{Config, Mode};

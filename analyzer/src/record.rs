@@ -2,7 +2,7 @@
 //! configuration on one engine, beside iced's documented metadata.
 
 use crate::catalog::{DocMeta, Entry};
-use crate::classify::{Class, Verdict};
+use crate::classify::{engine_deviation, Class, Verdict};
 use crate::mode::{Config, Mode};
 use crate::observe::hex;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,16 @@ pub struct Record {
     pub documented_privileged: bool,
     /// Where the measured verdict and iced's metadata disagree.
     pub doc_disagreement: Option<String>,
+    /// What the table of documented facts (`corpus/expected-verdicts.tsv`)
+    /// says about it, e.g. `privileged (Intel SDM vol. 3 2.8)`; set by
+    /// [`crate::truth::annotate`].
+    #[serde(default)]
+    pub documented: Option<String>,
+    /// Where the engine deviates: it executed a different instruction
+    /// (measured, see [`measured_deviation`]), or its verdict disagrees with
+    /// the documented facts (set by [`crate::truth::annotate`]).
+    #[serde(default)]
+    pub deviation: Option<String>,
 }
 
 impl Record {
@@ -38,10 +48,12 @@ impl Record {
         engine_version: &str,
         entry: &Entry,
         config: &Config,
-        verdict: Verdict,
+        mut verdict: Verdict,
     ) -> Record {
+        engine_deviation(&mut verdict, &entry.doc.flow_control);
         let documented_privileged = entry.doc.is_privileged || entry.doc.must_be_cpl0;
         let doc_disagreement = doc_disagreement(entry.mode, &entry.doc, &verdict);
+        let deviation = measured_deviation(&verdict);
         Record {
             engine: engine.into(),
             engine_version: engine_version.into(),
@@ -55,6 +67,8 @@ impl Record {
             doc: entry.doc.clone(),
             documented_privileged,
             doc_disagreement,
+            documented: None,
+            deviation,
         }
     }
 
@@ -88,11 +102,23 @@ impl Record {
     }
 }
 
+/// The deviation the runs show by themselves, without any table: the engine
+/// executed a different instruction (class `engine-deviation`).
+pub fn measured_deviation(v: &Verdict) -> Option<String> {
+    if v.class != Class::EngineDeviation {
+        return None;
+    }
+    let at = v.off_sentinel.as_deref().unwrap_or("?");
+    Some(format!(
+        "engine executed a different instruction ({at} instead of the sentinel right after it)"
+    ))
+}
+
 /// Where the measured verdict differs from iced's documented metadata, or
 /// `None`. Engine errors are not compared, nor is privilege in real mode
 /// (no CPL 3 there, so nothing documented as CPL 0 only can trap for it).
 pub fn doc_disagreement(mode: Mode, doc: &DocMeta, v: &Verdict) -> Option<String> {
-    if v.class == Class::EngineError {
+    if v.unjudged() {
         return None;
     }
     let documented = doc.is_privileged || doc.must_be_cpl0;
@@ -196,6 +222,7 @@ pub(crate) mod tests {
             runs: 26,
             engine_level_runs: 0,
             notes: Vec::new(),
+            off_sentinel: None,
         }
     }
 
@@ -281,7 +308,18 @@ pub(crate) mod tests {
         let json = serde_json::to_value(&r).expect("serialize");
         assert_eq!(json["mode"], "32");
         assert_eq!(json["verdict"]["class"], "innocuous");
-        let back: Record = serde_json::from_value(json).expect("deserialize");
+        let back: Record = serde_json::from_value(json.clone()).expect("deserialize");
+        assert_eq!(back, r);
+        // Reports written before the documented facts still read.
+        let mut old = json;
+        let obj = old.as_object_mut().expect("object");
+        obj.remove("documented");
+        obj.remove("deviation");
+        obj["verdict"]
+            .as_object_mut()
+            .expect("verdict")
+            .remove("off_sentinel");
+        let back: Record = serde_json::from_value(old).expect("old report");
         assert_eq!(back, r);
     }
 }

@@ -4,6 +4,7 @@
 use super::Report;
 use crate::classify::Class;
 use crate::record::Record;
+use crate::truth;
 use std::io::{self, Write};
 
 /// Robin & Irvine's two groups of sensitive-but-unprivileged instructions, and the rest.
@@ -88,7 +89,9 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
             format!("fails ({n} violators)")
         };
         if unjudged > 0 {
-            s.push_str(&format!(", {unjudged} not judged (engine errors)"));
+            s.push_str(&format!(
+                ", {unjudged} not judged (engine errors or deviations)"
+            ));
         }
         s
     };
@@ -170,6 +173,8 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
         writeln!(w, "None.")?;
     }
 
+    write_deviations(&mut w, report)?;
+
     writeln!(w, "\n## Counts per class\n")?;
     let classes: Vec<&str> = Class::ALL.iter().map(|c| c.name()).collect();
     writeln!(w, "| mode | configuration | {} |", classes.join(" | "))?;
@@ -182,6 +187,67 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
         writeln!(w, "| {} | {} | {} |", c.mode, c.config, n.join(" | "))?;
     }
     w.flush()
+}
+
+/// How a record deviates, for counting: unexpected beats known beats measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviationKind {
+    Unexpected,
+    Known,
+    DifferentInstruction,
+}
+
+fn deviation_kind(d: &str) -> DeviationKind {
+    if d.contains(truth::UNEXPECTED) {
+        DeviationKind::Unexpected
+    } else if d.contains(truth::DISAGREES) {
+        DeviationKind::Known
+    } else {
+        DeviationKind::DifferentInstruction
+    }
+}
+
+/// "Engine disagreements with the documentation": per (mode, configuration),
+/// every record with a deviation, and how many are known engine gaps, how
+/// many unexpected, how many executed a different instruction.
+fn write_deviations<W: Write>(w: &mut W, report: &Report) -> io::Result<()> {
+    writeln!(w, "\n## Engine disagreements with the documentation\n")?;
+    writeln!(
+        w,
+        "Measured verdicts beside the documented facts (`{}`): a known deviation is an engine gap the table names (a finding about the engine, not about the instruction); an unexpected one is a bug in popek or a new finding. An engine that executed a different instruction (a non-branch, or an interrupt instruction, completing off the sentinel) has class `engine-deviation` and counts for neither theorem.\n",
+        truth::DEFAULT_PATH
+    )?;
+    let mut any = false;
+    for t in &report.header.theorems {
+        let v: Vec<(&Record, &str)> = report
+            .records
+            .iter()
+            .filter(|r| r.mode.name() == t.mode && r.config == t.config)
+            .filter_map(|r| r.deviation.as_deref().map(|d| (r, d)))
+            .collect();
+        if v.is_empty() {
+            continue;
+        }
+        any = true;
+        let count = |k| v.iter().filter(|(_, d)| deviation_kind(d) == k).count();
+        writeln!(
+            w,
+            "### mode {}, {}: {} known, {} unexpected, {} executed a different instruction\n",
+            t.mode,
+            t.config,
+            count(DeviationKind::Known),
+            count(DeviationKind::Unexpected),
+            count(DeviationKind::DifferentInstruction)
+        )?;
+        for (r, d) in v {
+            writeln!(w, "- `{}` ({}), {}: {}", r.form, r.code, r.verdict.class, d)?;
+        }
+        writeln!(w)?;
+    }
+    if !any {
+        writeln!(w, "None.")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -239,6 +305,44 @@ mod tests {
         assert!(text.contains("| 32 | umip=on | holds | holds |"));
         assert!(text.contains("#### Sensitive register instructions\n\n- `sgdt` (SGDT_x): location, user — location: base@cpl3"));
         assert!(text.contains("- 32 umip=on `sgdt` (SGDT_x), privileged: privileged here"));
-        assert!(text.contains("| 32 | umip=off | 0 | 0 | 0 | 1 | 1 | 1 | 0 |"));
+        assert!(text.contains("| 32 | umip=off | 0 | 0 | 0 | 0 | 1 | 1 | 1 | 0 |"));
+        assert!(text.contains("## Engine disagreements with the documentation\n\nMeasured"));
+    }
+
+    #[test]
+    fn deviations_are_listed_and_counted_per_group() {
+        let mut known = record("sgdt", Class::SensitiveUnprivileged, false);
+        known.config = "umip=on".into();
+        known.deviation = Some(format!(
+            "{}: expected privileged, measured sensitive-unprivileged; known fake gap: no CR4.UMIP",
+            truth::DISAGREES
+        ));
+        let mut unexpected = record("hlt", Class::Innocuous, true);
+        unexpected.config = "umip=on".into();
+        unexpected.deviation = Some(format!(
+            "{}: expected privileged, measured innocuous; {}",
+            truth::DISAGREES,
+            truth::UNEXPECTED
+        ));
+        let mut other = record("blcfill", Class::EngineDeviation, false);
+        other.config = "umip=on".into();
+        other.deviation = Some("engine executed a different instruction (x)".into());
+        let rep = Report::with_host(
+            "fake",
+            "fake 1",
+            "Test CPU",
+            vec![
+                record("add", Class::Innocuous, false),
+                known,
+                unexpected,
+                other,
+            ],
+        );
+        let mut out = Vec::new();
+        write_md(&mut out, &rep).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains("### mode 32, umip=on: 1 known, 1 unexpected, 1 executed a different instruction\n\n- `sgdt` (SGDT_x), sensitive-unprivileged: engine disagrees"), "{text}");
+        assert!(!text.contains("### mode 32, umip=off: "), "{text}");
+        assert!(text.contains("- `blcfill` (BLCFILL_x), engine-deviation: engine executed"));
     }
 }

@@ -72,8 +72,8 @@ pub struct Theorems {
     pub theorem1_vmm: TheoremResult,
     /// Theorem 3: a hybrid VMM iff every user-sensitive instruction is privileged.
     pub theorem3_hybrid: TheoremResult,
-    /// Records without a verdict (class `engine-error`): the theorems say
-    /// nothing about them.
+    /// Records without a verdict (class `engine-error` or
+    /// `engine-deviation`): the theorems say nothing about them.
     pub unjudged: usize,
 }
 
@@ -137,10 +137,7 @@ impl Report {
                         holds: hy == 0,
                         violators: hy,
                     },
-                    unjudged: group
-                        .iter()
-                        .filter(|r| r.verdict.class == Class::EngineError)
-                        .count(),
+                    unjudged: group.iter().filter(|r| r.verdict.unjudged()).count(),
                 });
             }
         }
@@ -381,7 +378,9 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         md::write_md(&mut out, &r).expect("write");
         let text = String::from_utf8(out).expect("utf8");
-        assert!(text.contains("| 32 | umip=off | holds, 1 not judged (engine errors) |"));
+        assert!(
+            text.contains("| 32 | umip=off | holds, 1 not judged (engine errors or deviations) |")
+        );
     }
 
     #[test]
