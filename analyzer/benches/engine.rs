@@ -62,5 +62,30 @@ fn one_matrix(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, one_run, one_matrix);
+fn kvm_run(c: &mut Criterion) {
+    if let Err(reason) = engine::availability(EngineKind::Kvm) {
+        println!("skipped: kvm_run: {reason}");
+        return;
+    }
+    let mut g = c.benchmark_group("kvm_run");
+    g.throughput(Throughput::Elements(1));
+    let cfg = Config::UMIP_OFF;
+    let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+    for (name, side, bytes) in [
+        ("nop_64_cpl0", Side::Supervisor, &[0x90u8][..]),
+        ("nop_64_cpl3", Side::User, &[0x90][..]),
+        ("hlt_64_cpl3_trap", Side::User, &[0xF4][..]),
+    ] {
+        let Ok(mut e) = engine::open(EngineKind::Kvm) else {
+            return;
+        };
+        let Some(p) = img.prepare(side, bytes, &Setup::default()) else {
+            return;
+        };
+        g.bench_function(name, |b| b.iter(|| black_box(e.run(&img, side, &p))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, one_run, one_matrix, kvm_run);
 criterion_main!(benches);
