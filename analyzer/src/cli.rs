@@ -327,6 +327,15 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `holds`, `fails`, or `not judged` when no record of the group has a verdict.
+fn verdict_word(judged: usize, holds: bool) -> &'static str {
+    match (judged, holds) {
+        (0, _) => "not judged",
+        (_, true) => "holds",
+        (_, false) => "fails",
+    }
+}
+
 /// One line per (mode, configuration): the theorem verdicts and the class counts.
 pub fn summary(rep: &Report) -> String {
     let mut s = String::new();
@@ -336,9 +345,9 @@ pub fn summary(rep: &Report) -> String {
             rep.header.engine,
             t.mode,
             t.config,
-            if t.theorem1_vmm.holds { "holds" } else { "fails" },
+            verdict_word(t.judged, t.theorem1_vmm.holds),
             t.theorem1_vmm.violators,
-            if t.theorem3_hybrid.holds { "holds" } else { "fails" },
+            verdict_word(t.judged, t.theorem3_hybrid.holds),
             t.theorem3_hybrid.violators,
         ));
     }

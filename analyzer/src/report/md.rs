@@ -82,6 +82,16 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
         "| mode | configuration | theorem 1 (VMM) | theorem 3 (hybrid VMM) |"
     )?;
     writeln!(w, "|---|---|---|---|")?;
+    let judged_or = |t: &super::Theorems, text: String| {
+        if t.judged == 0 {
+            format!(
+                "not judged ({} records: engine errors or deviations)",
+                t.unjudged
+            )
+        } else {
+            text
+        }
+    };
     let holds = |holds: bool, n: usize, unjudged: usize| {
         let mut s = if holds {
             "holds".to_string()
@@ -101,11 +111,17 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
             "| {} | {} | {} | {} |",
             t.mode,
             t.config,
-            holds(t.theorem1_vmm.holds, t.theorem1_vmm.violators, t.unjudged),
-            holds(
-                t.theorem3_hybrid.holds,
-                t.theorem3_hybrid.violators,
-                t.unjudged
+            judged_or(
+                t,
+                holds(t.theorem1_vmm.holds, t.theorem1_vmm.violators, t.unjudged)
+            ),
+            judged_or(
+                t,
+                holds(
+                    t.theorem3_hybrid.holds,
+                    t.theorem3_hybrid.violators,
+                    t.unjudged
+                )
             )
         )?;
     }

@@ -75,6 +75,11 @@ pub struct Theorems {
     /// Records without a verdict (class `engine-error` or
     /// `engine-deviation`): the theorems say nothing about them.
     pub unjudged: usize,
+    /// Records with a verdict. A theorem never "holds" over none: with no
+    /// judged record (an engine that runs nothing in this mode) both
+    /// theorems are reported as not judged.
+    #[serde(default)]
+    pub judged: usize,
 }
 
 impl Report {
@@ -126,18 +131,21 @@ impl Report {
                 });
                 let pg = group.iter().filter(|r| r.verdict.violates_pg).count();
                 let hy = group.iter().filter(|r| r.verdict.violates_hybrid).count();
+                let unjudged = group.iter().filter(|r| r.verdict.unjudged()).count();
+                let judged = group.len() - unjudged;
                 theorems.push(Theorems {
                     mode: m.name().into(),
                     config: c.clone(),
                     theorem1_vmm: TheoremResult {
-                        holds: pg == 0,
+                        holds: pg == 0 && judged > 0,
                         violators: pg,
                     },
                     theorem3_hybrid: TheoremResult {
-                        holds: hy == 0,
+                        holds: hy == 0 && judged > 0,
                         violators: hy,
                     },
-                    unjudged: group.iter().filter(|r| r.verdict.unjudged()).count(),
+                    unjudged,
+                    judged,
                 });
             }
         }
@@ -372,9 +380,30 @@ pub(crate) mod tests {
             "Test CPU",
             vec![record("hlt", Class::EngineError, true)],
         );
+        // Nothing judged: neither theorem holds, both are "not judged".
+        let t = &r.header.theorems[0];
+        assert!(!t.theorem1_vmm.holds && !t.theorem3_hybrid.holds);
+        assert_eq!((t.unjudged, t.judged), (1, 0));
+        let mut out = Vec::new();
+        md::write_md(&mut out, &r).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains(
+            "| 32 | umip=off | not judged (1 records: engine errors or deviations) | not judged"
+        ));
+        // One judged innocuous record beside it: the theorems hold, with the
+        // unjudged one named.
+        let r = Report::with_host(
+            "fake",
+            "fake 1",
+            "Test CPU",
+            vec![
+                record("hlt", Class::EngineError, true),
+                record("add", Class::Innocuous, false),
+            ],
+        );
         let t = &r.header.theorems[0];
         assert!(t.theorem1_vmm.holds && t.theorem3_hybrid.holds);
-        assert_eq!(t.unjudged, 1);
+        assert_eq!((t.unjudged, t.judged), (1, 1));
         let mut out = Vec::new();
         md::write_md(&mut out, &r).expect("write");
         let text = String::from_utf8(out).expect("utf8");
