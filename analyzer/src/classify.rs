@@ -22,7 +22,7 @@
 
 use crate::machine::{StateLabel, Variant};
 use crate::mode::{Config, Mode};
-use crate::observe::{diff_user, Observation, Outcome, Side};
+use crate::observe::{diff_results, diff_user, Observation, Outcome, Side};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -465,8 +465,8 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
                     if a.run.variant == b.run.variant {
                         continue;
                     }
-                    if let (Some(ua), Some(ub)) = (&a.run.obs.user, &b.run.obs.user) {
-                        let d = diff_user(ua, ub);
+                    if a.run.obs.user.is_some() && b.run.obs.user.is_some() {
+                        let d = diff_results(&a.run.obs, &b.run.obs);
                         if !d.is_empty() {
                             location_sensitive = true;
                             location_user |= side == Side::User;
@@ -484,8 +484,8 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
             else {
                 continue;
             };
-            if let (Some(u0), Some(u3)) = (&s0.run.obs.user, &s3.run.obs.user) {
-                let d = diff_user(u0, u3);
+            if s0.run.obs.user.is_some() && s3.run.obs.user.is_some() {
+                let d = diff_results(&s0.run.obs, &s3.run.obs);
                 if !d.is_empty() {
                     mode_sensitive = true;
                     evidence_out.push(evidence("mode", s0, Some(s3), first_diffs(&d)));
@@ -851,6 +851,7 @@ mod tests {
                 after: Some(after),
                 user: None,
                 baseline: None,
+                start: None,
             }
         });
         let v = classify(Mode::Prot32, &CFG, &runs);

@@ -3,9 +3,9 @@
 
 use crate::catalog::{self, DocMeta, Entry};
 use crate::engine::Engine;
-use crate::machine::{GuestImage, Prepared, Setup, Variant};
+use crate::machine::{GuestImage, Setup, Variant};
 use crate::mode::{Config, Mode};
-use crate::observe::{diff_system, diff_user, hex, Observation, Side, UserState, USER_FLAGS_MASK};
+use crate::observe::{diff_system, diff_user, hex, Observation, Side};
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use serde::Serialize;
 
@@ -251,18 +251,6 @@ pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError>
     })
 }
 
-/// The user-visible state a prepared test starts from.
-pub fn initial_user_state(image: &GuestImage, side: Side, p: &Prepared) -> UserState {
-    let rflags = image.entry(side).map(|e| e.rflags).unwrap_or(0);
-    UserState {
-        gprs: p.gprs,
-        rip: p.rip,
-        flags: rflags & USER_FLAGS_MASK,
-        data: p.data_page.clone(),
-        stack: p.stack_page.clone(),
-    }
-}
-
 /// Runs every entry at CPL 0 and CPL 3 in the base state of `config`.
 pub fn explain(entries: &[Entry], config: Config, engine: &mut dyn Engine) -> Vec<Explained> {
     let mut out = Vec::new();
@@ -282,7 +270,7 @@ pub fn explain(entries: &[Entry], config: Config, engine: &mut dyn Engine) -> Ve
             let user_changes = obs
                 .user
                 .as_ref()
-                .map(|u| diff_user(&initial_user_state(&image, side, &p), u))
+                .and_then(|u| image.initial_user_state(side, &p).map(|s| diff_user(&s, u)))
                 .unwrap_or_default();
             runs.push(SideRun {
                 side,

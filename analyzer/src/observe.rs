@@ -228,6 +228,12 @@ pub struct Observation {
     /// for one) is not blamed on the instruction.
     #[serde(default)]
     pub baseline: Option<SystemState>,
+    /// The user-visible state the run started from, when known. Behavior
+    /// comparisons compare what each run changed (its effects), so inputs the
+    /// harness resolves per side (a side's own selectors) are not mistaken for
+    /// results.
+    #[serde(default)]
+    pub start: Option<UserState>,
 }
 
 impl Observation {
@@ -239,6 +245,7 @@ impl Observation {
             after: None,
             user: None,
             baseline: None,
+            start: None,
         }
     }
 
@@ -355,6 +362,98 @@ pub fn diff_user(a: &UserState, b: &UserState) -> Vec<String> {
     out
 }
 
+/// What a run changed in the user-visible state, against its start: each
+/// general register, RIP and the flags that differ from the start (with
+/// their new values), and the data and stack bytes that changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Effects<'a> {
+    gprs: [Option<u64>; 16],
+    rip: u64,
+    flags: u64,
+    data: Vec<(usize, u8)>,
+    stack: Vec<(usize, u8)>,
+    _after: &'a UserState,
+}
+
+fn effects<'a>(start: &UserState, after: &'a UserState) -> Effects<'a> {
+    let mut gprs = [None; 16];
+    for (i, g) in gprs.iter_mut().enumerate() {
+        if start.gprs[i] != after.gprs[i] {
+            *g = Some(after.gprs[i]);
+        }
+    }
+    let bytes = |s: &[u8], a: &[u8]| -> Vec<(usize, u8)> {
+        a.iter()
+            .enumerate()
+            .filter(|(i, b)| s.get(*i) != Some(b))
+            .map(|(i, b)| (i, *b))
+            .collect()
+    };
+    Effects {
+        gprs,
+        rip: after.rip,
+        flags: after.flags,
+        data: bytes(&start.data, &after.data),
+        stack: bytes(&start.stack, &after.stack),
+        _after: after,
+    }
+}
+
+/// The user-visible differences between two completed runs, for behavior
+/// comparisons: their effects when both starts are known (what each run
+/// changed, and to what), else their results as they are.
+pub fn diff_results(a: &Observation, b: &Observation) -> Vec<String> {
+    let (Some(ua), Some(ub)) = (&a.user, &b.user) else {
+        return Vec::new();
+    };
+    let (Some(sa), Some(sb)) = (&a.start, &b.start) else {
+        return diff_user(ua, ub);
+    };
+    let (ea, eb) = (effects(sa, ua), effects(sb, ub));
+    let mut out = Vec::new();
+    let show = |v: Option<u64>| {
+        v.map(|x| format!("{x:#x}"))
+            .unwrap_or_else(|| "unchanged".into())
+    };
+    for (i, name) in GPR_NAMES.iter().enumerate() {
+        if ea.gprs[i] != eb.gprs[i] {
+            out.push(format!(
+                "{name} {} vs {}",
+                show(ea.gprs[i]),
+                show(eb.gprs[i])
+            ));
+        }
+    }
+    if ea.rip != eb.rip {
+        out.push(format!("rip {:#x} vs {:#x}", ea.rip, eb.rip));
+    }
+    if ea.flags != eb.flags {
+        out.push(format!("flags {:#x} vs {:#x}", ea.flags, eb.flags));
+    }
+    for (name, x, y, page_a, page_b) in [
+        ("data", &ea.data, &eb.data, &ua.data, &ub.data),
+        ("stack", &ea.stack, &eb.stack, &ua.stack, &ub.stack),
+    ] {
+        if x != y {
+            // The first byte where the two runs' writes differ.
+            let first = x
+                .iter()
+                .zip(y.iter())
+                .find(|(p, q)| p != q)
+                .map(|(p, q)| p.0.min(q.0))
+                .or_else(|| x.get(y.len()).or_else(|| y.get(x.len())).map(|p| p.0))
+                .unwrap_or(0);
+            let end = (first + 8).min(page_a.len()).min(page_b.len());
+            out.push(format!(
+                "{name}[{first:#x}..] {} vs {} (written by the runs)",
+                hex(&page_a[first..end]),
+                hex(&page_b[first..end])
+            ));
+        }
+    }
+    out
+}
+
 /// Lower-case hex without separators.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -421,11 +520,54 @@ mod tests {
             after: Some(after.clone()),
             user: None,
             baseline: None,
+            start: None,
         };
         assert_eq!(o.changed_r().len(), 1);
         // ...and so does a NOP: the instruction itself changed nothing.
         o.baseline = Some(after);
         assert!(o.changed_r().is_empty());
+    }
+
+    #[test]
+    fn results_are_compared_by_their_effects() {
+        let start = |rax: u64| UserState {
+            gprs: [rax; 16],
+            data: vec![0; 16],
+            stack: vec![0; 16],
+            ..Default::default()
+        };
+        let run = |s: UserState, after: UserState| Observation {
+            outcome: Outcome::Completed {
+                rip: 0,
+                at_sentinel: true,
+            },
+            before: SystemState::default(),
+            after: None,
+            user: Some(after),
+            baseline: None,
+            start: Some(s),
+        };
+        // Different inputs left alone: no difference in effects.
+        let a = run(start(0x10), start(0x10));
+        let b = run(start(0x23), start(0x23));
+        assert!(diff_results(&a, &b).is_empty());
+        // The same write on both sides: equal effects.
+        let mut wa = start(0x10);
+        wa.data[3] = 7;
+        let mut wb = start(0x23);
+        wb.data[3] = 7;
+        assert!(diff_results(&run(start(0x10), wa.clone()), &run(start(0x23), wb)).is_empty());
+        // Different values written: a difference, named by its place.
+        let mut wc = start(0x23);
+        wc.data[3] = 9;
+        let d = diff_results(&run(start(0x10), wa), &run(start(0x23), wc));
+        assert_eq!(d.len(), 1);
+        assert!(d[0].starts_with("data[0x3..] 07"), "{d:?}");
+        // Without starts, results are compared as they are.
+        let (mut x, mut y) = (a.clone(), b.clone());
+        x.start = None;
+        y.start = None;
+        assert_eq!(diff_results(&x, &y).len(), 16);
     }
 
     #[test]

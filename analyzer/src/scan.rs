@@ -311,6 +311,9 @@ where
             }
             let mut obs = run_guarded(&mut worker.engine, make_engine, image, side, &test)?;
             obs.baseline = worker.baselines.get(&key).cloned().flatten();
+            if obs.user.is_some() {
+                obs.start = image.initial_user_state(side, &test);
+            }
             runs.push(Run {
                 variant: *variant,
                 side,

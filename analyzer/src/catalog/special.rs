@@ -150,7 +150,9 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
         Code::Jmp_ptr1616 | Code::Jmp_ptr1632 | Code::Call_ptr1616 | Code::Call_ptr1632 => {
             p.instr.set_far_branch_selector(0x1234);
             p.instr.set_far_branch32(0x5678);
-            p.far = Some((Sym::Sentinel, Sym::Sel(SelRole::OwnCode)));
+            // Far transfers go to another code segment of the same level:
+            // changing CS is their work.
+            p.far = Some((Sym::Sentinel, Sym::Sel(SelRole::OwnAltCode)));
             let mut v = vec![p.clone()];
             if matches!(code, Code::Call_ptr1616 | Code::Call_ptr1632) {
                 let mut g = p;
@@ -179,7 +181,7 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
                     .push(data(MEM_OFFSET + off as u64, 2, Sym::Sel(role)));
                 q
             };
-            let mut v = vec![mk(SelRole::OwnCode)];
+            let mut v = vec![mk(SelRole::OwnAltCode)];
             if matches!(code, Code::Call_m1616 | Code::Call_m1632 | Code::Call_m1664) {
                 let mut g = mk(SelRole::CallGate);
                 g.note = Some("selector = call gate".into());
@@ -205,10 +207,12 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
                 .push(data(MEM_OFFSET + 2, base_size, Sym::Sys(base, 0)));
         }
         Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => {
+            // Load another valid selector than the one the register holds,
+            // so the load is a real change of R.
             let (role, off) = if mnem == Mnemonic::Lss {
-                (SelRole::OwnStack, Sym::Stack(SP_OFF as u64))
+                (SelRole::OwnAltStack, Sym::Stack(SP_OFF as u64))
             } else {
-                (SelRole::OwnData, Sym::Data(0x200))
+                (SelRole::AltData, Sym::Data(0x200))
             };
             p.setup.mem.push(data(MEM_OFFSET, osz_b, off));
             p.setup
@@ -230,7 +234,7 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             p.setup.mem.push(stack(
                 SP_OFF + osz_b as u16,
                 osz_b,
-                Sym::Sel(SelRole::OwnCode),
+                Sym::Sel(SelRole::OwnAltCode),
             ));
         }
         Mnemonic::Iret | Mnemonic::Iretd | Mnemonic::Iretq => {
@@ -261,7 +265,7 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             if let Some((_, r)) = reg_operand(&p.instr, 0) {
                 if r.is_segment_register() {
                     let role = if r == Register::SS {
-                        SelRole::OwnStack
+                        SelRole::OwnAltStack
                     } else {
                         SelRole::AltData
                     };
@@ -399,7 +403,7 @@ fn segs() -> Vec<(Register, SelRole)> {
     vec![
         (Register::ES, SelRole::AltData),
         (Register::CS, SelRole::OwnCode),
-        (Register::SS, SelRole::OwnStack),
+        (Register::SS, SelRole::OwnAltStack),
         (Register::DS, SelRole::AltData),
         (Register::FS, SelRole::AltData),
         (Register::GS, SelRole::AltData),

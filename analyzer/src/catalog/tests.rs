@@ -192,7 +192,7 @@ fn specific_entries_have_their_setup() {
         .any(|m| m.offset == 0x100 && m.size == 4 && m.value == Sym::Sentinel));
     assert!(mem
         .iter()
-        .any(|m| m.offset == 0x104 && m.size == 2 && m.value == Sym::Sel(SelRole::OwnCode)));
+        .any(|m| m.offset == 0x104 && m.size == 2 && m.value == Sym::Sel(SelRole::OwnAltCode)));
 
     let gate = c32.find_code("Call_m1632");
     assert!(gate.iter().any(|e| e.form.contains("call gate")
@@ -210,7 +210,7 @@ fn specific_entries_have_their_setup() {
         .any(|x| x.value == Sym::Sentinel && x.size == 4 && x.offset == 1));
     assert!(p
         .iter()
-        .any(|x| x.value == Sym::Sel(SelRole::OwnCode) && x.size == 2 && x.offset == 5));
+        .any(|x| x.value == Sym::Sel(SelRole::OwnAltCode) && x.size == 2 && x.offset == 5));
 
     // Near branches land on the sentinel right after the instruction.
     for mode in Mode::ALL {

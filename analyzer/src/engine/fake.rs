@@ -77,6 +77,7 @@ pub mod obs {
             after,
             user: Some(user),
             baseline: None,
+            start: None,
         }
     }
 
@@ -95,6 +96,7 @@ pub mod obs {
             after: Some(after),
             user: Some(user),
             baseline: None,
+            start: None,
         }
     }
 

@@ -1137,6 +1137,7 @@ impl KvmEngine {
                     after: end.after,
                     user: end.user,
                     baseline: None,
+                    start: None,
                 }
             }
             Err(e) => fail(e, before),

@@ -494,6 +494,7 @@ impl Machine {
                     after,
                     user,
                     baseline: None,
+                    start: None,
                 }
             }
             Err(e) => Observation::outcome_only(Outcome::EngineError(e.to_string()), before),

@@ -3,7 +3,9 @@
 
 use super::layout::*;
 use crate::mode::{Config, Mode};
-use crate::observe::{Segment, Side, SystemState, TableReg, SYS_FLAGS_MASK};
+use crate::observe::{
+    Segment, Side, SystemState, TableReg, UserState, SYS_FLAGS_MASK, USER_FLAGS_MASK,
+};
 use serde::{Deserialize, Serialize};
 
 /// A segment register as a VMM would load it: selector and descriptor cache.
@@ -81,7 +83,7 @@ pub struct Prepared {
     pub sentinel: u64,
 }
 
-/// Base CR4 bits: OSFXSR | OSXMMEXCPT (SSE works), plus PAE and FSGSBASE in long mode.
+/// Base CR4 bits: OSFXSR | OSXMMEXCPT (SSE works) | OSXSAVE, plus PAE and FSGSBASE in long mode (PAE in 32-bit mode too).
 const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const CR4_PAE: u64 = 1 << 5;
@@ -89,6 +91,7 @@ const CR4_TSD: u64 = 1 << 2;
 const CR4_PCE: u64 = 1 << 8;
 const CR4_UMIP: u64 = 1 << 11;
 const CR4_FSGSBASE: u64 = 1 << 16;
+const CR4_OSXSAVE: u64 = 1 << 18;
 const EFER_SCE: u64 = 1;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
@@ -175,6 +178,8 @@ impl GuestImage {
             put64(g, (sel::UDATA & !7) as usize, data(3));
             put64(g, (sel::UCODE & !7) as usize, code(3));
             put64(g, (sel::ALTDATA & !7) as usize, data(3));
+            put64(g, sel::KALTDATA as usize, data(dpl));
+            put64(g, sel::KALTCODE as usize, code(dpl));
             let (tss_d, ldt_d, gate) = if long {
                 (
                     system_descriptor64(tss, 0x67, TYPE_TSS_AVAILABLE),
@@ -370,7 +375,8 @@ impl GuestImage {
             }
         };
         cr0 ^= variant.cr0_xor;
-        let mut cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT;
+        // OSXSAVE so that XGETBV, XSETBV and XSAVE do their work.
+        let mut cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE;
         if long {
             cr4 |= CR4_PAE | CR4_FSGSBASE;
         }
@@ -580,6 +586,10 @@ impl GuestImage {
         match role {
             SelRole::OwnCode if user => sel::UCODE,
             SelRole::OwnStack | SelRole::OwnData if user => sel::UDATA,
+            SelRole::OwnAltStack if user => sel::ALTDATA,
+            SelRole::OwnAltStack => sel::KALTDATA | k,
+            SelRole::OwnAltCode if user => sel::UCODE32,
+            SelRole::OwnAltCode => sel::KALTCODE | k,
             SelRole::OwnCode | SelRole::SupervisorCode => sel::KCODE | k,
             SelRole::OwnStack | SelRole::OwnData | SelRole::SupervisorData => sel::KDATA | k,
             SelRole::AltData => sel::ALTDATA,
@@ -592,6 +602,18 @@ impl GuestImage {
             SelRole::LdtData => sel::LDT_DATA,
             SelRole::Null => sel::NULL,
         }
+    }
+
+    /// The user-visible state a prepared test starts from on a side.
+    pub fn initial_user_state(&self, side: Side, p: &Prepared) -> Option<UserState> {
+        let e = self.entry(side)?;
+        Some(UserState {
+            gprs: p.gprs,
+            rip: p.rip,
+            flags: e.rflags & USER_FLAGS_MASK,
+            data: p.data_page.clone(),
+            stack: p.stack_page.clone(),
+        })
     }
 
     /// Resolves a test for a side: the code page with the encoding (patched)

@@ -85,8 +85,15 @@ pub mod sel {
     /// slots, which STR and SLDT reveal.
     pub const MOVED_TSS: u16 = 0x68;
     pub const MOVED_LDT: u16 = 0x78;
+    /// A second supervisor data/stack descriptor (DPL as KDATA), so that a
+    /// load of SS at the supervisor's level has a different valid selector
+    /// to load.
+    pub const KALTDATA: u16 = 0x88;
+    /// A second supervisor code descriptor (DPL as KCODE), the target of far
+    /// transfers at the supervisor's level (a far JMP's work is changing CS).
+    pub const KALTCODE: u16 = 0x90;
     /// GDTR limit (the same in every variant).
-    pub const GDT_LIMIT: u16 = 0x87;
+    pub const GDT_LIMIT: u16 = 0x97;
 }
 
 /// Offsets of the ring-0 entry points inside the HANDLERS page.
@@ -187,6 +194,12 @@ pub enum SelRole {
     OwnCode,
     OwnStack,
     OwnData,
+    /// Another valid stack segment of the side's own privilege level
+    /// (KALTDATA for the supervisor, ALTDATA for the user).
+    OwnAltStack,
+    /// Another code segment of the side's own privilege level (KALTCODE for
+    /// the supervisor, UCODE32 for the user: compatibility mode in long mode).
+    OwnAltCode,
     /// The second data descriptor (DPL 3), loadable at every CPL.
     AltData,
     UserCode,
