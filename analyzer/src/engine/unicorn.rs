@@ -18,6 +18,8 @@ use crate::observe::{
     SYS_FLAGS_MASK, USER_FLAGS_MASK,
 };
 use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use unicorn_engine::{
     uc_error, uc_x86_mmr, uc_x86_msr, Arch, Context, Mode as UcMode, Prot, RegisterX86 as R,
     Unicorn, X86CpuModel, X86Insn,
@@ -26,8 +28,103 @@ use unicorn_engine::{
 /// Most instructions a run may execute before it counts as a hang (a jump to
 /// itself, a REP with a wild count).
 pub const INSN_LIMIT: usize = 256;
-/// Wall-clock limit of one run, microseconds (a safety net behind the count).
-pub const TIME_LIMIT_US: u64 = 0;
+/// Wall-clock limit of one run, a safety net behind the count, enforced by
+/// the engine's watchdog thread (Unicorn's own timeout starts a thread per
+/// run, which would cost more than the run).
+pub const TIME_LIMIT: Duration = Duration::from_millis(200);
+/// How often the watchdog looks at the running emulation.
+const WATCH_PERIOD: Duration = Duration::from_millis(20);
+
+/// A Unicorn handle the watchdog may stop.
+#[derive(Clone, Copy)]
+struct StopHandle(*mut unicorn_engine::uc_engine);
+
+// SAFETY: the watchdog uses the handle only to call `uc_emu_stop`, which
+// Unicorn supports from another thread while `uc_emu_start` runs (its own
+// timeout thread does exactly that), and only while armed: `Watchdog::arm`
+// is called right before `uc_emu_start` and `disarm` right after, under the
+// same lock the watchdog holds when it stops, so the handle is never used
+// while no emulation runs or after its instance is gone.
+unsafe impl Send for StopHandle {}
+
+#[derive(Default)]
+struct WatchState {
+    armed: Option<(Instant, StopHandle)>,
+    fired: bool,
+    quit: bool,
+}
+
+/// One thread per engine that stops an emulation running past its deadline.
+struct Watchdog {
+    shared: Arc<(Mutex<WatchState>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    limit: Duration,
+}
+
+impl Watchdog {
+    fn new(limit: Duration) -> Result<Watchdog, EngineError> {
+        let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("unicorn-watchdog".into())
+            .spawn(move || {
+                let (lock, wake) = &*s;
+                let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !st.quit {
+                    if let Some((deadline, handle)) = st.armed {
+                        if Instant::now() >= deadline {
+                            // SAFETY: see `StopHandle`: armed means an
+                            // emulation of this live instance is running, and
+                            // `disarm` cannot run while this lock is held.
+                            unsafe { unicorn_engine::uc_emu_stop(handle.0) };
+                            st.fired = true;
+                            st.armed = None;
+                        }
+                    }
+                    st = wake
+                        .wait_timeout(st, WATCH_PERIOD)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+            })
+            .map_err(|e| EngineError::Unicorn {
+                action: "start the watchdog thread",
+                error: e.to_string(),
+            })?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+            limit,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn arm(&self, handle: StopHandle) {
+        let mut st = self.state();
+        st.armed = Some((Instant::now() + self.limit, handle));
+        st.fired = false;
+    }
+
+    /// Disarms; whether the watchdog stopped the run.
+    fn disarm(&self) -> bool {
+        let mut st = self.state();
+        st.armed = None;
+        st.fired
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state().quit = true;
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// What the hooks saw during a run.
 #[derive(Default, Debug, Clone, Copy)]
@@ -54,6 +151,8 @@ struct Machine {
 /// The Unicorn engine.
 pub struct UnicornEngine {
     machines: HashMap<Mode, Machine>,
+    watchdog: Watchdog,
+    insn_limit: usize,
 }
 
 fn uc_err(action: &'static str) -> impl Fn(uc_error) -> EngineError {
@@ -66,16 +165,17 @@ fn uc_err(action: &'static str) -> impl Fn(uc_error) -> EngineError {
 impl UnicornEngine {
     /// Creates the engine; Unicorn instances are made per mode on first use.
     pub fn new() -> Result<Self, EngineError> {
-        Ok(UnicornEngine {
-            machines: HashMap::new(),
-        })
+        UnicornEngine::with_limits(INSN_LIMIT, TIME_LIMIT)
     }
 
-    fn machine(&mut self, mode: Mode) -> Result<&mut Machine, EngineError> {
-        match self.machines.entry(mode) {
-            std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
-            std::collections::hash_map::Entry::Vacant(v) => Ok(v.insert(Machine::new(mode)?)),
-        }
+    /// An engine with other limits: at most `insns` instructions per run (0:
+    /// no count) and `time` of wall clock.
+    pub fn with_limits(insns: usize, time: Duration) -> Result<Self, EngineError> {
+        Ok(UnicornEngine {
+            machines: HashMap::new(),
+            watchdog: Watchdog::new(time)?,
+            insn_limit: insns,
+        })
     }
 }
 
@@ -277,7 +377,7 @@ impl Machine {
             *self.uc.get_data_mut() = Events::default();
             let start = image.boot_linear(side);
             let until = image.linear(entry.rip);
-            let r = self.uc.emu_start(start, until, TIME_LIMIT_US, 64);
+            let r = self.uc.emu_start(start, until, 0, 64);
             let rip = self.uc.reg_read(R::EIP).unwrap_or(0);
             let ev = *self.uc.get_data();
             if r.is_err() || rip != entry.rip || ev.intr.is_some() {
@@ -440,7 +540,14 @@ impl Machine {
         })
     }
 
-    fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+    fn run(
+        &mut self,
+        image: &GuestImage,
+        side: Side,
+        test: &Prepared,
+        watchdog: &Watchdog,
+        insn_limit: usize,
+    ) -> Observation {
         let key = (image.mode, image.config, image.variant);
         if let Err(e) = self.load(image) {
             return Observation::outcome_only(
@@ -467,7 +574,7 @@ impl Machine {
                 )
             }
         };
-        let result = self.execute(image, test, &ctx);
+        let result = self.execute(image, test, &ctx, watchdog, insn_limit);
         let before_kept = before.clone();
         self.contexts.insert((key, side), Ok((ctx, before_kept)));
         match result {
@@ -508,6 +615,8 @@ impl Machine {
         image: &GuestImage,
         test: &Prepared,
         ctx: &Context,
+        watchdog: &Watchdog,
+        insn_limit: usize,
     ) -> Result<(Outcome, bool), EngineError> {
         // Restore the pages an instruction may dirty, then the test's own.
         for &page in &image.restore_pages {
@@ -577,7 +686,11 @@ impl Machine {
             test.rip
         };
         let until = image.linear(test.sentinel);
-        let result = self.uc.emu_start(begin, until, TIME_LIMIT_US, INSN_LIMIT);
+        watchdog.arm(StopHandle(self.uc.get_handle()));
+        let result = self.uc.emu_start(begin, until, 0, insn_limit);
+        if watchdog.disarm() {
+            return Ok((Outcome::Hang, false));
+        }
         let ev = *self.uc.get_data();
         let rip = self.uc.reg_read(R::EIP).unwrap_or(0);
         let cpl_now = if image.mode.is_protected() {
@@ -732,13 +845,19 @@ impl Engine for UnicornEngine {
         format!("unicorn {major}.{minor}")
     }
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
-        match self.machine(image.mode) {
-            Ok(m) => m.run(image, side, test),
-            Err(e) => Observation::outcome_only(
-                Outcome::EngineError(e.to_string()),
-                SystemState::default(),
-            ),
-        }
+        let machine = match self.machines.entry(image.mode) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match Machine::new(image.mode) {
+                Ok(m) => v.insert(m),
+                Err(e) => {
+                    return Observation::outcome_only(
+                        Outcome::EngineError(e.to_string()),
+                        SystemState::default(),
+                    )
+                }
+            },
+        };
+        machine.run(image, side, test, &self.watchdog, self.insn_limit)
     }
 }
 
@@ -916,6 +1035,21 @@ mod tests {
                 (0x11 + crate::machine::DATA + 0x180) & 0xFFFF
             );
         }
+    }
+
+    #[test]
+    fn the_time_limit_stops_what_the_count_does_not() {
+        // No instruction count: only the watchdog can end `jmp $`.
+        let mut e = UnicornEngine::with_limits(0, Duration::from_millis(30)).unwrap();
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        let p = img.prepare(Side::User, &[0xEB, 0xFE], &NONE).unwrap();
+        let t = Instant::now();
+        assert_eq!(e.run(&img, Side::User, &p).outcome, Outcome::Hang);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // The engine goes on working after a stopped run.
+        let p = img.prepare(Side::User, &[0x90], &NONE).unwrap();
+        assert!(completed(&e.run(&img, Side::User, &p)));
     }
 
     #[test]
