@@ -342,3 +342,32 @@ fn without_kvm_popek_says_why_and_unicorn_still_works() {
     assert!(d.path().join("popek-unicorn.json").exists());
     assert!(!d.path().join("popek-kvm.json").exists());
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let report = concat!(env!("CARGO_MANIFEST_DIR"), "/reports/popek-unicorn.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["violators", "--report", report])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn popek");
+    // Read a little, then close the pipe, like `| head -1`.
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("some output");
+    let o = child.wait_with_output().expect("wait");
+    assert!(
+        o.status.success(),
+        "{:?} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+}

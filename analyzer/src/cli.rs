@@ -17,6 +17,28 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Writes to standard output; a closed pipe (`popek violators | head`) ends
+/// the output quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_stdout(&format!($($arg)*))?
+    };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_stdout(&format!("{}\n", format!($($arg)*)))?
+    };
+}
+
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// Which x86 instructions break Popek & Goldberg? Measured, with evidence.
 #[derive(Debug, Parser)]
 #[command(name = "popek", version, about, long_about = None)]
@@ -189,9 +211,9 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
         bail!("no engine could run the instruction");
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     } else {
-        print!("{}", explain::render_text(&all));
+        out!("{}", explain::render_text(&all));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -199,8 +221,8 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
 fn cmd_engines() -> Result<ExitCode> {
     for kind in EngineKind::ALL {
         match engine::open(kind) {
-            Ok(e) => println!("{kind}: available, {}", e.version()),
-            Err(err) => println!("{kind}: not available: {err}"),
+            Ok(e) => outln!("{kind}: available, {}", e.version()),
+            Err(err) => outln!("{kind}: not available: {err}"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -282,14 +304,14 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         for path in report::write_reports(&a.out, &a.format, &rep)? {
             eprintln!("popek: wrote {}", path.display());
         }
-        print!("{}", summary(&rep));
+        out!("{}", summary(&rep));
         if let Some(findings) = &findings {
             for f in findings.iter().filter(|f| f.status == Status::Disagrees) {
                 eprintln!("popek: unexpected disagreement: {f}");
             }
             let tally = Tally::of(findings);
             unexpected += tally.unexpected;
-            println!("{} {tally}", kind.name());
+            outln!("{} {tally}", kind.name());
         }
         reports.push(rep);
     }
@@ -377,7 +399,7 @@ fn cmd_violators(a: ViolatorsArgs) -> Result<ExitCode> {
         None => None,
     };
     let found = violators::violators(&records, a.mode, config.as_deref());
-    print!("{}", violators::render_violators(&found));
+    out!("{}", violators::render_violators(&found));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -393,10 +415,10 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
             &a.b.display().to_string(),
             &diffs,
         )?;
-        print!("{}", String::from_utf8_lossy(&out));
+        out!("{}", String::from_utf8_lossy(&out));
     } else {
         for d in &diffs {
-            println!(
+            outln!(
                 "{} {} {} [{}]: {} | a: {} | b: {}",
                 d.mode,
                 d.config,
