@@ -20,7 +20,7 @@ lint: deps
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 
 test: lint
-	$(CARGO) test --release --locked --workspace
+	$(CARGO) test --release --locked --workspace --lib --bins --tests
 
 bench: deps
 	$(CARGO) bench --locked -p analyzer
