@@ -79,7 +79,7 @@ fn scan_into(dir: &Path) -> Output {
     popek(&[
         "scan",
         "--only",
-        "sgdt,hlt,add,pushfd,popfd",
+        "sgdt,hlt,add,pushfd,popfd,rdtsc,rdrand",
         "--mode",
         "32",
         "--jobs",

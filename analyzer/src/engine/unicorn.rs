@@ -11,7 +11,7 @@
 use super::{Engine, EngineError};
 use crate::machine::image::msr;
 use crate::machine::Variant;
-use crate::machine::{GuestImage, Prepared, CODE, PAGE, SENTINEL};
+use crate::machine::{GuestImage, Prepared, CODE, DATA, PAGE, SENTINEL, STACK};
 use crate::mode::{Config, Mode};
 use crate::observe::{
     Observation, Outcome, Segment, Side, SystemState, TableReg, TransferKind, UserState,
@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use unicorn_engine::{
-    uc_error, uc_x86_mmr, uc_x86_msr, Arch, Context, Mode as UcMode, Prot, RegisterX86 as R,
-    Unicorn, X86CpuModel, X86Insn,
+    uc_error, uc_x86_mmr, uc_x86_msr, Arch, Context, HookType, Mode as UcMode, Prot,
+    RegisterX86 as R, Unicorn, X86CpuModel, X86Insn,
 };
 
 /// Most instructions a run may execute before it counts as a hang (a jump to
@@ -133,6 +133,11 @@ struct Events {
     intr: Option<(u32, u64)>,
     syscall: bool,
     sysenter: bool,
+    /// Linear addresses of the pages a run writes as a matter of course
+    /// (code, data, stack), all restored before every run.
+    program_pages: [u64; 3],
+    /// A write landed elsewhere: the next run restores all of memory.
+    stray_write: bool,
 }
 
 type ImageKey = (Mode, Config, Variant);
@@ -146,6 +151,9 @@ struct Machine {
     contexts: HashMap<(ImageKey, Side), Result<(Context, SystemState), String>>,
     /// The CPU state right after creation, to boot every image from.
     reset: Context,
+    /// A run wrote outside the pages restored before every run: guest
+    /// memory may differ from the image anywhere.
+    memory_suspect: bool,
 }
 
 /// The Unicorn engine.
@@ -212,6 +220,18 @@ impl Machine {
             let _ = uc.emu_stop();
         })
         .map_err(uc_err("add the SYSENTER hook"))?;
+        // Every store outside the program's own pages is noted, so that the
+        // next run starts from the image again (KVM uses its dirty log).
+        uc.add_mem_hook(HookType::MEM_WRITE, 0, u64::MAX, |uc, _, addr, size, _| {
+            let ev = uc.get_data_mut();
+            let first = addr & !(PAGE - 1);
+            let last = (addr + size.max(1) as u64 - 1) & !(PAGE - 1);
+            if !ev.program_pages.contains(&first) || !ev.program_pages.contains(&last) {
+                ev.stray_write = true;
+            }
+            true
+        })
+        .map_err(uc_err("add the memory write hook"))?;
         let reset = uc
             .context_init()
             .map_err(uc_err("save the reset context"))?;
@@ -221,22 +241,24 @@ impl Machine {
             loaded_key: None,
             contexts: HashMap::new(),
             reset,
+            memory_suspect: false,
         })
     }
 
     /// Makes guest memory equal to the image's, writing only changed pages.
     fn load(&mut self, image: &GuestImage) -> Result<(), EngineError> {
         let key = (image.mode, image.config, image.variant);
-        if self.loaded_key == Some(key) {
+        if self.loaded_key == Some(key) && !self.memory_suspect {
             return Ok(());
         }
+        let all = std::mem::take(&mut self.memory_suspect);
         for (i, (new, old)) in image
             .memory
             .chunks(PAGE as usize)
             .zip(self.loaded.chunks_mut(PAGE as usize))
             .enumerate()
         {
-            if new != old {
+            if all || new != old {
                 self.uc
                     .mem_write(i as u64 * PAGE, new)
                     .map_err(uc_err("write guest memory"))?;
@@ -375,11 +397,19 @@ impl Machine {
                 .map_err(uc_fail("write RSP"))?;
             let _ = self.uc.ctl_flush_tlb();
             *self.uc.get_data_mut() = Events::default();
+            // The stop at the test's first byte is compiled into translated
+            // blocks: drop every block a test run left (they have no stop
+            // there), or the boot would run into the previous test.
+            self.uc
+                .ctl_flush_tb()
+                .map_err(uc_fail("flush the translation cache"))?;
             let start = image.boot_linear(side);
             let until = image.linear(entry.rip);
             let r = self.uc.emu_start(start, until, 0, 64);
             let rip = self.uc.reg_read(R::EIP).unwrap_or(0);
             let ev = *self.uc.get_data();
+            // The stub's pushes land outside the program's pages.
+            self.memory_suspect |= ev.stray_write;
             if r.is_err() || rip != entry.rip || ev.intr.is_some() {
                 return Err(format!(
                     "boot stub did not reach the test (result {r:?}, rip {rip:#x}, interrupt {:?})",
@@ -558,6 +588,13 @@ impl Machine {
         if !self.contexts.contains_key(&(key, side)) {
             let booted = self.boot(image, side);
             self.contexts.insert((key, side), booted);
+            // Put back what the boot stub wrote.
+            if let Err(e) = self.load(image) {
+                return Observation::outcome_only(
+                    Outcome::EngineError(e.to_string()),
+                    SystemState::default(),
+                );
+            }
         }
         // Take the context out while the run borrows the instance mutably.
         let (ctx, before) = match self.contexts.remove(&(key, side)) {
@@ -635,13 +672,16 @@ impl Machine {
                 .map_err(uc_err("write a harness page"))?;
             self.loaded[p..p + PAGE as usize].copy_from_slice(bytes);
         }
+        self.uc
+            .context_restore(ctx)
+            .map_err(uc_err("restore the saved context"))?;
+        // Unicorn's writes do not invalidate translated code. Remove the code
+        // page's blocks only now: Unicorn finds them through the page tables
+        // of the current context, which must be this image's.
         let code_lin = image.linear(CODE);
         self.uc
             .ctl_remove_cache(code_lin, code_lin + PAGE)
             .map_err(uc_err("remove cached code"))?;
-        self.uc
-            .context_restore(ctx)
-            .map_err(uc_err("restore the saved context"))?;
         let long = image.mode == Mode::Long64;
         let regs: [R; 8] = [
             R::RAX,
@@ -677,7 +717,10 @@ impl Machine {
                     .map_err(uc_err("write a general register"))?;
             }
         }
-        *self.uc.get_data_mut() = Events::default();
+        *self.uc.get_data_mut() = Events {
+            program_pages: [image.linear(CODE), image.linear(DATA), image.linear(STACK)],
+            ..Events::default()
+        };
         // emu_start sets (E/R)IP from `begin`; in 16-bit mode it subtracts CS*16.
         let begin = if matches!(image.mode, Mode::Real | Mode::Prot16) {
             let cs = self.uc.reg_read(R::CS).unwrap_or(0);
@@ -688,7 +731,9 @@ impl Machine {
         let until = image.linear(test.sentinel);
         watchdog.arm(StopHandle(self.uc.get_handle()));
         let result = self.uc.emu_start(begin, until, 0, insn_limit);
-        if watchdog.disarm() {
+        let fired = watchdog.disarm();
+        self.memory_suspect |= self.uc.get_data().stray_write;
+        if fired {
             return Ok((Outcome::Hang, false));
         }
         let ev = *self.uc.get_data();
@@ -1082,6 +1127,34 @@ mod tests {
                 Some(al) => assert_eq!(o.user.unwrap().gprs[0] & 0xFF, al),
             }
         }
+    }
+
+    #[test]
+    fn a_side_booted_after_other_tests_still_reaches_its_first_byte() {
+        // Run a test that faults at the test address at CPL 3 (the ring3
+        // variant's supervisor runs there), then boot the user side of the
+        // same image, also CPL 3: the boot must stop at the test address,
+        // not run the cached block of the previous test.
+        let cfg = Config::UMIP_ON;
+        let v = Variant {
+            supervisor_dpl: 3,
+            ..Variant::base(&cfg)
+        };
+        let img = GuestImage::build(Mode::Long64, cfg, v);
+        let mut e = UnicornEngine::new().unwrap();
+        let evex = [0x62, 0xf2, 0x7d, 0x48, 0x4c, 0xc1];
+        let p = img.prepare(Side::Supervisor, &evex, &NONE).unwrap();
+        assert!(matches!(
+            e.run(&img, Side::Supervisor, &p).outcome,
+            Outcome::Trap { vector: 6, .. }
+        ));
+        let p = img.prepare(Side::User, &evex, &NONE).unwrap();
+        let o = e.run(&img, Side::User, &p);
+        assert!(
+            matches!(o.outcome, Outcome::Trap { vector: 6, .. }),
+            "{:?}",
+            o.outcome
+        );
     }
 
     #[test]
