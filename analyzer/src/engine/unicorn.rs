@@ -271,21 +271,43 @@ impl Machine {
         Ok(())
     }
 
-    fn write_mmr(&mut self, reg: R, v: uc_x86_mmr) -> Result<(), EngineError> {
-        // SAFETY: `uc_reg_write` reads one `uc_x86_mmr` (repr(C), as the C API
-        // declares it) from the pointer, which is valid for the whole call;
-        // the handle belongs to a live Unicorn instance owned by `self`.
+    /// Writes a register that Unicorn's C API takes as a struct: a table
+    /// register or system segment (`uc_x86_mmr`) or an MSR (`uc_x86_msr`).
+    fn write_struct<T: Copy>(
+        &mut self,
+        reg: R,
+        v: &T,
+        action: &'static str,
+    ) -> Result<(), EngineError> {
+        // SAFETY: this module calls it only with GDTR/IDTR/LDTR/TR and a
+        // `uc_x86_mmr`, or MSR and a `uc_x86_msr`, the repr(C) types the C API
+        // reads for those registers; the pointer is valid for the whole call
+        // and the handle belongs to the live instance owned by `self`.
         let err = unsafe {
-            unicorn_engine::uc_reg_write(self.uc.get_handle(), reg as i32, (&raw const v).cast())
+            unicorn_engine::uc_reg_write(self.uc.get_handle(), reg as i32, (v as *const T).cast())
         };
         if err == uc_error::OK {
             Ok(())
         } else {
             Err(EngineError::Unicorn {
-                action: "write a table register",
+                action,
                 error: format!("{err:?}"),
             })
         }
+    }
+
+    /// Reads such a register into `v` (for an MSR, `v.rid` names it).
+    fn read_struct<T: Copy>(&self, reg: R, v: &mut T) {
+        // SAFETY: as in `write_struct`: the C API writes (and for an MSR
+        // first reads) one struct of the right type through the pointer,
+        // which points at a live, aligned value for the whole call.
+        let _ = unsafe {
+            unicorn_engine::uc_reg_read(self.uc.get_handle(), reg as i32, (v as *mut T).cast())
+        };
+    }
+
+    fn write_mmr(&mut self, reg: R, v: uc_x86_mmr) -> Result<(), EngineError> {
+        self.write_struct(reg, &v, "write a table register")
     }
 
     fn read_mmr(&self, reg: R) -> uc_x86_mmr {
@@ -295,37 +317,17 @@ impl Machine {
             limit: 0,
             flags: 0,
         };
-        // SAFETY: `uc_reg_read` writes one `uc_x86_mmr` through the pointer,
-        // which points at a live, properly aligned local for the whole call.
-        let _ = unsafe {
-            unicorn_engine::uc_reg_read(self.uc.get_handle(), reg as i32, (&raw mut v).cast())
-        };
+        self.read_struct(reg, &mut v);
         v
     }
 
     fn write_msr(&mut self, rid: u32, value: u64) -> Result<(), EngineError> {
-        let v = uc_x86_msr { rid, value };
-        // SAFETY: as in `write_mmr`: one `uc_x86_msr` read from a valid pointer.
-        let err = unsafe {
-            unicorn_engine::uc_reg_write(self.uc.get_handle(), R::MSR as i32, (&raw const v).cast())
-        };
-        if err == uc_error::OK {
-            Ok(())
-        } else {
-            Err(EngineError::Unicorn {
-                action: "write an MSR",
-                error: format!("{err:?}"),
-            })
-        }
+        self.write_struct(R::MSR, &uc_x86_msr { rid, value }, "write an MSR")
     }
 
     fn read_msr(&self, rid: u32) -> u64 {
         let mut v = uc_x86_msr { rid, value: 0 };
-        // SAFETY: `uc_reg_read` of UC_X86_REG_MSR reads `rid` and writes
-        // `value` of the `uc_x86_msr` the valid pointer points at.
-        let _ = unsafe {
-            unicorn_engine::uc_reg_read(self.uc.get_handle(), R::MSR as i32, (&raw mut v).cast())
-        };
+        self.read_struct(R::MSR, &mut v);
         v.value
     }
 
