@@ -44,6 +44,9 @@
 //!   `EngineError` that says so).
 //! - Real mode: INT 0x80 never leaves the instruction (a `Hang`).
 
+mod batch;
+pub use batch::MAX_BATCH;
+
 use super::{Engine, EngineError};
 use crate::machine::{entry, GuestImage, Prepared, SegDesc, CODE, MEM_SIZE, PAGE, SENTINEL};
 use crate::machine::{Setup, Variant};
@@ -396,6 +399,12 @@ pub struct KvmEngine {
     _vm: VmFd,
     _kvm: Kvm,
     mem: GuestMemory,
+    /// The batch slot (guest physical `batch::SLOT_BASE`), see [`batch`].
+    slot: GuestMemory,
+    /// Per image: the NOP run at CPL 3 that batch results are built on.
+    templates: HashMap<ImageKey, Option<batch::Template>>,
+    /// Cases decided by a batch, and cases of a batch run one by one.
+    batch_stats: (u64, u64),
     /// Guest memory as the last image left it (to write only changed pages).
     loaded: Vec<u8>,
     loaded_key: Option<ImageKey>,
@@ -462,6 +471,18 @@ impl KvmEngine {
                 .map_err(kvm_err("set the guest memory region"))?;
         }
         dirty_log = dirty_log && vm.get_dirty_log(0, MEM_SIZE as usize).is_ok();
+        let slot = GuestMemory::new(batch::SLOT_SIZE as usize)?;
+        let slot_region = kvm_userspace_memory_region {
+            slot: 1,
+            flags: 0,
+            guest_phys_addr: batch::SLOT_BASE,
+            memory_size: batch::SLOT_SIZE,
+            userspace_addr: slot.ptr as u64,
+        };
+        // SAFETY: the region is the live mapping owned by `slot`, which the
+        // engine keeps until after the VM is dropped (field order).
+        unsafe { vm.set_user_memory_region(slot_region) }
+            .map_err(kvm_err("set the batch memory region"))?;
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create a vCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -473,6 +494,9 @@ impl KvmEngine {
             _vm: vm,
             _kvm: kvm,
             mem,
+            slot,
+            templates: HashMap::new(),
+            batch_stats: (0, 0),
             loaded: vec![0; MEM_SIZE as usize],
             loaded_key: None,
             api,
@@ -488,6 +512,12 @@ impl KvmEngine {
     /// The flavor of /dev/kvm this engine runs on.
     pub fn flavor(&self) -> Flavor {
         self.flavor
+    }
+
+    /// How many cases of `run_batch` were decided in a batch, and how many
+    /// were run one by one.
+    pub fn batch_stats(&self) -> (u64, u64) {
+        self.batch_stats
     }
 
     /// Undoes the guest's own writes of the last run (pages KVM logged as
@@ -1280,6 +1310,36 @@ impl Engine for KvmEngine {
             return Observation::outcome_only(Outcome::NotSupported(why), SystemState::default());
         }
         self.run_checked(image, side, test)
+    }
+
+    /// Batches the CPL-3 cases of 64-bit images (see [`batch`]); every other
+    /// case, and every case a batch does not decide, is run one by one.
+    fn run_batch(&mut self, image: &GuestImage, cases: &[(Side, &Prepared)]) -> Vec<Observation> {
+        let mut out: Vec<Option<Observation>> = vec![None; cases.len()];
+        if self.can_batch(image) {
+            let users: Vec<usize> = (0..cases.len())
+                .filter(|&i| cases[i].0 == Side::User)
+                .collect();
+            for chunk in users.chunks(MAX_BATCH) {
+                let tests: Vec<&Prepared> = chunk.iter().map(|&i| cases[i].1).collect();
+                for (&i, o) in chunk.iter().zip(self.batch_user(image, &tests)) {
+                    out[i] = o;
+                }
+            }
+        }
+        out.into_iter()
+            .zip(cases)
+            .map(|(o, &(side, test))| match o {
+                Some(o) => {
+                    self.batch_stats.0 += 1;
+                    o
+                }
+                None => {
+                    self.batch_stats.1 += 1;
+                    self.run(image, side, test)
+                }
+            })
+            .collect()
     }
 }
 

@@ -21,6 +21,16 @@ pub trait Engine {
     fn version(&self) -> String;
     /// Run `test` in `image` starting on `side`.
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation;
+    /// Runs several tests in one image; the observations come in the order
+    /// of `cases` and equal what [`Engine::run`] gives for each case alone.
+    /// The default runs them one by one; an engine may run many cases per
+    /// entry into its guest.
+    fn run_batch(&mut self, image: &GuestImage, cases: &[(Side, &Prepared)]) -> Vec<Observation> {
+        cases
+            .iter()
+            .map(|&(side, test)| self.run(image, side, test))
+            .collect()
+    }
 }
 
 /// The engines popek knows.
