@@ -405,6 +405,9 @@ pub struct KvmEngine {
     templates: HashMap<ImageKey, Option<batch::Template>>,
     /// Cases decided by a batch, and cases of a batch run one by one.
     batch_stats: (u64, u64),
+    /// Whether `run_batch` uses the in-guest runtime (see [`batch`]; off
+    /// unless `POPEK_KVM_BATCH=1` or [`KvmEngine::set_batching`]).
+    batching: bool,
     /// Guest memory as the last image left it (to write only changed pages).
     loaded: Vec<u8>,
     loaded_key: Option<ImageKey>,
@@ -497,6 +500,7 @@ impl KvmEngine {
             slot,
             templates: HashMap::new(),
             batch_stats: (0, 0),
+            batching: std::env::var("POPEK_KVM_BATCH").as_deref() == Ok("1"),
             loaded: vec![0; MEM_SIZE as usize],
             loaded_key: None,
             api,
@@ -512,6 +516,12 @@ impl KvmEngine {
     /// The flavor of /dev/kvm this engine runs on.
     pub fn flavor(&self) -> Flavor {
         self.flavor
+    }
+
+    /// Turns the in-guest batch runtime of `run_batch` on or off (off: every
+    /// case is a single run).
+    pub fn set_batching(&mut self, on: bool) {
+        self.batching = on;
     }
 
     /// How many cases of `run_batch` were decided in a batch, and how many
@@ -1310,6 +1320,10 @@ impl Engine for KvmEngine {
             return Observation::outcome_only(Outcome::NotSupported(why), SystemState::default());
         }
         self.run_checked(image, side, test)
+    }
+
+    fn prefers_batches(&self) -> bool {
+        self.batching
     }
 
     /// Batches the CPL-3 cases of 64-bit images (see [`batch`]); every other
