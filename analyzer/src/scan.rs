@@ -591,6 +591,67 @@ pub(crate) mod tests {
         assert_eq!(one.len(), 40);
     }
 
+    /// The fake engine, asking for batches; counts its `run_batch` calls.
+    struct Batching(FakeEngine, Arc<AtomicU64>);
+
+    impl Engine for Batching {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn version(&self) -> String {
+            self.0.version()
+        }
+        fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+            self.0.run(image, side, test)
+        }
+        fn prefers_batches(&self) -> bool {
+            true
+        }
+        fn run_batch(
+            &mut self,
+            image: &GuestImage,
+            cases: &[(Side, &Prepared)],
+        ) -> Vec<Observation> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            // In reverse, to show that the order within a batch is the engine's.
+            let mut out: Vec<Observation> = cases
+                .iter()
+                .rev()
+                .map(|&(side, test)| self.0.run(image, side, test))
+                .collect();
+            out.reverse();
+            out
+        }
+    }
+
+    #[test]
+    fn a_batching_engine_gives_the_same_records() {
+        let mut entries: Vec<Entry> = (0..150u8)
+            .map(|i| entry(Mode::Long64, "add", &[0x01, i]))
+            .collect();
+        entries.push(entry(Mode::Long64, "hlt", &[0xf4]));
+        entries.push(entry(Mode::Prot32, "sgdt", &[0x0f, 0x01, 0x05]));
+        let plain = scan(&entries, &FakeEngine::new(rule), 2).expect("scan");
+        let fake = FakeEngine::new(rule);
+        let calls = Arc::new(AtomicU64::new(0));
+        let (f, c) = (fake.clone(), Arc::clone(&calls));
+        let batched = run_scan_with(
+            &TinyHarness,
+            &entries,
+            &Config::DEFAULTS,
+            move || Ok(Box::new(Batching(f.clone(), Arc::clone(&c))) as Box<dyn Engine>),
+            2,
+            false,
+        )
+        .expect("scan");
+        assert_eq!(plain, batched);
+        // 64-bit: 151 entries in chunks of 64 (3 chunks), 32-bit: 1 chunk;
+        // one batch per image and repeat of each chunk and configuration.
+        let images = |m: Mode| Variant::matrix(m, &Config::UMIP_OFF).len() as u64 + 1;
+        let want = 2 * (3 * images(Mode::Long64) + images(Mode::Prot32));
+        assert_eq!(calls.load(Ordering::Relaxed), want);
+    }
+
     #[test]
     fn an_engine_that_cannot_open_is_an_error() {
         let entries = vec![entry(Mode::Prot32, "hlt", &[0xf4])];
