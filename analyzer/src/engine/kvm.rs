@@ -416,6 +416,8 @@ pub struct KvmEngine {
     /// Whether `run_batch` uses the in-guest runtime (see [`batch`]; off
     /// unless `POPEK_KVM_BATCH=1` or [`KvmEngine::set_batching`]).
     batching: bool,
+    /// Whether KVM took the batch slot as guest memory.
+    slot_ok: bool,
     /// Guest memory as the last image left it (to write only changed pages).
     loaded: Vec<u8>,
     loaded_key: Option<ImageKey>,
@@ -491,9 +493,9 @@ impl KvmEngine {
             userspace_addr: slot.ptr as u64,
         };
         // SAFETY: the region is the live mapping owned by `slot`, which the
-        // engine keeps until after the VM is dropped (field order).
-        unsafe { vm.set_user_memory_region(slot_region) }
-            .map_err(kvm_err("set the batch memory region"))?;
+        // engine keeps until after the VM is dropped (field order). Without
+        // it the engine still runs, only never in batches.
+        let slot_ok = unsafe { vm.set_user_memory_region(slot_region) }.is_ok();
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create a vCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -508,7 +510,8 @@ impl KvmEngine {
             slot,
             templates: HashMap::new(),
             batch_stats: (0, 0),
-            batching: std::env::var("POPEK_KVM_BATCH").as_deref() == Ok("1"),
+            batching: slot_ok && std::env::var("POPEK_KVM_BATCH").as_deref() == Ok("1"),
+            slot_ok,
             loaded: vec![0; MEM_SIZE as usize],
             loaded_key: None,
             api,
@@ -529,7 +532,7 @@ impl KvmEngine {
     /// Turns the in-guest batch runtime of `run_batch` on or off (off: every
     /// case is a single run).
     pub fn set_batching(&mut self, on: bool) {
-        self.batching = on;
+        self.batching = on && self.slot_ok;
     }
 
     /// How many cases of `run_batch` were decided in a batch, and how many
