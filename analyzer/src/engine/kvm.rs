@@ -43,7 +43,8 @@
 //!   exception frame is written at linear ESP, ignoring the SS base (an
 //!   `EngineError` that says so).
 //! - Real mode: INT 0x80 never leaves the instruction (a `Hang`).
-//! - Guest CPL-0 code runs at about 1 µs per instruction (see [`batch`]);
+//! - Guest CPL-0 code runs at about 0.6 µs per NOP, CPL-3 code natively
+//!   (test `nop_slide_speed_per_cpl`, see [`batch`]);
 //!   likely because the harness's supervisor does not follow the PVM ABI
 //!   and KVM emulates it, in which case the CPL-0 observations are those of
 //!   KVM's instruction emulator (inferred, not proven).
