@@ -1379,7 +1379,7 @@ pub fn device_path() -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Gpr, MemInit, Region, Setup, Sym, GDT};
+    use crate::machine::{Gpr, MemInit, Region, Setup, Sym};
 
     /// The engine, or `None` (test skipped) when KVM is not usable here;
     /// with POPEK_REQUIRE_KVM=1 a missing KVM fails the test instead.
@@ -1454,47 +1454,9 @@ mod tests {
     #[test]
     fn privileged_instructions_trap_at_cpl3_and_complete_at_cpl0() {
         let Some(mut e) = engine() else { return };
-        let lgdt_setup = Setup {
-            mem: vec![
-                MemInit {
-                    region: Region::Data,
-                    offset: 0x100,
-                    size: 2,
-                    value: Sym::Imm(0x67),
-                },
-                MemInit {
-                    region: Region::Data,
-                    offset: 0x102,
-                    size: 8,
-                    value: Sym::Imm(GDT),
-                },
-            ],
-            ..Setup::default()
-        };
-        let cr0 = |m: Mode| Setup {
-            regs: vec![(
-                Gpr::Rax,
-                Sym::Imm(
-                    GuestImage::build(m, Config::UMIP_OFF, Variant::base(&Config::UMIP_OFF))
-                        .sys
-                        .cr0,
-                ),
-            )],
-            ..Setup::default()
-        };
         for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
-            let lgdt: &[u8] = match mode {
-                Mode::Long64 => &[0x0F, 0x01, 0x14, 0x25, 0x00, 0x81, 0, 0],
-                Mode::Prot16 => &[0x66, 0x0F, 0x01, 0x16, 0x00, 0x81],
-                _ => &[0x0F, 0x01, 0x15, 0x00, 0x81, 0, 0],
-            };
-            let cases: Vec<(&str, &[u8], Setup)> = vec![
-                ("hlt", &[0xF4], NONE),
-                ("cli", &[0xFA], NONE),
-                ("lgdt", lgdt, lgdt_setup.clone()),
-                ("mov cr0, eax", &[0x0F, 0x22, 0xC0], cr0(mode)),
-            ];
-            for (name, bytes, setup) in cases {
+            for (name, bytes, setup) in super::super::conformance::cpl0_only_cases(mode) {
+                let bytes = bytes.as_slice();
                 let u = base(&mut e, mode, Side::User, bytes, &setup);
                 let s = base(&mut e, mode, Side::Supervisor, bytes, &setup);
                 if mode == Mode::Prot32 && flavor_is_pvm(&e) {

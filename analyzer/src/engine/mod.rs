@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod fake;
 pub mod kvm;
 pub mod unicorn;

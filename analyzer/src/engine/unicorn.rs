@@ -911,9 +911,7 @@ impl Engine for UnicornEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{
-        Gpr, MemInit, Region, Setup, Sym, DATA, GDT, MOVED_TABLES, STACK, STACK_PTR,
-    };
+    use crate::machine::{Setup, DATA, GDT, MOVED_TABLES, STACK, STACK_PTR};
     use crate::observe::Outcome;
 
     fn run(
@@ -953,49 +951,10 @@ mod tests {
 
     #[test]
     fn privileged_instructions_trap_at_cpl3_and_complete_at_cpl0() {
-        let lgdt_setup = Setup {
-            mem: vec![
-                MemInit {
-                    region: Region::Data,
-                    offset: 0x100,
-                    size: 2,
-                    value: Sym::Imm(0x67),
-                },
-                MemInit {
-                    region: Region::Data,
-                    offset: 0x102,
-                    size: 4,
-                    value: Sym::Imm(GDT),
-                },
-            ],
-            ..Setup::default()
-        };
-        let cr0 = |m: Mode| Setup {
-            regs: vec![(
-                Gpr::Rax,
-                Sym::Imm(
-                    GuestImage::build(m, Config::UMIP_OFF, Variant::base(&Config::UMIP_OFF))
-                        .sys
-                        .cr0,
-                ),
-            )],
-            ..Setup::default()
-        };
-        for mode in [Mode::Prot32, Mode::Long64] {
-            let lgdt: &[u8] = if mode == Mode::Long64 {
-                &[0x0F, 0x01, 0x14, 0x25, 0x00, 0x81, 0, 0]
-            } else {
-                &[0x0F, 0x01, 0x15, 0x00, 0x81, 0, 0]
-            };
-            let cases: Vec<(&str, &[u8], Setup)> = vec![
-                ("hlt", &[0xF4], NONE),
-                ("cli", &[0xFA], NONE),
-                ("lgdt", lgdt, lgdt_setup.clone()),
-                ("mov cr0, eax", &[0x0F, 0x22, 0xC0], cr0(mode)),
-            ];
-            for (name, bytes, setup) in cases {
-                let u = base(mode, Side::User, bytes, &setup);
-                let s = base(mode, Side::Supervisor, bytes, &setup);
+        for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+            for (name, bytes, setup) in super::super::conformance::cpl0_only_cases(mode) {
+                let u = base(mode, Side::User, &bytes, &setup);
+                let s = base(mode, Side::Supervisor, &bytes, &setup);
                 assert!(is_gp(&u), "{mode} {name} at cpl3: {:?}", u.outcome);
                 assert!(completed(&s), "{mode} {name} at cpl0: {:?}", s.outcome);
             }
@@ -1004,23 +963,15 @@ mod tests {
 
     #[test]
     fn popfd_at_cpl3_leaves_if_and_iopl_alone() {
-        let setup = Setup {
-            mem: vec![MemInit {
-                region: Region::Stack,
-                offset: 0x800,
-                size: 4,
-                value: Sym::FlagsXor(0x3200),
-            }],
-            ..Setup::default()
-        };
-        let u = base(Mode::Prot32, Side::User, &[0x9D], &setup);
+        let (popfd, setup) = super::super::conformance::popf_case(Mode::Prot32);
+        let u = base(Mode::Prot32, Side::User, &popfd, &setup);
         assert!(completed(&u), "{:?}", u.outcome);
         assert_eq!(
             u.after.as_ref().unwrap().sys_flags,
             u.before.sys_flags,
             "IF and IOPL unchanged at cpl3"
         );
-        let s = base(Mode::Prot32, Side::Supervisor, &[0x9D], &setup);
+        let s = base(Mode::Prot32, Side::Supervisor, &popfd, &setup);
         assert!(completed(&s));
         assert_eq!(
             s.after.as_ref().unwrap().sys_flags,

@@ -1,0 +1,65 @@
+//! The documented-behavior cases that every engine's tests run (pg-model
+//! section 6), written once: each engine's tests assert what the engine
+//! must do with them, or what it is measured to do instead.
+
+use crate::machine::{MemInit, Region, Setup, Sym, SysValue};
+use crate::mode::Mode;
+
+/// CPL-0-only instructions (#GP(0) at CPL 3 by the Intel SDM) with the
+/// setups that let them complete at CPL 0: HLT, CLI (IOPL 0), LGDT of the
+/// image's own GDT, MOV CR0 of the image's own CR0.
+pub(crate) fn cpl0_only_cases(mode: Mode) -> Vec<(&'static str, Vec<u8>, Setup)> {
+    let lgdt: Vec<u8> = match mode {
+        Mode::Long64 => vec![0x0F, 0x01, 0x14, 0x25, 0x00, 0x81, 0, 0],
+        Mode::Real | Mode::Prot16 => vec![0x66, 0x0F, 0x01, 0x16, 0x00, 0x81],
+        Mode::Prot32 => vec![0x0F, 0x01, 0x15, 0x00, 0x81, 0, 0],
+    };
+    let base_size = if mode == Mode::Long64 { 8 } else { 4 };
+    let lgdt_setup = Setup {
+        mem: vec![
+            MemInit {
+                region: Region::Data,
+                offset: 0x100,
+                size: 2,
+                value: Sym::Sys(SysValue::GdtLimit, 0),
+            },
+            MemInit {
+                region: Region::Data,
+                offset: 0x102,
+                size: base_size,
+                value: Sym::Sys(SysValue::GdtBase, 0),
+            },
+        ],
+        ..Setup::default()
+    };
+    let cr0_setup = Setup {
+        regs: vec![(crate::machine::Gpr::Rax, Sym::Sys(SysValue::Cr0, 0))],
+        ..Setup::default()
+    };
+    vec![
+        ("hlt", vec![0xF4], Setup::default()),
+        ("cli", vec![0xFA], Setup::default()),
+        ("lgdt", lgdt, lgdt_setup),
+        ("mov cr0, eax", vec![0x0F, 0x22, 0xC0], cr0_setup),
+    ]
+}
+
+/// POPF of the mode's default operand size, with a stacked value that flips
+/// IF and sets IOPL 3 (the harness runs with IF=1, IOPL 0).
+pub(crate) fn popf_case(mode: Mode) -> (Vec<u8>, Setup) {
+    let size = match mode {
+        Mode::Real | Mode::Prot16 => 2,
+        Mode::Prot32 => 4,
+        Mode::Long64 => 8,
+    };
+    let setup = Setup {
+        mem: vec![MemInit {
+            region: Region::Stack,
+            offset: 0x800,
+            size,
+            value: Sym::FlagsXor(0x3200),
+        }],
+        ..Setup::default()
+    };
+    (vec![0x9D], setup)
+}
