@@ -63,3 +63,26 @@ pub(crate) fn popf_case(mode: Mode) -> (Vec<u8>, Setup) {
     };
     (vec![0x9D], setup)
 }
+
+/// A setup that sets nothing.
+pub(crate) const NONE: Setup = Setup {
+    regs: Vec::new(),
+    mem: Vec::new(),
+    patches: Vec::new(),
+};
+
+/// The run trapped with #GP.
+pub(crate) fn is_gp(o: &crate::observe::Observation) -> bool {
+    matches!(o.outcome, crate::observe::Outcome::Trap { vector: 13, .. })
+}
+
+/// The run completed at the sentinel right after the instruction.
+pub(crate) fn completed(o: &crate::observe::Observation) -> bool {
+    matches!(
+        o.outcome,
+        crate::observe::Outcome::Completed {
+            at_sentinel: true,
+            ..
+        }
+    )
+}

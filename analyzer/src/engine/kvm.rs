@@ -1415,23 +1415,7 @@ mod tests {
         let cfg = Config::UMIP_OFF;
         run_on(e, mode, cfg, Variant::base(&cfg), side, bytes, setup)
     }
-    fn is_gp(o: &Observation) -> bool {
-        matches!(o.outcome, Outcome::Trap { vector: 13, .. })
-    }
-    fn completed(o: &Observation) -> bool {
-        matches!(
-            o.outcome,
-            Outcome::Completed {
-                at_sentinel: true,
-                ..
-            }
-        )
-    }
-    const NONE: Setup = Setup {
-        regs: Vec::new(),
-        mem: Vec::new(),
-        patches: Vec::new(),
-    };
+    use super::super::conformance::{completed, is_gp, NONE};
 
     fn flavor_is_pvm(e: &KvmEngine) -> bool {
         e.flavor() == Flavor::Pvm
@@ -1484,24 +1468,16 @@ mod tests {
     #[test]
     fn popf_at_cpl3_leaves_if_and_iopl_alone() {
         let Some(mut e) = engine() else { return };
-        for (mode, size) in [(Mode::Prot16, 2u8), (Mode::Long64, 8)] {
-            let setup = Setup {
-                mem: vec![MemInit {
-                    region: Region::Stack,
-                    offset: 0x800,
-                    size,
-                    value: Sym::FlagsXor(0x3200),
-                }],
-                ..Setup::default()
-            };
-            let u = base(&mut e, mode, Side::User, &[0x9D], &setup);
+        for mode in [Mode::Prot16, Mode::Long64] {
+            let (popf, setup) = super::super::conformance::popf_case(mode);
+            let u = base(&mut e, mode, Side::User, &popf, &setup);
             assert!(completed(&u), "{mode}: {:?}", u.outcome);
             assert_eq!(
                 u.after.as_ref().unwrap().sys_flags,
                 u.before.sys_flags,
                 "{mode}: IF and IOPL unchanged at cpl3"
             );
-            let s = base(&mut e, mode, Side::Supervisor, &[0x9D], &setup);
+            let s = base(&mut e, mode, Side::Supervisor, &popf, &setup);
             assert!(completed(&s), "{mode}: {:?}", s.outcome);
             assert_eq!(
                 s.after.as_ref().unwrap().sys_flags,

@@ -931,23 +931,7 @@ mod tests {
         let cfg = Config::UMIP_OFF;
         run(mode, cfg, Variant::base(&cfg), side, bytes, setup)
     }
-    fn is_gp(o: &Observation) -> bool {
-        matches!(o.outcome, Outcome::Trap { vector: 13, .. })
-    }
-    fn completed(o: &Observation) -> bool {
-        matches!(
-            o.outcome,
-            Outcome::Completed {
-                at_sentinel: true,
-                ..
-            }
-        )
-    }
-    const NONE: Setup = Setup {
-        regs: Vec::new(),
-        mem: Vec::new(),
-        patches: Vec::new(),
-    };
+    use super::super::conformance::{completed, is_gp, NONE};
 
     #[test]
     fn privileged_instructions_trap_at_cpl3_and_complete_at_cpl0() {
