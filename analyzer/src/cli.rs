@@ -41,7 +41,12 @@ fn write_stdout(text: &str) -> std::io::Result<()> {
 
 /// Which x86 instructions break Popek & Goldberg? Measured, with evidence.
 #[derive(Debug, Parser)]
-#[command(name = "popek", version, about, long_about = None)]
+#[command(
+    name = "popek",
+    version,
+    about = "Which x86 instructions break Popek & Goldberg? Measured, with evidence.",
+    long_about = None
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
