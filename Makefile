@@ -17,7 +17,7 @@ scan: build
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 test: lint
 	$(CARGO) test --release --locked --workspace --lib --bins --tests

@@ -1379,7 +1379,7 @@ pub fn device_path() -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Gpr, MemInit, Region, Setup, Sym};
+    use crate::machine::{Gpr, Setup, Sym};
 
     /// The engine, or `None` (test skipped) when KVM is not usable here;
     /// with POPEK_REQUIRE_KVM=1 a missing KVM fails the test instead.
