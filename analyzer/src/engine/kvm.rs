@@ -1059,26 +1059,7 @@ impl KvmEngine {
                 }
             ))));
         }
-        // A HLT at CPL > 0 (the sentinel or a landing pad) raised #GP there.
-        let code_byte = |off: u64| -> Option<u8> {
-            if (CODE..CODE + PAGE).contains(&off) {
-                test.code_page.get((off - CODE) as usize).copied()
-            } else {
-                None
-            }
-        };
-        let landed = vector == 13
-            && error_code == Some(0)
-            && frame_rip != test.rip
-            && (frame_rip == test.sentinel || code_byte(frame_rip) == Some(SENTINEL));
-        // A harness entry point whose HLT raised #GP: control arrived there
-        // at CPL > 0 (seen on PVM: SYSCALL from CPL 3 jumps to LSTAR and
-        // stays at CPL 3).
-        let arrived = if vector == 13 && error_code == Some(0) {
-            entry_kind(frame_rip)
-        } else {
-            None
-        };
+        let (landed, arrived) = hlt_gp_end(test, vector, error_code, frame_rip);
         if !landed && arrived.is_none() {
             return Ok(Ending::only(Outcome::Trap {
                 vector,
@@ -1256,6 +1237,29 @@ fn entry_kind(off: u64) -> Option<TransferKind> {
 
 /// The vector a software-interrupt instruction at `rip` raises, if it is one
 /// (INT n, INT3, INTO, INT1 after any legacy or REX prefixes).
+/// What an exception with this frame means for a run: `(landed, arrived)`.
+/// A HLT at CPL > 0 raises #GP(0) where it stands: at the sentinel or a
+/// landing pad in the code page the run completed (`landed`); at a harness
+/// entry point control arrived there at CPL > 0 (`arrived`; seen on PVM:
+/// SYSCALL from CPL 3 jumps to LSTAR and stays at CPL 3). Neither: a trap.
+pub(super) fn hlt_gp_end(
+    test: &Prepared,
+    vector: u8,
+    error_code: Option<u32>,
+    frame_rip: u64,
+) -> (bool, Option<TransferKind>) {
+    if vector != 13 || error_code != Some(0) {
+        return (false, None);
+    }
+    let code_byte = (CODE..CODE + PAGE)
+        .contains(&frame_rip)
+        .then(|| test.code_page.get((frame_rip - CODE) as usize).copied())
+        .flatten();
+    let landed =
+        frame_rip != test.rip && (frame_rip == test.sentinel || code_byte == Some(SENTINEL));
+    (landed, entry_kind(frame_rip))
+}
+
 fn soft_interrupt_vector(code_page: &[u8], rip: u64, mode: Mode) -> Option<u8> {
     let mut i = rip.checked_sub(CODE)? as usize;
     for _ in 0..15 {

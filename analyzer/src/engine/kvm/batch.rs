@@ -63,7 +63,7 @@
 //! single runs on PVM, not of the batch. On VT-x or SVM the runtime should
 //! run natively; neither speed nor equivalence has been measured there.
 
-use super::{entry_kind, soft_interrupt_vector, Exit, KvmEngine, ERROR_CODE_VECTORS, TIME_LIMIT};
+use super::{hlt_gp_end, soft_interrupt_vector, Exit, KvmEngine, ERROR_CODE_VECTORS, TIME_LIMIT};
 use crate::machine::descriptors::{gate64, TYPE_INTERRUPT_GATE};
 use crate::machine::image::{msr, USER_GATES};
 use crate::machine::{sel, GuestImage, Prepared, CODE, KSTACK, PAGE, SENTINEL};
@@ -684,22 +684,7 @@ fn decide(
     {
         return None;
     }
-    let code_byte = |off: u64| -> Option<u8> {
-        if (CODE..CODE + PAGE).contains(&off) {
-            p.code_page.get((off - CODE) as usize).copied()
-        } else {
-            None
-        }
-    };
-    let landed = vector == 13
-        && error_code == Some(0)
-        && frame_rip != p.rip
-        && (frame_rip == p.sentinel || code_byte(frame_rip) == Some(SENTINEL));
-    let arrived = if vector == 13 && error_code == Some(0) {
-        entry_kind(frame_rip)
-    } else {
-        None
-    };
+    let (landed, arrived) = hlt_gp_end(p, vector, error_code, frame_rip);
     let before = tpl.before.clone();
     if !landed && arrived.is_none() {
         return Some(Observation::outcome_only(
