@@ -7,6 +7,7 @@ pub mod cli;
 pub mod compare;
 pub mod engine;
 pub mod explain;
+pub mod host;
 pub mod machine;
 pub mod mode;
 pub mod observe;

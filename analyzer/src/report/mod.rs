@@ -168,16 +168,7 @@ impl Report {
 
 /// The CPU model name from /proc/cpuinfo, or `unknown`.
 pub fn host_cpu() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    crate::host::cpu_model()
 }
 
 /// Why a report could not be written or read.
