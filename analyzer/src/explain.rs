@@ -23,11 +23,17 @@ pub enum Target {
 pub enum ExplainError {
     #[error("malformed hex at character {position}: '{found}' is not a hex digit (write bytes like '0f 01 05' or 0x0f0105)")]
     BadHexDigit { position: usize, found: char },
-    #[error("malformed hex: {digits} hex digits is an odd number; every byte needs two digits")]
-    OddHex { digits: usize },
+    #[error("malformed hex: '{group}' has {digits} hex digits; every byte needs two (write '09', not '9')")]
+    OddHex { group: String, digits: usize },
     #[error("no bytes given")]
     Empty,
-    #[error("{len} bytes is longer than any x86 instruction (15 bytes at most)")]
+    #[error(
+        "nothing to explain: give a mnemonic (sgdt) or the instruction's bytes in hex (0f 01 05)"
+    )]
+    NoTarget,
+    #[error("'{0}' is longer than any mnemonic")]
+    NameTooLong(String),
+    #[error("more than 15 bytes, longer than any x86 instruction (15 bytes at most)")]
     TooLong { len: usize },
     #[error("the bytes {bytes} do not decode as an instruction in {mode}-bit mode")]
     Invalid { bytes: String, mode: String },
@@ -79,6 +85,9 @@ fn suggestions(s: &[String]) -> String {
 /// it as bytes always.
 pub fn parse_target(s: &str, force_hex: bool) -> Result<Target, ExplainError> {
     let t = s.trim();
+    if t.is_empty() {
+        return Err(ExplainError::NoTarget);
+    }
     let only_hex = t
         .chars()
         .all(|c| c.is_ascii_hexdigit() || c.is_whitespace() || matches!(c, 'x' | 'X' | ',' | ':'));
@@ -96,6 +105,9 @@ pub fn parse_target(s: &str, force_hex: bool) -> Result<Target, ExplainError> {
     let lower = t.to_ascii_lowercase();
     let mut words = lower.split_whitespace();
     let name = words.next().unwrap_or_default().to_string();
+    if name.chars().count() > crate::input::MAX_NAME_CHARS {
+        return Err(ExplainError::NameTooLong(crate::input::clip(&name)));
+    }
     let rest: Vec<&str> = words.collect();
     let filter = if rest.is_empty() {
         None
@@ -105,47 +117,46 @@ pub fn parse_target(s: &str, force_hex: bool) -> Result<Target, ExplainError> {
     Ok(Target::Mnemonic(name, filter))
 }
 
-/// Parses hex bytes: pairs of digits, optionally separated by spaces,
-/// commas or colons, each group optionally prefixed with `0x`.
+/// Parses hex bytes: groups separated by spaces, commas or colons, each
+/// group optionally prefixed with `0x` and made of whole bytes (two digits
+/// each): `0f 01 05`, `0x0f0105`, `0f,01`. A group with an odd number of
+/// digits (`9 0`, `0f1`) is refused, never read as nibbles.
 pub fn parse_hex(s: &str) -> Result<Vec<u8>, ExplainError> {
-    let mut digits = Vec::new();
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '0'
-            && matches!(chars.get(i + 1), Some('x' | 'X'))
-            && (i == 0 || !chars[i - 1].is_ascii_hexdigit())
-        {
-            i += 2;
+    let mut bytes = Vec::new();
+    let mut col = 1;
+    for group in s.split(|c: char| c.is_whitespace() || c == ',' || c == ':') {
+        let start = col;
+        col += group.chars().count() + 1;
+        if group.is_empty() {
             continue;
         }
-        if c.is_whitespace() || c == ',' || c == ':' {
-            i += 1;
-            continue;
+        let (skip, digits) = match group.get(..2) {
+            Some("0x" | "0X") => (2, &group[2..]),
+            _ => (0, group),
+        };
+        if let Some((i, c)) = digits.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+            return Err(ExplainError::BadHexDigit {
+                position: start + skip + digits[..i].chars().count(),
+                found: c,
+            });
         }
-        match c.to_digit(16) {
-            Some(d) => digits.push(d as u8),
-            None => {
-                return Err(ExplainError::BadHexDigit {
-                    position: i + 1,
-                    found: c,
-                })
-            }
+        if digits.is_empty() || digits.len() % 2 != 0 {
+            return Err(ExplainError::OddHex {
+                group: crate::input::clip(group),
+                digits: digits.len(),
+            });
         }
-        i += 1;
+        for pair in digits.as_bytes().chunks(2) {
+            let text = std::str::from_utf8(pair).unwrap_or("00");
+            bytes.push(u8::from_str_radix(text, 16).unwrap_or(0));
+        }
+        if bytes.len() > 15 {
+            // Checked as we go: a huge input is refused without reading it all.
+            return Err(ExplainError::TooLong { len: bytes.len() });
+        }
     }
-    if digits.is_empty() {
+    if bytes.is_empty() {
         return Err(ExplainError::Empty);
-    }
-    if digits.len() % 2 != 0 {
-        return Err(ExplainError::OddHex {
-            digits: digits.len(),
-        });
-    }
-    let bytes: Vec<u8> = digits.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
-    if bytes.len() > 15 {
-        return Err(ExplainError::TooLong { len: bytes.len() });
     }
     Ok(bytes)
 }
@@ -334,7 +345,30 @@ mod tests {
                 found: 'g'
             })
         );
-        assert_eq!(parse_hex("0f 1"), Err(ExplainError::OddHex { digits: 3 }));
+        assert_eq!(
+            parse_hex("0f 1"),
+            Err(ExplainError::OddHex {
+                group: "1".into(),
+                digits: 1
+            })
+        );
+        // Single nibbles are never bytes: "9 0" is not 90, "0 f 0 b" not UD2.
+        for t in ["9 0", "0 f 0 b", "0f1", "0x"] {
+            assert!(
+                matches!(parse_hex(t), Err(ExplainError::OddHex { .. })),
+                "{t}"
+            );
+            assert!(parse_target(t, false).is_err(), "{t}");
+        }
+        assert_eq!(parse_target("  ", false), Err(ExplainError::NoTarget));
+        assert!(matches!(
+            parse_target(&"a".repeat(100_000), false),
+            Err(ExplainError::NameTooLong(m)) if m.len() < 80
+        ));
+        assert!(matches!(
+            parse_hex(&"90 ".repeat(100_000)),
+            Err(ExplainError::TooLong { .. })
+        ));
         assert_eq!(parse_hex("  "), Err(ExplainError::Empty));
         assert!(matches!(
             parse_hex(&"90".repeat(16)),

@@ -3,11 +3,11 @@
 
 pub mod catalog;
 pub mod classify;
-pub mod cli;
 pub mod compare;
 pub mod engine;
 pub mod explain;
 pub mod host;
+pub mod input;
 pub mod machine;
 pub mod mode;
 pub mod observe;

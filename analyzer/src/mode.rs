@@ -79,7 +79,7 @@ impl FromStr for Mode {
             "16" | "prot16" => Ok(Mode::Prot16),
             "32" | "prot32" => Ok(Mode::Prot32),
             "64" | "long64" | "long" => Ok(Mode::Long64),
-            other => Err(ParseError::Mode(other.to_string())),
+            other => Err(ParseError::Mode(crate::input::clip(other))),
         }
     }
 }
@@ -158,12 +158,25 @@ impl FromStr for Config {
     /// Parses `umip=on:iopl=3:tsd=on` (settings in any order, separated by
     /// `:`; missing settings take their defaults).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| ParseError::Config(s.to_string(), why.to_string());
+        let bad = |why: &str| ParseError::Config(crate::input::clip(s), why.to_string());
+        if s.trim().is_empty() {
+            return Err(bad("empty; write settings like umip=off or umip=on:iopl=3"));
+        }
         let mut cfg = Config::default();
-        for part in s.split(':').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut seen: Vec<&str> = Vec::new();
+        for part in s.split(':').map(str::trim) {
+            if part.is_empty() {
+                return Err(bad("an empty setting between ':'"));
+            }
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| bad("expected key=value, e.g. umip=on"))?;
+            let key = key.trim();
+            let value = value.trim();
+            if seen.contains(&key) {
+                return Err(bad(&format!("'{}' is set twice", crate::input::clip(key))));
+            }
+            seen.push(key);
             let flag = |v: &str| match v {
                 "on" | "1" | "true" => Ok(true),
                 "off" | "0" | "false" => Ok(false),
@@ -181,7 +194,8 @@ impl FromStr for Config {
                 }
                 _ => {
                     return Err(bad(&format!(
-                        "unknown setting '{key}' (umip, iopl, tsd, pce)"
+                        "unknown setting '{}' (umip, iopl, tsd, pce)",
+                        crate::input::clip(key)
                     )))
                 }
             }
@@ -214,6 +228,10 @@ mod tests {
         assert!("umip=maybe".parse::<Config>().is_err());
         assert!("iopl=4".parse::<Config>().is_err());
         assert!("colour=red".parse::<Config>().is_err());
+        assert!("".parse::<Config>().is_err());
+        assert!(" ".parse::<Config>().is_err());
+        assert!("umip=on:umip=off".parse::<Config>().is_err());
+        assert!("umip=on::iopl=3".parse::<Config>().is_err());
     }
 
     #[test]

@@ -326,7 +326,8 @@ pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
         for (i, v) in &b.msrs {
             let old = a.msrs.iter().find(|(j, _)| j == i).map(|(_, v)| *v);
             if old != Some(*v) {
-                out.push(format!("msr: {i:#x} {:#x?} -> {v:#x}", old));
+                let old = old.map_or_else(|| "unset".to_string(), |o| format!("{o:#x}"));
+                out.push(format!("msr: {i:#x} {old} -> {v:#x}"));
             }
         }
     }

@@ -104,7 +104,11 @@ impl FromStr for Expect {
             .find(|e| e.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Expect::ALL.iter().map(|e| e.name()).collect();
-                format!("unknown expect '{s}' (one of {})", names.join(", "))
+                format!(
+                    "unknown expect '{}' (one of {})",
+                    crate::input::clip(s),
+                    names.join(", ")
+                )
             })
     }
 }
@@ -189,10 +193,13 @@ pub enum TruthError {
 impl Facts {
     /// Reads and parses the table at `path`.
     pub fn load(path: &Path) -> Result<Facts, TruthError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TruthError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::input::read_text(path, crate::input::MAX_TABLE_BYTES).map_err(|source| {
+                TruthError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         Facts::parse(&text, path)
     }
 
@@ -228,7 +235,7 @@ impl Facts {
                         format!(
                             "expected the header '{}' (tab-separated), found '{}'",
                             COLUMNS.join("\\t"),
-                            names.join("\\t")
+                            crate::input::clip(&names.join("\\t"))
                         ),
                     ));
                 }
@@ -259,11 +266,17 @@ impl Facts {
                 Some(_) => return Err(err(line, c_ins, "'unless' needs a text".into())),
                 None => (ins, None),
             };
-            if name.is_empty() || name.contains(char::is_whitespace) {
+            if name.is_empty()
+                || name.contains(char::is_whitespace)
+                || name.chars().count() > crate::input::MAX_NAME_CHARS
+            {
                 return Err(err(
                     line,
                     c_ins,
-                    format!("'{ins}' is not a mnemonic or an iced Code name"),
+                    format!(
+                        "'{}' is not a mnemonic or an iced Code name",
+                        crate::input::clip(ins)
+                    ),
                 ));
             }
             let modes = if modes == "*" {
@@ -275,7 +288,10 @@ impl Facts {
                         err(
                             line,
                             c_modes,
-                            format!("unknown mode '{m}' (16, 32, 64, real or *)"),
+                            format!(
+                                "unknown mode '{}' (16, 32, 64, real or *)",
+                                crate::input::clip(m)
+                            ),
                         )
                     })?);
                 }
@@ -286,9 +302,13 @@ impl Facts {
             } else {
                 let mut out = Vec::new();
                 for c in cfg.split(',').map(str::trim) {
-                    let parsed = c
-                        .parse::<Config>()
-                        .map_err(|e| err(line, c_cfg, format!("bad configuration '{c}': {e}")))?;
+                    let parsed = c.parse::<Config>().map_err(|e| {
+                        err(
+                            line,
+                            c_cfg,
+                            format!("bad configuration '{}': {e}", crate::input::clip(c)),
+                        )
+                    })?;
                     out.push(parsed.name());
                 }
                 out
@@ -307,7 +327,10 @@ impl Facts {
                         return Err(err(
                             line,
                             c_dev,
-                            format!("known deviation '{part}' is not 'engine: reason'"),
+                            format!(
+                                "known deviation '{}' is not 'engine: reason'",
+                                crate::input::clip(part)
+                            ),
                         ))
                     }
                 }

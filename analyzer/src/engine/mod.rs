@@ -70,7 +70,7 @@ impl FromStr for EngineKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "unicorn" => Ok(EngineKind::Unicorn),
             "kvm" => Ok(EngineKind::Kvm),
-            other => Err(EngineError::UnknownEngine(other.to_string())),
+            other => Err(EngineError::UnknownEngine(crate::input::clip(other))),
         }
     }
 }
@@ -92,7 +92,27 @@ pub enum EngineError {
 pub fn open(kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
     match kind {
         EngineKind::Unicorn => Ok(Box::new(unicorn::UnicornEngine::new()?)),
-        EngineKind::Kvm => Ok(Box::new(kvm::KvmEngine::new()?)),
+        EngineKind::Kvm => Ok(Box::new(kvm::KvmEngine::new().map_err(name_the_device)?)),
+    }
+}
+
+/// A KVM failure after the device opened names the device and where its
+/// path came from (`POPEK_KVM_DEVICE=/dev/null` is not a KVM device).
+fn name_the_device(e: EngineError) -> EngineError {
+    match e {
+        EngineError::Kvm { action, error } => {
+            let path = kvm::device_path();
+            let from = if std::env::var_os("POPEK_KVM_DEVICE").is_some() {
+                " (from POPEK_KVM_DEVICE)"
+            } else {
+                ""
+            };
+            EngineError::Kvm {
+                action,
+                error: format!("{error}; is {}{from} a KVM device?", path.display()),
+            }
+        }
+        other => other,
     }
 }
 

@@ -21,9 +21,11 @@ pub fn write_json<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
 
 /// Reads a report written by [`write_json`].
 pub fn read_report(path: &Path) -> Result<Report, ReportError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
-        path: path.to_path_buf(),
-        source,
+    let text = crate::input::read_text(path, crate::input::MAX_REPORT_BYTES).map_err(|source| {
+        ReportError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     parse_report(path, &text)
 }
@@ -52,8 +54,19 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
     if !value.get("records").is_some_and(|r| r.is_array()) {
         return Err(not("no records array".into()));
     }
-    serde_json::from_str(text)
-        .map_err(|e| not(format!("line {}, column {}: {e}", e.line(), e.column())))
+    let report: Report = serde_json::from_str(text)
+        .map_err(|e| not(format!("line {}, column {}: {e}", e.line(), e.column())))?;
+    // Two records of one key would make every comparison ambiguous.
+    let mut seen = std::collections::HashSet::new();
+    for r in &report.records {
+        if !seen.insert((&r.engine, r.mode, &r.config, &r.code, &r.form)) {
+            return Err(not(format!(
+                "two records of {} mode {} {} {} ({})",
+                r.engine, r.mode, r.config, r.code, r.form
+            )));
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Mutex;
 
 pub use json::read_report;
 
@@ -174,13 +175,19 @@ pub fn host_cpu() -> String {
 /// Why a report could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("cannot write report {}: {source}", path.display())]
+    #[error("cannot write report {}", path.display())]
     Write {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot read report {}: {source}", path.display())]
+    #[error("cannot remove the stale report {}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read report {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -244,65 +251,177 @@ impl FromStr for Format {
     }
 }
 
-/// Writes a file atomically: into a temporary file in the same directory,
-/// flushed and synced, then renamed over `path`. On any error the temporary
-/// file is removed and `path` is left as it was.
+/// Temporary report files not yet renamed into place, in every set of this
+/// process; [`abandon_pending`] removes them when the process is stopped.
+/// A commit holds the lock while it renames, so a stop never splits a set.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes every temporary report file of this process and keeps the lock,
+/// so no set is committed afterwards: for a signal handler that exits next.
+pub fn abandon_pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    let mut g = pending();
+    for p in g.drain(..) {
+        let _ = fs::remove_file(&p);
+    }
+    g
+}
+
+/// A set of report files written together: every file is written to a
+/// temporary file of its own in the target directory (a fresh name created
+/// with O_EXCL, so an existing file or a symlink planted there is never
+/// followed), flushed and synced; [`ReportSet::commit`] then renames them all
+/// into place and removes the files the set says are stale. If anything
+/// fails before the commit, every temporary file is removed and the previous
+/// set is left whole.
+pub struct ReportSet {
+    dir: PathBuf,
+    files: Vec<(PathBuf, tempfile::NamedTempFile)>,
+    stale: Vec<PathBuf>,
+}
+
+impl ReportSet {
+    /// An empty set of files in `dir` (which must exist).
+    pub fn new(dir: &Path) -> ReportSet {
+        ReportSet {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            stale: Vec::new(),
+        }
+    }
+
+    /// Writes `name` (a file name in the set's directory) to a temporary file.
+    pub fn add<F>(&mut self, name: &str, write: F) -> Result<(), ReportError>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    {
+        let path = self.dir.join(name);
+        let err = |source| ReportError::Write {
+            path: path.clone(),
+            source,
+        };
+        if name.contains('/') || self.files.iter().any(|(p, _)| *p == path) {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a new file name of the set",
+            )));
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)
+            .map_err(err)?;
+        pending().push(tmp.path().to_path_buf());
+        let forget = |t: &Path| pending().retain(|p| p != t);
+        let result = (|| {
+            let mut w = BufWriter::new(tmp.as_file());
+            write(&mut w)?;
+            w.flush()?;
+            drop(w);
+            tmp.as_file().sync_all()
+        })();
+        if let Err(e) = result {
+            forget(tmp.path());
+            return Err(err(e));
+        }
+        self.files.push((path, tmp));
+        Ok(())
+    }
+
+    /// Writes `report` in each format as `popek-<engine>.<ext>`.
+    pub fn add_report(&mut self, formats: &[Format], report: &Report) -> Result<(), ReportError> {
+        for f in formats {
+            self.add(&report_name(&report.header.engine, *f), |w| {
+                f.write(w, report)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A file of an earlier set that this set replaces by its absence: it is
+    /// removed at the commit (if it exists), so it cannot read as current.
+    pub fn remove_stale(&mut self, name: &str) {
+        self.stale.push(self.dir.join(name));
+    }
+
+    /// Renames every file into place, then removes the stale ones; returns
+    /// the paths written.
+    pub fn commit(self) -> Result<Vec<PathBuf>, ReportError> {
+        let mut g = pending();
+        let mut written = Vec::new();
+        let mut failed = None;
+        for (path, tmp) in self.files {
+            let t = tmp.path().to_path_buf();
+            g.retain(|p| *p != t);
+            if failed.is_some() {
+                continue; // dropping `tmp` removes it
+            }
+            match tmp.persist(&path) {
+                Ok(_) => written.push(path),
+                Err(e) => {
+                    failed = Some(ReportError::Write {
+                        path,
+                        source: e.error,
+                    })
+                }
+            }
+        }
+        drop(g);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for p in self.stale {
+            if !written.contains(&p) {
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(ReportError::Remove { path: p, source }),
+                }
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// The file name of an engine's report in a format: `popek-<engine>.<ext>`.
+pub fn report_name(engine: &str, format: Format) -> String {
+    format!("popek-{engine}.{}", format.extension())
+}
+
+/// Writes one file atomically (a set of one).
 pub fn write_atomic<F>(path: &Path, write: F) -> Result<(), ReportError>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
-    let err = |source| ReportError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path.file_name().ok_or_else(|| {
-        err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a file name",
-        ))
-    })?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| ReportError::Write {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        })?;
     let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        let mut w = BufWriter::new(file);
-        write(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        err(e)
-    })
+    let mut set = ReportSet::new(dir);
+    set.add(name, write)?;
+    set.commit().map(|_| ())
 }
 
-/// Writes `report` into `dir` in each format as `popek-<engine>.<ext>`;
-/// returns the paths written.
+/// Writes `report` into `dir` in each format as `popek-<engine>.<ext>`, as
+/// one set; returns the paths written.
 pub fn write_reports(
     dir: &Path,
     formats: &[Format],
     report: &Report,
 ) -> Result<Vec<PathBuf>, ReportError> {
-    let mut written = Vec::new();
-    for f in formats {
-        let path = dir.join(format!("popek-{}.{}", report.header.engine, f.extension()));
-        write_atomic(&path, |w| f.write(w, report))?;
-        written.push(path);
-    }
-    Ok(written)
+    let mut set = ReportSet::new(dir);
+    set.add_report(formats, report)?;
+    set.commit()
 }
 
 #[cfg(test)]
@@ -425,9 +544,10 @@ pub(crate) mod tests {
             Err(io::Error::other("disk full"))
         })
         .expect_err("fails");
+        let source = std::error::Error::source(&err).map(|s| s.to_string());
         assert!(
-            err.to_string().contains("r.txt") && err.to_string().contains("disk full"),
-            "{err}"
+            err.to_string().contains("r.txt") && source.as_deref() == Some("disk full"),
+            "{err}: {source:?}"
         );
         assert_eq!(
             fs::read(&path).expect("read"),
@@ -442,6 +562,49 @@ pub(crate) mod tests {
         let missing = dir.join("no/such/dir/r.txt");
         let err = write_atomic(&missing, |w| w.write_all(b"x")).expect_err("no dir");
         assert!(matches!(&err, ReportError::Write { path, .. } if *path == missing));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_set_is_renamed_whole_or_not_at_all() {
+        let dir = scratch("set");
+        fs::write(dir.join("a"), b"old a").expect("seed");
+        fs::write(dir.join("b"), b"old b").expect("seed");
+        fs::write(dir.join("stale"), b"old").expect("seed");
+        // The second file fails: nothing of the set lands, no temporary stays.
+        let mut set = ReportSet::new(&dir);
+        set.add("a", |w| w.write_all(b"new a")).expect("a");
+        let e = set.add("b", |_| Err(io::Error::other("disk full")));
+        assert!(e.is_err());
+        drop(set);
+        assert_eq!(fs::read(dir.join("a")).expect("a"), b"old a");
+        assert_eq!(fs::read(dir.join("b")).expect("b"), b"old b");
+        assert_eq!(fs::read_dir(&dir).expect("dir").count(), 3);
+        // A whole set lands, and its stale file goes.
+        let mut set = ReportSet::new(&dir);
+        set.add("a", |w| w.write_all(b"new a")).expect("a");
+        set.add("b", |w| w.write_all(b"new b")).expect("b");
+        set.remove_stale("stale");
+        set.remove_stale("never-there");
+        let written = set.commit().expect("commit");
+        assert_eq!(written, vec![dir.join("a"), dir.join("b")]);
+        assert_eq!(fs::read(dir.join("b")).expect("b"), b"new b");
+        assert!(!dir.join("stale").exists());
+        assert_eq!(fs::read_dir(&dir).expect("dir").count(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn temporaries_never_follow_a_planted_symlink() {
+        let dir = scratch("symlink");
+        let victim = dir.join("victim");
+        fs::write(&victim, b"precious").expect("victim");
+        // Whatever name an attacker guesses, the temporary is a new file.
+        for guess in [".popek-fake.json.tmp", ".popek-fake.json.tmp.1"] {
+            std::os::unix::fs::symlink(&victim, dir.join(guess)).expect("symlink");
+        }
+        write_reports(&dir, &[Format::Json], &sample()).expect("write");
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -1,16 +1,16 @@
 //! Command-line options and the commands behind them. `main` only parses
 //! and calls [`run`]; everything here is reachable from tests.
 
-use crate::catalog;
-use crate::compare;
-use crate::engine::{self, EngineKind};
-use crate::explain;
-use crate::mode::{Config, Mode};
-use crate::record::Record;
-use crate::report::{self, Format, Report};
-use crate::scan::{self, ScanPlan};
-use crate::truth::{self, Facts, Status, Tally};
-use crate::violators;
+use analyzer::catalog;
+use analyzer::compare;
+use analyzer::engine::{self, EngineKind};
+use analyzer::explain;
+use analyzer::mode::{Config, Mode};
+use analyzer::record::Record;
+use analyzer::report::{self, Format, Report};
+use analyzer::scan::{self, ScanPlan};
+use analyzer::truth::{self, Facts, Status, Tally};
+use analyzer::violators;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -180,6 +180,43 @@ pub fn parse_engines(s: &str) -> Result<Vec<EngineKind>> {
         .collect()
 }
 
+/// An error and its causes, joined by ": ", each said once (a cause whose
+/// text the message already ends with is not repeated).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove the temporary report files not yet
+/// renamed into place (a set being committed is finished first) and exit
+/// with 128 + the signal's number, as a shell reports a killed command.
+pub fn install_signal_cleanup() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        eprintln!(
+            "popek: warning: cannot watch for signals; an interrupt may leave temporary files"
+        );
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _held = analyzer::report::abandon_pending();
+            eprintln!("popek: interrupted (signal {sig}); its temporary files are removed");
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -233,19 +270,76 @@ fn cmd_engines() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Scans on one engine: the catalog of the plan's modes, filtered, in every configuration.
-pub fn scan_records(kind: EngineKind, plan: &ScanPlan, jobs: usize) -> Result<Vec<Record>> {
-    let cat = catalog::build_all(&plan.modes);
-    let selected: Vec<catalog::Entry> = plan.select(&cat.entries).into_iter().cloned().collect();
-    if selected.is_empty() {
-        bail!(
-            "no catalog instruction matches --only {}",
-            plan.only.join(",")
-        );
+/// Refuses a value given twice (`--mode 64,64`): it would double records
+/// and counts.
+fn no_repeats<T: PartialEq + std::fmt::Display>(option: &str, values: &[T]) -> Result<()> {
+    for (i, v) in values.iter().enumerate() {
+        if values[..i].contains(v) {
+            bail!("{option}: {v} is given twice");
+        }
     }
+    Ok(())
+}
+
+/// The most worker threads a scan starts: four per CPU.
+fn max_jobs() -> usize {
+    4 * std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn check_jobs(jobs: usize) -> Result<()> {
+    let max = max_jobs();
+    if jobs > max {
+        bail!("--jobs {jobs}: at most {max} here (four per CPU; 0 means one per CPU)");
+    }
+    Ok(())
+}
+
+/// The catalog entries a plan selects. Every `--only` name must name a
+/// mnemonic or an iced Code of the plan's modes.
+pub fn select_entries(plan: &ScanPlan) -> Result<Vec<catalog::Entry>> {
+    let cat = catalog::build_all(&plan.modes);
+    for o in &plan.only {
+        if o.trim().is_empty() {
+            bail!("--only: an empty name");
+        }
+        let known = cat
+            .entries
+            .iter()
+            .any(|e| o.eq_ignore_ascii_case(&e.code) || o.eq_ignore_ascii_case(&e.mnemonic));
+        if !known {
+            let modes: Vec<&str> = plan.modes.iter().map(|m| m.name()).collect();
+            let near = if o.chars().count() <= analyzer::input::MAX_NAME_CHARS {
+                cat.suggest(o, 3)
+            } else {
+                Vec::new()
+            };
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!("; did you mean {}?", near.join(", "))
+            };
+            bail!(
+                "--only: '{}' is no mnemonic or iced Code name in mode {}{hint}",
+                analyzer::input::clip(o),
+                modes.join(",")
+            );
+        }
+    }
+    Ok(plan.select(&cat.entries).into_iter().cloned().collect())
+}
+
+/// Scans `selected` on one engine in every configuration of the plan.
+pub fn scan_records(
+    kind: EngineKind,
+    plan: &ScanPlan,
+    selected: &[catalog::Entry],
+    jobs: usize,
+) -> Result<Vec<Record>> {
     let progress = std::io::stderr().is_terminal();
     let records = scan::run_scan(
-        &selected,
+        selected,
         &plan.configs,
         || engine::open(kind),
         jobs,
@@ -259,7 +353,7 @@ pub fn scan_records(kind: EngineKind, plan: &ScanPlan, jobs: usize) -> Result<Ve
 /// that table (an error if it cannot be read), no option the default table
 /// if it exists (a warning if not). A table that does not parse, or names an
 /// instruction the catalog of `modes` lacks, is an error.
-pub fn load_facts(arg: Option<&str>, modes: &[Mode]) -> Result<Option<Facts>> {
+pub fn load_facts(arg: Option<&str>, entries: &[catalog::Entry]) -> Result<Option<Facts>> {
     let facts = match arg {
         Some(a) if a.eq_ignore_ascii_case("none") => return Ok(None),
         Some(p) => Facts::load(Path::new(p))?,
@@ -275,40 +369,60 @@ pub fn load_facts(arg: Option<&str>, modes: &[Mode]) -> Result<Option<Facts>> {
             Facts::load(p)?
         }
     };
-    facts.validate(&catalog::build_all(modes).entries)?;
+    facts.validate(entries)?;
     Ok(Some(facts))
 }
 
 fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
     let all = a.engine.eq_ignore_ascii_case("all");
+    no_repeats("--engine", &kinds)?;
+    no_repeats("--mode", &a.mode)?;
+    let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
+    no_repeats("--config", &config_names)?;
+    no_repeats("--format", &a.format)?;
+    check_jobs(a.jobs)?;
     let plan = ScanPlan {
         modes: a.mode.clone(),
         configs: a.config.clone(),
         only: a.only.clone(),
     };
-    let facts = load_facts(a.facts.as_deref(), &plan.modes)?;
+    let selected = select_entries(&plan)?;
+    // The facts are checked against the whole catalog of the modes, not only
+    // the `--only` selection.
+    let facts = if a
+        .facts
+        .as_deref()
+        .is_some_and(|f| f.eq_ignore_ascii_case("none"))
+    {
+        None
+    } else {
+        load_facts(a.facts.as_deref(), &catalog::build_all(&plan.modes).entries)?
+    };
     let mut unexpected = 0;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create the report directory {}", a.out.display()))?;
+    let mut set = report::ReportSet::new(&a.out);
     let mut reports: Vec<Report> = Vec::new();
     for kind in kinds {
         if all {
             if let Err(e) = engine::open(kind) {
                 eprintln!("popek: engine {kind} is not available, scanning without it: {e}");
+                // Its reports of an earlier scan would read as current.
+                for f in Format::ALL {
+                    set.remove_stale(&report::report_name(kind.name(), f));
+                }
                 continue;
             }
         }
-        let mut records = scan_records(kind, &plan, a.jobs)?;
+        let mut records = scan_records(kind, &plan, &selected, a.jobs)?;
         let findings = facts.as_ref().map(|f| truth::annotate(&mut records, f));
         let version = records
             .first()
             .map(|r| r.engine_version.clone())
             .unwrap_or_default();
         let rep = Report::new(kind.name(), &version, records);
-        for path in report::write_reports(&a.out, &a.format, &rep)? {
-            eprintln!("popek: wrote {}", path.display());
-        }
+        set.add_report(&a.format, &rep)?;
         out!("{}", summary(&rep));
         if let Some(findings) = &findings {
             for f in findings.iter().filter(|f| f.status == Status::Disagrees) {
@@ -320,10 +434,10 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         }
         reports.push(rep);
     }
+    const COMPARISON: [&str; 2] = ["popek-comparison.md", "popek-comparison.json"];
     if all && reports.len() == 2 {
         let diffs = compare::compare(&reports[0].records, &reports[1].records);
-        let path = a.out.join("popek-comparison.md");
-        report::write_atomic(&path, |w| {
+        set.add(COMPARISON[0], |w| {
             compare::write_differences_md(
                 w,
                 &reports[0].header.engine,
@@ -331,25 +445,25 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
                 &diffs,
             )
         })?;
-        eprintln!(
-            "popek: wrote {} ({} differences)",
-            path.display(),
-            diffs.len()
-        );
-        let path = a.out.join("popek-comparison.json");
-        report::write_atomic(&path, |w| {
+        set.add(COMPARISON[1], |w| {
             serde_json::to_writer_pretty(&mut *w, &diffs).map_err(std::io::Error::from)?;
             w.write_all(b"\n")
         })?;
-        eprintln!("popek: wrote {}", path.display());
+        eprintln!("popek: {} differences between the engines", diffs.len());
     } else if all {
         eprintln!("popek: only one engine ran; no engine comparison written");
+        for name in COMPARISON {
+            set.remove_stale(name);
+        }
+    }
+    for path in set.commit()? {
+        eprintln!("popek: wrote {}", path.display());
     }
     if a.strict && unexpected > 0 {
         eprintln!(
             "popek: --strict: {unexpected} unexpected disagreements with the documented facts"
         );
-        return Ok(ExitCode::from(2));
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -382,8 +496,35 @@ pub fn summary(rep: &Report) -> String {
 }
 
 fn cmd_violators(a: ViolatorsArgs) -> Result<ExitCode> {
+    let config = match &a.config {
+        Some(c) => Some(parse_config(c).map_err(anyhow::Error::msg)?.name()),
+        None => None,
+    };
+    check_jobs(a.jobs)?;
     let records = match &a.report {
-        Some(path) => report::read_report(path)?.records,
+        Some(path) => {
+            let rep = report::read_report(path)?;
+            // A mode or configuration the report lacks is not "no violators".
+            if let Some(m) = a.mode {
+                if !rep.header.modes.iter().any(|x| x == m.name()) {
+                    bail!(
+                        "{} has no records of mode {m} (its modes: {})",
+                        path.display(),
+                        rep.header.modes.join(", ")
+                    );
+                }
+            }
+            if let Some(c) = &config {
+                if !rep.header.configurations.contains(c) {
+                    bail!(
+                        "{} has no records of configuration {c} (its configurations: {})",
+                        path.display(),
+                        rep.header.configurations.join(", ")
+                    );
+                }
+            }
+            rep.records
+        }
         None => {
             let plan = ScanPlan {
                 modes: a
@@ -396,12 +537,9 @@ fn cmd_violators(a: ViolatorsArgs) -> Result<ExitCode> {
                 },
                 only: Vec::new(),
             };
-            scan_records(EngineKind::Unicorn, &plan, a.jobs)?
+            let selected = select_entries(&plan)?;
+            scan_records(EngineKind::Unicorn, &plan, &selected, a.jobs)?
         }
-    };
-    let config = match &a.config {
-        Some(c) => Some(parse_config(c).map_err(anyhow::Error::msg)?.name()),
-        None => None,
     };
     let found = violators::violators(&records, a.mode, config.as_deref());
     out!("{}", violators::render_violators(&found));
