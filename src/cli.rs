@@ -58,7 +58,7 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Classify every catalog instruction over the sampled-state matrix and write reports.
     Scan(ScanArgs),
-    /// The sensitive instructions that are not privileged, from a report or a fresh scan.
+    /// The sensitive instructions that are not privileged, from a report or a fresh scan; exit 1 if there are any.
     Violators(ViolatorsArgs),
     /// Compare two reports (two engines, two CPUs, two versions); exit 1 if they differ.
     Diff(DiffArgs),
@@ -543,7 +543,12 @@ fn cmd_violators(a: ViolatorsArgs) -> Result<ExitCode> {
     };
     let found = violators::violators(&records, a.mode, config.as_deref());
     out!("{}", violators::render_violators(&found));
-    Ok(ExitCode::SUCCESS)
+    // Violators are what this command exists to report: 1 when there are any.
+    Ok(if found.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
@@ -584,4 +589,28 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let text = io.to_string();
+        let e = anyhow::Error::new(io).context(format!("cannot open x: {text}"));
+        assert_eq!(error_chain(&e), format!("cannot open x: {text}"));
+        let e = anyhow::Error::new(std::io::Error::from_raw_os_error(13)).context("cannot open x");
+        assert_eq!(error_chain(&e), format!("cannot open x: {text}"));
+    }
+
+    #[test]
+    fn repeated_values_and_too_many_jobs_are_refused() {
+        assert!(no_repeats("--mode", &[Mode::Long64, Mode::Prot32]).is_ok());
+        let e = no_repeats("--mode", &[Mode::Long64, Mode::Long64]).expect_err("twice");
+        assert!(e.to_string().contains("given twice"), "{e}");
+        assert!(check_jobs(max_jobs()).is_ok());
+        assert!(check_jobs(max_jobs() + 1).is_err());
+    }
 }

@@ -13,9 +13,24 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             // --help and --version are successes; every other parse error is usage.
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap echoes a rejected value whole: clip huge ones.
+            let text = e.render().to_string();
+            let clipped: Vec<String> = text
+                .split(' ')
+                .map(|w| {
+                    if w.chars().count() > 80 {
+                        analyzer::input::clip(w)
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect();
+            eprint!("{}", clipped.join(" "));
+            return ExitCode::from(2);
         }
     };
     cli::install_signal_cleanup();
