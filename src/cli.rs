@@ -468,12 +468,12 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `holds`, `fails`, or `not judged` when no record of the group has a verdict.
-fn verdict_word(judged: usize, holds: bool) -> &'static str {
-    match (judged, holds) {
-        (0, _) => "not judged",
-        (_, true) => "holds",
-        (_, false) => "fails",
+/// `holds`, `fails (N violators)`, or `not judged (why)`.
+fn verdict_text(t: &report::Theorems, r: report::TheoremResult) -> String {
+    match t.not_judged() {
+        Some(why) => format!("not judged ({why})"),
+        None if r.holds => "holds".to_string(),
+        None => format!("fails ({} violators)", r.violators),
     }
 }
 
@@ -482,14 +482,12 @@ pub fn summary(rep: &Report) -> String {
     let mut s = String::new();
     for t in &rep.header.theorems {
         s.push_str(&format!(
-            "{} mode {:>4} {:<10} theorem 1 (VMM): {} ({} violators)  theorem 3 (hybrid VMM): {} ({} violators)\n",
+            "{} mode {:>4} {:<10} theorem 1 (VMM): {}  theorem 3 (hybrid VMM): {}\n",
             rep.header.engine,
             t.mode,
             t.config,
-            verdict_word(t.judged, t.theorem1_vmm.holds),
-            t.theorem1_vmm.violators,
-            verdict_word(t.judged, t.theorem3_hybrid.holds),
-            t.theorem3_hybrid.violators,
+            verdict_text(t, t.theorem1_vmm),
+            verdict_text(t, t.theorem3_hybrid),
         ));
     }
     s

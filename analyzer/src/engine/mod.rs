@@ -88,6 +88,21 @@ pub enum EngineError {
     Kvm { action: &'static str, error: String },
 }
 
+/// Why `engine` does not model configuration `config` (a configuration
+/// name such as `umip=on:iopl=3`), if it does not: then no theorem verdict
+/// is drawn from its records there. Unicorn has no CR4.UMIP and its RDPMC
+/// is always #UD, so `umip=on` and `pce=on` are not modeled.
+pub fn unmodeled(engine: &str, config: &str) -> Option<String> {
+    let cfg = config.parse::<crate::mode::Config>().ok()?;
+    match engine {
+        "unicorn" if cfg.umip => Some("not modeled: Unicorn has no CR4.UMIP".to_string()),
+        "unicorn" if cfg.pce => {
+            Some("not modeled: Unicorn has no CR4.PCE (RDPMC is always #UD)".to_string())
+        }
+        _ => None,
+    }
+}
+
 /// Opens a fresh instance of an engine (one per worker thread).
 pub fn open(kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
     match kind {

@@ -82,15 +82,9 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
         "| mode | configuration | theorem 1 (VMM) | theorem 3 (hybrid VMM) |"
     )?;
     writeln!(w, "|---|---|---|---|")?;
-    let judged_or = |t: &super::Theorems, text: String| {
-        if t.judged == 0 {
-            format!(
-                "not judged ({} records: engine errors or deviations)",
-                t.unjudged
-            )
-        } else {
-            text
-        }
+    let judged_or = |t: &super::Theorems, text: String| match t.not_judged() {
+        Some(why) => format!("not judged ({why})"),
+        None => text,
     };
     let holds = |holds: bool, n: usize, unjudged: usize| {
         let mut s = if holds {

@@ -81,6 +81,22 @@ pub struct Theorems {
     /// theorems are reported as not judged.
     #[serde(default)]
     pub judged: usize,
+    /// Why the engine does not model this configuration (Unicorn has no
+    /// CR4.UMIP): then neither theorem is judged, whatever the records say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_modeled: Option<String>,
+}
+
+impl Theorems {
+    /// Why neither theorem is judged here, if so: the configuration is not
+    /// modeled, or no record has a verdict.
+    pub fn not_judged(&self) -> Option<String> {
+        if let Some(why) = &self.not_modeled {
+            return Some(why.clone());
+        }
+        (self.judged == 0)
+            .then(|| format!("{} records: engine errors or deviations", self.unjudged))
+    }
 }
 
 impl Report {
@@ -134,19 +150,22 @@ impl Report {
                 let hy = group.iter().filter(|r| r.verdict.violates_hybrid).count();
                 let unjudged = group.iter().filter(|r| r.verdict.unjudged()).count();
                 let judged = group.len() - unjudged;
+                let not_modeled = crate::engine::unmodeled(engine, c);
+                let judgeable = judged > 0 && not_modeled.is_none();
                 theorems.push(Theorems {
                     mode: m.name().into(),
                     config: c.clone(),
                     theorem1_vmm: TheoremResult {
-                        holds: pg == 0 && judged > 0,
+                        holds: pg == 0 && judgeable,
                         violators: pg,
                     },
                     theorem3_hybrid: TheoremResult {
-                        holds: hy == 0 && judged > 0,
+                        holds: hy == 0 && judgeable,
                         violators: hy,
                     },
                     unjudged,
                     judged,
+                    not_modeled,
                 });
             }
         }
@@ -563,6 +582,28 @@ pub(crate) mod tests {
         let err = write_atomic(&missing, |w| w.write_all(b"x")).expect_err("no dir");
         assert!(matches!(&err, ReportError::Write { path, .. } if *path == missing));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_configuration_the_engine_does_not_model_is_not_judged() {
+        let mut on = record("sgdt", Class::SensitiveUnprivileged, false);
+        on.config = "umip=on".into();
+        let off = record("sgdt", Class::SensitiveUnprivileged, false);
+        for (engine, judged) in [("unicorn", false), ("kvm", true)] {
+            let r = Report::with_host(engine, "1", "Test CPU", vec![off.clone(), on.clone()]);
+            let t = &r.header.theorems;
+            assert_eq!(t[0].not_judged(), None, "{engine} umip=off");
+            assert_eq!(t[1].not_judged().is_none(), judged, "{engine} umip=on");
+            assert!(!t[1].theorem1_vmm.holds && !t[1].theorem3_hybrid.holds);
+            let mut out = Vec::new();
+            md::write_md(&mut out, &r).expect("write");
+            let text = String::from_utf8(out).expect("utf8");
+            assert_eq!(
+                text.contains("| 32 | umip=on | not judged (not modeled: Unicorn has no CR4.UMIP)"),
+                !judged,
+                "{engine}"
+            );
+        }
     }
 
     #[test]
