@@ -58,15 +58,21 @@ pub enum Expect {
     Nondeterministic,
     /// The verdict's `privileged` is false.
     NotPrivileged,
+    /// Traps (or transfers) in every sampled state (class `always-traps`).
+    AlwaysTraps,
+    /// #UD at every CPL in every state (class `unsupported`).
+    Unsupported,
 }
 
 impl Expect {
-    pub const ALL: [Expect; 5] = [
+    pub const ALL: [Expect; 7] = [
         Expect::Privileged,
         Expect::Violator,
         Expect::Innocuous,
         Expect::Nondeterministic,
         Expect::NotPrivileged,
+        Expect::AlwaysTraps,
+        Expect::Unsupported,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -75,6 +81,8 @@ impl Expect {
             Expect::Innocuous => "innocuous",
             Expect::Nondeterministic => "nondeterministic",
             Expect::NotPrivileged => "not-privileged",
+            Expect::AlwaysTraps => "always-traps",
+            Expect::Unsupported => "unsupported",
         }
     }
     /// Whether a record's verdict meets the expectation.
@@ -86,6 +94,8 @@ impl Expect {
             Expect::Innocuous => v.class == Class::Innocuous,
             Expect::Nondeterministic => v.class == Class::Nondeterministic,
             Expect::NotPrivileged => !v.privileged,
+            Expect::AlwaysTraps => v.class == Class::AlwaysTraps,
+            Expect::Unsupported => v.class == Class::Unsupported,
         }
     }
 }
