@@ -385,20 +385,19 @@ const CHUNK: usize = 64;
 fn written(start: &[u8], after: &[u8]) -> Vec<(usize, u8)> {
     let mut out = Vec::new();
     let common = start.len().min(after.len());
-    for (k, (s, a)) in start[..common]
-        .chunks(CHUNK)
-        .zip(after[..common].chunks(CHUNK))
-        .enumerate()
-    {
-        if s != a {
-            let base = k * CHUNK;
-            out.extend(
-                s.iter()
-                    .zip(a)
-                    .enumerate()
-                    .filter(|(_, (p, q))| p != q)
-                    .map(|(i, (_, q))| (base + i, *q)),
-            );
+    let (s, a) = (&start[..common], &after[..common]);
+    if s != a {
+        for (k, (s, a)) in s.chunks(CHUNK).zip(a.chunks(CHUNK)).enumerate() {
+            if s != a {
+                let base = k * CHUNK;
+                out.extend(
+                    s.iter()
+                        .zip(a)
+                        .enumerate()
+                        .filter(|(_, (p, q))| p != q)
+                        .map(|(i, (_, q))| (base + i, *q)),
+                );
+            }
         }
     }
     out.extend(
@@ -621,6 +620,91 @@ mod tests {
         x.start = None;
         y.start = None;
         assert_eq!(diff_results(&x, &y).len(), 16);
+    }
+
+    #[test]
+    fn written_bytes_are_those_a_byte_by_byte_walk_finds() {
+        // The old way: every byte of `after`, kept where the start differs.
+        let naive = |s: &[u8], a: &[u8]| -> Vec<(usize, u8)> {
+            a.iter()
+                .enumerate()
+                .filter(|(i, b)| s.get(*i) != Some(b))
+                .map(|(i, b)| (i, *b))
+                .collect()
+        };
+        let start: Vec<u8> = (0..4096).map(|i| (i * 7 + 3) as u8).collect();
+        for writes in [
+            vec![],
+            vec![0],
+            vec![63, 64],
+            vec![5, 200, 4095],
+            (1000..1300).collect::<Vec<_>>(),
+        ] {
+            let mut after = start.clone();
+            for &w in &writes {
+                after[w] ^= 0x5a;
+            }
+            assert_eq!(written(&start, &after), naive(&start, &after), "{writes:?}");
+            // Pages of other lengths: bytes past the start count as written.
+            assert_eq!(written(&start[..100], &after), naive(&start[..100], &after));
+            assert_eq!(written(&start, &after[..70]), naive(&start, &after[..70]));
+        }
+    }
+
+    #[test]
+    fn effects_computed_once_give_the_pairwise_diff() {
+        let start = UserState {
+            gprs: [3; 16],
+            data: vec![0; 256],
+            stack: vec![1; 256],
+            ..Default::default()
+        };
+        let run = |f: &dyn Fn(&mut UserState)| {
+            let mut after = start.clone();
+            f(&mut after);
+            Observation {
+                outcome: Outcome::Completed {
+                    rip: 0,
+                    at_sentinel: true,
+                },
+                before: SystemState::default(),
+                after: None,
+                user: Some(after),
+                baseline: None,
+                start: Some(start.clone()),
+            }
+        };
+        let runs = [
+            run(&|_| {}),
+            run(&|u| u.data[70] = 9),
+            run(&|u| {
+                u.data[70] = 8;
+                u.stack[255] = 0;
+                u.gprs[2] = 5;
+            }),
+            run(&|u| u.flags = 0x40),
+        ];
+        let mut no_start = runs[1].clone();
+        no_start.start = None;
+        let all: Vec<&Observation> = runs.iter().chain([&no_start]).collect();
+        for a in &all {
+            for b in &all {
+                let (ea, eb) = (Effects::of(a), Effects::of(b));
+                assert_eq!(
+                    diff_effects(a, ea.as_ref(), b, eb.as_ref()),
+                    diff_results(a, b)
+                );
+            }
+        }
+        assert_eq!(
+            diff_results(&runs[1], &runs[2]),
+            vec![
+                "rdx unchanged vs 0x5".to_string(),
+                "data[0x46..] 0900000000000000 vs 0800000000000000 (written by the runs)"
+                    .to_string(),
+                "stack[0xff..] 01 vs 00 (written by the runs)".to_string(),
+            ]
+        );
     }
 
     #[test]
