@@ -22,8 +22,9 @@
 
 use crate::machine::{StateLabel, Variant};
 use crate::mode::{Config, Mode};
-use crate::observe::{diff_results, diff_user, Observation, Outcome, Side};
+use crate::observe::{diff_effects, diff_user, Effects, Observation, Outcome, Side};
 use serde::{Deserialize, Serialize};
+use std::cell::OnceCell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -216,6 +217,28 @@ fn part_of(change: &str) -> &str {
 struct Ordered<'r> {
     run: &'r Run,
     label: StateLabel,
+    /// What the run changed in R and M ([`Observation::changed_r`]), once.
+    changed_r: OnceCell<Vec<String>>,
+    /// Its user-visible effects ([`Effects::of`]), once: a run takes part
+    /// in many behavior comparisons.
+    effects: OnceCell<Option<Effects>>,
+}
+
+impl Ordered<'_> {
+    fn changed_r(&self) -> &[String] {
+        self.changed_r.get_or_init(|| self.run.obs.changed_r())
+    }
+    fn effects(&self) -> Option<&Effects> {
+        self.effects
+            .get_or_init(|| Effects::of(&self.run.obs))
+            .as_ref()
+    }
+}
+
+/// The user-visible differences between two completed runs
+/// ([`crate::observe::diff_results`]), from their effects computed once.
+fn diff_runs(a: &Ordered<'_>, b: &Ordered<'_>) -> Vec<String> {
+    diff_effects(&a.run.obs, a.effects(), &b.run.obs, b.effects())
 }
 
 fn label(run: &Run, config: &Config) -> StateLabel {
@@ -266,6 +289,8 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
         .map(|run| Ordered {
             run,
             label: label(run, config),
+            changed_r: OnceCell::new(),
+            effects: OnceCell::new(),
         })
         .collect();
     ordered.sort_by(|x, y| {
@@ -368,11 +393,10 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
         let mut first = None;
         for o in valid.iter().filter(|o| o.run.obs.outcome.is_completed()) {
             let parts: Vec<String> = o
-                .run
-                .obs
                 .changed_r()
-                .into_iter()
+                .iter()
                 .filter(|c| part_of(c) == part)
+                .cloned()
                 .collect();
             if parts.is_empty() {
                 continue;
@@ -389,8 +413,8 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
     }
     // Anything diff_system reports under a name not listed above still counts.
     for o in valid.iter().filter(|o| o.run.obs.outcome.is_completed()) {
-        for c in o.run.obs.changed_r() {
-            let p = part_of(&c);
+        for c in o.changed_r() {
+            let p = part_of(c);
             if !CHANGED_PARTS.contains(&p) && !changed.iter().any(|x| x == p) {
                 changed.push(p.to_string());
                 evidence_out.push(evidence("control", o, None, c.clone()));
@@ -471,7 +495,7 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
                         continue;
                     }
                     if a.run.obs.user.is_some() && b.run.obs.user.is_some() {
-                        let d = diff_results(&a.run.obs, &b.run.obs);
+                        let d = diff_runs(a, b);
                         if !d.is_empty() {
                             location_sensitive = true;
                             location_user |= side == Side::User;
@@ -490,7 +514,7 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
                 continue;
             };
             if s0.run.obs.user.is_some() && s3.run.obs.user.is_some() {
-                let d = diff_results(&s0.run.obs, &s3.run.obs);
+                let d = diff_runs(s0, s3);
                 if !d.is_empty() {
                     mode_sensitive = true;
                     evidence_out.push(evidence("mode", s0, Some(s3), first_diffs(&d)));

@@ -364,39 +364,77 @@ pub fn diff_user(a: &UserState, b: &UserState) -> Vec<String> {
 }
 
 /// What a run changed in the user-visible state, against its start: each
-/// general register, RIP and the flags that differ from the start (with
-/// their new values), and the data and stack bytes that changed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Effects<'a> {
+/// general register that differs from the start (with its new value), RIP
+/// and the flags, and the data and stack bytes that changed (offset, new
+/// value), in offset order. Computed once per run ([`Effects::of`]) and
+/// compared pair by pair ([`diff_effects`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
     gprs: [Option<u64>; 16],
     rip: u64,
     flags: u64,
     data: Vec<(usize, u8)>,
     stack: Vec<(usize, u8)>,
-    _after: &'a UserState,
 }
 
-fn effects<'a>(start: &UserState, after: &'a UserState) -> Effects<'a> {
-    let mut gprs = [None; 16];
-    for (i, g) in gprs.iter_mut().enumerate() {
-        if start.gprs[i] != after.gprs[i] {
-            *g = Some(after.gprs[i]);
+/// Bytes compared at once before a chunk is looked at byte by byte.
+const CHUNK: usize = 64;
+
+/// The bytes of `after` that differ from `start` (offset, new value), with
+/// every byte past the end of `start` counted as written. Equal chunks are
+/// skipped with one slice comparison, so an unwritten page costs a memcmp.
+fn written(start: &[u8], after: &[u8]) -> Vec<(usize, u8)> {
+    let mut out = Vec::new();
+    let common = start.len().min(after.len());
+    let (s, a) = (&start[..common], &after[..common]);
+    if s != a {
+        for (k, (s, a)) in s.chunks(CHUNK).zip(a.chunks(CHUNK)).enumerate() {
+            if s != a {
+                let base = k * CHUNK;
+                out.extend(
+                    s.iter()
+                        .zip(a)
+                        .enumerate()
+                        .filter(|(_, (p, q))| p != q)
+                        .map(|(i, (_, q))| (base + i, *q)),
+                );
+            }
         }
     }
-    let bytes = |s: &[u8], a: &[u8]| -> Vec<(usize, u8)> {
-        a.iter()
+    out.extend(
+        after[common..]
+            .iter()
             .enumerate()
-            .filter(|(i, b)| s.get(*i) != Some(b))
-            .map(|(i, b)| (i, *b))
-            .collect()
-    };
-    Effects {
-        gprs,
-        rip: after.rip,
-        flags: after.flags,
-        data: bytes(&start.data, &after.data),
-        stack: bytes(&start.stack, &after.stack),
-        _after: after,
+            .map(|(i, b)| (common + i, *b)),
+    );
+    out
+}
+
+impl Effects {
+    /// The effects of a run that ended in `after`, having started from `start`.
+    pub fn between(start: &UserState, after: &UserState) -> Effects {
+        let mut gprs = [None; 16];
+        for (i, g) in gprs.iter_mut().enumerate() {
+            if start.gprs[i] != after.gprs[i] {
+                *g = Some(after.gprs[i]);
+            }
+        }
+        Effects {
+            gprs,
+            rip: after.rip,
+            flags: after.flags,
+            data: written(&start.data, &after.data),
+            stack: written(&start.stack, &after.stack),
+        }
+    }
+
+    /// The effects of a completed run whose start is known, else `None`
+    /// (then [`diff_effects`] compares its results as they are).
+    pub fn of(o: &Observation) -> Option<Effects> {
+        match (&o.start, &o.user) {
+            (Some(s), Some(u)) => Some(Effects::between(s, u)),
+            _ => None,
+        }
     }
 }
 
@@ -404,14 +442,28 @@ fn effects<'a>(start: &UserState, after: &'a UserState) -> Effects<'a> {
 /// comparisons: their effects when both starts are known (what each run
 /// changed, and to what), else their results as they are.
 pub fn diff_results(a: &Observation, b: &Observation) -> Vec<String> {
+    diff_effects(a, Effects::of(a).as_ref(), b, Effects::of(b).as_ref())
+}
+
+/// [`diff_results`] with each run's effects already computed
+/// ([`Effects::of`] of the same observation), so a run compared with many
+/// others is looked at once.
+pub fn diff_effects(
+    a: &Observation,
+    ea: Option<&Effects>,
+    b: &Observation,
+    eb: Option<&Effects>,
+) -> Vec<String> {
     let (Some(ua), Some(ub)) = (&a.user, &b.user) else {
         return Vec::new();
     };
-    let (Some(sa), Some(sb)) = (&a.start, &b.start) else {
+    let (Some(ea), Some(eb)) = (ea, eb) else {
         return diff_user(ua, ub);
     };
-    let (ea, eb) = (effects(sa, ua), effects(sb, ub));
     let mut out = Vec::new();
+    if ea == eb {
+        return out;
+    }
     let show = |v: Option<u64>| {
         v.map(|x| format!("{x:#x}"))
             .unwrap_or_else(|| "unchanged".into())
@@ -569,6 +621,91 @@ mod tests {
         x.start = None;
         y.start = None;
         assert_eq!(diff_results(&x, &y).len(), 16);
+    }
+
+    #[test]
+    fn written_bytes_are_those_a_byte_by_byte_walk_finds() {
+        // The old way: every byte of `after`, kept where the start differs.
+        let naive = |s: &[u8], a: &[u8]| -> Vec<(usize, u8)> {
+            a.iter()
+                .enumerate()
+                .filter(|(i, b)| s.get(*i) != Some(b))
+                .map(|(i, b)| (i, *b))
+                .collect()
+        };
+        let start: Vec<u8> = (0..4096).map(|i| (i * 7 + 3) as u8).collect();
+        for writes in [
+            vec![],
+            vec![0],
+            vec![63, 64],
+            vec![5, 200, 4095],
+            (1000..1300).collect::<Vec<_>>(),
+        ] {
+            let mut after = start.clone();
+            for &w in &writes {
+                after[w] ^= 0x5a;
+            }
+            assert_eq!(written(&start, &after), naive(&start, &after), "{writes:?}");
+            // Pages of other lengths: bytes past the start count as written.
+            assert_eq!(written(&start[..100], &after), naive(&start[..100], &after));
+            assert_eq!(written(&start, &after[..70]), naive(&start, &after[..70]));
+        }
+    }
+
+    #[test]
+    fn effects_computed_once_give_the_pairwise_diff() {
+        let start = UserState {
+            gprs: [3; 16],
+            data: vec![0; 256],
+            stack: vec![1; 256],
+            ..Default::default()
+        };
+        let run = |f: &dyn Fn(&mut UserState)| {
+            let mut after = start.clone();
+            f(&mut after);
+            Observation {
+                outcome: Outcome::Completed {
+                    rip: 0,
+                    at_sentinel: true,
+                },
+                before: SystemState::default(),
+                after: None,
+                user: Some(after),
+                baseline: None,
+                start: Some(start.clone()),
+            }
+        };
+        let runs = [
+            run(&|_| {}),
+            run(&|u| u.data[70] = 9),
+            run(&|u| {
+                u.data[70] = 8;
+                u.stack[255] = 0;
+                u.gprs[2] = 5;
+            }),
+            run(&|u| u.flags = 0x40),
+        ];
+        let mut no_start = runs[1].clone();
+        no_start.start = None;
+        let all: Vec<&Observation> = runs.iter().chain([&no_start]).collect();
+        for a in &all {
+            for b in &all {
+                let (ea, eb) = (Effects::of(a), Effects::of(b));
+                assert_eq!(
+                    diff_effects(a, ea.as_ref(), b, eb.as_ref()),
+                    diff_results(a, b)
+                );
+            }
+        }
+        assert_eq!(
+            diff_results(&runs[1], &runs[2]),
+            vec![
+                "rdx unchanged vs 0x5".to_string(),
+                "data[0x46..] 0900000000000000 vs 0800000000000000 (written by the runs)"
+                    .to_string(),
+                "stack[0xff..] 01 vs 00 (written by the runs)".to_string(),
+            ]
+        );
     }
 
     #[test]

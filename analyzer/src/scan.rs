@@ -359,15 +359,16 @@ where
         }
         let batch: Vec<(Side, &Prepared)> = cases.iter().map(|(_, side, p)| (*side, p)).collect();
         let observed = batch_guarded(&mut worker.engine, make_engine, image, &batch)?;
-        for ((k, side, test), mut obs) in cases.iter().zip(observed) {
-            let key = (image.mode, image.config, image.variant, *side);
+        drop(batch);
+        for ((k, side, test), mut obs) in cases.into_iter().zip(observed) {
+            let key = (image.mode, image.config, image.variant, side);
             obs.baseline = worker.baselines.get(&key).cloned().flatten();
             if obs.user.is_some() {
-                obs.start = image.initial_user_state(*side, test);
+                obs.start = image.into_initial_user_state(side, test);
             }
-            runs[*k].push(Run {
+            runs[k].push(Run {
                 variant: *variant,
-                side: *side,
+                side,
                 repeat,
                 obs,
             });

@@ -134,11 +134,23 @@ struct Events {
     syscall: bool,
     sysenter: bool,
     /// Linear addresses of the pages a run writes as a matter of course
-    /// (code, data, stack), all restored before every run.
+    /// (code, data, stack), restored before the next run when written.
     program_pages: [u64; 3],
+    /// Their physical pages, in the same order.
+    program_phys: [u64; 3],
+    /// Physical pages among `program_phys` the run wrote (bit n: page n).
+    written: u64,
     /// A write landed elsewhere: the next run restores all of memory.
     stray_write: bool,
 }
+
+/// Pages of guest memory, one bit each in a `u64`.
+const PAGES: usize = (crate::machine::MEM_SIZE / PAGE) as usize;
+const _: () = assert!(PAGES <= 64);
+
+/// Bytes of a page compared (and written) at once when a page is brought
+/// back to what it must hold.
+const RESTORE_CHUNK: usize = 256;
 
 type ImageKey = (Mode, Config, Variant);
 
@@ -154,6 +166,12 @@ struct Machine {
     /// A run wrote outside the pages restored before every run: guest
     /// memory may differ from the image anywhere.
     memory_suspect: bool,
+    /// Pages (bit n: physical page n) that guest code wrote since they were
+    /// last written from `loaded`. Outside these, and unless
+    /// `memory_suspect`, guest memory equals `loaded` (every guest store is
+    /// seen by the write hook: a store to a program page sets its bit, any
+    /// other store makes memory suspect).
+    dirty: u64,
 }
 
 /// The Unicorn engine.
@@ -229,6 +247,11 @@ impl Machine {
             if !ev.program_pages.contains(&first) || !ev.program_pages.contains(&last) {
                 ev.stray_write = true;
             }
+            for (lin, phys) in ev.program_pages.into_iter().zip(ev.program_phys) {
+                if lin == first || lin == last {
+                    ev.written |= 1 << (phys / PAGE);
+                }
+            }
             true
         })
         .map_err(uc_err("add the memory write hook"))?;
@@ -242,6 +265,7 @@ impl Machine {
             contexts: HashMap::new(),
             reset,
             memory_suspect: false,
+            dirty: 0,
         })
     }
 
@@ -258,11 +282,12 @@ impl Machine {
             .zip(self.loaded.chunks_mut(PAGE as usize))
             .enumerate()
         {
-            if all || new != old {
+            if all || new != old || self.dirty & (1 << i) != 0 {
                 self.uc
                     .mem_write(i as u64 * PAGE, new)
                     .map_err(uc_err("write guest memory"))?;
                 old.copy_from_slice(new);
+                self.dirty &= !(1 << i);
             }
         }
         let _ = self.uc.ctl_flush_tb();
@@ -410,8 +435,9 @@ impl Machine {
             let r = self.uc.emu_start(start, until, 0, 64);
             let rip = self.uc.reg_read(R::EIP).unwrap_or(0);
             let ev = *self.uc.get_data();
-            // The stub's pushes land outside the program's pages.
-            self.memory_suspect |= ev.stray_write;
+            // The stub's pushes land outside the program's pages (and its
+            // events name no program pages): restore all of memory.
+            self.memory_suspect = true;
             if r.is_err() || rip != entry.rip || ev.intr.is_some() {
                 return Err(format!(
                     "boot stub did not reach the test (result {r:?}, rip {rip:#x}, interrupt {:?})",
@@ -613,7 +639,7 @@ impl Machine {
                 )
             }
         };
-        let result = self.execute(image, test, &ctx, watchdog, insn_limit);
+        let result = self.execute(image, test, (&ctx, &before), watchdog, insn_limit);
         let before_kept = before.clone();
         self.contexts.insert((key, side), Ok((ctx, before_kept)));
         match result {
@@ -653,26 +679,47 @@ impl Machine {
         &mut self,
         image: &GuestImage,
         test: &Prepared,
-        ctx: &Context,
+        (ctx, before): (&Context, &SystemState),
         watchdog: &Watchdog,
         insn_limit: usize,
     ) -> Result<(Outcome, bool), EngineError> {
-        // Restore the pages an instruction may dirty, then the test's own.
-        for &page in &image.restore_pages {
+        // Restore the pages an instruction may dirty, then write the test's
+        // own: only what differs from guest memory. Outside the pages the
+        // last runs wrote (`dirty`), guest memory equals `loaded`, and
+        // `load` left `loaded` equal to the image: the harness pages among
+        // them (stacks, tables) hold the image's bytes already, since any
+        // guest store to them made memory suspect and `load` rewrote it.
+        for (page, bytes) in [
+            (image.code_phys, &test.code_page),
+            (image.data_phys, &test.data_page),
+            (image.stack_phys, &test.stack_page),
+        ] {
             let p = page as usize;
-            let bytes: &[u8] = if page == image.code_phys {
-                &test.code_page
-            } else if page == image.data_phys {
-                &test.data_page
-            } else if page == image.stack_phys {
-                &test.stack_page
-            } else {
-                &image.memory[p..p + PAGE as usize]
-            };
-            self.uc
-                .mem_write(page, bytes)
-                .map_err(uc_err("write a harness page"))?;
-            self.loaded[p..p + PAGE as usize].copy_from_slice(bytes);
+            let bit = 1u64 << (page / PAGE);
+            let old = &mut self.loaded[p..p + PAGE as usize];
+            if self.dirty & bit != 0 {
+                self.uc
+                    .mem_write(page, bytes)
+                    .map_err(uc_err("write a test page"))?;
+                old.copy_from_slice(bytes);
+                self.dirty &= !bit;
+                continue;
+            }
+            if old == &bytes[..] {
+                continue;
+            }
+            for (k, (new, was)) in bytes
+                .chunks(RESTORE_CHUNK)
+                .zip(old.chunks_mut(RESTORE_CHUNK))
+                .enumerate()
+            {
+                if new != was {
+                    self.uc
+                        .mem_write(page + (k * RESTORE_CHUNK) as u64, new)
+                        .map_err(uc_err("write a test page"))?;
+                    was.copy_from_slice(new);
+                }
+            }
         }
         self.uc
             .context_restore(ctx)
@@ -721,6 +768,7 @@ impl Machine {
         }
         *self.uc.get_data_mut() = Events {
             program_pages: [image.linear(CODE), image.linear(DATA), image.linear(STACK)],
+            program_phys: [image.code_phys, image.data_phys, image.stack_phys],
             ..Events::default()
         };
         // emu_start sets (E/R)IP from `begin`; in 16-bit mode it subtracts CS*16.
@@ -735,6 +783,14 @@ impl Machine {
         let result = self.uc.emu_start(begin, until, 0, insn_limit);
         let fired = watchdog.disarm();
         self.memory_suspect |= self.uc.get_data().stray_write;
+        self.dirty |= self.uc.get_data().written;
+        // The write hook tells program pages from others by linear address;
+        // with paging changed (CR0, CR3, CR4) a program page's linear
+        // address may have reached another physical page.
+        let paging = [R::CR0, R::CR3, R::CR4].map(|r| self.uc.reg_read(r).unwrap_or(0));
+        if paging != [before.cr0, before.cr3, before.cr4] {
+            self.memory_suspect = true;
+        }
         if fired {
             return Ok((Outcome::Hang, false));
         }
@@ -890,6 +946,13 @@ impl Engine for UnicornEngine {
         // pointers, which point at live locals.
         let _ = unsafe { unicorn_engine::uc_version(&raw mut major, &raw mut minor) };
         format!("unicorn {major}.{minor}")
+    }
+    /// Many cases of one image in a row: an image switch rewrites guest
+    /// memory and drops every translated block, which costs far more than
+    /// the runs (each run's result depends only on its image and test, see
+    /// the tests `results_do_not_depend_on_the_run_before`).
+    fn prefers_batches(&self) -> bool {
+        true
     }
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
         let machine = match self.machines.entry(image.mode) {
@@ -1092,6 +1155,89 @@ mod tests {
             "{:?}",
             o.outcome
         );
+    }
+
+    /// `mov dword [addr], imm` and `mov eax, [addr]` in 32-bit code.
+    fn store32(addr: u32, imm: u32) -> Vec<u8> {
+        let mut b = vec![0xC7, 0x05];
+        b.extend(addr.to_le_bytes());
+        b.extend(imm.to_le_bytes());
+        b
+    }
+    fn load32(addr: u32) -> Vec<u8> {
+        let mut b = vec![0xA1];
+        b.extend(addr.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn what_a_run_wrote_is_undone_before_the_next() {
+        // A store to the data page (restored only when written) and one to
+        // the GDT (a stray write: all of memory is restored): the next run
+        // reads the image's bytes again, in every variant.
+        let cfg = Config::UMIP_OFF;
+        let mut e = UnicornEngine::new().unwrap();
+        for v in Variant::matrix(Mode::Prot32, &cfg) {
+            let img = GuestImage::build(Mode::Prot32, cfg, v);
+            let side = Side::Supervisor;
+            for (addr, want) in [
+                (
+                    DATA + 0x10,
+                    u32::from_le_bytes(std::array::from_fn(|i| {
+                        crate::machine::data_fill(0x10 + i)
+                    })),
+                ),
+                (img.sys.gdtr.0 + 0x400, {
+                    let at = (img.sys.gdtr.0 + 0x400) as usize;
+                    u32::from_le_bytes(img.memory[at..at + 4].try_into().unwrap())
+                }),
+            ] {
+                let what = format!("{} {addr:#x}", v.name(&cfg));
+                let w = img.prepare(side, &store32(addr as u32, 0xdead_beef), &NONE);
+                let o = e.run(&img, side, &w.unwrap());
+                if v.supervisor_dpl != 0 && addr != DATA + 0x10 {
+                    continue; // the GDT is the supervisor's: a ring-1/3 store faults
+                }
+                assert!(completed(&o), "{what}: {:?}", o.outcome);
+                for _ in 0..2 {
+                    let r = img.prepare(side, &load32(addr as u32), &NONE).unwrap();
+                    let o = e.run(&img, side, &r);
+                    assert!(completed(&o), "{what}: {:?}", o.outcome);
+                    assert_eq!(o.user.unwrap().gprs[0] as u32, want, "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_run_before() {
+        // Each case alone on a fresh engine, and all of them in a row on one
+        // engine (as a scan's batches run them): the same observations.
+        let cfg = Config::UMIP_OFF;
+        let cases: Vec<Vec<u8>> = vec![
+            store32(DATA as u32 + 0x20, 7),
+            load32(DATA as u32 + 0x20),
+            store32(GDT as u32 + 0x400, 9),
+            load32(GDT as u32 + 0x400),
+            vec![0x0F, 0x01, 0x05, 0x00, 0x81, 0, 0], // sgdt [0x8100]
+            vec![0x0F, 0x20, 0xC0],                   // mov eax, cr0
+            vec![0x0F, 0x22, 0xD8],                   // mov cr3, eax
+            vec![0xF3, 0xA4],                         // rep movsb
+            vec![0xEB, 0xFE],                         // jmp $
+            vec![0x90],
+        ];
+        let mut shared = UnicornEngine::new().unwrap();
+        for v in Variant::matrix(Mode::Prot32, &cfg) {
+            let img = GuestImage::build(Mode::Prot32, cfg, v);
+            for bytes in &cases {
+                for side in Side::BOTH {
+                    let p = img.prepare(side, bytes, &NONE).unwrap();
+                    let alone = UnicornEngine::new().unwrap().run(&img, side, &p);
+                    let in_row = shared.run(&img, side, &p);
+                    assert_eq!(in_row, alone, "{} {side} {bytes:02x?}", v.name(&cfg));
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::observe::{
     Segment, Side, SystemState, TableReg, UserState, SYS_FLAGS_MASK, USER_FLAGS_MASK,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
 
 /// A segment register as a VMM would load it: selector and descriptor cache.
 /// `attr` uses the VMX access-rights layout (type, S, DPL, P in bits 0-7;
@@ -616,6 +617,19 @@ impl GuestImage {
         })
     }
 
+    /// [`GuestImage::initial_user_state`], taking the pages from the test
+    /// instead of copying them (for a test that has run).
+    pub fn into_initial_user_state(&self, side: Side, p: Prepared) -> Option<UserState> {
+        let e = self.entry(side)?;
+        Some(UserState {
+            gprs: p.gprs,
+            rip: p.rip,
+            flags: e.rflags & USER_FLAGS_MASK,
+            data: p.data_page,
+            stack: p.stack_page,
+        })
+    }
+
     /// Resolves a test for a side: the code page with the encoding (patched)
     /// at `TEST_RIP` and HLT everywhere else, the data and stack pages with
     /// the setup's values, and the general registers. `None` when the side
@@ -634,8 +648,15 @@ impl GuestImage {
                 dst.copy_from_slice(&v[..n]);
             }
         }
-        let mut data_page: Vec<u8> = (0..PAGE as usize).map(data_fill).collect();
-        let mut stack_page: Vec<u8> = (0..PAGE as usize).map(stack_fill).collect();
+        // The fill patterns, computed once.
+        static FILLS: LazyLock<(Vec<u8>, Vec<u8>)> = LazyLock::new(|| {
+            (
+                (0..PAGE as usize).map(data_fill).collect(),
+                (0..PAGE as usize).map(stack_fill).collect(),
+            )
+        });
+        let mut data_page = FILLS.0.clone();
+        let mut stack_page = FILLS.1.clone();
         for m in &setup.mem {
             let v = self.resolve(side, e, m.value, sentinel).to_le_bytes();
             let page = match m.region {
@@ -864,6 +885,21 @@ mod tests {
         let img = GuestImage::build(Mode::Prot32, Config::UMIP_OFF, v);
         assert_eq!(img.supervisor.rflags, 0x3002);
         assert_ne!(img.sys.cr0 & CR0_TS, 0);
+    }
+
+    #[test]
+    fn a_run_tests_start_state_is_the_same_taken_or_copied() {
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        for side in Side::BOTH {
+            let p = img.prepare(side, &[0x90], &Setup::default()).unwrap();
+            assert_eq!(
+                img.initial_user_state(side, &p),
+                img.into_initial_user_state(side, p.clone())
+            );
+            assert_eq!(p.data_page[7], data_fill(7));
+            assert_eq!(p.stack_page[9], stack_fill(9));
+        }
     }
 
     #[test]
