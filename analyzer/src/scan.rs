@@ -132,11 +132,6 @@ where
     // `Send` (Unicorn is not), so each pool thread keeps one in a thread-local.
     let first = make_engine().map_err(ScanError::OpenEngine)?;
     let (engine_name, engine_version) = (first.name().to_string(), first.version());
-    // Entries per work item: many for an engine that batches, else one (so
-    // each entry's runs follow each other, as engines without batches were
-    // always driven; measured on KVM under PVM: some results depend on the
-    // run before, see the kvm module).
-    let chunk_len = if first.prefers_batches() { CHUNK } else { 1 };
     drop(first);
     let scan_id = NEXT_SCAN.fetch_add(1, Ordering::Relaxed);
 
@@ -207,29 +202,11 @@ where
         ProgressBar::hidden()
     };
 
-    // Chunks of consecutive items of one mode and configuration: a worker
-    // runs a chunk image by image, so an engine can batch its cases.
-    let mut chunks: Vec<&[(Mode, usize, usize)]> = Vec::new();
-    let mut rest = items.as_slice();
-    while let Some(&(mode, ci, _)) = rest.first() {
-        let same = rest
-            .iter()
-            .take(chunk_len)
-            .take_while(|&&(m, c, _)| m == mode && c == ci)
-            .count();
-        let (head, tail) = rest.split_at(same);
-        chunks.push(head);
-        rest = tail;
-    }
-
-    let records: Result<Vec<Vec<Record>>, ScanError> = pool.install(|| {
-        chunks
+    let records: Result<Vec<Record>, ScanError> = pool.install(|| {
+        items
             .par_iter()
-            .map(|chunk| {
-                let (mode, ci, _) = chunk[0];
-                let config = &configs[ci];
-                let chunk_entries: Vec<&Entry> =
-                    chunk.iter().map(|&(_, _, ei)| &entries[ei]).collect();
+            .map(|&(mode, ci, ei)| {
+                let (entry, config) = (&entries[ei], &configs[ci]);
                 let variants = images.get(&(mode, ci)).map(Vec::as_slice).unwrap_or(&[]);
                 let runs = WORKER_ENGINE.with(|cell| {
                     let mut slot = cell.borrow_mut();
@@ -241,31 +218,23 @@ where
                             baselines: HashMap::new(),
                         },
                     };
-                    let runs = runs_of(
-                        harness,
-                        &mut worker,
-                        &make_engine,
-                        variants,
-                        &chunk_entries,
-                        config,
-                    );
+                    let runs = runs_of(harness, &mut worker, &make_engine, variants, entry, config);
                     *slot = Some(worker);
                     runs
                 })?;
-                Ok(chunk_entries
-                    .iter()
-                    .zip(runs)
-                    .map(|(entry, runs)| {
-                        let verdict = classify(mode, config, &runs);
-                        bar.inc(1);
-                        bar.set_message(entry.code.clone());
-                        Record::new(&engine_name, &engine_version, entry, config, verdict)
-                    })
-                    .collect())
+                let verdict = classify(mode, config, &runs);
+                bar.inc(1);
+                bar.set_message(entry.code.clone());
+                Ok(Record::new(
+                    &engine_name,
+                    &engine_version,
+                    entry,
+                    config,
+                    verdict,
+                ))
             })
             .collect()
     });
-    let records = records.map(|r| r.into_iter().flatten().collect());
     bar.finish_and_clear();
     records
 }
@@ -296,53 +265,43 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panicked".into())
 }
 
-/// Entries a worker takes at once (of one mode and configuration).
-const CHUNK: usize = 64;
-
-/// For each entry: every state of the matrix on every side that exists, then
-/// the base state's repeat 1. Each observation gets the NOP baseline of its
-/// state. The cases of all entries are run image by image, one batch per image.
+/// Every state of the matrix on every side that exists, then the base state's
+/// repeat 1. Each observation gets the NOP baseline of its state. Per image,
+/// the baselines this worker still lacks run first (supervisor, then user),
+/// then the entry's cases (supervisor, then user): the order scans have run
+/// in since the batch path (measured on KVM under PVM: some results depend on
+/// the run before, see the kvm module).
 fn runs_of<H, F>(
     harness: &H,
     worker: &mut Worker,
     make_engine: &F,
     variants: &[(Variant, Arc<GuestImage>)],
-    entries: &[&Entry],
+    entry: &Entry,
     config: &Config,
-) -> Result<Vec<Vec<Run>>, ScanError>
+) -> Result<Vec<Run>, ScanError>
 where
     H: Harness,
     F: Fn() -> Result<Box<dyn Engine>, EngineError>,
 {
-    let mut runs: Vec<Vec<Run>> = entries
-        .iter()
-        .map(|_| Vec::with_capacity(variants.len() * 2 + 2))
-        .collect();
+    let mut runs = Vec::with_capacity(variants.len() * 2 + 2);
     let base = Variant::base(config);
     let mut plan: Vec<(&(Variant, Arc<GuestImage>), u8)> =
         variants.iter().map(|v| (v, 0)).collect();
     plan.extend(variants.iter().filter(|(v, _)| *v == base).map(|v| (v, 1)));
     for ((variant, image), repeat) in plan {
-        let mut cases: Vec<(usize, Side, Prepared)> = Vec::new();
-        for (k, entry) in entries.iter().enumerate() {
-            for side in Side::BOTH {
-                if let Some(test) = harness.prepare(image, side, entry) {
-                    cases.push((k, side, test));
-                }
-            }
-        }
-        for side in Side::BOTH {
+        let cases: Vec<(Side, Prepared)> = Side::BOTH
+            .into_iter()
+            .filter_map(|side| harness.prepare(image, side, entry).map(|p| (side, p)))
+            .collect();
+        for &(side, _) in &cases {
             let key = (image.mode, image.config, image.variant, side);
-            let Some(&(k, _, _)) = cases.iter().find(|c| c.1 == side) else {
-                continue;
-            };
             if worker.baselines.contains_key(&key) {
                 continue;
             }
             let nop = Entry {
                 bytes: NOP.to_vec(),
                 setup: Default::default(),
-                ..entries[k].clone()
+                ..entry.clone()
             };
             let baseline = match harness.prepare(image, side, &nop) {
                 Some(p) => {
@@ -357,15 +316,14 @@ where
             };
             worker.baselines.insert(key, baseline);
         }
-        let batch: Vec<(Side, &Prepared)> = cases.iter().map(|(_, side, p)| (*side, p)).collect();
-        let observed = batch_guarded(&mut worker.engine, make_engine, image, &batch)?;
-        for ((k, side, test), mut obs) in cases.iter().zip(observed) {
+        for (side, test) in &cases {
+            let mut obs = run_guarded(&mut worker.engine, make_engine, image, *side, test)?;
             let key = (image.mode, image.config, image.variant, *side);
             obs.baseline = worker.baselines.get(&key).cloned().flatten();
             if obs.user.is_some() {
                 obs.start = image.initial_user_state(*side, test);
             }
-            runs[*k].push(Run {
+            runs.push(Run {
                 variant: *variant,
                 side: *side,
                 repeat,
@@ -374,33 +332,6 @@ where
         }
     }
     Ok(runs)
-}
-
-/// Runs the cases of one image as a batch; if the engine panics, each case
-/// is run alone (see [`run_guarded`]).
-fn batch_guarded<F>(
-    slot: &mut Option<Box<dyn Engine>>,
-    make_engine: &F,
-    image: &GuestImage,
-    cases: &[(Side, &Prepared)],
-) -> Result<Vec<Observation>, ScanError>
-where
-    F: Fn() -> Result<Box<dyn Engine>, EngineError>,
-{
-    let engine = match slot {
-        Some(e) => e,
-        None => slot.insert(make_engine().map_err(|e| ScanError::OpenWorkerEngine(e.to_string()))?),
-    };
-    match catch_unwind(AssertUnwindSafe(|| engine.run_batch(image, cases))) {
-        Ok(obs) if obs.len() == cases.len() => Ok(obs),
-        _ => {
-            *slot = None;
-            cases
-                .iter()
-                .map(|&(side, test)| run_guarded(slot, make_engine, image, side, test))
-                .collect()
-        }
-    }
 }
 
 /// Runs one test; a panicking engine becomes an engine error and is reopened
@@ -591,65 +522,52 @@ pub(crate) mod tests {
         assert_eq!(one.len(), 40);
     }
 
-    /// The fake engine, asking for batches; counts its `run_batch` calls.
-    struct Batching(FakeEngine, Arc<AtomicU64>);
-
-    impl Engine for Batching {
-        fn name(&self) -> &'static str {
-            self.0.name()
-        }
-        fn version(&self) -> String {
-            self.0.version()
-        }
-        fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
-            self.0.run(image, side, test)
-        }
-        fn prefers_batches(&self) -> bool {
-            true
-        }
-        fn run_batch(
-            &mut self,
-            image: &GuestImage,
-            cases: &[(Side, &Prepared)],
-        ) -> Vec<Observation> {
-            self.1.fetch_add(1, Ordering::Relaxed);
-            // In reverse, to show that the order within a batch is the engine's.
-            let mut out: Vec<Observation> = cases
-                .iter()
-                .rev()
-                .map(|&(side, test)| self.0.run(image, side, test))
-                .collect();
-            out.reverse();
-            out
-        }
-    }
-
+    /// The order of runs is part of the results on KVM under PVM (see
+    /// `runs_of`): per image, the missing NOP baselines, then the entry's
+    /// cases, supervisor before user.
     #[test]
-    fn a_batching_engine_gives_the_same_records() {
-        let mut entries: Vec<Entry> = (0..150u8)
-            .map(|i| entry(Mode::Long64, "add", &[0x01, i]))
-            .collect();
-        entries.push(entry(Mode::Long64, "hlt", &[0xf4]));
-        entries.push(entry(Mode::Prot32, "sgdt", &[0x0f, 0x01, 0x05]));
-        let plain = scan(&entries, &FakeEngine::new(rule), 2).expect("scan");
-        let fake = FakeEngine::new(rule);
-        let calls = Arc::new(AtomicU64::new(0));
-        let (f, c) = (fake.clone(), Arc::clone(&calls));
-        let batched = run_scan_with(
+    fn runs_come_baselines_first_then_the_entry_side_by_side() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let fake = FakeEngine::new(move |v: &Variant, side, bytes: &[u8]| {
+            if let Ok(mut l) = log.lock() {
+                l.push((*v, side, bytes.to_vec()));
+            }
+            rule(v, side, bytes)
+        });
+        let entries = vec![
+            entry(Mode::Prot32, "hlt", &[0xf4]),
+            entry(Mode::Prot32, "add", &[0x01, 0xc0]),
+        ];
+        let f = fake.clone();
+        run_scan_with(
             &TinyHarness,
             &entries,
-            &Config::DEFAULTS,
-            move || Ok(Box::new(Batching(f.clone(), Arc::clone(&c))) as Box<dyn Engine>),
-            2,
+            &[Config::UMIP_OFF],
+            move || Ok(Box::new(f.clone()) as Box<dyn Engine>),
+            1,
             false,
         )
         .expect("scan");
-        assert_eq!(plain, batched);
-        // 64-bit: 151 entries in chunks of 64 (3 chunks), 32-bit: 1 chunk;
-        // one batch per image and repeat of each chunk and configuration.
-        let images = |m: Mode| Variant::matrix(m, &Config::UMIP_OFF).len() as u64 + 1;
-        let want = 2 * (3 * images(Mode::Long64) + images(Mode::Prot32));
-        assert_eq!(calls.load(Ordering::Relaxed), want);
+        let seen = seen.lock().expect("log").clone();
+        let (sup, user) = (Side::Supervisor, Side::User);
+        let base = Variant::base(&Config::UMIP_OFF);
+        let head: Vec<(Variant, Side, Vec<u8>)> = [
+            (sup, vec![0x90]),
+            (user, vec![0x90]),
+            (sup, vec![0xf4]),
+            (user, vec![0xf4]),
+        ]
+        .into_iter()
+        .map(|(s, b)| (base, s, b))
+        .collect();
+        assert_eq!(seen[..4], head[..]);
+        // The second entry finds every baseline measured: its cases only.
+        let states = Variant::matrix(Mode::Prot32, &Config::UMIP_OFF).len();
+        let first = 4 * states + 2;
+        assert_eq!(seen.len(), first + 2 * states + 2);
+        assert_eq!(seen[first], (base, sup, vec![0x01, 0xc0]));
+        assert_eq!(seen[first + 1], (base, user, vec![0x01, 0xc0]));
     }
 
     #[test]

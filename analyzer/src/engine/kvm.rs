@@ -44,17 +44,19 @@
 //!   `EngineError` that says so).
 //! - Real mode: INT 0x80 never leaves the instruction (a `Hang`).
 //! - Guest CPL-0 code runs at about 0.6 µs per NOP, CPL-3 code natively
-//!   (test `nop_slide_speed_per_cpl`, see [`batch`]);
-//!   likely because the harness's supervisor does not follow the PVM ABI
+//!   (test `nop_slide_speed_per_cpl`); likely because the harness's supervisor does not follow the PVM ABI
 //!   and KVM emulates it, in which case the CPL-0 observations are those of
 //!   KVM's instruction emulator (inferred, not proven).
 //! - Some results depend on the run before: `mov r, ds` (es, fs, gs) at
 //!   CPL 3 reads the hardware selector, which KVM_SET_SREGS does not reset;
 //!   the same scan with the runs in another order (image by image) makes 24
 //!   of these records of the 64-bit catalog `nondeterministic`.
-
-mod batch;
-pub use batch::MAX_BATCH;
+//!
+//! There was a batch path (many CPL-3 cases per KVM_RUN through a ring-0
+//! runtime in a second memory slot; removed, git history keeps it): on
+//! `kvm_pvm` guest CPL-0 code runs in KVM's instruction emulator, and
+//! batched CPL-3 cases ran at about 380 cases/s against 10,700 single
+//! runs/s (bench `kvm_batch`, 256 NOP cases).
 
 use super::{Engine, EngineError};
 use crate::machine::{entry, GuestImage, Prepared, SegDesc, CODE, MEM_SIZE, PAGE, SENTINEL};
@@ -408,17 +410,6 @@ pub struct KvmEngine {
     _vm: VmFd,
     _kvm: Kvm,
     mem: GuestMemory,
-    /// The batch slot (guest physical `batch::SLOT_BASE`), see [`batch`].
-    slot: GuestMemory,
-    /// Per image: the NOP run at CPL 3 that batch results are built on.
-    templates: HashMap<ImageKey, Option<batch::Template>>,
-    /// Cases decided by a batch, and cases of a batch run one by one.
-    batch_stats: (u64, u64),
-    /// Whether `run_batch` uses the in-guest runtime (see [`batch`]; off
-    /// unless `POPEK_KVM_BATCH=1` or [`KvmEngine::set_batching`]).
-    batching: bool,
-    /// Whether KVM took the batch slot as guest memory.
-    slot_ok: bool,
     /// Guest memory as the last image left it (to write only changed pages).
     loaded: Vec<u8>,
     loaded_key: Option<ImageKey>,
@@ -488,18 +479,6 @@ impl KvmEngine {
                 .map_err(kvm_err("set the guest memory region"))?;
         }
         dirty_log = dirty_log && vm.get_dirty_log(0, MEM_SIZE as usize).is_ok();
-        let slot = GuestMemory::new(batch::SLOT_SIZE as usize)?;
-        let slot_region = kvm_userspace_memory_region {
-            slot: 1,
-            flags: 0,
-            guest_phys_addr: batch::SLOT_BASE,
-            memory_size: batch::SLOT_SIZE,
-            userspace_addr: slot.ptr as u64,
-        };
-        // SAFETY: the region is the live mapping owned by `slot`, which the
-        // engine keeps until after the VM is dropped (field order). Without
-        // it the engine still runs, only never in batches.
-        let slot_ok = unsafe { vm.set_user_memory_region(slot_region) }.is_ok();
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create a vCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -515,11 +494,6 @@ impl KvmEngine {
             _vm: vm,
             _kvm: kvm,
             mem,
-            slot,
-            templates: HashMap::new(),
-            batch_stats: (0, 0),
-            batching: slot_ok && std::env::var("POPEK_KVM_BATCH").as_deref() == Ok("1"),
-            slot_ok,
             loaded: vec![0; MEM_SIZE as usize],
             loaded_key: None,
             api,
@@ -541,18 +515,6 @@ impl KvmEngine {
     /// Whether the guest can have CR4.UMIP on this host.
     pub fn offers_umip(&self) -> bool {
         self.umip
-    }
-
-    /// Turns the in-guest batch runtime of `run_batch` on or off (off: every
-    /// case is a single run).
-    pub fn set_batching(&mut self, on: bool) {
-        self.batching = on && self.slot_ok;
-    }
-
-    /// How many cases of `run_batch` were decided in a batch, and how many
-    /// were run one by one.
-    pub fn batch_stats(&self) -> (u64, u64) {
-        self.batch_stats
     }
 
     /// Undoes the guest's own writes of the last run (pages KVM logged as
@@ -1350,40 +1312,6 @@ impl Engine for KvmEngine {
         }
         self.run_checked(image, side, test)
     }
-
-    fn prefers_batches(&self) -> bool {
-        self.batching
-    }
-
-    /// Batches the CPL-3 cases of 64-bit images (see [`batch`]); every other
-    /// case, and every case a batch does not decide, is run one by one.
-    fn run_batch(&mut self, image: &GuestImage, cases: &[(Side, &Prepared)]) -> Vec<Observation> {
-        let mut out: Vec<Option<Observation>> = vec![None; cases.len()];
-        if self.can_batch(image) {
-            let users: Vec<usize> = (0..cases.len())
-                .filter(|&i| cases[i].0 == Side::User && batch::batchable(cases[i].1))
-                .collect();
-            for chunk in users.chunks(MAX_BATCH) {
-                let tests: Vec<&Prepared> = chunk.iter().map(|&i| cases[i].1).collect();
-                for (&i, o) in chunk.iter().zip(self.batch_user(image, &tests)) {
-                    out[i] = o;
-                }
-            }
-        }
-        out.into_iter()
-            .zip(cases)
-            .map(|(o, &(side, test))| match o {
-                Some(o) => {
-                    self.batch_stats.0 += 1;
-                    o
-                }
-                None => {
-                    self.batch_stats.1 += 1;
-                    self.run(image, side, test)
-                }
-            })
-            .collect()
-    }
 }
 
 /// The KVM device: `/dev/kvm`, or the path in `POPEK_KVM_DEVICE`.
@@ -1966,6 +1894,34 @@ mod tests {
             }
             let rate = n as f64 / t.elapsed().as_secs_f64();
             println!("{side}: {rate:.0} NOP runs/s ({})", e.version());
+        }
+    }
+
+    /// How fast guest code runs at CPL 0 and at CPL 3: one run of 3,000
+    /// NOPs against one run of one NOP (`--ignored`).
+    #[test]
+    #[ignore]
+    fn nop_slide_speed_per_cpl() {
+        let Some(mut e) = engine() else { return };
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        for side in Side::BOTH {
+            let mut per = Vec::new();
+            for len in [1usize, 3000] {
+                let p = img.prepare(side, &vec![0x90; len], &NONE).unwrap();
+                let n = 200;
+                let t = Instant::now();
+                for _ in 0..n {
+                    assert!(e.run(&img, side, &p).outcome.is_completed());
+                }
+                per.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            }
+            println!(
+                "{side}: 1 nop {:.1} us, 3000 nops {:.1} us: {:.3} us per nop",
+                per[0],
+                per[1],
+                (per[1] - per[0]) / 2999.0
+            );
         }
     }
 }

@@ -23,22 +23,6 @@ pub trait Engine {
     fn version(&self) -> String;
     /// Run `test` in `image` starting on `side`.
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation;
-    /// Whether [`Engine::run_batch`] is faster than one `run` per case (then
-    /// a scan gives it many cases of one image at once; otherwise a scan runs
-    /// each entry's cases together, as it always did).
-    fn prefers_batches(&self) -> bool {
-        false
-    }
-    /// Runs several tests in one image; the observations come in the order
-    /// of `cases` and equal what [`Engine::run`] gives for each case alone.
-    /// The default runs them one by one; an engine may run many cases per
-    /// entry into its guest.
-    fn run_batch(&mut self, image: &GuestImage, cases: &[(Side, &Prepared)]) -> Vec<Observation> {
-        cases
-            .iter()
-            .map(|&(side, test)| self.run(image, side, test))
-            .collect()
-    }
 }
 
 /// The engines popek knows.
