@@ -68,8 +68,17 @@ pub enum EngineError {
     Unicorn { action: &'static str, error: String },
     #[error("kvm is not available: {0}")]
     KvmUnavailable(String),
-    #[error("kvm: {action} failed: {error}")]
-    Kvm { action: &'static str, error: String },
+    /// The message carries the failed action and its cause, so the
+    /// `KvmError` is not also given as a source (an `{:#}` chain would
+    /// repeat it); it stays reachable here.
+    #[error("kvm: {0}")]
+    Kvm(kvm::KvmError),
+}
+
+impl From<kvm::KvmError> for EngineError {
+    fn from(e: kvm::KvmError) -> Self {
+        EngineError::Kvm(e)
+    }
 }
 
 /// Opens a fresh instance of an engine (one per worker thread).
