@@ -2,9 +2,8 @@
 //! the context, write the harness pages, run to the sentinel, capture the
 //! state), and one catalog entry over its whole sampled-state matrix.
 
-use analyzer::engine::kvm::KvmEngine;
-use analyzer::engine::{self, Engine, EngineKind};
-use analyzer::machine::{GuestImage, Prepared, Setup, Variant};
+use analyzer::engine::{self, EngineKind};
+use analyzer::machine::{GuestImage, Setup, Variant};
 use analyzer::observe::Side;
 use analyzer::{Config, Mode};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -88,37 +87,5 @@ fn kvm_run(c: &mut Criterion) {
     g.finish();
 }
 
-/// 256 NOP cases of one 64-bit image through `run_batch`, with the in-guest
-/// batch runtime on (`batched_*`) and off (`single_*`, one run per case).
-fn kvm_batch(c: &mut Criterion) {
-    if let Err(reason) = engine::availability(EngineKind::Kvm) {
-        println!("skipped: kvm_batch: {reason}");
-        return;
-    }
-    let mut g = c.benchmark_group("kvm_batch");
-    g.sample_size(10);
-    let cfg = Config::UMIP_OFF;
-    let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
-    for (side, cpl) in [(Side::Supervisor, "cpl0"), (Side::User, "cpl3")] {
-        let Some(p) = img.prepare(side, &[0x90], &Setup::default()) else {
-            return;
-        };
-        let cases: Vec<(Side, &Prepared)> = (0..256).map(|_| (side, &p)).collect();
-        g.throughput(Throughput::Elements(cases.len() as u64));
-        for batching in [true, false] {
-            let Ok(mut e) = KvmEngine::new() else {
-                return;
-            };
-            e.set_batching(batching);
-            let name = format!(
-                "{}_256_nop_64_{cpl}",
-                if batching { "batched" } else { "single" }
-            );
-            g.bench_function(name, |b| b.iter(|| black_box(e.run_batch(&img, &cases))));
-        }
-    }
-    g.finish();
-}
-
-criterion_group!(benches, one_run, one_matrix, kvm_run, kvm_batch);
+criterion_group!(benches, one_run, one_matrix, kvm_run);
 criterion_main!(benches);

@@ -132,11 +132,6 @@ where
     // `Send` (Unicorn is not), so each pool thread keeps one in a thread-local.
     let first = make_engine().map_err(ScanError::OpenEngine)?;
     let (engine_name, engine_version) = (first.name().to_string(), first.version());
-    // Entries per work item: many for an engine that batches, else one (so
-    // each entry's runs follow each other, as engines without batches were
-    // always driven; measured on KVM under PVM: some results depend on the
-    // run before, see the kvm module).
-    let chunk_len = if first.prefers_batches() { CHUNK } else { 1 };
     drop(first);
     let scan_id = NEXT_SCAN.fetch_add(1, Ordering::Relaxed);
 
@@ -208,13 +203,14 @@ where
     };
 
     // Chunks of consecutive items of one mode and configuration: a worker
-    // runs a chunk image by image, so an engine can batch its cases.
+    // runs a chunk image by image, so an engine switches images once per
+    // chunk, not once per run (Unicorn flushes its translations at a switch).
     let mut chunks: Vec<&[(Mode, usize, usize)]> = Vec::new();
     let mut rest = items.as_slice();
     while let Some(&(mode, ci, _)) = rest.first() {
         let same = rest
             .iter()
-            .take(chunk_len)
+            .take(CHUNK)
             .take_while(|&&(m, c, _)| m == mode && c == ci)
             .count();
         let (head, tail) = rest.split_at(same);
@@ -357,10 +353,8 @@ where
             };
             worker.baselines.insert(key, baseline);
         }
-        let batch: Vec<(Side, &Prepared)> = cases.iter().map(|(_, side, p)| (*side, p)).collect();
-        let observed = batch_guarded(&mut worker.engine, make_engine, image, &batch)?;
-        drop(batch);
-        for ((k, side, test), mut obs) in cases.into_iter().zip(observed) {
+        for (k, side, test) in cases {
+            let mut obs = run_guarded(&mut worker.engine, make_engine, image, side, &test)?;
             let key = (image.mode, image.config, image.variant, side);
             obs.baseline = worker.baselines.get(&key).cloned().flatten();
             if obs.user.is_some() {
@@ -375,33 +369,6 @@ where
         }
     }
     Ok(runs)
-}
-
-/// Runs the cases of one image as a batch; if the engine panics, each case
-/// is run alone (see [`run_guarded`]).
-fn batch_guarded<F>(
-    slot: &mut Option<Box<dyn Engine>>,
-    make_engine: &F,
-    image: &GuestImage,
-    cases: &[(Side, &Prepared)],
-) -> Result<Vec<Observation>, ScanError>
-where
-    F: Fn() -> Result<Box<dyn Engine>, EngineError>,
-{
-    let engine = match slot {
-        Some(e) => e,
-        None => slot.insert(make_engine().map_err(|e| ScanError::OpenWorkerEngine(e.to_string()))?),
-    };
-    match catch_unwind(AssertUnwindSafe(|| engine.run_batch(image, cases))) {
-        Ok(obs) if obs.len() == cases.len() => Ok(obs),
-        _ => {
-            *slot = None;
-            cases
-                .iter()
-                .map(|&(side, test)| run_guarded(slot, make_engine, image, side, test))
-                .collect()
-        }
-    }
 }
 
 /// Runs one test; a panicking engine becomes an engine error and is reopened
@@ -592,10 +559,10 @@ pub(crate) mod tests {
         assert_eq!(one.len(), 40);
     }
 
-    /// The fake engine, asking for batches; counts its `run_batch` calls.
-    struct Batching(FakeEngine, Arc<AtomicU64>);
+    /// The fake engine, counting how often consecutive runs change image.
+    struct Switches(FakeEngine, Arc<std::sync::Mutex<(Option<String>, u64)>>);
 
-    impl Engine for Batching {
+    impl Engine for Switches {
         fn name(&self) -> &'static str {
             self.0.name()
         }
@@ -603,30 +570,19 @@ pub(crate) mod tests {
             self.0.version()
         }
         fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+            let key = format!("{:?} {:?} {:?}", image.mode, image.config, image.variant);
+            let mut g = self.1.lock().expect("lock");
+            if g.0.as_deref() != Some(key.as_str()) {
+                g.0 = Some(key);
+                g.1 += 1;
+            }
+            drop(g);
             self.0.run(image, side, test)
-        }
-        fn prefers_batches(&self) -> bool {
-            true
-        }
-        fn run_batch(
-            &mut self,
-            image: &GuestImage,
-            cases: &[(Side, &Prepared)],
-        ) -> Vec<Observation> {
-            self.1.fetch_add(1, Ordering::Relaxed);
-            // In reverse, to show that the order within a batch is the engine's.
-            let mut out: Vec<Observation> = cases
-                .iter()
-                .rev()
-                .map(|&(side, test)| self.0.run(image, side, test))
-                .collect();
-            out.reverse();
-            out
         }
     }
 
     #[test]
-    fn a_batching_engine_gives_the_same_records() {
+    fn a_scan_switches_images_once_per_chunk_and_gives_the_same_records() {
         let mut entries: Vec<Entry> = (0..150u8)
             .map(|i| entry(Mode::Long64, "add", &[0x01, i]))
             .collect();
@@ -634,23 +590,23 @@ pub(crate) mod tests {
         entries.push(entry(Mode::Prot32, "sgdt", &[0x0f, 0x01, 0x05]));
         let plain = scan(&entries, &FakeEngine::new(rule), 2).expect("scan");
         let fake = FakeEngine::new(rule);
-        let calls = Arc::new(AtomicU64::new(0));
-        let (f, c) = (fake.clone(), Arc::clone(&calls));
-        let batched = run_scan_with(
+        let count = Arc::new(std::sync::Mutex::new((None, 0)));
+        let (f, c) = (fake.clone(), Arc::clone(&count));
+        let counted = run_scan_with(
             &TinyHarness,
             &entries,
             &Config::DEFAULTS,
-            move || Ok(Box::new(Batching(f.clone(), Arc::clone(&c))) as Box<dyn Engine>),
-            2,
+            move || Ok(Box::new(Switches(f.clone(), Arc::clone(&c))) as Box<dyn Engine>),
+            1,
             false,
         )
         .expect("scan");
-        assert_eq!(plain, batched);
+        assert_eq!(plain, counted);
         // 64-bit: 151 entries in chunks of 64 (3 chunks), 32-bit: 1 chunk;
-        // one batch per image and repeat of each chunk and configuration.
+        // one switch per image and repeat of each chunk and configuration.
         let images = |m: Mode| Variant::matrix(m, &Config::UMIP_OFF).len() as u64 + 1;
         let want = 2 * (3 * images(Mode::Long64) + images(Mode::Prot32));
-        assert_eq!(calls.load(Ordering::Relaxed), want);
+        assert_eq!(count.lock().expect("lock").1, want);
     }
 
     #[test]

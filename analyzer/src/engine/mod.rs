@@ -23,22 +23,6 @@ pub trait Engine {
     fn version(&self) -> String;
     /// Run `test` in `image` starting on `side`.
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation;
-    /// Whether [`Engine::run_batch`] is faster than one `run` per case (then
-    /// a scan gives it many cases of one image at once; otherwise a scan runs
-    /// each entry's cases together, as it always did).
-    fn prefers_batches(&self) -> bool {
-        false
-    }
-    /// Runs several tests in one image; the observations come in the order
-    /// of `cases` and equal what [`Engine::run`] gives for each case alone.
-    /// The default runs them one by one; an engine may run many cases per
-    /// entry into its guest.
-    fn run_batch(&mut self, image: &GuestImage, cases: &[(Side, &Prepared)]) -> Vec<Observation> {
-        cases
-            .iter()
-            .map(|&(side, test)| self.run(image, side, test))
-            .collect()
-    }
 }
 
 /// The engines popek knows.
@@ -84,8 +68,23 @@ pub enum EngineError {
     Unicorn { action: &'static str, error: String },
     #[error("kvm is not available: {0}")]
     KvmUnavailable(String),
-    #[error("kvm: {action} failed: {error}")]
-    Kvm { action: &'static str, error: String },
+    /// The message carries the failed action and its cause, so the
+    /// `KvmError` is not also given as a source (an `{:#}` chain would
+    /// repeat it); it stays reachable here.
+    #[error("kvm: {0}")]
+    Kvm(kvm::KvmError),
+    /// The device opened but does not act as KVM (`POPEK_KVM_DEVICE=/dev/null`).
+    #[error("kvm: {error}; is {device} a KVM device?")]
+    NotKvmDevice {
+        device: String,
+        error: kvm::KvmError,
+    },
+}
+
+impl From<kvm::KvmError> for EngineError {
+    fn from(e: kvm::KvmError) -> Self {
+        EngineError::Kvm(e)
+    }
 }
 
 /// Why `engine` does not model configuration `config` (a configuration
@@ -111,20 +110,19 @@ pub fn open(kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
     }
 }
 
-/// A KVM failure after the device opened names the device and where its
-/// path came from (`POPEK_KVM_DEVICE=/dev/null` is not a KVM device).
+/// A KVM failure of the device itself names the device and where its path
+/// came from (`POPEK_KVM_DEVICE=/dev/null` is not a KVM device).
 fn name_the_device(e: EngineError) -> EngineError {
     match e {
-        EngineError::Kvm { action, error } => {
-            let path = kvm::device_path();
+        EngineError::Kvm(error @ (kvm::KvmError::OpenDevice(_) | kvm::KvmError::CreateVm(_))) => {
             let from = if std::env::var_os("POPEK_KVM_DEVICE").is_some() {
                 " (from POPEK_KVM_DEVICE)"
             } else {
                 ""
             };
-            EngineError::Kvm {
-                action,
-                error: format!("{error}; is {}{from} a KVM device?", path.display()),
+            EngineError::NotKvmDevice {
+                device: format!("{}{from}", kvm::device_path().display()),
+                error,
             }
         }
         other => other,

@@ -947,13 +947,6 @@ impl Engine for UnicornEngine {
         let _ = unsafe { unicorn_engine::uc_version(&raw mut major, &raw mut minor) };
         format!("unicorn {major}.{minor}")
     }
-    /// Many cases of one image in a row: an image switch rewrites guest
-    /// memory and drops every translated block, which costs far more than
-    /// the runs (each run's result depends only on its image and test, see
-    /// the tests `results_do_not_depend_on_the_run_before`).
-    fn prefers_batches(&self) -> bool {
-        true
-    }
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
         let machine = match self.machines.entry(image.mode) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),

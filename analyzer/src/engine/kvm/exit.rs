@@ -1,0 +1,201 @@
+//! The exit loop: KVM_RUN until an exit that ends the run, under the
+//! watchdog's deadline, and what each exit means (pure: [`step`]).
+
+use super::frame::{self, End, Halt};
+use super::vcpu::{system_state_now, user_state};
+use super::{Ending, KvmEngine, KvmError, TIME_LIMIT};
+use crate::machine::{GuestImage, Prepared};
+use crate::observe::Outcome;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::time::Instant;
+
+/// Most port-I/O exits one run may take before it counts as a hang.
+const IO_EXIT_LIMIT: usize = 4096;
+
+/// How the exit loop ended.
+enum Exit {
+    /// A HLT at CPL 0: decode it ([`frame::decode`]).
+    Hlt,
+    Ended(Outcome),
+}
+
+/// What one exit means for the loop.
+#[derive(Debug, PartialEq)]
+enum Step {
+    Hlt,
+    /// Port I/O (IN reads 0xFF) or a signal before the deadline: go on.
+    Go,
+    End(Outcome),
+}
+
+/// What `exit` means; `past_deadline` tells whether the run's time is up
+/// (asked only for a signal exit).
+fn step(exit: VcpuExit<'_>, past_deadline: impl FnOnce() -> bool) -> Step {
+    match exit {
+        VcpuExit::Hlt => Step::Hlt,
+        VcpuExit::IoIn(_, data) => {
+            data.fill(0xFF);
+            Step::Go
+        }
+        VcpuExit::IoOut(..) => Step::Go,
+        VcpuExit::Shutdown => Step::End(Outcome::Shutdown),
+        VcpuExit::MmioRead(a, _) => Step::End(Outcome::EngineError(format!("mmio read at {a:#x}"))),
+        VcpuExit::MmioWrite(a, _) => {
+            Step::End(Outcome::EngineError(format!("mmio write at {a:#x}")))
+        }
+        VcpuExit::InternalError => {
+            Step::End(Outcome::EngineError("KVM_EXIT_INTERNAL_ERROR".into()))
+        }
+        VcpuExit::FailEntry(reason, cpu) => Step::End(Outcome::EngineError(format!(
+            "KVM_EXIT_FAIL_ENTRY (reason {reason:#x}, cpu {cpu})"
+        ))),
+        VcpuExit::Intr => {
+            if past_deadline() {
+                Step::End(Outcome::Hang)
+            } else {
+                Step::Go
+            }
+        }
+        other => Step::End(Outcome::EngineError(format!("unexpected exit {other:?}"))),
+    }
+}
+
+/// Runs the vCPU until an exit that ends the run.
+fn run_loop(vcpu: &mut VcpuFd, deadline: Instant) -> Result<Exit, KvmError> {
+    let mut io_exits = 0usize;
+    loop {
+        let exit = match vcpu.run() {
+            Ok(e) => e,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                if Instant::now() >= deadline {
+                    return Ok(Exit::Ended(Outcome::Hang));
+                }
+                // A late watchdog signal from an earlier run: go on.
+                continue;
+            }
+            Err(e) => return Err(KvmError::Run(e)),
+        };
+        match step(exit, || Instant::now() >= deadline) {
+            Step::Hlt => return Ok(Exit::Hlt),
+            Step::End(Outcome::EngineError(t)) => {
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+                return Ok(Exit::Ended(Outcome::EngineError(format!(
+                    "{t} at rip {rip:#x}"
+                ))));
+            }
+            Step::End(o) => return Ok(Exit::Ended(o)),
+            Step::Go => {}
+        }
+        io_exits += 1;
+        if io_exits > IO_EXIT_LIMIT || Instant::now() >= deadline {
+            return Ok(Exit::Ended(Outcome::Hang));
+        }
+    }
+}
+
+impl KvmEngine {
+    /// Runs the vCPU, under the watchdog, until the run ends.
+    pub(super) fn execute(
+        &mut self,
+        image: &GuestImage,
+        test: &Prepared,
+    ) -> Result<Ending, KvmError> {
+        let start = Instant::now();
+        let deadline = start + TIME_LIMIT;
+        self.watchdog.arm(deadline);
+        let result = run_loop(&mut self.guest.vcpu, deadline);
+        self.watchdog.disarm();
+        match result? {
+            Exit::Hlt => self.on_hlt(image, test),
+            Exit::Ended(o) => Ok(Ending::only(o)),
+        }
+    }
+
+    /// A HLT at CPL 0 exited: decode it, then read the state it asks for.
+    fn on_hlt(&mut self, image: &GuestImage, test: &Prepared) -> Result<Ending, KvmError> {
+        let vcpu = &self.guest.vcpu;
+        let regs = vcpu.get_regs().map_err(KvmError::GetRegs)?;
+        let sregs = vcpu.get_sregs().map_err(KvmError::GetSregs)?;
+        let halt = Halt {
+            image,
+            test,
+            mem: self.guest.mem(),
+            regs,
+            sregs,
+            flavor: self.flavor,
+        };
+        match frame::decode(&halt) {
+            End::Only(o) => Ok(Ending::only(o)),
+            End::State {
+                outcome,
+                at,
+                user_rip,
+            } => {
+                let mut after = system_state_now(vcpu, image, &at.sregs, at.regs.rflags)?;
+                for (seg, uncached) in after.segs.iter_mut().zip(at.uncached) {
+                    if uncached {
+                        seg.cache = None;
+                    }
+                }
+                let user = user_rip
+                    .map(|rip| user_state(self.guest.mem(), image, &at.regs, rip))
+                    .transpose()?;
+                Ok(Ending {
+                    outcome,
+                    after: Some(after),
+                    user,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{base, engine};
+    use super::*;
+    use crate::engine::conformance::{completed, NONE};
+    use crate::mode::Mode;
+    use crate::observe::Side;
+
+    #[test]
+    fn exits_end_the_run_or_let_it_go_on() {
+        assert_eq!(step(VcpuExit::Hlt, || false), Step::Hlt);
+        let mut data = [0u8; 2];
+        assert_eq!(step(VcpuExit::IoIn(0x60, &mut data), || false), Step::Go);
+        assert_eq!(data, [0xFF; 2], "IN reads all ones");
+        assert_eq!(step(VcpuExit::IoOut(0x80, &[1]), || true), Step::Go);
+        assert_eq!(
+            step(VcpuExit::Shutdown, || false),
+            Step::End(Outcome::Shutdown)
+        );
+        assert_eq!(
+            step(VcpuExit::MmioWrite(0x4000_0000, &[0]), || false),
+            Step::End(Outcome::EngineError("mmio write at 0x40000000".into()))
+        );
+        assert_eq!(
+            step(VcpuExit::InternalError, || false),
+            Step::End(Outcome::EngineError("KVM_EXIT_INTERNAL_ERROR".into()))
+        );
+    }
+
+    #[test]
+    fn a_signal_past_the_deadline_is_a_hang() {
+        assert_eq!(step(VcpuExit::Intr, || true), Step::End(Outcome::Hang));
+        assert_eq!(step(VcpuExit::Intr, || false), Step::Go);
+    }
+
+    #[test]
+    fn a_jump_to_itself_ends_as_a_hang_by_the_watchdog() {
+        let Some(mut e) = engine() else { return };
+        for side in Side::BOTH {
+            let t = Instant::now();
+            let o = base(&mut e, Mode::Long64, side, &[0xEB, 0xFE], &NONE);
+            assert_eq!(o.outcome, Outcome::Hang, "{side}");
+            assert!(t.elapsed() < TIME_LIMIT * 10, "{side}: {:?}", t.elapsed());
+        }
+        // The engine still works after a hang.
+        let o = base(&mut e, Mode::Long64, Side::User, &[0x90], &NONE);
+        assert!(completed(&o), "{:?}", o.outcome);
+    }
+}

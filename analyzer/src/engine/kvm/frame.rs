@@ -1,0 +1,540 @@
+//! Frame decoding: what a HLT exit at CPL 0 means for a run, from the
+//! registers at the exit and guest memory alone (pure; tested without KVM).
+//!
+//! The HLT is the sentinel or a landing pad (the run completed at CPL 0), a
+//! harness entry stub (SYSCALL, SYSENTER, call gate: a transfer), or the stub
+//! of an IDT vector. Then the frame on the handler's stack gives the error
+//! code and the RIP of the exception; a HLT at CPL 3 raises #GP(0), so a
+//! #GP(0) frame whose RIP is the sentinel or a landing pad is a completion at
+//! CPL 3, with the state at the HLT rebuilt from the frame.
+
+use super::memory::bytes_at;
+use super::vcpu::cpl_of;
+use super::Flavor;
+use crate::machine::{entry, GuestImage, Prepared, CODE, DATA, PAGE, SENTINEL, STACK};
+use crate::mode::Mode;
+use crate::observe::{Outcome, TransferKind};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+
+/// Vectors whose exceptions push an error code.
+const ERROR_CODE_VECTORS: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
+
+/// A HLT exit: the registers KVM reports and the memory they refer to.
+pub(super) struct Halt<'a> {
+    pub(super) image: &'a GuestImage,
+    pub(super) test: &'a Prepared,
+    /// Guest physical memory.
+    pub(super) mem: &'a [u8],
+    pub(super) regs: kvm_regs,
+    pub(super) sregs: kvm_sregs,
+    /// Named in the message of an exception without a frame.
+    pub(super) flavor: Flavor,
+}
+
+/// What a HLT exit means for the run.
+#[derive(Debug, PartialEq)]
+pub(super) enum End {
+    /// Only an outcome: a trap, or an end the engine cannot explain.
+    Only(Outcome),
+    /// An outcome with the machine state at the end of the run: the system
+    /// state is read from `at`, and the user state too if `user_rip` is set.
+    State {
+        outcome: Outcome,
+        at: Box<At>,
+        user_rip: Option<u64>,
+    },
+}
+
+/// The registers at the end of a run (at the exit, or rebuilt from a frame).
+#[derive(Debug, PartialEq)]
+pub(super) struct At {
+    pub(super) regs: kvm_regs,
+    pub(super) sregs: kvm_sregs,
+    /// The descriptor caches of CS and SS are not known (the frame carries
+    /// only selectors).
+    pub(super) uncached: [bool; 2],
+}
+
+impl At {
+    fn exit(h: &Halt) -> Box<At> {
+        Box::new(At {
+            regs: h.regs,
+            sregs: h.sregs,
+            uncached: [false; 2],
+        })
+    }
+}
+
+/// Decodes a HLT exit at CPL 0: the sentinel, a landing pad, or an entry stub.
+pub(super) fn decode(h: &Halt) -> End {
+    let (image, test) = (h.image, h.test);
+    let rip = h.regs.rip;
+    let hlt_at = rip.wrapping_sub(1);
+    let code = CODE..CODE + PAGE;
+    let cpl_now = cpl_of(image.mode, &h.sregs);
+    // The sentinel, or the instruction under test was itself HLT.
+    if hlt_at == test.sentinel || (rip == test.sentinel && hlt_at == test.rip) {
+        return End::State {
+            outcome: Outcome::Completed {
+                rip: test.sentinel,
+                at_sentinel: true,
+            },
+            at: At::exit(h),
+            user_rip: Some(test.sentinel),
+        };
+    }
+    if code.contains(&hlt_at) {
+        return End::State {
+            outcome: Outcome::Completed {
+                rip: hlt_at,
+                at_sentinel: false,
+            },
+            at: At::exit(h),
+            user_rip: Some(hlt_at),
+        };
+    }
+    let kind = match hlt_at {
+        entry::SYSCALL | entry::SYSENTER | entry::CALLGATE => entry_kind(hlt_at),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        return End::State {
+            outcome: Outcome::Transfer {
+                kind,
+                rip: hlt_at,
+                cpl: Some(cpl_now),
+            },
+            at: At::exit(h),
+            user_rip: None,
+        };
+    }
+    match vector_of_stub(hlt_at) {
+        Some(vector) => decode_vector(h, vector, hlt_at),
+        None => End::Only(Outcome::EngineError(format!(
+            "hlt at unexpected rip {hlt_at:#x}"
+        ))),
+    }
+}
+
+/// An exception or interrupt arrived at the handler of `vector`.
+fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
+    let (image, test, regs, sregs) = (h.image, h.test, &h.regs, &h.sregs);
+    let (size, stack_mask) = match image.mode {
+        Mode::Long64 => (8usize, u64::MAX),
+        Mode::Real => (2, 0xFFFF),
+        Mode::Prot16 | Mode::Prot32 => (
+            4,
+            if sregs.ss.db != 0 {
+                0xFFFF_FFFF
+            } else {
+                0xFFFF
+            },
+        ),
+    };
+    let sp = regs.rsp & stack_mask;
+    let slot = |i: usize| read_uint(h.mem, image, sp.wrapping_add((i * size) as u64), size);
+    let cpl_now = cpl_of(image.mode, sregs);
+    // A software interrupt: the test is INT n / INT3 / INTO / INT1 for
+    // this vector and the frame (no error code) returns after it.
+    let soft = soft_interrupt_vector(&test.code_page, test.rip, image.mode) == Some(vector)
+        && slot(0) == Some(test.sentinel);
+    if soft {
+        return End::State {
+            outcome: Outcome::Transfer {
+                kind: TransferKind::Interrupt(vector),
+                rip: handler,
+                cpl: Some(cpl_now),
+            },
+            at: At::exit(h),
+            user_rip: None,
+        };
+    }
+    let has_ec = image.mode.is_protected() && ERROR_CODE_VECTORS.contains(&vector);
+    let first = usize::from(has_ec);
+    let error_code = if has_ec {
+        slot(0).map(|v| v as u32)
+    } else {
+        None
+    };
+    let (Some(frame_rip), Some(frame_cs), Some(frame_flags)) =
+        (slot(first), slot(first + 1), slot(first + 2))
+    else {
+        return End::Only(Outcome::EngineError(format!(
+            "vector {vector}: exception frame at {sp:#x} outside guest memory"
+        )));
+    };
+    // No frame has a null CS. Seen on PVM: in 16-bit protected mode with
+    // a nonzero SS base, the frame is written at linear ESP, ignoring
+    // the SS base, so the handler's own view (SS:ESP) holds no frame.
+    if frame_cs & 0xFFFC == 0 {
+        let unbased = bytes_at(h.mem, sp, size * 3)
+            .map(|b| b.iter().any(|&x| x != 0))
+            .unwrap_or(false);
+        return End::Only(Outcome::EngineError(format!(
+            "{}: vector {vector}: no exception frame at ss:{sp:#x} (ss base {:#x}){}",
+            h.flavor,
+            sregs.ss.base,
+            if unbased && sregs.ss.base != 0 {
+                "; one was written at linear esp, without the ss base"
+            } else {
+                ""
+            }
+        )));
+    }
+    let (landed, arrived) = hlt_gp_end(test, vector, error_code, frame_rip);
+    if !landed && arrived.is_none() {
+        return End::Only(Outcome::Trap {
+            vector,
+            error_code,
+            rip: frame_rip,
+        });
+    }
+    // Rebuild the state at the HLT: the frame has RIP, CS, RFLAGS and
+    // (with a privilege change, always here) RSP and SS.
+    let cs_changed = (frame_cs as u16) & 3 != cpl_now as u16 || image.mode == Mode::Long64;
+    let (frame_rsp, frame_ss) = if cs_changed {
+        (slot(first + 3), slot(first + 4))
+    } else {
+        (None, None)
+    };
+    let mut at = *regs;
+    at.rip = frame_rip;
+    at.rflags = frame_flags;
+    at.rsp = frame_rsp.unwrap_or(sp.wrapping_add(((first + 3) * size) as u64));
+    let mut s = *sregs;
+    s.cs.selector = frame_cs as u16;
+    s.cs.dpl = (frame_cs & 3) as u8;
+    if let Some(ss) = frame_ss {
+        s.ss.selector = ss as u16;
+        s.ss.dpl = (ss & 3) as u8;
+    }
+    let at = Box::new(At {
+        regs: at,
+        sregs: s,
+        uncached: [true, frame_ss.is_some()],
+    });
+    match arrived {
+        Some(kind) => End::State {
+            outcome: Outcome::Transfer {
+                kind,
+                rip: frame_rip,
+                cpl: Some((frame_cs & 3) as u8),
+            },
+            at,
+            user_rip: None,
+        },
+        None => End::State {
+            outcome: Outcome::Completed {
+                rip: frame_rip,
+                at_sentinel: frame_rip == test.sentinel,
+            },
+            at,
+            user_rip: Some(frame_rip),
+        },
+    }
+}
+
+/// The vector whose IDT stub holds the HLT at `off`, if it is one.
+fn vector_of_stub(off: u64) -> Option<u8> {
+    let vectors_end = entry::VECTORS + 256 * entry::VECTOR_STRIDE;
+    ((entry::VECTORS..vectors_end).contains(&off)
+        && (off - entry::VECTORS).is_multiple_of(entry::VECTOR_STRIDE))
+    .then(|| ((off - entry::VECTORS) / entry::VECTOR_STRIDE) as u8)
+}
+
+/// The kind of transfer that ends at a harness entry point, if `off` is one
+/// (SYSCALL, SYSENTER, call gate, or the stub of an IDT vector).
+fn entry_kind(off: u64) -> Option<TransferKind> {
+    match off {
+        entry::SYSCALL => Some(TransferKind::Syscall),
+        entry::SYSENTER => Some(TransferKind::Sysenter),
+        entry::CALLGATE => Some(TransferKind::CallGate),
+        _ => vector_of_stub(off).map(TransferKind::Interrupt),
+    }
+}
+
+/// What an exception with this frame means for a run: `(landed, arrived)`.
+/// A HLT at CPL > 0 raises #GP(0) where it stands: at the sentinel or a
+/// landing pad in the code page the run completed (`landed`); at a harness
+/// entry point control arrived there at CPL > 0 (`arrived`; seen on PVM:
+/// SYSCALL from CPL 3 jumps to LSTAR and stays at CPL 3). Neither: a trap.
+fn hlt_gp_end(
+    test: &Prepared,
+    vector: u8,
+    error_code: Option<u32>,
+    frame_rip: u64,
+) -> (bool, Option<TransferKind>) {
+    if vector != 13 || error_code != Some(0) {
+        return (false, None);
+    }
+    let code_byte = (CODE..CODE + PAGE)
+        .contains(&frame_rip)
+        .then(|| test.code_page.get((frame_rip - CODE) as usize).copied())
+        .flatten();
+    let landed =
+        frame_rip != test.rip && (frame_rip == test.sentinel || code_byte == Some(SENTINEL));
+    (landed, entry_kind(frame_rip))
+}
+
+/// The vector a software-interrupt instruction at `rip` raises, if it is one
+/// (INT n, INT3, INTO, INT1 after any legacy or REX prefixes).
+fn soft_interrupt_vector(code_page: &[u8], rip: u64, mode: Mode) -> Option<u8> {
+    let mut i = rip.checked_sub(CODE)? as usize;
+    for _ in 0..15 {
+        let b = *code_page.get(i)?;
+        match b {
+            0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3 | 0x2E | 0x36 | 0x3E | 0x26 | 0x64 | 0x65 => i += 1,
+            0x40..=0x4F if mode == Mode::Long64 => i += 1,
+            0xCD => return code_page.get(i + 1).copied(),
+            0xCC => return Some(3),
+            0xCE => return Some(4),
+            0xF1 => return Some(1),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Physical address of a program-view offset in the harness's pages.
+fn phys(image: &GuestImage, off: u64) -> u64 {
+    let page = off & !(PAGE - 1);
+    let within = off - page;
+    if page == CODE {
+        image.code_phys + within
+    } else if page == DATA {
+        image.data_phys + within
+    } else if page == STACK {
+        image.stack_phys + within
+    } else if image.mode.has_paging() {
+        off
+    } else {
+        image.seg_base + off
+    }
+}
+
+/// A little-endian value of `size` bytes at program-view offset `off`.
+fn read_uint(mem: &[u8], image: &GuestImage, off: u64, size: usize) -> Option<u64> {
+    let b = bytes_at(mem, phys(image, off), size)?;
+    let mut v = [0u8; 8];
+    v[..size].copy_from_slice(b);
+    Some(u64::from_le_bytes(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{sel, Setup, Variant, KSTACK_TOP, TEST_RIP};
+    use crate::mode::Config;
+
+    /// A 64-bit base image, a test of `bytes` at CPL 3, and guest memory as
+    /// KVM would hold it for the run.
+    fn setup64(bytes: &[u8]) -> (GuestImage, Prepared, Vec<u8>) {
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        let p = img
+            .prepare(crate::observe::Side::User, bytes, &Setup::default())
+            .unwrap();
+        let mut mem = img.memory.clone();
+        for (phys, page) in [
+            (img.code_phys, &p.code_page),
+            (img.data_phys, &p.data_page),
+            (img.stack_phys, &p.stack_page),
+        ] {
+            mem[phys as usize..][..PAGE as usize].copy_from_slice(page);
+        }
+        (img, p, mem)
+    }
+
+    /// Writes a 64-bit frame of qwords below the top of the ring-0 stack and
+    /// gives the registers at the HLT of `vector`'s stub (ring 0).
+    fn frame64(mem: &mut [u8], vector: u8, qwords: &[u64]) -> (kvm_regs, kvm_sregs) {
+        let sp = KSTACK_TOP - 8 * qwords.len() as u64;
+        for (i, q) in qwords.iter().enumerate() {
+            let at = (sp + 8 * i as u64) as usize;
+            mem[at..at + 8].copy_from_slice(&q.to_le_bytes());
+        }
+        let stub = entry::VECTORS + u64::from(vector) * entry::VECTOR_STRIDE;
+        let regs = kvm_regs {
+            rip: stub + 1,
+            rsp: sp,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        let mut sregs = kvm_sregs::default();
+        sregs.cs.selector = sel::KCODE;
+        sregs.cs.dpl = 0;
+        (regs, sregs)
+    }
+
+    fn halt<'a>(
+        img: &'a GuestImage,
+        p: &'a Prepared,
+        mem: &'a [u8],
+        (regs, sregs): (kvm_regs, kvm_sregs),
+    ) -> Halt<'a> {
+        Halt {
+            image: img,
+            test: p,
+            mem,
+            regs,
+            sregs,
+            flavor: Flavor::Pvm,
+        }
+    }
+
+    const UCS: u64 = sel::UCODE as u64;
+    const USS: u64 = sel::UDATA as u64;
+
+    #[test]
+    fn gp0_at_the_test_rip_is_a_trap() {
+        let (img, p, mut mem) = setup64(&[0xF4]); // hlt at CPL 3
+        let at = frame64(&mut mem, 13, &[0, TEST_RIP, UCS, 0x202, 0x9800, USS]);
+        assert_eq!(
+            decode(&halt(&img, &p, &mem, at)),
+            End::Only(Outcome::Trap {
+                vector: 13,
+                error_code: Some(0),
+                rip: TEST_RIP
+            })
+        );
+    }
+
+    #[test]
+    fn page_fault_keeps_its_error_code() {
+        let (img, p, mut mem) = setup64(&[0x8B, 0x04, 0x25, 0, 0, 0, 0]);
+        let at = frame64(&mut mem, 14, &[4, TEST_RIP, UCS, 0x202, 0x9800, USS]);
+        assert_eq!(
+            decode(&halt(&img, &p, &mem, at)),
+            End::Only(Outcome::Trap {
+                vector: 14,
+                error_code: Some(4),
+                rip: TEST_RIP
+            })
+        );
+    }
+
+    #[test]
+    fn gp0_at_the_sentinel_is_a_completion_at_cpl3_rebuilt_from_the_frame() {
+        let (img, p, mut mem) = setup64(&[0x90]);
+        let (sentinel, rsp) = (p.sentinel, 0x9800);
+        let at = frame64(&mut mem, 13, &[0, sentinel, UCS, 0x246, rsp, USS]);
+        let End::State {
+            outcome,
+            at,
+            user_rip,
+        } = decode(&halt(&img, &p, &mem, at))
+        else {
+            panic!("no state");
+        };
+        assert_eq!(
+            outcome,
+            Outcome::Completed {
+                rip: sentinel,
+                at_sentinel: true
+            }
+        );
+        assert_eq!(user_rip, Some(sentinel));
+        assert_eq!(
+            (at.regs.rip, at.regs.rsp, at.regs.rflags),
+            (sentinel, rsp, 0x246)
+        );
+        assert_eq!((at.sregs.cs.selector, at.sregs.cs.dpl), (sel::UCODE, 3));
+        assert_eq!((at.sregs.ss.selector, at.sregs.ss.dpl), (sel::UDATA, 3));
+        assert_eq!(at.uncached, [true, true]);
+    }
+
+    #[test]
+    fn a_software_interrupt_is_a_transfer_to_its_stub() {
+        let (img, p, mut mem) = setup64(&[0xCD, 0x80]); // int 0x80
+        let at = frame64(&mut mem, 0x80, &[p.sentinel, UCS, 0x202, 0x9800, USS]);
+        let stub = entry::VECTORS + 0x80 * entry::VECTOR_STRIDE;
+        let End::State {
+            outcome, user_rip, ..
+        } = decode(&halt(&img, &p, &mem, at))
+        else {
+            panic!("no state");
+        };
+        assert_eq!(
+            outcome,
+            Outcome::Transfer {
+                kind: TransferKind::Interrupt(0x80),
+                rip: stub,
+                cpl: Some(0)
+            }
+        );
+        assert_eq!(user_rip, None);
+    }
+
+    #[test]
+    fn a_syscall_stub_at_cpl0_is_a_transfer() {
+        let (img, p, mem) = setup64(&[0x0F, 0x05]);
+        let regs = kvm_regs {
+            rip: entry::SYSCALL + 1,
+            ..Default::default()
+        };
+        let End::State { outcome, .. } =
+            decode(&halt(&img, &p, &mem, (regs, kvm_sregs::default())))
+        else {
+            panic!("no state");
+        };
+        assert_eq!(
+            outcome,
+            Outcome::Transfer {
+                kind: TransferKind::Syscall,
+                rip: entry::SYSCALL,
+                cpl: Some(0)
+            }
+        );
+    }
+
+    #[test]
+    fn a_hlt_at_an_unknown_address_or_without_a_frame_is_an_engine_error() {
+        let (img, p, mut mem) = setup64(&[0x90]);
+        // Between two vector stubs.
+        let regs = kvm_regs {
+            rip: entry::VECTORS + 2 + 1,
+            ..Default::default()
+        };
+        let got = decode(&halt(&img, &p, &mem, (regs, kvm_sregs::default())));
+        let want = format!("hlt at unexpected rip {:#x}", entry::VECTORS + 2);
+        assert_eq!(got, End::Only(Outcome::EngineError(want)));
+        // A stack pointer outside guest memory.
+        let (mut regs, sregs) = frame64(&mut mem, 6, &[TEST_RIP, UCS, 0x202]);
+        regs.rsp = 0x4000_0000;
+        let got = decode(&halt(&img, &p, &mem, (regs, sregs)));
+        assert_eq!(
+            got,
+            End::Only(Outcome::EngineError(
+                "vector 6: exception frame at 0x40000000 outside guest memory".into()
+            ))
+        );
+        // A frame with a null CS.
+        let at = frame64(&mut mem, 6, &[TEST_RIP, 0, 0x202]);
+        let End::Only(Outcome::EngineError(t)) = decode(&halt(&img, &p, &mem, at)) else {
+            panic!("not an engine error");
+        };
+        assert!(
+            t.starts_with("kvm_pvm: vector 6: no exception frame at ss:"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn software_interrupts_are_found_after_prefixes() {
+        let mut page = vec![0xF4; PAGE as usize];
+        let at = (TEST_RIP - CODE) as usize;
+        page[at..at + 4].copy_from_slice(&[0x66, 0x48, 0xCD, 0x21]);
+        assert_eq!(
+            soft_interrupt_vector(&page, TEST_RIP, Mode::Long64),
+            Some(0x21)
+        );
+        // REX is INC/DEC outside 64-bit mode.
+        assert_eq!(soft_interrupt_vector(&page, TEST_RIP, Mode::Prot32), None);
+        page[at] = 0xCC;
+        assert_eq!(
+            soft_interrupt_vector(&page, TEST_RIP, Mode::Prot32),
+            Some(3)
+        );
+        assert_eq!(soft_interrupt_vector(&page, CODE - 1, Mode::Prot32), None);
+    }
+}

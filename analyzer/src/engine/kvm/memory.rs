@@ -1,0 +1,288 @@
+//! The guest and its memory: one VM with one vCPU and one anonymous mapping
+//! that the guest sees as physical memory from address 0 (memory slot 0),
+//! and the page bookkeeping that makes every run start from its image (load
+//! an image, restore the harness pages, undo the guest's own writes through
+//! KVM's dirty log).
+//!
+//! The engine's memory `unsafe` lives here: the mapping, the slices over it,
+//! handing it to KVM, and unmapping it after KVM is done with it.
+
+use super::{ImageKey, KvmError};
+use crate::machine::{GuestImage, Prepared, MEM_SIZE, PAGE};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+/// The bytes of guest physical memory at `phys`, if all of them exist.
+pub(super) fn bytes_at(mem: &[u8], phys: u64, len: usize) -> Option<&[u8]> {
+    let start = usize::try_from(phys).ok()?;
+    mem.get(start..start.checked_add(len)?)
+}
+
+/// The host page size (the granule of KVM's dirty log).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => PAGE as usize,
+    }
+}
+
+/// An anonymous private mapping of `len` bytes.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> Result<Mapping, KvmError> {
+        // SAFETY: an anonymous private mapping with no address hint; the
+        // result is checked against MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(KvmError::MapMemory(std::io::Error::last_os_error()));
+        }
+        Ok(Mapping { ptr: p.cast(), len })
+    }
+
+    fn slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live mapping of `len` readable bytes owned by
+        // `self` (unmapped only in Drop). The guest may write it while the
+        // vCPU runs, but the vCPU runs only inside `&mut` methods of the
+        // `Guest` that owns this mapping, never while this borrow lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn slice_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `slice`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`. The
+        // only `Mapping` KVM knows of is `Guest::mem`, which drops after the
+        // vCPU and the VM that use it (field order of `Guest`).
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+/// The VM, its vCPU and its memory, and what the engine last wrote there.
+pub(super) struct Guest {
+    // Field order matters for Drop: the vCPU and the VM go before the memory
+    // they were given.
+    pub(super) vcpu: VcpuFd,
+    vm: VmFd,
+    mem: Mapping,
+    /// Guest memory as the last image left it (to write only changed pages).
+    loaded: Vec<u8>,
+    loaded_key: Option<ImageKey>,
+    /// Whether KVM logs the pages the guest dirties (then every one of them
+    /// is restored, not only the image's `restore_pages`).
+    pub(super) dirty_log: bool,
+}
+
+impl Guest {
+    /// Creates the VM, gives it `MEM_SIZE` bytes at guest physical 0 (with
+    /// a dirty log where KVM keeps one), and creates vCPU 0.
+    pub(super) fn new(kvm: &Kvm) -> Result<Guest, KvmError> {
+        // `mem` is declared before `vm` so that on every early return the VM
+        // (and the vCPU, declared last) is closed before the memory is
+        // unmapped: locals drop in reverse order.
+        let mem = Mapping::new(MEM_SIZE as usize)?;
+        let vm = kvm.create_vm().map_err(KvmError::CreateVm)?;
+        let mut region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE,
+            userspace_addr: mem.ptr as u64,
+        };
+        // SAFETY: the region is the live mapping `mem` of `MEM_SIZE` bytes.
+        // It is unmapped only after the VM and its vCPU are closed: on an
+        // early return by the order of the locals, afterwards by the field
+        // order of `Guest`.
+        let mut dirty_log = unsafe { vm.set_user_memory_region(region) }.is_ok();
+        if !dirty_log {
+            region.flags = 0;
+            // SAFETY: as above.
+            unsafe { vm.set_user_memory_region(region) }.map_err(KvmError::SetMemoryRegion)?;
+        }
+        dirty_log = dirty_log && vm.get_dirty_log(0, MEM_SIZE as usize).is_ok();
+        let vcpu = vm.create_vcpu(0).map_err(KvmError::CreateVcpu)?;
+        Ok(Guest {
+            vcpu,
+            vm,
+            mem,
+            loaded: vec![0; MEM_SIZE as usize],
+            loaded_key: None,
+            dirty_log,
+        })
+    }
+
+    /// Guest physical memory.
+    pub(super) fn mem(&self) -> &[u8] {
+        self.mem.slice()
+    }
+
+    /// Undoes the guest's own writes of the last run (pages KVM logged as
+    /// dirty get back what the engine last wrote there).
+    pub(super) fn undo_guest_writes(&mut self) {
+        if !self.dirty_log {
+            return;
+        }
+        let Ok(bitmap) = self.vm.get_dirty_log(0, MEM_SIZE as usize) else {
+            // Without the log, restore_pages still covers the harness pages.
+            self.dirty_log = false;
+            return;
+        };
+        let host_page = page_size();
+        let guest = self.mem.slice_mut();
+        for (w, bits) in bitmap.iter().enumerate() {
+            let mut bits = *bits;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = (w * 64 + b) * host_page;
+                let end = (start + host_page).min(guest.len());
+                if start < end {
+                    guest[start..end].copy_from_slice(&self.loaded[start..end]);
+                }
+            }
+        }
+    }
+
+    /// Makes guest memory equal to the image's, writing only changed pages.
+    pub(super) fn load(&mut self, image: &GuestImage) {
+        let key = (image.mode, image.config, image.variant);
+        if self.loaded_key == Some(key) {
+            return;
+        }
+        let guest = self.mem.slice_mut();
+        for ((new, old), g) in image
+            .memory
+            .chunks(PAGE as usize)
+            .zip(self.loaded.chunks_mut(PAGE as usize))
+            .zip(guest.chunks_mut(PAGE as usize))
+        {
+            if new != old {
+                g.copy_from_slice(new);
+                old.copy_from_slice(new);
+            }
+        }
+        self.loaded_key = Some(key);
+    }
+
+    /// Restores the pages an instruction may dirty and writes the test's own.
+    pub(super) fn restore(&mut self, image: &GuestImage, test: &Prepared) {
+        let guest = self.mem.slice_mut();
+        for &page in &image.restore_pages {
+            let p = page as usize;
+            let bytes: &[u8] = if page == image.code_phys {
+                &test.code_page
+            } else if page == image.data_phys {
+                &test.data_page
+            } else if page == image.stack_phys {
+                &test.stack_page
+            } else {
+                &image.memory[p..p + PAGE as usize]
+            };
+            if let Some(dst) = guest.get_mut(p..p + PAGE as usize) {
+                dst.copy_from_slice(bytes);
+            }
+            self.loaded[p..p + PAGE as usize].copy_from_slice(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::engine;
+    use super::*;
+    use crate::engine::conformance::{completed, NONE};
+    use crate::engine::Engine;
+    use crate::machine::{Gpr, Setup, Sym, Variant};
+    use crate::mode::{Config, Mode};
+    use crate::observe::{Outcome, Side};
+
+    #[test]
+    fn bytes_at_stays_inside_guest_memory() {
+        let mem = [1u8, 2, 3, 4];
+        assert_eq!(bytes_at(&mem, 1, 2), Some(&[2u8, 3][..]));
+        assert_eq!(bytes_at(&mem, 3, 2), None);
+        assert_eq!(bytes_at(&mem, u64::MAX, 1), None);
+        assert_eq!(bytes_at(&mem, 4, 0), Some(&[][..]));
+    }
+
+    #[test]
+    fn rewritten_code_and_data_are_restored_between_runs() {
+        let Some(mut e) = engine() else { return };
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        for (bytes, want) in [
+            (&[0x0F, 0x0B][..], None),
+            (&[0xB0, 0x01][..], Some(1)),
+            (&[0xB0, 0x02][..], Some(2)),
+            // mov byte [rbx], al: dirties the data page.
+            (&[0x88, 0x03][..], Some(0x11)),
+            (&[0x90][..], Some(0x11)),
+        ] {
+            let p = img.prepare(Side::User, bytes, &NONE).unwrap();
+            let o = e.run(&img, Side::User, &p);
+            match want {
+                None => assert!(
+                    matches!(o.outcome, Outcome::Trap { vector: 6, .. }),
+                    "{:?}",
+                    o.outcome
+                ),
+                Some(al) => {
+                    let u = o.user.unwrap();
+                    assert_eq!(u.gprs[0] & 0xFF, al);
+                    let want_data = if bytes == [0x88, 0x03] {
+                        0x11
+                    } else {
+                        crate::machine::data_fill(0x180)
+                    };
+                    assert_eq!(u.data[0x180], want_data, "{bytes:02x?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn guest_writes_outside_the_harness_pages_are_undone() {
+        let Some(mut e) = engine() else { return };
+        if !e.guest.dirty_log {
+            println!("skipped: KVM does not log dirty pages here");
+            return;
+        }
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        let at = 0x20000usize;
+        assert!(!img.restore_pages.contains(&(at as u64)));
+        let store = [0x88, 0x04, 0x25, 0x00, 0x00, 0x02, 0x00]; // mov [0x20000], al
+        let load = [0x8A, 0x04, 0x25, 0x00, 0x00, 0x02, 0x00]; // mov al, [0x20000]
+        let setup = Setup {
+            regs: vec![(Gpr::Rax, Sym::Imm(0x5A))],
+            ..Setup::default()
+        };
+        let p = img.prepare(Side::Supervisor, &store, &setup).unwrap();
+        assert!(completed(&e.run(&img, Side::Supervisor, &p)));
+        assert_eq!(e.guest.mem()[at], 0x5A, "the store reached guest memory");
+        let p = img.prepare(Side::Supervisor, &load, &NONE).unwrap();
+        let o = e.run(&img, Side::Supervisor, &p);
+        assert!(completed(&o), "{:?}", o.outcome);
+        assert_eq!(o.user.unwrap().gprs[0] & 0xFF, img.memory[at] as u64);
+    }
+}

@@ -1,0 +1,353 @@
+//! vCPU state in and out: the registers a run starts from (set with
+//! KVM_SET_FPU / DEBUGREGS / SREGS / MSRS / REGS), and the system and user
+//! state read back. The conversions between the harness's types and KVM's
+//! are pure functions; the rest is one ioctl after another.
+
+use super::memory::bytes_at;
+use super::KvmError;
+use crate::machine::{EntryState, GuestImage, Prepared, SegDesc, SysRegs, PAGE};
+use crate::mode::Mode;
+use crate::observe::{Segment, Side, SystemState, TableReg, UserState};
+use crate::observe::{SYS_FLAGS_MASK, USER_FLAGS_MASK};
+use kvm_bindings::{
+    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events, Msrs,
+};
+use kvm_ioctls::VcpuFd;
+
+/// Clears pending events (after a run that ended at engine level).
+pub(super) fn clear_events(vcpu: &VcpuFd) -> Result<(), KvmError> {
+    vcpu.set_vcpu_events(&kvm_vcpu_events::default())
+        .map_err(KvmError::ClearEvents)
+}
+
+/// Sets every register for the start of a run of `test` on `side`.
+pub(super) fn set_state(
+    vcpu: &VcpuFd,
+    image: &GuestImage,
+    side: Side,
+    test: &Prepared,
+) -> Result<(), KvmError> {
+    let e = image.entry(side).ok_or(KvmError::NoSuchSide)?;
+    let sys = &image.sys;
+    // State no outcome records but an instruction may change: x87/SSE
+    // and the debug registers start from their reset values.
+    let fpu = kvm_fpu {
+        fcw: 0x37F,
+        mxcsr: 0x1F80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(KvmError::SetFpu)?;
+    let dregs = kvm_debugregs {
+        dr6: 0xFFFF_0FF0,
+        dr7: 0x400,
+        ..Default::default()
+    };
+    vcpu.set_debug_regs(&dregs)
+        .map_err(KvmError::SetDebugRegs)?;
+    let sregs = vcpu.get_sregs().map_err(KvmError::GetSregs)?;
+    vcpu.set_sregs(&sregs_for(sregs, sys, e))
+        .map_err(KvmError::SetSregs)?;
+    if !sys.msrs.is_empty() {
+        let entries: Vec<kvm_msr_entry> = sys
+            .msrs
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let msrs = Msrs::from_entries(&entries).map_err(KvmError::MsrList)?;
+        let n = vcpu.set_msrs(&msrs).map_err(KvmError::SetMsrs)?;
+        if n != entries.len() {
+            return Err(KvmError::MsrRefused(
+                entries.get(n).map(|m| m.index).unwrap_or(0),
+            ));
+        }
+    }
+    vcpu.set_regs(&regs_for(test, e.rflags))
+        .map_err(KvmError::SetRegs)?;
+    Ok(())
+}
+
+/// `current` with the system registers of the image and the segments of
+/// the side's entry state (CR2, CR8 and pending interrupts cleared).
+fn sregs_for(current: kvm_sregs, sys: &SysRegs, e: &EntryState) -> kvm_sregs {
+    let mut sregs = current;
+    sregs.cr8 = 0;
+    sregs.cr0 = sys.cr0;
+    sregs.cr3 = sys.cr3;
+    sregs.cr4 = sys.cr4;
+    sregs.efer = sys.efer;
+    sregs.cr2 = 0;
+    sregs.gdt.base = sys.gdtr.0;
+    sregs.gdt.limit = sys.gdtr.1;
+    sregs.idt.base = sys.idtr.0;
+    sregs.idt.limit = sys.idtr.1;
+    sregs.ldt = kvm_seg(&sys.ldtr);
+    sregs.tr = kvm_seg(&sys.tr);
+    sregs.cs = kvm_seg(&e.segs[0]);
+    sregs.ss = kvm_seg(&e.segs[1]);
+    sregs.ds = kvm_seg(&e.segs[2]);
+    sregs.es = kvm_seg(&e.segs[3]);
+    sregs.fs = kvm_seg(&e.segs[4]);
+    sregs.gs = kvm_seg(&e.segs[5]);
+    sregs.interrupt_bitmap = [0; 4];
+    sregs
+}
+
+/// The general registers of the test, at its first instruction.
+fn regs_for(test: &Prepared, rflags: u64) -> kvm_regs {
+    let g = &test.gprs;
+    kvm_regs {
+        rax: g[0],
+        rcx: g[1],
+        rdx: g[2],
+        rbx: g[3],
+        rsp: g[4],
+        rbp: g[5],
+        rsi: g[6],
+        rdi: g[7],
+        r8: g[8],
+        r9: g[9],
+        r10: g[10],
+        r11: g[11],
+        r12: g[12],
+        r13: g[13],
+        r14: g[14],
+        r15: g[15],
+        rip: test.rip,
+        rflags,
+    }
+}
+
+/// R and M as KVM reports them now (`sregs`, the image's MSRs read from
+/// the vCPU); `rflags` gives the system flags.
+pub(super) fn system_state_now(
+    vcpu: &VcpuFd,
+    image: &GuestImage,
+    sregs: &kvm_sregs,
+    rflags: u64,
+) -> Result<SystemState, KvmError> {
+    let mut s = system_state(image.mode, sregs, rflags, Vec::new());
+    s.msrs = read_msrs(vcpu, image)?;
+    Ok(s)
+}
+
+/// R and M from the segment and system registers, the flags and the MSRs.
+pub(super) fn system_state(
+    mode: Mode,
+    sregs: &kvm_sregs,
+    rflags: u64,
+    msrs: Vec<(u32, u64)>,
+) -> SystemState {
+    let segs = [sregs.cs, sregs.ss, sregs.ds, sregs.es, sregs.fs, sregs.gs].map(|s| Segment {
+        selector: s.selector,
+        cache: Some((s.base, s.limit, attr_of(&s))),
+    });
+    let t = |base: u64, limit: u16| TableReg {
+        selector: 0,
+        base,
+        limit: limit as u32,
+    };
+    let sd = |s: &kvm_segment| TableReg {
+        selector: s.selector,
+        base: s.base,
+        limit: s.limit,
+    };
+    SystemState {
+        cpl: cpl_of(mode, sregs),
+        segs,
+        gdtr: t(sregs.gdt.base, sregs.gdt.limit),
+        idtr: t(sregs.idt.base, sregs.idt.limit),
+        ldtr: sd(&sregs.ldt),
+        tr: sd(&sregs.tr),
+        cr0: sregs.cr0,
+        cr3: sregs.cr3,
+        cr4: sregs.cr4,
+        efer: sregs.efer,
+        sys_flags: rflags & SYS_FLAGS_MASK,
+        msrs,
+    }
+}
+
+/// The CPL: CS.DPL in protected modes, 0 in real mode.
+pub(super) fn cpl_of(mode: Mode, sregs: &kvm_sregs) -> u8 {
+    if mode.is_protected() {
+        sregs.cs.dpl
+    } else {
+        0
+    }
+}
+
+/// The image's MSRs as the vCPU has them now.
+fn read_msrs(vcpu: &VcpuFd, image: &GuestImage) -> Result<Vec<(u32, u64)>, KvmError> {
+    if image.sys.msrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<kvm_msr_entry> = image
+        .sys
+        .msrs
+        .iter()
+        .map(|&(index, _)| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    let mut msrs = Msrs::from_entries(&entries).map_err(KvmError::MsrList)?;
+    let n = vcpu.get_msrs(&mut msrs).map_err(KvmError::GetMsrs)?;
+    Ok(msrs
+        .as_slice()
+        .iter()
+        .take(n)
+        .map(|m| (m.index, m.data))
+        .collect())
+}
+
+/// The user state from `regs` and the data and stack pages in `mem`, with
+/// `rip` as the program counter.
+pub(super) fn user_state(
+    mem: &[u8],
+    image: &GuestImage,
+    regs: &kvm_regs,
+    rip: u64,
+) -> Result<UserState, KvmError> {
+    let long = image.mode == Mode::Long64;
+    let mut gprs = [
+        regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8,
+        regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+    ];
+    if !long {
+        // As the mode sees them: 32-bit registers, no R8-R15.
+        for (i, g) in gprs.iter_mut().enumerate() {
+            *g = if i < 8 { *g & 0xFFFF_FFFF } else { 0 };
+        }
+    }
+    let page = |phys: u64, page: &'static str| {
+        bytes_at(mem, phys, PAGE as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or(KvmError::PageOutside { page, phys })
+    };
+    Ok(UserState {
+        gprs,
+        rip,
+        flags: regs.rflags & USER_FLAGS_MASK,
+        data: page(image.data_phys, "data")?,
+        stack: page(image.stack_phys, "stack")?,
+    })
+}
+
+/// A `kvm_segment` from a selector and a descriptor cache in VMX
+/// access-rights layout.
+pub(super) fn kvm_seg(d: &SegDesc) -> kvm_segment {
+    let a = d.attr;
+    kvm_segment {
+        base: d.base,
+        limit: d.limit,
+        selector: d.selector,
+        type_: (a & 0xF) as u8,
+        s: ((a >> 4) & 1) as u8,
+        dpl: ((a >> 5) & 3) as u8,
+        present: ((a >> 7) & 1) as u8,
+        avl: ((a >> 12) & 1) as u8,
+        l: ((a >> 13) & 1) as u8,
+        db: ((a >> 14) & 1) as u8,
+        g: ((a >> 15) & 1) as u8,
+        unusable: u8::from(a & 0x80 == 0),
+        padding: 0,
+    }
+}
+
+/// The access-rights attributes of a `kvm_segment` (0 if unusable).
+fn attr_of(s: &kvm_segment) -> u16 {
+    if s.unusable != 0 {
+        return 0;
+    }
+    (s.type_ as u16 & 0xF)
+        | ((s.s as u16 & 1) << 4)
+        | ((s.dpl as u16 & 3) << 5)
+        | ((s.present as u16 & 1) << 7)
+        | ((s.avl as u16 & 1) << 12)
+        | ((s.l as u16 & 1) << 13)
+        | ((s.db as u16 & 1) << 14)
+        | ((s.g as u16 & 1) << 15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{Variant, DATA};
+    use crate::mode::Config;
+
+    #[test]
+    fn segment_attributes_survive_the_trip_through_kvm_segment() {
+        // 64-bit ring-3 code (L=1, P, DPL 3, S, type 0xB), flat data, a TSS.
+        for attr in [0xA0FBu16, 0xC0F3, 0x008B] {
+            let d = SegDesc {
+                selector: 0x2B,
+                base: 0x1000,
+                limit: 0xFFFF_FFFF,
+                attr,
+            };
+            let k = kvm_seg(&d);
+            assert_eq!(k.unusable, 0);
+            assert_eq!(attr_of(&k), attr, "{attr:#x}");
+            assert_eq!((k.selector, k.base, k.limit), (0x2B, 0x1000, 0xFFFF_FFFF));
+        }
+        // Not present: unusable, and read back as 0.
+        let k = kvm_seg(&SegDesc {
+            attr: 0x0013,
+            ..SegDesc::default()
+        });
+        assert_eq!((k.unusable, attr_of(&k)), (1, 0));
+    }
+
+    #[test]
+    fn the_state_set_is_the_state_read_back() {
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        for side in Side::BOTH {
+            let p = img.prepare(side, &[0x90], &Default::default()).unwrap();
+            let e = img.entry(side).unwrap();
+            let sregs = sregs_for(kvm_sregs::default(), &img.sys, e);
+            let regs = regs_for(&p, e.rflags);
+            assert_eq!(regs.rip, p.rip);
+            let got = system_state(img.mode, &sregs, regs.rflags, img.sys.msrs.clone());
+            let want = img.system_state(side).unwrap();
+            assert_eq!(got.cpl, want.cpl, "{side}");
+            for i in 0..6 {
+                assert_eq!(
+                    got.segs[i].selector, want.segs[i].selector,
+                    "{side} seg {i}"
+                );
+            }
+            assert_eq!((got.cr0, got.cr3, got.cr4), (want.cr0, want.cr3, want.cr4));
+            assert_eq!(got.gdtr.base, want.gdtr.base);
+            assert_eq!(got.sys_flags, want.sys_flags, "{side}");
+        }
+    }
+
+    #[test]
+    fn user_state_reads_the_pages_and_masks_registers_by_mode() {
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Prot32, cfg, Variant::base(&cfg));
+        let mut mem = img.memory.clone();
+        mem[img.data_phys as usize] = 0xAB;
+        let regs = kvm_regs {
+            rax: 0x1_2345_6789,
+            r8: 7,
+            rflags: 0x202,
+            ..Default::default()
+        };
+        let u = user_state(&mem, &img, &regs, 0x7102).unwrap();
+        assert_eq!((u.gprs[0], u.gprs[8], u.rip), (0x2345_6789, 0, 0x7102));
+        assert_eq!(u.data[0], 0xAB);
+        assert_eq!(u.data.len(), PAGE as usize);
+        let short = &mem[..DATA as usize];
+        let err = user_state(short, &img, &regs, 0).unwrap_err();
+        assert!(
+            err.to_string().starts_with("read the data page failed: "),
+            "{err}"
+        );
+    }
+}
