@@ -328,9 +328,13 @@ impl ReportSet {
                 "not a new file name of the set",
             )));
         }
+        // 0666 less the umask, as for any file the user creates (a random
+        // temporary name would otherwise be 0600).
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
+            .permissions(fs::Permissions::from_mode(0o666))
             .tempfile_in(&self.dir)
             .map_err(err)?;
         pending().push(tmp.path().to_path_buf());
@@ -646,7 +650,25 @@ pub(crate) mod tests {
         }
         write_reports(&dir, &[Format::Json], &sample()).expect("write");
         assert_eq!(fs::read(&victim).expect("victim"), b"precious");
+        // A report is as readable as any file the user creates.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.join("popek-fake.json"))
+            .expect("report")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o044, 0o044 & !umask(), "{mode:o}");
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The process's umask (read by setting it and putting it back).
+    fn umask() -> u32 {
+        // SAFETY: umask only swaps the process's file mode mask; the second
+        // call restores the value the first returned.
+        unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m as u32
+        }
     }
 
     #[test]
