@@ -49,8 +49,9 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn small_scan(out: &Path, only: &str) -> Output {
-    popek(&[
+/// `popek scan` of a few instructions in 32-bit mode into `out`.
+fn small_scan_cmd(out: &Path, only: &str) -> Command {
+    popek_cmd(&[
         "scan",
         "--only",
         only,
@@ -61,6 +62,10 @@ fn small_scan(out: &Path, only: &str) -> Output {
         "--out",
         path(out),
     ])
+}
+
+fn small_scan(out: &Path, only: &str) -> Output {
+    small_scan_cmd(out, only).output().expect("run popek")
 }
 
 fn assert_usage_error(args: &[&str], want: &str) {
@@ -136,17 +141,7 @@ fn a_full_disk_leaves_the_previous_set_whole() {
     let (csv, json) = (size("popek-unicorn.csv"), size("popek-unicorn.json"));
     assert!(json > csv + 1, "the JSON is larger than the CSV");
     let limit = csv + 1;
-    let mut cmd = popek_cmd(&[
-        "scan",
-        "--only",
-        bigger,
-        "--mode",
-        "32",
-        "--jobs",
-        "2",
-        "--out",
-        path(&out),
-    ]);
+    let mut cmd = small_scan_cmd(&out, bigger);
     use std::os::unix::process::CommandExt;
     // SAFETY: between fork and exec the closure only calls the async-signal-
     // safe functions setrlimit and signal, on values it owns.
@@ -194,21 +189,11 @@ fn an_interrupted_scan_leaves_no_temporary_files_and_a_whole_set() {
         } else {
             libc::SIGTERM
         };
-        let mut child = popek_cmd(&[
-            "scan",
-            "--only",
-            only,
-            "--mode",
-            "32",
-            "--jobs",
-            "2",
-            "--out",
-            path(&out),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+        let mut child = small_scan_cmd(&out, only)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
         let pid = child.id() as libc::pid_t;
         // Stop the scan while it writes its temporaries, then signal it.
         let t = Instant::now();

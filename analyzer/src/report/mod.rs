@@ -331,14 +331,17 @@ impl ReportSet {
         // 0666 less the umask, as for any file the user creates (a random
         // temporary name would otherwise be 0600).
         use std::os::unix::fs::PermissionsExt;
+        // Created and registered under the lock, so a stop never falls
+        // between the two and leaves the file behind.
+        let mut g = pending();
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
             .permissions(fs::Permissions::from_mode(0o666))
             .tempfile_in(&self.dir)
             .map_err(err)?;
-        pending().push(tmp.path().to_path_buf());
-        let forget = |t: &Path| pending().retain(|p| p != t);
+        g.push(tmp.path().to_path_buf());
+        drop(g);
         let result = (|| {
             let mut w = BufWriter::new(tmp.as_file());
             write(&mut w)?;
@@ -347,7 +350,7 @@ impl ReportSet {
             tmp.as_file().sync_all()
         })();
         if let Err(e) = result {
-            forget(tmp.path());
+            discard(tmp);
             return Err(err(e));
         }
         self.files.push((path, tmp));
@@ -372,11 +375,13 @@ impl ReportSet {
 
     /// Renames every file into place, then removes the stale ones; returns
     /// the paths written.
-    pub fn commit(self) -> Result<Vec<PathBuf>, ReportError> {
+    pub fn commit(mut self) -> Result<Vec<PathBuf>, ReportError> {
+        let files = std::mem::take(&mut self.files);
+        let stale = std::mem::take(&mut self.stale);
         let mut g = pending();
         let mut written = Vec::new();
         let mut failed = None;
-        for (path, tmp) in self.files {
+        for (path, tmp) in files {
             let t = tmp.path().to_path_buf();
             g.retain(|p| *p != t);
             if failed.is_some() {
@@ -396,7 +401,7 @@ impl ReportSet {
         if let Some(e) = failed {
             return Err(e);
         }
-        for p in self.stale {
+        for p in stale {
             if !written.contains(&p) {
                 match fs::remove_file(&p) {
                     Ok(()) => {}
@@ -406,6 +411,25 @@ impl ReportSet {
             }
         }
         Ok(written)
+    }
+}
+
+/// Removes a temporary file and forgets it, under the lock (so a stop in
+/// between cannot find it registered but gone, or gone unregistered).
+fn discard(tmp: tempfile::NamedTempFile) {
+    let mut g = pending();
+    let t = tmp.path().to_path_buf();
+    drop(tmp);
+    g.retain(|p| *p != t);
+}
+
+impl Drop for ReportSet {
+    /// A set dropped before its commit (a later file failed) removes its
+    /// temporary files.
+    fn drop(&mut self) {
+        for (_, tmp) in self.files.drain(..) {
+            discard(tmp);
+        }
     }
 }
 
