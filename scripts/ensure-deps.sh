@@ -19,7 +19,11 @@
 set -euo pipefail
 
 check_only=0
-[ "${1:-}" = "--check" ] && check_only=1
+case "${1:-}" in
+    "") ;;
+    --check) check_only=1 ;;
+    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
 
 say() { echo "popek setup: $*" >&2; }
 
@@ -31,6 +35,11 @@ libclang_candidates() {
     local pats=(libclang.so 'libclang-*.so' 'libclang.so.*' 'libclang-*.so.*')
     local dirs
     if [ -n "${LIBCLANG_PATH:-}" ]; then
+        # A file of a matching name, or a directory holding one.
+        if [ -f "$LIBCLANG_PATH" ]; then
+            echo "$LIBCLANG_PATH"
+            return
+        fi
         dirs=("$LIBCLANG_PATH")
     else
         dirs=()
@@ -40,6 +49,12 @@ libclang_candidates() {
             [ -n "$p" ] && dirs+=("$p/bin" "$p/lib" "$p/lib64")
         fi
         local d
+        local IFS_SAVE=$IFS
+        IFS=:
+        for d in ${LD_LIBRARY_PATH:-} ${LIBRARY_PATH:-}; do
+            [ -d "$d" ] && dirs+=("$d")
+        done
+        IFS=$IFS_SAVE
         for d in /usr/local/llvm*/lib* /usr/local/lib*/*/* /usr/local/lib*/* /usr/local/lib* \
                  /usr/lib*/*/* /usr/lib*/* /usr/lib*; do
             [ -d "$d" ] && dirs+=("$d")
@@ -94,6 +109,9 @@ cc_works() {
 
 cmake_works() {
     command -v cmake >/dev/null 2>&1 || return 1
+    # A fresh build directory each time: a cache of another generator
+    # (before ninja was installed) would make cmake refuse.
+    rm -rf "$work/cm"
     mkdir -p "$work/cm/src"
     printf 'cmake_minimum_required(VERSION 3.5)\nproject(probe C)\nadd_executable(probe main.c)\n' \
         >"$work/cm/src/CMakeLists.txt"
@@ -137,7 +155,11 @@ int main(int argc, char **argv) {
 EOF
     printf '#include <stdint.h>\n#include <stddef.h>\n#include <stdbool.h>\n#include <stdarg.h>\n#include <stdlib.h>\nint probe(void);\n' \
         >"$work/probe.h"
-    cc -o "$work/lc" "$work/lc.c" -ldl >/dev/null 2>&1 || return 1
+    : >"$work/lc.err"
+    if ! cc -o "$work/lc" "$work/lc.c" -ldl >/dev/null 2>&1; then
+        echo "the libclang probe does not compile (no working C compiler)" >"$work/lc.err"
+        return 1
+    fi
     "$work/lc" "$lib" "$work/probe.h" >"$work/lc.out" 2>"$work/lc.err"
 }
 
@@ -161,7 +183,7 @@ check_all() {
         if [ -z "$lib" ]; then
             problems+=("no libclang for bindgen")
         else
-            problems+=("bindgen would load $lib, which does not work: $(cat "$work/lc.err" 2>/dev/null | head -1)")
+            problems+=("bindgen would load $lib, which does not work: $(head -1 "$work/lc.err" 2>/dev/null || true)")
         fi
     fi
 }
@@ -195,7 +217,11 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 say "installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-"${as_root[@]}" apt-get update -qq
+if ! "${as_root[@]}" apt-get update -qq >"$work/apt.log" 2>&1; then
+    cat "$work/apt.log" >&2
+    say "apt-get update failed; run: ${as_root[*]} apt-get update && ${as_root[*]} apt-get install -y ${missing[*]}"
+    exit 1
+fi
 if ! "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$work/apt.log" 2>&1; then
     cat "$work/apt.log" >&2
     say "installing failed; run: ${as_root[*]} apt-get install -y ${missing[*]}"

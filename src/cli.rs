@@ -13,7 +13,7 @@ use analyzer::truth::{self, Facts, Status, Tally};
 use analyzer::violators;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -31,7 +31,6 @@ macro_rules! outln {
 }
 
 fn write_stdout(text: &str) -> std::io::Result<()> {
-    use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -125,7 +124,7 @@ pub struct ScanArgs {
     /// missing default is only a warning); `none` skips it.
     #[arg(long)]
     pub facts: Option<String>,
-    /// Exit with status 2 if a verdict disagrees with the documented facts
+    /// Exit with status 1 if a verdict disagrees with the documented facts
     /// where no known engine gap explains it (for regression checks).
     #[arg(long)]
     pub strict: bool,
@@ -170,14 +169,23 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse::<Mode>().map_err(|e| e.to_string())
 }
 
-/// The engines a `--engine` value names: `unicorn`, `kvm` or `all`.
+/// Whether a `--engine` value is `all`.
+fn is_all(s: &str) -> bool {
+    s.trim().eq_ignore_ascii_case("all")
+}
+
+/// The engines a `--engine` value names: `unicorn`, `kvm` or `all`; each
+/// at most once.
 pub fn parse_engines(s: &str) -> Result<Vec<EngineKind>> {
-    if s.trim().eq_ignore_ascii_case("all") {
+    if is_all(s) {
         return Ok(EngineKind::ALL.to_vec());
     }
-    s.split(',')
+    let kinds = s
+        .split(',')
         .map(|p| p.parse::<EngineKind>().map_err(anyhow::Error::from))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    no_repeats("--engine", &kinds)?;
+    Ok(kinds)
 }
 
 /// An error and its causes, joined by ": ", each said once (a cause whose
@@ -211,7 +219,11 @@ pub fn install_signal_cleanup() {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             let _held = analyzer::report::abandon_pending();
-            eprintln!("popek: interrupted (signal {sig}); its temporary files are removed");
+            // Never panic here (stderr may be gone after SIGHUP): always exit.
+            let _ = writeln!(
+                std::io::stderr(),
+                "popek: interrupted (signal {sig}); its temporary files are removed"
+            );
             std::process::exit(128 + sig);
         }
     });
@@ -241,7 +253,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
     for kind in kinds {
         let mut e = match engine::open(kind) {
             Ok(e) => e,
-            Err(err) if a.engine.eq_ignore_ascii_case("all") => {
+            Err(err) if is_all(&a.engine) => {
                 eprintln!("popek: skipping engine {kind}: {err}");
                 continue;
             }
@@ -375,8 +387,7 @@ pub fn load_facts(arg: Option<&str>, entries: &[catalog::Entry]) -> Result<Optio
 
 fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
-    let all = a.engine.eq_ignore_ascii_case("all");
-    no_repeats("--engine", &kinds)?;
+    let all = is_all(&a.engine);
     no_repeats("--mode", &a.mode)?;
     let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
     no_repeats("--config", &config_names)?;

@@ -29,7 +29,18 @@ fn main() -> ExitCode {
                     }
                 })
                 .collect();
-            eprint!("{}", clipped.join(" "));
+            let text = clipped.join(" ");
+            // Many short words are bounded too.
+            const MAX: usize = 1000;
+            if text.len() > MAX {
+                let cut = (0..=MAX)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
+                eprintln!("{}… ({} bytes in all)", &text[..cut], text.len());
+            } else {
+                eprint!("{text}");
+            }
             return ExitCode::from(2);
         }
     };

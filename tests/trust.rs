@@ -442,3 +442,64 @@ fn evidence_is_text_not_debug_output() {
     ]);
     assert!(!String::from_utf8_lossy(&o.stdout).contains("Some("));
 }
+
+#[test]
+fn strict_exits_1_on_an_unexpected_disagreement() {
+    let d = tempfile::tempdir().expect("temp dir");
+    // A table that documents ADD as privileged: every scan disagrees.
+    let table = d.path().join("facts.tsv");
+    fs::write(
+        &table,
+        "instruction\tmodes\tconfig\texpect\tsource\tknown_deviation\nadd\t32\t*\tprivileged\ta test\t\n",
+    )
+    .expect("write");
+    let out = d.path().join("out");
+    fs::create_dir(&out).expect("out");
+    let args = [
+        "scan",
+        "--only",
+        "add",
+        "--mode",
+        "32",
+        "--facts",
+        path(&table),
+        "--out",
+        path(&out),
+    ];
+    let o = popek(&args);
+    assert_eq!(o.status.code(), Some(0), "without --strict: {}", stderr(&o));
+    let mut strict = args.to_vec();
+    strict.push("--strict");
+    let o = popek(&strict);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unexpected"), "{}", stderr(&o));
+}
+
+#[test]
+fn more_values_that_are_refused() {
+    assert_usage_error(
+        &["explain", "hlt", "--engine", "unicorn,unicorn"],
+        "given twice",
+    );
+    let many = "x ".repeat(20_000);
+    assert_usage_error(&["scan", "--mode", &many], "bytes in all");
+    let filter = format!("sgdt {}", "y".repeat(50_000));
+    assert_usage_error(&["explain", &filter, "--mode", "32"], "(50000 characters)");
+}
+
+#[test]
+fn a_directory_in_the_way_of_a_report_changes_nothing() {
+    let d = tempfile::tempdir().expect("temp dir");
+    assert_eq!(small_scan(d.path(), "hlt").status.code(), Some(0));
+    fs::remove_file(d.path().join("popek-unicorn.md")).expect("remove");
+    fs::create_dir(d.path().join("popek-unicorn.md")).expect("a directory in the way");
+    let before = snapshot(d.path());
+    let o = small_scan(d.path(), "hlt,sgdt");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("popek-unicorn.md"), "{}", stderr(&o));
+    assert_eq!(
+        snapshot(d.path()),
+        before,
+        "nothing renamed, no temporary left"
+    );
+}

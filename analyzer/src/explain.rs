@@ -216,7 +216,7 @@ pub fn entries_for(target: &Target, mode: Mode) -> Result<Vec<Entry>, ExplainErr
             if kept.is_empty() {
                 return Err(ExplainError::NoSuchForm {
                     name: m.clone(),
-                    filter: f.clone(),
+                    filter: crate::input::clip(f),
                     mode: mode.name().to_string(),
                     forms: found.iter().map(|e| e.form.clone()).collect(),
                 });

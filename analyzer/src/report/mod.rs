@@ -374,30 +374,45 @@ impl ReportSet {
     }
 
     /// Renames every file into place, then removes the stale ones; returns
-    /// the paths written.
+    /// the paths written. The lock is held throughout, so a stop lands
+    /// before or after the whole commit. A target that is a directory is
+    /// refused before anything is renamed.
     pub fn commit(mut self) -> Result<Vec<PathBuf>, ReportError> {
         let files = std::mem::take(&mut self.files);
         let stale = std::mem::take(&mut self.stale);
+        for (path, _) in &files {
+            if path.is_dir() {
+                return Err(ReportError::Write {
+                    path: path.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::IsADirectory,
+                        "a directory is in the way",
+                    ),
+                });
+            }
+        }
         let mut g = pending();
         let mut written = Vec::new();
         let mut failed = None;
         for (path, tmp) in files {
             let t = tmp.path().to_path_buf();
-            g.retain(|p| *p != t);
             if failed.is_some() {
-                continue; // dropping `tmp` removes it
+                drop(tmp);
+                g.retain(|p| *p != t);
+                continue;
             }
             match tmp.persist(&path) {
                 Ok(_) => written.push(path),
                 Err(e) => {
+                    drop(e.file);
                     failed = Some(ReportError::Write {
                         path,
                         source: e.error,
                     })
                 }
             }
+            g.retain(|p| *p != t);
         }
-        drop(g);
         if let Some(e) = failed {
             return Err(e);
         }
@@ -410,6 +425,7 @@ impl ReportSet {
                 }
             }
         }
+        drop(g);
         Ok(written)
     }
 }
@@ -684,15 +700,15 @@ pub(crate) mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
-    /// The process's umask (read by setting it and putting it back).
+    /// The process's umask, from /proc (reading it with umask(2) would
+    /// change it for a moment under the other tests).
     fn umask() -> u32 {
-        // SAFETY: umask only swaps the process's file mode mask; the second
-        // call restores the value the first returned.
-        unsafe {
-            let m = libc::umask(0o022);
-            libc::umask(m);
-            m as u32
-        }
+        let status = fs::read_to_string("/proc/self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .expect("Umask line")
     }
 
     #[test]
