@@ -311,7 +311,11 @@ fn check_jobs(jobs: usize) -> Result<()> {
 /// The catalog entries a plan selects. Every `--only` name must name a
 /// mnemonic or an iced Code of the plan's modes.
 pub fn select_entries(plan: &ScanPlan) -> Result<Vec<catalog::Entry>> {
-    let cat = catalog::build_all(&plan.modes);
+    select_from(&catalog::build_all(&plan.modes), plan)
+}
+
+/// The entries of `cat` that `plan` selects (see [`select_entries`]).
+fn select_from(cat: &catalog::Catalog, plan: &ScanPlan) -> Result<Vec<catalog::Entry>> {
     for o in &plan.only {
         if o.trim().is_empty() {
             bail!("--only: an empty name");
@@ -398,9 +402,10 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         configs: a.config.clone(),
         only: a.only.clone(),
     };
-    let selected = select_entries(&plan)?;
-    // The facts are checked against the whole catalog of the modes, not only
-    // the `--only` selection.
+    // The catalog is built once: the selection comes from it, and the facts
+    // are checked against all of it, not only the `--only` selection.
+    let cat = catalog::build_all(&plan.modes);
+    let selected = select_from(&cat, &plan)?;
     let facts = if a
         .facts
         .as_deref()
@@ -408,7 +413,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     {
         None
     } else {
-        load_facts(a.facts.as_deref(), &catalog::build_all(&plan.modes).entries)?
+        load_facts(a.facts.as_deref(), &cat.entries)?
     };
     let mut unexpected = 0;
     std::fs::create_dir_all(&a.out)
