@@ -86,3 +86,74 @@ pub(crate) fn completed(o: &crate::observe::Observation) -> bool {
         }
     )
 }
+
+/// Runs `bytes` in the base state of `mode` (umip=off) on `side`.
+fn run_base(
+    e: &mut dyn super::Engine,
+    mode: Mode,
+    side: crate::observe::Side,
+    bytes: &[u8],
+    setup: &Setup,
+) -> crate::observe::Observation {
+    let cfg = crate::mode::Config::UMIP_OFF;
+    let img = crate::machine::GuestImage::build(mode, cfg, crate::machine::Variant::base(&cfg));
+    let p = img
+        .prepare(side, bytes, setup)
+        .expect("a side of the image");
+    e.run(&img, side, &p)
+}
+
+/// POPF at CPL 3 completes and leaves IF and IOPL as they were; at CPL 0 it
+/// changes both (pg-model section 6). Every engine passes this.
+pub(crate) fn check_popf(e: &mut dyn super::Engine, mode: Mode) {
+    use crate::observe::Side;
+    let (popf, setup) = popf_case(mode);
+    let u = run_base(e, mode, Side::User, &popf, &setup);
+    assert!(completed(&u), "{mode}: {:?}", u.outcome);
+    assert_eq!(
+        u.after.as_ref().expect("after-state").sys_flags,
+        u.before.sys_flags,
+        "{mode}: IF and IOPL unchanged at cpl3"
+    );
+    let s = run_base(e, mode, Side::Supervisor, &popf, &setup);
+    assert!(completed(&s), "{mode}: {:?}", s.outcome);
+    assert_eq!(
+        s.after.as_ref().expect("after-state").sys_flags,
+        (s.before.sys_flags ^ 0x3200) & crate::observe::SYS_FLAGS_MASK,
+        "{mode}: cpl0 changes both"
+    );
+}
+
+/// Each run sees its own code and data: rewritten code is never served
+/// from a stale translation, and a data write of one run is gone by the
+/// next. Every engine passes this.
+pub(crate) fn check_runs_are_restored(e: &mut dyn super::Engine) {
+    use crate::observe::{Outcome, Side};
+    for (bytes, want) in [
+        (&[0x0F, 0x0B][..], None),
+        (&[0xB0, 0x01][..], Some(1)),
+        (&[0xB0, 0x02][..], Some(2)),
+        // mov byte [rbx], al: writes the data page.
+        (&[0x88, 0x03][..], Some(0x11)),
+        (&[0x90][..], Some(0x11)),
+    ] {
+        let o = run_base(e, Mode::Long64, Side::User, bytes, &NONE);
+        match want {
+            None => assert!(
+                matches!(o.outcome, Outcome::Trap { vector: 6, .. }),
+                "{:?}",
+                o.outcome
+            ),
+            Some(al) => {
+                let u = o.user.expect("user state");
+                assert_eq!(u.gprs[0] & 0xFF, al, "{bytes:02x?}");
+                let want_data = if bytes == [0x88, 0x03] {
+                    0x11
+                } else {
+                    crate::machine::data_fill(0x180)
+                };
+                assert_eq!(u.data[0x180], want_data, "{bytes:02x?}");
+            }
+        }
+    }
+}

@@ -1003,21 +1003,7 @@ mod tests {
 
     #[test]
     fn popfd_at_cpl3_leaves_if_and_iopl_alone() {
-        let (popfd, setup) = super::super::conformance::popf_case(Mode::Prot32);
-        let u = base(Mode::Prot32, Side::User, &popfd, &setup);
-        assert!(completed(&u), "{:?}", u.outcome);
-        assert_eq!(
-            u.after.as_ref().unwrap().sys_flags,
-            u.before.sys_flags,
-            "IF and IOPL unchanged at cpl3"
-        );
-        let s = base(Mode::Prot32, Side::Supervisor, &popfd, &setup);
-        assert!(completed(&s));
-        assert_eq!(
-            s.after.as_ref().unwrap().sys_flags,
-            (s.before.sys_flags ^ 0x3200) & SYS_FLAGS_MASK,
-            "cpl0 changes both"
-        );
+        super::super::conformance::check_popf(&mut UnicornEngine::new().unwrap(), Mode::Prot32);
     }
 
     #[test]
@@ -1099,27 +1085,8 @@ mod tests {
     }
 
     #[test]
-    fn rewritten_code_is_not_served_from_a_stale_cache() {
-        let cfg = Config::UMIP_OFF;
-        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
-        let mut e = UnicornEngine::new().unwrap();
-        // First a test that faults while decoding, then two different moves.
-        for (bytes, want) in [
-            (&[0x0F, 0x0B][..], None),
-            (&[0xB0, 0x01][..], Some(1)),
-            (&[0xB0, 0x02][..], Some(2)),
-        ] {
-            let p = img.prepare(Side::User, bytes, &NONE).unwrap();
-            let o = e.run(&img, Side::User, &p);
-            match want {
-                None => assert!(
-                    matches!(o.outcome, Outcome::Trap { vector: 6, .. }),
-                    "{:?}",
-                    o.outcome
-                ),
-                Some(al) => assert_eq!(o.user.unwrap().gprs[0] & 0xFF, al),
-            }
-        }
+    fn rewritten_code_and_data_are_restored_between_runs() {
+        super::super::conformance::check_runs_are_restored(&mut UnicornEngine::new().unwrap());
     }
 
     #[test]

@@ -214,7 +214,7 @@ mod tests {
     use crate::engine::Engine;
     use crate::machine::{Gpr, Setup, Sym, Variant};
     use crate::mode::{Config, Mode};
-    use crate::observe::{Outcome, Side};
+    use crate::observe::Side;
 
     #[test]
     fn bytes_at_stays_inside_guest_memory() {
@@ -228,36 +228,7 @@ mod tests {
     #[test]
     fn rewritten_code_and_data_are_restored_between_runs() {
         let Some(mut e) = engine() else { return };
-        let cfg = Config::UMIP_OFF;
-        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
-        for (bytes, want) in [
-            (&[0x0F, 0x0B][..], None),
-            (&[0xB0, 0x01][..], Some(1)),
-            (&[0xB0, 0x02][..], Some(2)),
-            // mov byte [rbx], al: dirties the data page.
-            (&[0x88, 0x03][..], Some(0x11)),
-            (&[0x90][..], Some(0x11)),
-        ] {
-            let p = img.prepare(Side::User, bytes, &NONE).unwrap();
-            let o = e.run(&img, Side::User, &p);
-            match want {
-                None => assert!(
-                    matches!(o.outcome, Outcome::Trap { vector: 6, .. }),
-                    "{:?}",
-                    o.outcome
-                ),
-                Some(al) => {
-                    let u = o.user.unwrap();
-                    assert_eq!(u.gprs[0] & 0xFF, al);
-                    let want_data = if bytes == [0x88, 0x03] {
-                        0x11
-                    } else {
-                        crate::machine::data_fill(0x180)
-                    };
-                    assert_eq!(u.data[0x180], want_data, "{bytes:02x?}");
-                }
-            }
-        }
+        crate::engine::conformance::check_runs_are_restored(&mut e);
     }
 
     #[test]
