@@ -157,3 +157,24 @@ pub(crate) fn check_runs_are_restored(e: &mut dyn super::Engine) {
         }
     }
 }
+
+/// ADD between general registers completes at CPL 0 and CPL 3 with the same
+/// user-visible result, the one the harness's inputs give (an innocuous
+/// instruction is the same in every state). Every engine passes this.
+pub(crate) fn check_add_is_the_same_at_both_cpls(e: &mut dyn super::Engine, mode: Mode) {
+    use crate::observe::Side;
+    let add = [0x01, 0xD8]; // add eax, ebx (ax, bx in 16-bit)
+    let s = run_base(e, mode, Side::Supervisor, &add, &NONE);
+    let u = run_base(e, mode, Side::User, &add, &NONE);
+    assert!(
+        completed(&s) && completed(&u),
+        "{mode}: {:?} {:?}",
+        s.outcome,
+        u.outcome
+    );
+    assert_eq!(s.user, u.user, "{mode}");
+    assert_eq!(
+        s.user.expect("user state").gprs[0] & 0xFFFF,
+        (0x11 + crate::machine::DATA + 0x180) & 0xFFFF
+    );
+}

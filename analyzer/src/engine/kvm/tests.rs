@@ -151,10 +151,9 @@ fn umip_makes_descriptor_table_stores_trap_at_cpl3() {
 fn add_gives_identical_results_at_both_cpls() {
     let Some(mut e) = engine() else { return };
     for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
-        let add = [0x01, 0xD8]; // add eax, ebx (ax, bx in 16-bit)
-        let s = base(&mut e, mode, Side::Supervisor, &add, &NONE);
-        let u = base(&mut e, mode, Side::User, &add, &NONE);
         if mode == Mode::Prot32 && flavor_is_pvm(&e) {
+            // Measured on PVM: every 32-bit paged guest shuts down.
+            let s = base(&mut e, mode, Side::Supervisor, &[0x01, 0xD8], &NONE);
             assert!(
                 matches!(s.outcome, Outcome::NotSupported(_)),
                 "{:?}",
@@ -162,17 +161,7 @@ fn add_gives_identical_results_at_both_cpls() {
             );
             continue;
         }
-        assert!(
-            completed(&s) && completed(&u),
-            "{mode}: {:?} {:?}",
-            s.outcome,
-            u.outcome
-        );
-        assert_eq!(s.user, u.user, "{mode}");
-        assert_eq!(
-            s.user.unwrap().gprs[0] & 0xFFFF,
-            (0x11 + crate::machine::DATA + 0x180) & 0xFFFF
-        );
+        super::super::conformance::check_add_is_the_same_at_both_cpls(&mut e, mode);
     }
 }
 
