@@ -357,7 +357,7 @@ pub fn scan_records(
     let records = scan::run_scan(
         selected,
         &plan.configs,
-        || engine::open(kind),
+        move || engine::open(kind),
         jobs,
         progress,
     )

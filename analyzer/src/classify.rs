@@ -22,21 +22,12 @@
 
 use crate::machine::{StateLabel, Variant};
 use crate::mode::{Config, Mode};
-use crate::observe::{diff_effects, diff_user, Effects, Observation, Outcome, Side};
+use crate::observe::{diff_effects, diff_user, Effects, Outcome, Side};
+pub use crate::probe::Run;
 use serde::{Deserialize, Serialize};
 use std::cell::OnceCell;
 use std::fmt;
 use std::str::FromStr;
-
-/// One run of the instruction: the sampled state (variant and side), which
-/// repetition of it (0; 1 for the second run of the base state), and what came of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Run {
-    pub variant: Variant,
-    pub side: Side,
-    pub repeat: u8,
-    pub obs: Observation,
-}
 
 /// The single primary label of a verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -217,26 +208,24 @@ fn part_of(change: &str) -> &str {
 struct Ordered<'r> {
     run: &'r Run,
     label: StateLabel,
-    /// What the run changed in R and M ([`Observation::changed_r`]), once.
+    /// What the run changed in R and M ([`Run::changed_r`]), once.
     changed_r: OnceCell<Vec<String>>,
-    /// Its user-visible effects ([`Effects::of`]), once: a run takes part
+    /// Its user-visible effects ([`Run::effects`]), once: a run takes part
     /// in many behavior comparisons.
     effects: OnceCell<Option<Effects>>,
 }
 
 impl Ordered<'_> {
     fn changed_r(&self) -> &[String] {
-        self.changed_r.get_or_init(|| self.run.obs.changed_r())
+        self.changed_r.get_or_init(|| self.run.changed_r())
     }
     fn effects(&self) -> Option<&Effects> {
-        self.effects
-            .get_or_init(|| Effects::of(&self.run.obs))
-            .as_ref()
+        self.effects.get_or_init(|| self.run.effects()).as_ref()
     }
 }
 
 /// The user-visible differences between two completed runs
-/// ([`crate::observe::diff_results`]), from their effects computed once.
+/// ([`crate::probe::diff_results`]), from their effects computed once.
 fn diff_runs(a: &Ordered<'_>, b: &Ordered<'_>) -> Vec<String> {
     diff_effects(&a.run.obs, a.effects(), &b.run.obs, b.effects())
 }
@@ -592,7 +581,7 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
 mod tests {
     use super::*;
     use crate::engine::fake::obs;
-    use crate::observe::{SystemState, UserState};
+    use crate::observe::{Observation, SystemState, UserState};
 
     const IF: u64 = 1 << 9;
 
@@ -629,22 +618,12 @@ mod tests {
         let mut runs = Vec::new();
         for v in Variant::matrix(mode, config) {
             for &side in sides {
-                runs.push(Run {
-                    variant: v,
-                    side,
-                    repeat: 0,
-                    obs: f(&v, side, 0),
-                });
+                runs.push(Run::new(v, side, 0, f(&v, side, 0)));
             }
         }
         let base = Variant::base(config);
         for &side in sides {
-            runs.push(Run {
-                variant: base,
-                side,
-                repeat: 1,
-                obs: f(&base, side, 1),
-            });
+            runs.push(Run::new(base, side, 1, f(&base, side, 1)));
         }
         runs
     }
@@ -882,8 +861,6 @@ mod tests {
                 before,
                 after: Some(after),
                 user: None,
-                baseline: None,
-                start: None,
             }
         });
         let v = classify(Mode::Prot32, &CFG, &runs);
@@ -933,12 +910,12 @@ mod tests {
         assert!(v.notes.iter().any(|n| n.contains("real mode")));
         // Even if (impossibly) a user-side trap appeared, real mode stays unprivileged.
         let mut runs = runs;
-        runs.push(Run {
-            variant: Variant::base(&CFG),
-            side: Side::User,
-            repeat: 0,
-            obs: obs::trap(13, Some(0), sys(Side::User)),
-        });
+        runs.push(Run::new(
+            Variant::base(&CFG),
+            Side::User,
+            0,
+            obs::trap(13, Some(0), sys(Side::User)),
+        ));
         assert!(!classify(Mode::Real, &CFG, &runs).privileged);
     }
 

@@ -11,6 +11,7 @@ pub mod input;
 pub mod machine;
 pub mod mode;
 pub mod observe;
+pub mod probe;
 pub mod record;
 pub mod report;
 pub mod scan;

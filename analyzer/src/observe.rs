@@ -222,18 +222,6 @@ pub struct Observation {
     pub after: Option<SystemState>,
     /// User-visible results, when the run completed.
     pub user: Option<UserState>,
-    /// R and M after a NOP run in the same state on the same engine, when
-    /// known. Changes are measured against it, so what the engine or the
-    /// harness itself does to R (PVM's exception frames show IOPL 0 at CPL 3,
-    /// for one) is not blamed on the instruction.
-    #[serde(default)]
-    pub baseline: Option<SystemState>,
-    /// The user-visible state the run started from, when known. Behavior
-    /// comparisons compare what each run changed (its effects), so inputs the
-    /// harness resolves per side (a side's own selectors) are not mistaken for
-    /// results.
-    #[serde(default)]
-    pub start: Option<UserState>,
 }
 
 impl Observation {
@@ -244,20 +232,7 @@ impl Observation {
             before,
             after: None,
             user: None,
-            baseline: None,
-            start: None,
         }
-    }
-
-    /// Which parts of R or M the instruction changed (privilege level,
-    /// system flags, descriptor cache, ...): the after-state against the
-    /// NOP baseline when there is one, else against the before-state. Empty
-    /// if none or if there is no after-state.
-    pub fn changed_r(&self) -> Vec<String> {
-        let Some(after) = &self.after else {
-            return Vec::new();
-        };
-        diff_system(self.baseline.as_ref().unwrap_or(&self.before), after)
     }
 }
 
@@ -366,7 +341,7 @@ pub fn diff_user(a: &UserState, b: &UserState) -> Vec<String> {
 /// What a run changed in the user-visible state, against its start: each
 /// general register that differs from the start (with its new value), RIP
 /// and the flags, and the data and stack bytes that changed (offset, new
-/// value), in offset order. Computed once per run ([`Effects::of`]) and
+/// value), in offset order. Computed once per run ([`crate::probe::Run::effects`]) and
 /// compared pair by pair ([`diff_effects`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
@@ -427,27 +402,13 @@ impl Effects {
             stack: written(&start.stack, &after.stack),
         }
     }
-
-    /// The effects of a completed run whose start is known, else `None`
-    /// (then [`diff_effects`] compares its results as they are).
-    pub fn of(o: &Observation) -> Option<Effects> {
-        match (&o.start, &o.user) {
-            (Some(s), Some(u)) => Some(Effects::between(s, u)),
-            _ => None,
-        }
-    }
 }
 
 /// The user-visible differences between two completed runs, for behavior
-/// comparisons: their effects when both starts are known (what each run
-/// changed, and to what), else their results as they are.
-pub fn diff_results(a: &Observation, b: &Observation) -> Vec<String> {
-    diff_effects(a, Effects::of(a).as_ref(), b, Effects::of(b).as_ref())
-}
-
-/// [`diff_results`] with each run's effects already computed
-/// ([`Effects::of`] of the same observation), so a run compared with many
-/// others is looked at once.
+/// comparisons: their effects when both are known (what each run changed,
+/// and to what; see [`crate::probe::Run::effects`]), else their results as
+/// they are. Each run's effects are computed once by the caller, so a run
+/// compared with many others is looked at once.
 pub fn diff_effects(
     a: &Observation,
     ea: Option<&Effects>,
@@ -554,76 +515,6 @@ mod tests {
     }
 
     #[test]
-    fn changes_are_measured_against_the_nop_baseline() {
-        let before = SystemState {
-            sys_flags: 3 << 12,
-            ..Default::default()
-        };
-        // The engine shows IOPL 0 after any instruction in this state...
-        let after = SystemState {
-            sys_flags: 0,
-            ..Default::default()
-        };
-        let mut o = Observation {
-            outcome: Outcome::Completed {
-                rip: 0,
-                at_sentinel: true,
-            },
-            before,
-            after: Some(after.clone()),
-            user: None,
-            baseline: None,
-            start: None,
-        };
-        assert_eq!(o.changed_r().len(), 1);
-        // ...and so does a NOP: the instruction itself changed nothing.
-        o.baseline = Some(after);
-        assert!(o.changed_r().is_empty());
-    }
-
-    #[test]
-    fn results_are_compared_by_their_effects() {
-        let start = |rax: u64| UserState {
-            gprs: [rax; 16],
-            data: vec![0; 16],
-            stack: vec![0; 16],
-            ..Default::default()
-        };
-        let run = |s: UserState, after: UserState| Observation {
-            outcome: Outcome::Completed {
-                rip: 0,
-                at_sentinel: true,
-            },
-            before: SystemState::default(),
-            after: None,
-            user: Some(after),
-            baseline: None,
-            start: Some(s),
-        };
-        // Different inputs left alone: no difference in effects.
-        let a = run(start(0x10), start(0x10));
-        let b = run(start(0x23), start(0x23));
-        assert!(diff_results(&a, &b).is_empty());
-        // The same write on both sides: equal effects.
-        let mut wa = start(0x10);
-        wa.data[3] = 7;
-        let mut wb = start(0x23);
-        wb.data[3] = 7;
-        assert!(diff_results(&run(start(0x10), wa.clone()), &run(start(0x23), wb)).is_empty());
-        // Different values written: a difference, named by its place.
-        let mut wc = start(0x23);
-        wc.data[3] = 9;
-        let d = diff_results(&run(start(0x10), wa), &run(start(0x23), wc));
-        assert_eq!(d.len(), 1);
-        assert!(d[0].starts_with("data[0x3..] 07"), "{d:?}");
-        // Without starts, results are compared as they are.
-        let (mut x, mut y) = (a.clone(), b.clone());
-        x.start = None;
-        y.start = None;
-        assert_eq!(diff_results(&x, &y).len(), 16);
-    }
-
-    #[test]
     fn written_bytes_are_those_a_byte_by_byte_walk_finds() {
         // The old way: every byte of `after`, kept where the start differs.
         let naive = |s: &[u8], a: &[u8]| -> Vec<(usize, u8)> {
@@ -650,62 +541,6 @@ mod tests {
             assert_eq!(written(&start[..100], &after), naive(&start[..100], &after));
             assert_eq!(written(&start, &after[..70]), naive(&start, &after[..70]));
         }
-    }
-
-    #[test]
-    fn effects_computed_once_give_the_pairwise_diff() {
-        let start = UserState {
-            gprs: [3; 16],
-            data: vec![0; 256],
-            stack: vec![1; 256],
-            ..Default::default()
-        };
-        let run = |f: &dyn Fn(&mut UserState)| {
-            let mut after = start.clone();
-            f(&mut after);
-            Observation {
-                outcome: Outcome::Completed {
-                    rip: 0,
-                    at_sentinel: true,
-                },
-                before: SystemState::default(),
-                after: None,
-                user: Some(after),
-                baseline: None,
-                start: Some(start.clone()),
-            }
-        };
-        let runs = [
-            run(&|_| {}),
-            run(&|u| u.data[70] = 9),
-            run(&|u| {
-                u.data[70] = 8;
-                u.stack[255] = 0;
-                u.gprs[2] = 5;
-            }),
-            run(&|u| u.flags = 0x40),
-        ];
-        let mut no_start = runs[1].clone();
-        no_start.start = None;
-        let all: Vec<&Observation> = runs.iter().chain([&no_start]).collect();
-        for a in &all {
-            for b in &all {
-                let (ea, eb) = (Effects::of(a), Effects::of(b));
-                assert_eq!(
-                    diff_effects(a, ea.as_ref(), b, eb.as_ref()),
-                    diff_results(a, b)
-                );
-            }
-        }
-        assert_eq!(
-            diff_results(&runs[1], &runs[2]),
-            vec![
-                "rdx unchanged vs 0x5".to_string(),
-                "data[0x46..] 0900000000000000 vs 0800000000000000 (written by the runs)"
-                    .to_string(),
-                "stack[0xff..] 01 vs 00 (written by the runs)".to_string(),
-            ]
-        );
     }
 
     #[test]

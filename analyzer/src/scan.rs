@@ -3,18 +3,17 @@
 //! one engine; then the classifier and one [`Record`] per (entry, configuration).
 
 use crate::catalog::Entry;
-use crate::classify::{classify, Run};
 use crate::engine::{Engine, EngineError};
-use crate::machine::{GuestImage, Prepared, Variant};
+use crate::machine::{GuestImage, Variant};
 use crate::mode::{Config, Mode};
-use crate::observe::{Observation, Outcome, Side, SystemState};
+use crate::probe::{build_one, judge, Matrix, Opener, ProbeError, Prober, Run};
+pub use crate::probe::{GuestHarness, Harness};
 use crate::record::Record;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -47,44 +46,16 @@ impl ScanPlan {
 /// Why a scan could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("cannot open the engine: {0}")]
-    OpenEngine(#[source] EngineError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
     #[error("cannot open the engine for a worker thread: {0}")]
     OpenWorkerEngine(String),
-    #[error("cannot build the guest image for mode {mode}, {config}, variant {variant}: {msg}")]
-    BuildImage {
-        mode: Mode,
-        config: String,
-        variant: String,
-        msg: String,
-    },
     #[error("cannot start {jobs} worker threads: {source}")]
     ThreadPool {
         jobs: usize,
         #[source]
         source: rayon::ThreadPoolBuildError,
     },
-}
-
-/// Builds guest images and resolves tests for them. The scan uses
-/// [`GuestHarness`]; tests may substitute images no engine could run.
-pub trait Harness: Sync {
-    fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage;
-    /// `None` where the side does not exist (the user side in real mode).
-    fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared>;
-}
-
-/// The real harness: [`GuestImage::build`] and [`GuestImage::prepare`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GuestHarness;
-
-impl Harness for GuestHarness {
-    fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage {
-        GuestImage::build(mode, config, variant)
-    }
-    fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared> {
-        image.prepare(side, &entry.bytes, &entry.setup)
-    }
 }
 
 /// Scans `entries` (each in its own mode) in every configuration of
@@ -99,13 +70,10 @@ pub fn run_scan<F>(
     progress: bool,
 ) -> Result<Vec<Record>, ScanError>
 where
-    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Sync,
+    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
 {
     run_scan_with(&GuestHarness, entries, configs, make_engine, jobs, progress)
 }
-
-type Images = BTreeMap<(Mode, usize), Vec<(Variant, Arc<GuestImage>)>>;
-type Built = Result<((Mode, usize), Variant, Arc<GuestImage>), ScanError>;
 
 /// [`run_scan`] with a chosen harness.
 pub fn run_scan_with<H, F>(
@@ -118,7 +86,7 @@ pub fn run_scan_with<H, F>(
 ) -> Result<Vec<Record>, ScanError>
 where
     H: Harness,
-    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Sync,
+    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
 {
     let jobs = if jobs == 0 {
         std::thread::available_parallelism()
@@ -127,11 +95,12 @@ where
     } else {
         jobs
     };
+    let opener: Opener = Arc::new(make_engine);
     // Open one engine at once so that a missing engine is an error, not a
     // failure deep inside a worker. Workers open their own: engines are not
-    // `Send` (Unicorn is not), so each pool thread keeps one in a thread-local.
-    let first = make_engine().map_err(ScanError::OpenEngine)?;
-    let (engine_name, engine_version) = (first.name().to_string(), first.version());
+    // `Send` (Unicorn is not), so each pool thread keeps a prober in a thread-local.
+    let first = Prober::open(Arc::clone(&opener))?;
+    let (engine_name, engine_version) = (first.name().to_string(), first.version().to_string());
     drop(first);
     let scan_id = NEXT_SCAN.fetch_add(1, Ordering::Relaxed);
 
@@ -144,7 +113,7 @@ where
     modes.sort();
     modes.dedup();
 
-    // Every image once per (mode, configuration, variant).
+    // Every image once per (mode, configuration, variant), in parallel.
     let keys: Vec<(Mode, usize, Variant)> = modes
         .iter()
         .flat_map(|&m| {
@@ -154,25 +123,22 @@ where
                 .flat_map(move |(ci, c)| Variant::matrix(m, c).into_iter().map(move |v| (m, ci, v)))
         })
         .collect();
-    let built: Vec<Built> = pool.install(|| {
+    let built: Vec<Result<GuestImage, ProbeError>> = pool.install(|| {
         keys.par_iter()
-            .map(|&(mode, ci, variant)| {
-                let config = configs[ci];
-                catch_unwind(AssertUnwindSafe(|| harness.build(mode, config, variant)))
-                    .map(|img| ((mode, ci), variant, Arc::new(img)))
-                    .map_err(|p| ScanError::BuildImage {
-                        mode,
-                        config: config.name(),
-                        variant: variant.name(&config),
-                        msg: panic_text(p.as_ref()),
-                    })
-            })
+            .map(|&(mode, ci, variant)| build_one(harness, mode, configs[ci], variant))
             .collect()
     });
-    let mut images: Images = BTreeMap::new();
-    for b in built {
-        let (key, variant, image) = b?;
-        images.entry(key).or_default().push((variant, image));
+    let mut matrices: BTreeMap<(Mode, usize), Matrix> = BTreeMap::new();
+    for (&(mode, ci, variant), image) in keys.iter().zip(built) {
+        matrices
+            .entry((mode, ci))
+            .or_insert_with(|| Matrix {
+                mode,
+                config: configs[ci],
+                images: Vec::new(),
+            })
+            .images
+            .push((variant, Arc::new(image?)));
     }
 
     // Work items in report order: mode, configuration, entry.
@@ -223,39 +189,32 @@ where
             .par_iter()
             .map(|chunk| {
                 let (mode, ci, _) = chunk[0];
-                let config = &configs[ci];
                 let chunk_entries: Vec<&Entry> =
                     chunk.iter().map(|&(_, _, ei)| &entries[ei]).collect();
-                let variants = images.get(&(mode, ci)).map(Vec::as_slice).unwrap_or(&[]);
-                let runs = WORKER_ENGINE.with(|cell| {
+                let Some(matrix) = matrices.get(&(mode, ci)) else {
+                    return Ok(Vec::new());
+                };
+                let runs = WORKER.with(|cell| -> Result<Vec<Vec<Run>>, ScanError> {
                     let mut slot = cell.borrow_mut();
-                    let mut worker = match slot.take() {
-                        Some(w) if w.scan == scan_id => w,
-                        _ => Worker {
-                            scan: scan_id,
-                            engine: None,
-                            baselines: HashMap::new(),
-                        },
+                    let mut prober = match slot.take() {
+                        Some((id, p)) if id == scan_id => p,
+                        _ => Prober::open(Arc::clone(&opener))
+                            .map_err(|e| ScanError::OpenWorkerEngine(e.to_string()))?,
                     };
-                    let runs = runs_of(
-                        harness,
-                        &mut worker,
-                        &make_engine,
-                        variants,
-                        &chunk_entries,
-                        config,
-                    );
-                    *slot = Some(worker);
-                    runs
+                    let runs = prober.probe_all(matrix, &chunk_entries);
+                    *slot = Some((scan_id, prober));
+                    runs.map_err(|e| match e {
+                        ProbeError::OpenEngine(e) => ScanError::OpenWorkerEngine(e.to_string()),
+                        other => other.into(),
+                    })
                 })?;
                 Ok(chunk_entries
                     .iter()
                     .zip(runs)
                     .map(|(entry, runs)| {
-                        let verdict = classify(mode, config, &runs);
                         bar.inc(1);
                         bar.set_message(entry.code.clone());
-                        Record::new(&engine_name, &engine_version, entry, config, verdict)
+                        judge(&engine_name, &engine_version, matrix, entry, &runs)
                     })
                     .collect())
             })
@@ -266,139 +225,16 @@ where
     records
 }
 
-/// What a worker thread keeps between entries: its engine and, per state,
-/// the after-state of a NOP (the baseline control changes are measured against).
-struct Worker {
-    scan: u64,
-    engine: Option<Box<dyn Engine>>,
-    baselines: HashMap<(Mode, Config, Variant, Side), Option<SystemState>>,
-}
-
-/// The null instruction of the baseline runs.
-const NOP: [u8; 1] = [0x90];
-
 thread_local! {
-    /// The current worker thread's engine and baselines, tagged with their scan.
-    static WORKER_ENGINE: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    /// The current worker thread's prober, tagged with its scan.
+    static WORKER: RefCell<Option<(u64, Prober)>> = const { RefCell::new(None) };
 }
 
 /// Distinguishes scans, so a thread never reuses another scan's engine.
 static NEXT_SCAN: AtomicU64 = AtomicU64::new(0);
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panicked".into())
-}
-
 /// Entries a worker takes at once (of one mode and configuration).
 const CHUNK: usize = 64;
-
-/// For each entry: every state of the matrix on every side that exists, then
-/// the base state's repeat 1. Each observation gets the NOP baseline of its
-/// state. The cases of all entries are run image by image, one batch per image.
-fn runs_of<H, F>(
-    harness: &H,
-    worker: &mut Worker,
-    make_engine: &F,
-    variants: &[(Variant, Arc<GuestImage>)],
-    entries: &[&Entry],
-    config: &Config,
-) -> Result<Vec<Vec<Run>>, ScanError>
-where
-    H: Harness,
-    F: Fn() -> Result<Box<dyn Engine>, EngineError>,
-{
-    let mut runs: Vec<Vec<Run>> = entries
-        .iter()
-        .map(|_| Vec::with_capacity(variants.len() * 2 + 2))
-        .collect();
-    let base = Variant::base(config);
-    let mut plan: Vec<(&(Variant, Arc<GuestImage>), u8)> =
-        variants.iter().map(|v| (v, 0)).collect();
-    plan.extend(variants.iter().filter(|(v, _)| *v == base).map(|v| (v, 1)));
-    for ((variant, image), repeat) in plan {
-        let mut cases: Vec<(usize, Side, Prepared)> = Vec::new();
-        for (k, entry) in entries.iter().enumerate() {
-            for side in Side::BOTH {
-                if let Some(test) = harness.prepare(image, side, entry) {
-                    cases.push((k, side, test));
-                }
-            }
-        }
-        for side in Side::BOTH {
-            let key = (image.mode, image.config, image.variant, side);
-            let Some(&(k, _, _)) = cases.iter().find(|c| c.1 == side) else {
-                continue;
-            };
-            if worker.baselines.contains_key(&key) {
-                continue;
-            }
-            let nop = Entry {
-                bytes: NOP.to_vec(),
-                setup: Default::default(),
-                ..entries[k].clone()
-            };
-            let baseline = match harness.prepare(image, side, &nop) {
-                Some(p) => {
-                    let o = run_guarded(&mut worker.engine, make_engine, image, side, &p)?;
-                    if o.outcome.is_completed() {
-                        o.after
-                    } else {
-                        None
-                    }
-                }
-                None => None,
-            };
-            worker.baselines.insert(key, baseline);
-        }
-        for (k, side, test) in cases {
-            let mut obs = run_guarded(&mut worker.engine, make_engine, image, side, &test)?;
-            let key = (image.mode, image.config, image.variant, side);
-            obs.baseline = worker.baselines.get(&key).cloned().flatten();
-            if obs.user.is_some() {
-                obs.start = image.into_initial_user_state(side, test);
-            }
-            runs[k].push(Run {
-                variant: *variant,
-                side,
-                repeat,
-                obs,
-            });
-        }
-    }
-    Ok(runs)
-}
-
-/// Runs one test; a panicking engine becomes an engine error and is reopened
-/// for the next run.
-fn run_guarded<F>(
-    slot: &mut Option<Box<dyn Engine>>,
-    make_engine: &F,
-    image: &GuestImage,
-    side: Side,
-    test: &Prepared,
-) -> Result<Observation, ScanError>
-where
-    F: Fn() -> Result<Box<dyn Engine>, EngineError>,
-{
-    let engine = match slot {
-        Some(e) => e,
-        None => slot.insert(make_engine().map_err(|e| ScanError::OpenWorkerEngine(e.to_string()))?),
-    };
-    match catch_unwind(AssertUnwindSafe(|| engine.run(image, side, test))) {
-        Ok(obs) => Ok(obs),
-        Err(p) => {
-            *slot = None;
-            let before = Default::default();
-            Ok(Observation::outcome_only(
-                Outcome::EngineError(format!("engine panicked: {}", panic_text(p.as_ref()))),
-                before,
-            ))
-        }
-    }
-}
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -406,8 +242,8 @@ pub(crate) mod tests {
     use crate::catalog::DocMeta;
     use crate::classify::Class;
     use crate::engine::fake::{obs, FakeEngine};
-    use crate::machine::{EntryState, SysRegs, TEST_RIP};
-    use crate::observe::{SystemState, UserState};
+    use crate::machine::{EntryState, Prepared, SysRegs, TEST_RIP};
+    use crate::observe::{Observation, Side, SystemState, UserState};
 
     /// Images with no memory: enough for the fake engine, which reads only the variant.
     pub(crate) struct TinyHarness;
@@ -430,9 +266,6 @@ pub(crate) mod tests {
                 tss_sel: 0,
                 ldt_sel: 0,
             }
-        }
-        fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared> {
-            image.prepare(side, &entry.bytes, &entry.setup)
         }
     }
 
@@ -623,7 +456,7 @@ pub(crate) mod tests {
             false,
         )
         .expect_err("no engine");
-        assert!(matches!(err, ScanError::OpenEngine(_)));
+        assert!(matches!(err, ScanError::Probe(ProbeError::OpenEngine(_))));
         assert_eq!(
             err.to_string(),
             "cannot open the engine: kvm is not available: /dev/kvm: no such file"
@@ -658,9 +491,6 @@ pub(crate) mod tests {
                     panic!("no room for the page tables");
                 }
                 TinyHarness.build(mode, config, variant)
-            }
-            fn prepare(&self, image: &GuestImage, side: Side, entry: &Entry) -> Option<Prepared> {
-                TinyHarness.prepare(image, side, entry)
             }
         }
         let entries = vec![entry(Mode::Long64, "hlt", &[0xf4])];

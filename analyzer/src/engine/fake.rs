@@ -76,8 +76,6 @@ pub mod obs {
             before: sys,
             after,
             user: Some(user),
-            baseline: None,
-            start: None,
         }
     }
 
@@ -95,8 +93,6 @@ pub mod obs {
             before,
             after: Some(after),
             user: Some(user),
-            baseline: None,
-            start: None,
         }
     }
 

@@ -665,8 +665,6 @@ impl Machine {
                     before,
                     after,
                     user,
-                    baseline: None,
-                    start: None,
                 }
             }
             Err(e) => Observation::outcome_only(Outcome::EngineError(e.to_string()), before),
@@ -1220,9 +1218,10 @@ mod tests {
                             );
                         }
                         assert!(
-                            o.changed_r().is_empty(),
+                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
+                                .is_empty(),
                             "{what}: nop changed {:?}",
-                            o.changed_r()
+                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
                         );
                         let u = o.user.unwrap();
                         assert_eq!(u.data[5], crate::machine::data_fill(5), "{what}");

@@ -299,8 +299,6 @@ impl KvmEngine {
                     before,
                     after: end.after,
                     user: end.user,
-                    baseline: None,
-                    start: None,
                 }
             }
             Err(e) => fail(e, before),

@@ -369,12 +369,18 @@ fn every_variant_boots_on_both_sides_and_runs_a_nop() {
                         // IOPL 0 although the guest runs with IOPL 3.
                         let after = o.after.as_ref().unwrap();
                         assert_eq!(after.sys_flags, o.before.sys_flags & !(3 << 12), "{what}");
-                        assert_eq!(o.changed_r().len(), 1, "{what}: {:?}", o.changed_r());
+                        assert_eq!(
+                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap()).len(),
+                            1,
+                            "{what}: {:?}",
+                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
+                        );
                     } else {
                         assert!(
-                            o.changed_r().is_empty(),
+                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
+                                .is_empty(),
                             "{what}: nop changed {:?}",
-                            o.changed_r()
+                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
                         );
                     }
                     let u = o.user.unwrap();

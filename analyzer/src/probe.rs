@@ -1,0 +1,526 @@
+//! The probe layer: runs the sampled-state matrix of entries on one engine
+//! ([`Prober`]) or on two side by side ([`Diff`]), and turns the runs of an
+//! entry into its final [`Record`] ([`judge`]). `scan`, `explain` and the
+//! fuzzer all go through here, so they give the same verdict on the same
+//! instruction.
+//!
+//! A [`Run`] carries what the verdict needs besides the engine's
+//! [`Observation`]: the NOP baseline of its state (what the engine and the
+//! harness do to R and M by themselves) and the user-visible state the run
+//! started from (so behavior comparisons compare what each run changed).
+
+use crate::catalog::Entry;
+use crate::classify::classify;
+use crate::engine::{Engine, EngineError};
+use crate::machine::{GuestImage, Prepared, Variant};
+use crate::mode::{Config, Mode};
+use crate::observe::{
+    diff_effects, diff_system, Effects, Observation, Outcome, Side, SystemState, UserState,
+};
+use crate::record::Record;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// One run of an instruction: the sampled state (variant and side), which
+/// repetition of it (0; 1 for the second run of the base state), what the
+/// engine observed, and the two references the verdict measures it against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub variant: Variant,
+    pub side: Side,
+    pub repeat: u8,
+    pub obs: Observation,
+    /// R and M after a NOP run in the same state on the same engine, when
+    /// known. Changes are measured against it, so what the engine or the
+    /// harness itself does to R (PVM's exception frames show IOPL 0 at CPL 3,
+    /// for one) is not blamed on the instruction.
+    #[serde(default)]
+    pub baseline: Option<SystemState>,
+    /// The user-visible state the run started from, when known.
+    #[serde(default)]
+    pub start: Option<UserState>,
+}
+
+impl Run {
+    /// A run with no baseline and no start state.
+    pub fn new(variant: Variant, side: Side, repeat: u8, obs: Observation) -> Run {
+        Run {
+            variant,
+            side,
+            repeat,
+            obs,
+            baseline: None,
+            start: None,
+        }
+    }
+
+    /// Which parts of R or M the instruction changed (privilege level,
+    /// system flags, descriptor cache, ...): the after-state against the
+    /// NOP baseline when there is one, else against the before-state. Empty
+    /// if none or if there is no after-state.
+    pub fn changed_r(&self) -> Vec<String> {
+        let Some(after) = &self.obs.after else {
+            return Vec::new();
+        };
+        diff_system(self.baseline.as_ref().unwrap_or(&self.obs.before), after)
+    }
+
+    /// What the run changed in the user-visible state, when it completed
+    /// and its start is known.
+    pub fn effects(&self) -> Option<Effects> {
+        match (&self.start, &self.obs.user) {
+            (Some(s), Some(u)) => Some(Effects::between(s, u)),
+            _ => None,
+        }
+    }
+}
+
+/// The user-visible differences between two completed runs, for behavior
+/// comparisons: their effects when both starts are known, else their
+/// results as they are ([`diff_effects`]).
+pub fn diff_results(a: &Run, b: &Run) -> Vec<String> {
+    diff_effects(&a.obs, a.effects().as_ref(), &b.obs, b.effects().as_ref())
+}
+
+/// Builds guest images. The scan and `explain` use [`GuestHarness`]; tests
+/// may substitute images no engine could run.
+pub trait Harness: Sync {
+    fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage;
+}
+
+/// The real harness: [`GuestImage::build`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestHarness;
+
+impl Harness for GuestHarness {
+    fn build(&self, mode: Mode, config: Config, variant: Variant) -> GuestImage {
+        GuestImage::build(mode, config, variant)
+    }
+}
+
+/// Why probing could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot open the engine: {0}")]
+    OpenEngine(#[source] EngineError),
+    #[error("cannot build the guest image for mode {mode}, {config}, variant {variant}: {msg}")]
+    BuildImage {
+        mode: Mode,
+        config: String,
+        variant: String,
+        msg: String,
+    },
+}
+
+/// The images of every sampled state of one mode and configuration
+/// ([`Variant::matrix`]), built once and shared by every engine.
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    pub mode: Mode,
+    pub config: Config,
+    pub images: Vec<(Variant, Arc<GuestImage>)>,
+}
+
+impl Matrix {
+    /// Builds every image of `mode` in `config`; a harness that panics is an error.
+    pub fn build<H: Harness + ?Sized>(
+        harness: &H,
+        mode: Mode,
+        config: Config,
+    ) -> Result<Matrix, ProbeError> {
+        let images = Variant::matrix(mode, &config)
+            .into_iter()
+            .map(|v| build_one(harness, mode, config, v).map(|img| (v, Arc::new(img))))
+            .collect::<Result<_, _>>()?;
+        Ok(Matrix {
+            mode,
+            config,
+            images,
+        })
+    }
+}
+
+/// One image, a panic of the harness turned into [`ProbeError::BuildImage`].
+pub fn build_one<H: Harness + ?Sized>(
+    harness: &H,
+    mode: Mode,
+    config: Config,
+    variant: Variant,
+) -> Result<GuestImage, ProbeError> {
+    catch_unwind(AssertUnwindSafe(|| harness.build(mode, config, variant))).map_err(|p| {
+        ProbeError::BuildImage {
+            mode,
+            config: config.name(),
+            variant: variant.name(&config),
+            msg: panic_text(p.as_ref()),
+        }
+    })
+}
+
+/// Opens an engine: the first time a [`Prober`] needs one, and again after
+/// an engine panicked.
+pub type Opener = Arc<dyn Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync>;
+
+/// The null instruction of the baseline runs.
+const NOP: [u8; 1] = [0x90];
+
+/// One engine and, per state, the after-state of a NOP on it (the baseline
+/// control changes are measured against).
+pub struct Prober {
+    opener: Opener,
+    engine: Option<Box<dyn Engine>>,
+    name: String,
+    version: String,
+    baselines: HashMap<(Mode, Config, Variant, Side), Option<SystemState>>,
+}
+
+impl Prober {
+    /// Opens the engine at once, so that a missing engine is an error here.
+    pub fn open(opener: Opener) -> Result<Prober, ProbeError> {
+        let engine = opener().map_err(ProbeError::OpenEngine)?;
+        let (name, version) = (engine.name().to_string(), engine.version());
+        Ok(Prober {
+            opener,
+            engine: Some(engine),
+            name,
+            version,
+            baselines: HashMap::new(),
+        })
+    }
+
+    /// The engine's name (`unicorn`, `kvm`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The engine's version text.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The runs of one entry: every state of the matrix on every side that
+    /// exists, then the base state's repeat 1.
+    pub fn probe(&mut self, matrix: &Matrix, entry: &Entry) -> Result<Vec<Run>, ProbeError> {
+        Ok(self.probe_all(matrix, &[entry])?.pop().unwrap_or_default())
+    }
+
+    /// [`Prober::probe`] for many entries of the matrix's mode, run image by
+    /// image (an engine switching images less often runs faster: Unicorn
+    /// flushes its translations at a switch). Each run gets the NOP baseline
+    /// of its state and its start state.
+    pub fn probe_all(
+        &mut self,
+        matrix: &Matrix,
+        entries: &[&Entry],
+    ) -> Result<Vec<Vec<Run>>, ProbeError> {
+        let variants = &matrix.images;
+        let mut runs: Vec<Vec<Run>> = entries
+            .iter()
+            .map(|_| Vec::with_capacity(variants.len() * 2 + 2))
+            .collect();
+        let base = Variant::base(&matrix.config);
+        let mut plan: Vec<(&(Variant, Arc<GuestImage>), u8)> =
+            variants.iter().map(|v| (v, 0)).collect();
+        plan.extend(variants.iter().filter(|(v, _)| *v == base).map(|v| (v, 1)));
+        for ((variant, image), repeat) in plan {
+            let mut cases: Vec<(usize, Side, Prepared)> = Vec::new();
+            for (k, entry) in entries.iter().enumerate() {
+                for side in Side::BOTH {
+                    if let Some(test) = image.prepare(side, &entry.bytes, &entry.setup) {
+                        cases.push((k, side, test));
+                    }
+                }
+            }
+            for side in Side::BOTH {
+                if cases.iter().any(|c| c.1 == side) {
+                    self.baseline(image, side)?;
+                }
+            }
+            for (k, side, test) in cases {
+                let obs = self.run_guarded(image, side, &test)?;
+                let key = (image.mode, image.config, image.variant, side);
+                let baseline = self.baselines.get(&key).cloned().flatten();
+                let start = if obs.user.is_some() {
+                    image.into_initial_user_state(side, test)
+                } else {
+                    None
+                };
+                runs[k].push(Run {
+                    variant: *variant,
+                    side,
+                    repeat,
+                    obs,
+                    baseline,
+                    start,
+                });
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Runs a NOP in the state once, keeping its after-state when it completed.
+    fn baseline(&mut self, image: &GuestImage, side: Side) -> Result<(), ProbeError> {
+        let key = (image.mode, image.config, image.variant, side);
+        if self.baselines.contains_key(&key) {
+            return Ok(());
+        }
+        let baseline = match image.prepare(side, &NOP, &Default::default()) {
+            Some(p) => {
+                let o = self.run_guarded(image, side, &p)?;
+                if o.outcome.is_completed() {
+                    o.after
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        self.baselines.insert(key, baseline);
+        Ok(())
+    }
+
+    /// Runs one test; a panicking engine becomes an engine error and is
+    /// reopened for the next run.
+    fn run_guarded(
+        &mut self,
+        image: &GuestImage,
+        side: Side,
+        test: &Prepared,
+    ) -> Result<Observation, ProbeError> {
+        let engine = match &mut self.engine {
+            Some(e) => e,
+            None => self
+                .engine
+                .insert((self.opener)().map_err(ProbeError::OpenEngine)?),
+        };
+        match catch_unwind(AssertUnwindSafe(|| engine.run(image, side, test))) {
+            Ok(obs) => Ok(obs),
+            Err(p) => {
+                self.engine = None;
+                Ok(Observation::outcome_only(
+                    Outcome::EngineError(format!("engine panicked: {}", panic_text(p.as_ref()))),
+                    SystemState::default(),
+                ))
+            }
+        }
+    }
+}
+
+/// The final record of an entry from its runs on the engine `name`: the
+/// classifier's verdict, with the engine's deviations applied. `scan` and
+/// `explain` both call this, and nothing after it changes the verdict (the
+/// facts table only annotates).
+pub fn judge(name: &str, version: &str, matrix: &Matrix, entry: &Entry, runs: &[Run]) -> Record {
+    let verdict = classify(matrix.mode, &matrix.config, runs);
+    Record::new(name, version, entry, &matrix.config, verdict)
+}
+
+/// The same state of one entry on two engines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Case {
+    pub variant: Variant,
+    pub side: Side,
+    pub repeat: u8,
+    /// The run on the first engine and on the second (`None` where that
+    /// engine did not run the state).
+    pub a: Option<Run>,
+    pub b: Option<Run>,
+}
+
+impl Case {
+    /// Both engines ran the state and their outcomes differ.
+    pub fn outcomes_differ(&self) -> bool {
+        match (&self.a, &self.b) {
+            (Some(a), Some(b)) => a.obs.outcome.short() != b.obs.outcome.short(),
+            _ => false,
+        }
+    }
+}
+
+/// Two probers over the same matrix: the differential view of one entry.
+pub struct Diff {
+    pub a: Prober,
+    pub b: Prober,
+}
+
+/// Both engines' runs and records of one entry.
+#[derive(Clone, Debug)]
+pub struct Differential {
+    pub cases: Vec<Case>,
+    pub a: Record,
+    pub b: Record,
+}
+
+impl Diff {
+    /// Runs the entry on both engines and attaches the runs state by state,
+    /// in the first engine's order (then any state only the second ran).
+    pub fn probe(&mut self, matrix: &Matrix, entry: &Entry) -> Result<Differential, ProbeError> {
+        let ra = self.a.probe(matrix, entry)?;
+        let rb = self.b.probe(matrix, entry)?;
+        let a = judge(self.a.name(), self.a.version(), matrix, entry, &ra);
+        let b = judge(self.b.name(), self.b.version(), matrix, entry, &rb);
+        let key = |r: &Run| (r.variant, r.side, r.repeat);
+        let mut rb: Vec<Option<Run>> = rb.into_iter().map(Some).collect();
+        let mut cases = Vec::with_capacity(ra.len());
+        for run in ra {
+            let other = rb
+                .iter_mut()
+                .find(|o| o.as_ref().is_some_and(|o| key(o) == key(&run)))
+                .and_then(Option::take);
+            cases.push(Case {
+                variant: run.variant,
+                side: run.side,
+                repeat: run.repeat,
+                a: Some(run),
+                b: other,
+            });
+        }
+        cases.extend(rb.into_iter().flatten().map(|run| Case {
+            variant: run.variant,
+            side: run.side,
+            repeat: run.repeat,
+            a: None,
+            b: Some(run),
+        }));
+        Ok(Differential { cases, a, b })
+    }
+}
+
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completed(user: Option<UserState>, after: Option<SystemState>) -> Observation {
+        Observation {
+            outcome: Outcome::Completed {
+                rip: 0,
+                at_sentinel: true,
+            },
+            before: SystemState::default(),
+            after,
+            user,
+        }
+    }
+
+    fn run(start: Option<UserState>, after: UserState) -> Run {
+        Run {
+            start,
+            ..Run::new(
+                Variant::base(&Config::UMIP_OFF),
+                Side::Supervisor,
+                0,
+                completed(Some(after), None),
+            )
+        }
+    }
+
+    #[test]
+    fn changes_are_measured_against_the_nop_baseline() {
+        let before = SystemState {
+            sys_flags: 3 << 12,
+            ..Default::default()
+        };
+        // The engine shows IOPL 0 after any instruction in this state...
+        let after = SystemState {
+            sys_flags: 0,
+            ..Default::default()
+        };
+        let mut obs = completed(None, Some(after.clone()));
+        obs.before = before;
+        let mut r = Run::new(Variant::base(&Config::UMIP_OFF), Side::User, 0, obs);
+        assert_eq!(r.changed_r().len(), 1);
+        // ...and so does a NOP: the instruction itself changed nothing.
+        r.baseline = Some(after);
+        assert!(r.changed_r().is_empty());
+    }
+
+    #[test]
+    fn results_are_compared_by_their_effects() {
+        let start = |rax: u64| UserState {
+            gprs: [rax; 16],
+            data: vec![0; 16],
+            stack: vec![0; 16],
+            ..Default::default()
+        };
+        // Different inputs left alone: no difference in effects.
+        let a = run(Some(start(0x10)), start(0x10));
+        let b = run(Some(start(0x23)), start(0x23));
+        assert!(diff_results(&a, &b).is_empty());
+        // The same write on both sides: equal effects.
+        let mut wa = start(0x10);
+        wa.data[3] = 7;
+        let mut wb = start(0x23);
+        wb.data[3] = 7;
+        assert!(diff_results(
+            &run(Some(start(0x10)), wa.clone()),
+            &run(Some(start(0x23)), wb)
+        )
+        .is_empty());
+        // Different values written: a difference, named by its place.
+        let mut wc = start(0x23);
+        wc.data[3] = 9;
+        let d = diff_results(&run(Some(start(0x10)), wa), &run(Some(start(0x23)), wc));
+        assert_eq!(d.len(), 1);
+        assert!(d[0].starts_with("data[0x3..] 07"), "{d:?}");
+        // Without starts, results are compared as they are.
+        let (mut x, mut y) = (a.clone(), b.clone());
+        x.start = None;
+        y.start = None;
+        assert_eq!(diff_results(&x, &y).len(), 16);
+    }
+
+    #[test]
+    fn effects_computed_once_give_the_pairwise_diff() {
+        let start = UserState {
+            gprs: [3; 16],
+            data: vec![0; 256],
+            stack: vec![1; 256],
+            ..Default::default()
+        };
+        let with = |f: &dyn Fn(&mut UserState)| {
+            let mut after = start.clone();
+            f(&mut after);
+            run(Some(start.clone()), after)
+        };
+        let runs = [
+            with(&|_| {}),
+            with(&|u| u.data[70] = 9),
+            with(&|u| {
+                u.data[70] = 8;
+                u.stack[255] = 0;
+                u.gprs[2] = 5;
+            }),
+            with(&|u| u.flags = 0x40),
+        ];
+        let mut no_start = runs[1].clone();
+        no_start.start = None;
+        let all: Vec<&Run> = runs.iter().chain([&no_start]).collect();
+        for a in &all {
+            for b in &all {
+                let (ea, eb) = (a.effects(), b.effects());
+                assert_eq!(
+                    diff_effects(&a.obs, ea.as_ref(), &b.obs, eb.as_ref()),
+                    diff_results(a, b)
+                );
+            }
+        }
+        assert_eq!(
+            diff_results(&runs[1], &runs[2]),
+            vec![
+                "rdx unchanged vs 0x5".to_string(),
+                "data[0x46..] 0900000000000000 vs 0800000000000000 (written by the runs)"
+                    .to_string(),
+                "stack[0xff..] 01 vs 00 (written by the runs)".to_string(),
+            ]
+        );
+    }
+}
