@@ -6,6 +6,7 @@ use analyzer::compare;
 use analyzer::engine::{self, EngineKind};
 use analyzer::explain;
 use analyzer::mode::{Config, Mode};
+use analyzer::probe::Prober;
 use analyzer::record::Record;
 use analyzer::report::{self, Format, Report};
 use analyzer::scan::{self, ScanPlan};
@@ -16,6 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Writes to standard output; a closed pipe (`popek violators | head`) ends
 /// the output quietly instead of panicking.
@@ -94,6 +96,10 @@ pub struct ExplainArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The table of documented facts the verdict is put beside (as for
+    /// `scan`); `none` skips it.
+    #[arg(long)]
+    pub facts: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -247,22 +253,28 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
         iopl: a.iopl,
         ..Config::default()
     };
-    let entries = explain::entries_for(&target, a.mode)?;
     let kinds = parse_engines(&a.engine)?;
-    let mut all = Vec::new();
+    let cat = catalog::build(a.mode);
+    let entries = explain::entries_for(&target, a.mode, &cat)?;
+    let facts = load_facts(a.facts.as_deref(), &cat.entries)?;
+    let mut probers = Vec::new();
     for kind in kinds {
-        let mut e = match engine::open(kind) {
-            Ok(e) => e,
+        match Prober::open(Arc::new(move || engine::open(kind))) {
+            Ok(p) => probers.push(p),
             Err(err) if is_all(&a.engine) => {
                 eprintln!("popek: skipping engine {kind}: {err}");
-                continue;
             }
             Err(err) => return Err(err).with_context(|| format!("cannot open engine {kind}")),
-        };
-        all.extend(explain::explain(&entries, config, e.as_mut()));
+        }
     }
-    if all.is_empty() {
+    if probers.is_empty() {
         bail!("no engine could run the instruction");
+    }
+    let mut all = explain::explain(&entries, config, probers)?;
+    if let Some(f) = &facts {
+        for x in all.iter_mut() {
+            truth::annotate(std::slice::from_mut(&mut x.record), f);
+        }
     }
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&all)?);

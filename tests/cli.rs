@@ -22,8 +22,14 @@ fn explain_hlt_traps_at_cpl3_and_completes_at_cpl0() {
     let o = popek(&["explain", "hlt", "--mode", "64"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("cpl0: completed"), "{out}");
-    assert!(out.contains("cpl3: #GP"), "{out}");
+    // The verdict first, with the state pair that decided it, then the runs.
+    assert!(out.contains("verdict: privileged"), "{out}");
+    assert!(
+        out.contains("because privileged: base@cpl0 completed vs base@cpl3 #GP"),
+        "{out}"
+    );
+    assert!(out.find("verdict:") < out.find("runs ("), "{out}");
+    assert!(out.contains("base@cpl3, "), "{out}");
 }
 
 #[test]
@@ -32,8 +38,15 @@ fn explain_bytes_and_json() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("explain --json prints JSON");
-    assert_eq!(v[0]["code"], "Sgdt_m1632");
-    assert_eq!(v[0]["runs"].as_array().map(Vec::len), Some(2));
+    let record = &v[0]["record"];
+    assert_eq!(record["code"], "Sgdt_m1632");
+    assert_eq!(record["verdict"]["class"], "sensitive-unprivileged");
+    // Every run of the matrix, each with its state and its evidence.
+    let runs = v[0]["runs"].as_array().expect("runs");
+    assert_eq!(Some(runs.len() as u64), record["verdict"]["runs"].as_u64());
+    assert!(runs.len() > 20, "{}", runs.len());
+    assert_eq!(runs[0]["state"], "base@cpl0");
+    assert!(runs[0]["run"]["obs"]["outcome"].is_object(), "{}", runs[0]);
 }
 
 #[test]
@@ -238,17 +251,16 @@ fn explain_on_kvm_shows_umip_traps() {
     assert!(o.status.success(), "{err}");
     // Unicorn has no CR4.UMIP; the KVM probe shows the #GP.
     let kvm = out.split("engine kvm").nth(1).expect("a kvm section");
-    assert!(kvm.contains("cpl3: #GP"), "{out}");
+    assert!(kvm.contains("verdict: privileged"), "{out}");
+    assert!(kvm.contains("cpl3 #GP"), "{out}");
     let unicorn = out
         .split("engine unicorn")
         .nth(1)
         .expect("a unicorn section");
+    let unicorn = unicorn.split("engine kvm").next().unwrap_or("");
+    assert!(unicorn.contains("verdict: sensitive-unprivileged"), "{out}");
     assert!(
-        unicorn
-            .split("engine kvm")
-            .next()
-            .unwrap_or("")
-            .contains("cpl3: completed"),
+        unicorn.contains("engines differ at base@cpl3: completed vs #GP"),
         "{out}"
     );
 }

@@ -1,11 +1,13 @@
 //! `popek explain`: run one instruction (every catalog form of a mnemonic, or
-//! exactly the given bytes) at CPL 0 and CPL 3 and say what each run did.
+//! exactly the given bytes) through the whole sampled-state matrix, as
+//! `scan` does, and say what the verdict is, why, and what each run did.
 
-use crate::catalog::{self, DocMeta, Entry};
-use crate::engine::Engine;
-use crate::machine::{GuestImage, Setup, Variant};
+use crate::catalog::{self, Catalog, Entry};
+use crate::machine::Setup;
 use crate::mode::{Config, Mode};
-use crate::observe::{diff_system, diff_user, hex, Observation, Side};
+use crate::observe::{diff_user, hex};
+use crate::probe::{self, Diff, GuestHarness, Matrix, ProbeError, Prober, Run};
+use crate::record::Record;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use serde::Serialize;
 
@@ -163,36 +165,36 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, ExplainError> {
 
 /// One run of an explained instruction.
 #[derive(Clone, Debug, Serialize)]
-pub struct SideRun {
-    pub side: Side,
+pub struct ExplainedRun {
+    /// The state: `base@cpl0`, `tables-moved@cpl3 (repeat 1)`, ...
+    pub state: String,
     pub outcome: String,
-    /// Parts of R and M that changed.
+    /// Parts of R and M that changed, against the NOP baseline of the state
+    /// (as the verdict measures them).
     pub system_changes: Vec<String>,
-    /// User-visible results that changed (registers, flags, data page, stack).
+    /// User-visible results that changed against the start of the run
+    /// (registers, flags, data page, stack).
     pub user_changes: Vec<String>,
-    /// The full observation, for `--json`.
-    pub observation: Observation,
+    /// The run itself (observation, baseline, start), for `--json`.
+    pub run: Run,
 }
 
-/// One explained form.
+/// One explained form on one engine: its final record (verdict and
+/// evidence, exactly as `scan` gives it) and every run of the matrix.
 #[derive(Clone, Debug, Serialize)]
 pub struct Explained {
-    pub mode: String,
-    pub config: String,
-    pub engine: String,
-    pub code: String,
-    pub form: String,
-    pub bytes: String,
-    pub doc: DocMeta,
-    pub runs: Vec<SideRun>,
+    pub record: Record,
+    pub runs: Vec<ExplainedRun>,
+    /// States where the other engine of a two-engine explain ended
+    /// otherwise: `state: this vs other`.
+    pub engines_differ: Vec<String>,
 }
 
 /// The entries a target names in a mode: catalog forms of a mnemonic, or the
 /// given bytes as one entry with the harness's default operands.
-pub fn entries_for(target: &Target, mode: Mode) -> Result<Vec<Entry>, ExplainError> {
+pub fn entries_for(target: &Target, mode: Mode, cat: &Catalog) -> Result<Vec<Entry>, ExplainError> {
     match target {
         Target::Mnemonic(m, filter) => {
-            let cat = catalog::build(mode);
             let found: Vec<Entry> = cat.find_mnemonic(m).into_iter().cloned().collect();
             if found.is_empty() {
                 return Err(ExplainError::UnknownMnemonic {
@@ -262,67 +264,177 @@ pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError>
     })
 }
 
-/// Runs every entry at CPL 0 and CPL 3 in the base state of `config`.
-pub fn explain(entries: &[Entry], config: Config, engine: &mut dyn Engine) -> Vec<Explained> {
+/// Runs every entry through the whole matrix of `config` in its mode on
+/// each prober and judges it as `scan` does ([`probe::judge`]); with two
+/// probers, their runs are attached state by state ([`Diff`]) and the
+/// states where the engines' outcomes differ are named.
+pub fn explain(
+    entries: &[Entry],
+    config: Config,
+    probers: Vec<Prober>,
+) -> Result<Vec<Explained>, ProbeError> {
+    let mut matrices: Vec<Matrix> = Vec::new();
     let mut out = Vec::new();
+    let mut second = Vec::new();
+    let mut probers = probers;
+    let two = probers.len() == 2;
+    let mut diff = if two {
+        let b = probers.pop();
+        let a = probers.pop();
+        a.zip(b).map(|(a, b)| Diff { a, b })
+    } else {
+        None
+    };
     for e in entries {
-        let image = GuestImage::build(e.mode, config, Variant::base(&config));
-        let mut runs = Vec::new();
-        for side in Side::BOTH {
-            let Some(p) = image.prepare(side, &e.bytes, &e.setup) else {
-                continue;
-            };
-            let obs = engine.run(&image, side, &p);
-            let system_changes = obs
-                .after
-                .as_ref()
-                .map(|a| diff_system(&obs.before, a))
-                .unwrap_or_default();
-            let user_changes = obs
-                .user
-                .as_ref()
-                .and_then(|u| image.initial_user_state(side, &p).map(|s| diff_user(&s, u)))
-                .unwrap_or_default();
-            runs.push(SideRun {
-                side,
-                outcome: obs.outcome.short(),
-                system_changes,
-                user_changes,
-                observation: obs,
-            });
+        let k = match matrices.iter().position(|m| m.mode == e.mode) {
+            Some(k) => k,
+            None => {
+                matrices.push(Matrix::build(&GuestHarness, e.mode, config)?);
+                matrices.len() - 1
+            }
+        };
+        let matrix = &matrices[k];
+        if let Some(d) = diff.as_mut() {
+            let x = d.probe(matrix, e)?;
+            let (mut ra, mut rb) = (Vec::new(), Vec::new());
+            let mut da = Vec::new();
+            let mut db = Vec::new();
+            for case in x.cases {
+                if let (Some(a), Some(b)) = (&case.a, &case.b) {
+                    if case.outcomes_differ() {
+                        let st = state_text(a, &config);
+                        let (oa, ob) = (a.obs.outcome.short(), b.obs.outcome.short());
+                        da.push(format!("{st}: {oa} vs {ob} on {}", x.b.engine));
+                        db.push(format!("{st}: {ob} vs {oa} on {}", x.a.engine));
+                    }
+                }
+                ra.extend(case.a);
+                rb.extend(case.b);
+            }
+            out.push(explained(x.a, ra, &config, da));
+            second.push(explained(x.b, rb, &config, db));
+        } else {
+            for p in probers.iter_mut() {
+                let runs = p.probe(matrix, e)?;
+                let record = probe::judge(p.name(), p.version(), matrix, e, &runs);
+                out.push(explained(record, runs, &config, Vec::new()));
+            }
         }
-        out.push(Explained {
-            mode: e.mode.name().to_string(),
-            config: config.name(),
-            engine: engine.version(),
-            code: e.code.clone(),
-            form: e.form.clone(),
-            bytes: hex(&e.bytes),
-            doc: e.doc.clone(),
-            runs,
-        });
     }
-    out
+    // Two engines: each engine's forms together, in entry order.
+    out.extend(second);
+    Ok(out)
 }
 
-/// Text for people.
+fn state_text(r: &Run, config: &Config) -> String {
+    let label = format!("{}@{}", r.variant.name(config), r.side);
+    if r.repeat == 0 {
+        label
+    } else {
+        format!("{label} (repeat {})", r.repeat)
+    }
+}
+
+fn explained(
+    record: Record,
+    runs: Vec<Run>,
+    config: &Config,
+    engines_differ: Vec<String>,
+) -> Explained {
+    let runs = runs
+        .into_iter()
+        .map(|run| {
+            let user_changes = match (&run.start, &run.obs.user) {
+                (Some(s), Some(u)) => diff_user(s, u),
+                _ => Vec::new(),
+            };
+            ExplainedRun {
+                state: state_text(&run, config),
+                outcome: run.obs.outcome.short(),
+                system_changes: run.changed_r(),
+                user_changes,
+                run,
+            }
+        })
+        .collect();
+    Explained {
+        record,
+        runs,
+        engines_differ,
+    }
+}
+
+/// Text for people: per form and engine the verdict first, with the state
+/// pairs that decided it, then every run's outcome and changes.
 pub fn render_text(items: &[Explained]) -> String {
     let mut s = String::new();
     for x in items {
+        let r = &x.record;
+        let v = &r.verdict;
         s.push_str(&format!(
             "{}  [{}]  bytes {}  mode {}  {}  engine {}\n",
-            x.form, x.code, x.bytes, x.mode, x.config, x.engine
+            r.form,
+            r.code,
+            r.bytes,
+            r.mode.name(),
+            r.config,
+            r.engine_version
         ));
-        let d = &x.doc;
+        let mut verdict = format!("  verdict: {}", v.class);
+        let kinds = r.sensitivity_kinds();
+        if !kinds.is_empty() {
+            verdict.push_str(&format!(" ({})", kinds.join(", ")));
+        }
+        match (v.violates_pg, v.violates_hybrid) {
+            (true, true) => verdict.push_str(": breaks P&G theorems 1 and 3"),
+            (true, false) => verdict.push_str(": breaks P&G theorem 1"),
+            (false, true) => verdict.push_str(": breaks P&G theorem 3"),
+            _ => {}
+        }
+        s.push_str(&verdict);
+        s.push('\n');
+        for e in &v.evidence {
+            s.push_str(&format!("    because {e}\n"));
+        }
+        for n in &v.notes {
+            s.push_str(&format!("    note: {n}\n"));
+        }
+        if let Some(d) = &r.documented {
+            s.push_str(&format!("  documented facts: {d}\n"));
+        }
+        if let Some(d) = &r.deviation {
+            s.push_str(&format!("  engine deviation: {d}\n"));
+        }
+        if let Some(d) = &r.doc_disagreement {
+            s.push_str(&format!("  iced metadata: {d}\n"));
+        }
+        let d = &r.doc;
         s.push_str(&format!(
-            "  documented: privileged={} cpl0-only={} io={} intel-vm-exit={} flow={}\n",
+            "  iced: privileged={} cpl0-only={} io={} intel-vm-exit={} flow={}\n",
             d.is_privileged, d.must_be_cpl0, d.is_input_output, d.intel_vm_exit, d.flow_control
         ));
-        for r in &x.runs {
-            s.push_str(&format!("  {}: {}\n", r.side, r.outcome));
-            for c in r.system_changes.iter().chain(r.user_changes.iter()) {
-                s.push_str(&format!("      changed {c}\n"));
+        for e in &x.engines_differ {
+            s.push_str(&format!("  engines differ at {e}\n"));
+        }
+        // Runs with the same outcome and changes share a line, in matrix order.
+        let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+        for run in &x.runs {
+            let mut what = run.outcome.clone();
+            for c in run.system_changes.iter().chain(run.user_changes.iter()) {
+                // Every run that completes at the sentinel moves RIP past the instruction.
+                if run.outcome == "completed" && c.starts_with("rip ") {
+                    continue;
+                }
+                what.push_str(&format!("\n        changed {c}"));
             }
+            match groups.iter_mut().find(|g| g.0 == what) {
+                Some(g) => g.1.push(&run.state),
+                None => groups.push((what, vec![&run.state])),
+            }
+        }
+        s.push_str(&format!("  runs ({}):\n", x.runs.len()));
+        for (what, states) in groups {
+            s.push_str(&format!("    {}: {what}\n", states.join(", ")));
         }
     }
     s
@@ -400,7 +512,7 @@ mod tests {
     #[test]
     fn mnemonic_forms_are_filtered_by_operand_text() {
         let t = parse_target("push cs", false).unwrap();
-        let e = entries_for(&t, Mode::Prot32).unwrap();
+        let e = entries_for(&t, Mode::Prot32, &catalog::build(Mode::Prot32)).unwrap();
         assert!(
             !e.is_empty() && e.iter().all(|x| x.form.contains("cs")),
             "{:?}",
@@ -408,11 +520,11 @@ mod tests {
         );
         let t = parse_target("push xyz", false).unwrap();
         assert!(matches!(
-            entries_for(&t, Mode::Prot32),
+            entries_for(&t, Mode::Prot32, &catalog::build(Mode::Prot32)),
             Err(ExplainError::NoSuchForm { .. })
         ));
         let t = parse_target("sgtd", false).unwrap();
-        match entries_for(&t, Mode::Long64) {
+        match entries_for(&t, Mode::Long64, &catalog::build(Mode::Long64)) {
             Err(ExplainError::UnknownMnemonic { suggest, .. }) => {
                 assert!(suggest.contains(&"sgdt".to_string()))
             }
@@ -439,5 +551,35 @@ mod tests {
             entry_from_bytes(&[0x06], Mode::Prot32).unwrap().mnemonic,
             "push"
         );
+    }
+
+    #[test]
+    fn explain_and_scan_agree_on_every_catalog_entry_of_a_mode() {
+        use crate::engine::{self, EngineKind};
+        let mode = Mode::Prot16;
+        let cat = catalog::build(mode);
+        let config = Config::UMIP_OFF;
+        let scanned = crate::scan::run_scan(
+            &cat.entries,
+            &[config],
+            || engine::open(EngineKind::Unicorn),
+            0,
+            false,
+        )
+        .expect("scan");
+        let prober = Prober::open(std::sync::Arc::new(|| engine::open(EngineKind::Unicorn)))
+            .expect("unicorn");
+        let explained = explain(&cat.entries, config, vec![prober]).expect("explain");
+        assert_eq!(scanned.len(), cat.entries.len());
+        assert_eq!(explained.len(), scanned.len());
+        for (x, r) in explained.iter().zip(&scanned) {
+            assert_eq!(&x.record, r, "{} {}", r.code, r.form);
+            assert_eq!(x.runs.len(), r.verdict.runs, "{}", r.code);
+        }
+        // Not a vacuous agreement: the mode has violators and privileged instructions.
+        let count =
+            |c: crate::classify::Class| scanned.iter().filter(|r| r.verdict.class == c).count();
+        assert!(count(crate::classify::Class::SensitiveUnprivileged) > 10);
+        assert!(count(crate::classify::Class::Privileged) > 10);
     }
 }
