@@ -22,12 +22,14 @@
 
 use crate::machine::{StateLabel, Variant};
 use crate::mode::{Config, Mode};
-use crate::observe::{diff_effects, diff_user, Effects, Outcome, Side};
+use crate::observe::{diff_effects, Effects, Outcome, Side};
 pub use crate::probe::Run;
 use serde::{Deserialize, Serialize};
 use std::cell::OnceCell;
 use std::fmt;
 use std::str::FromStr;
+
+pub mod coverage;
 
 /// The single primary label of a verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -42,6 +44,9 @@ pub enum Class {
     /// The engine executed a different instruction (it completed a
     /// non-branch off the sentinel); no verdict on this one.
     EngineDeviation,
+    /// States that could decide the verdict did not run on this engine
+    /// ([`coverage`]); no verdict.
+    NotJudged,
     /// Privileged (possibly also sensitive, which is what P&G require).
     Privileged,
     /// Sensitive and not privileged: a P&G violation.
@@ -53,11 +58,12 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 8] = [
+    pub const ALL: [Class; 9] = [
         Class::Unsupported,
         Class::AlwaysTraps,
         Class::EngineError,
         Class::EngineDeviation,
+        Class::NotJudged,
         Class::Privileged,
         Class::SensitiveUnprivileged,
         Class::Innocuous,
@@ -69,6 +75,7 @@ impl Class {
             Class::AlwaysTraps => "always-traps",
             Class::EngineError => "engine-error",
             Class::EngineDeviation => "engine-deviation",
+            Class::NotJudged => "not-judged",
             Class::Privileged => "privileged",
             Class::SensitiveUnprivileged => "sensitive-unprivileged",
             Class::Innocuous => "innocuous",
@@ -156,6 +163,10 @@ pub struct Verdict {
     /// sentinel right after the instruction (`state: completed@0x...`).
     #[serde(default)]
     pub off_sentinel: Option<String>,
+    /// The runs the engine could not run (not supported, engine error), by
+    /// state, in matrix order: the verdict rests on the others ([`coverage`]).
+    #[serde(default)]
+    pub not_run: Vec<String>,
 }
 
 impl Verdict {
@@ -163,9 +174,13 @@ impl Verdict {
         self.control_sensitive || self.behavior_sensitive
     }
     /// Neither a verdict nor a theorem counts it: every run ended at engine
-    /// level, or the engine executed a different instruction.
+    /// level, the engine executed a different instruction, or states that
+    /// could decide it did not run.
     pub fn unjudged(&self) -> bool {
-        matches!(self.class, Class::EngineError | Class::EngineDeviation)
+        matches!(
+            self.class,
+            Class::EngineError | Class::EngineDeviation | Class::NotJudged
+        )
     }
 }
 
@@ -432,12 +447,23 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
             ));
         }
         match (&x.user, &y.user) {
-            // Name what differs, not the values: they differ from scan to
-            // scan, and reports must be the same for the same inputs.
-            (Some(a), Some(b)) => detail.extend(diff_user(a, b).into_iter().map(|d| {
-                let what = d.split_whitespace().next().unwrap_or("").to_string();
-                format!("{what} differs")
-            })),
+            // Name the parts that differ, not the registers or the values:
+            // which of them differ can change from scan to scan (RDTSC's
+            // high half changes only when the low half wraps between the two
+            // runs), and reports must be the same for the same inputs.
+            (Some(a), Some(b)) => {
+                for (differs, part) in [
+                    (a.gprs != b.gprs, "general registers differ"),
+                    (a.rip != b.rip, "rip differs"),
+                    (a.flags != b.flags, "flags differ"),
+                    (a.data != b.data, "data page differs"),
+                    (a.stack != b.stack, "stack differs"),
+                ] {
+                    if differs {
+                        detail.push(part.to_string());
+                    }
+                }
+            }
             (None, None) => {}
             _ => detail.push("user state present in one run only".into()),
         }
@@ -535,11 +561,27 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
             .unwrap_or(KINDS.len())
     });
 
-    let class = if valid.is_empty() {
+    let not_run: Vec<&Ordered<'_>> = ordered
+        .iter()
+        .filter(|o| coverage::is_not_run(&o.run.obs.outcome))
+        .collect();
+    let mut class = if valid.is_empty() {
         if runs.is_empty() {
             notes.push("no runs".into());
         }
-        Class::EngineError
+        if !runs.is_empty()
+            && ordered
+                .iter()
+                .all(|o| matches!(o.run.obs.outcome, Outcome::NotSupported(_)))
+        {
+            notes.push(format!(
+                "not run on this engine: {}",
+                ordered[0].run.obs.outcome.short()
+            ));
+            Class::NotJudged
+        } else {
+            Class::EngineError
+        }
     } else if unsupported {
         Class::Unsupported
     } else if always_traps {
@@ -553,6 +595,21 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
     } else {
         Class::Innocuous
     };
+
+    let (mut violates_pg, mut violates_hybrid) = (violates_pg, violates_hybrid);
+    let not_run_variants: Vec<Variant> = not_run.iter().map(|o| o.run.variant).collect();
+    if !coverage::stands(class, &not_run_variants, config) {
+        let labels: Vec<String> = not_run.iter().map(|o| label_text(o)).collect();
+        notes.push(coverage::not_judged_note(
+            class,
+            &labels,
+            runs.len(),
+            &not_run[0].run.obs.outcome.short(),
+        ));
+        class = Class::NotJudged;
+        violates_pg = false;
+        violates_hybrid = false;
+    }
 
     Verdict {
         class,
@@ -574,6 +631,7 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
         engine_level_runs: runs.len() - valid.len(),
         notes,
         off_sentinel,
+        not_run: not_run.iter().map(|o| label_text(o)).collect(),
     }
 }
 
@@ -827,9 +885,19 @@ mod tests {
         assert_eq!(e.a.to_string(), "base@cpl0");
         assert_eq!(e.outcome_b.as_deref(), Some("completed (repeat 1)"));
         assert_eq!(
-            e.detail, "rax differs",
+            e.detail, "general registers differ",
             "the values are not in the evidence: reports stay reproducible"
         );
+        // Which registers differ is not in it either: RDTSC's RDX changes
+        // only when RAX wraps between the two runs.
+        let wrapped = runs_of(Mode::Long64, &CFG, |v, side, repeat| {
+            let mut u = user();
+            u.gprs[0] = repeat as u64 * 1000 + v.name(&CFG).len() as u64;
+            u.gprs[2] = repeat as u64;
+            obs::completed(sys(side), u)
+        });
+        let w = classify(Mode::Long64, &CFG, &wrapped);
+        assert_eq!(w.evidence, v.evidence);
     }
 
     #[test]

@@ -399,6 +399,14 @@ pub fn render_text(items: &[Explained]) -> String {
         for n in &v.notes {
             s.push_str(&format!("    note: {n}\n"));
         }
+        if !v.not_run.is_empty() {
+            s.push_str(&format!(
+                "  not run on this engine ({} of {} runs): {}\n",
+                v.not_run.len(),
+                v.runs,
+                v.not_run.join(", ")
+            ));
+        }
         if let Some(d) = &r.documented {
             s.push_str(&format!("  documented facts: {d}\n"));
         }

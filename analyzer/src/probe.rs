@@ -330,10 +330,14 @@ pub struct Case {
 }
 
 impl Case {
-    /// Both engines ran the state and their outcomes differ.
+    /// Both engines ran the state and their outcomes differ (a state one
+    /// engine could not run is not a difference: it is not run there).
     pub fn outcomes_differ(&self) -> bool {
         match (&self.a, &self.b) {
-            (Some(a), Some(b)) => a.obs.outcome.short() != b.obs.outcome.short(),
+            (Some(a), Some(b)) => {
+                let ran = |r: &Run| !crate::classify::coverage::is_not_run(&r.obs.outcome);
+                ran(a) && ran(b) && a.obs.outcome.short() != b.obs.outcome.short()
+            }
             _ => false,
         }
     }

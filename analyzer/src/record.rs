@@ -223,6 +223,7 @@ pub(crate) mod tests {
             engine_level_runs: 0,
             notes: Vec::new(),
             off_sentinel: None,
+            not_run: Vec::new(),
         }
     }
 

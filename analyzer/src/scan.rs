@@ -243,7 +243,7 @@ pub(crate) mod tests {
     use crate::classify::Class;
     use crate::engine::fake::{obs, FakeEngine};
     use crate::machine::{EntryState, Prepared, SysRegs, TEST_RIP};
-    use crate::observe::{Observation, Side, SystemState, UserState};
+    use crate::observe::{Observation, Outcome, Side, SystemState, UserState};
 
     /// Images with no memory: enough for the fake engine, which reads only the variant.
     pub(crate) struct TinyHarness;
@@ -474,12 +474,69 @@ pub(crate) mod tests {
         });
         let records = scan(&entries, &fake, 1).expect("scan");
         let v = &records[0].verdict;
-        assert_eq!(v.class, Class::Privileged);
+        // The tables-moved pair could break the privilege: not judged.
+        assert_eq!(v.class, Class::NotJudged, "{:?}", v.notes);
+        assert_eq!(v.not_run, ["tables-moved@cpl0", "tables-moved@cpl3"]);
         assert_eq!(v.engine_level_runs, 2);
         assert_eq!(
             v.engine_results[0],
             "tables-moved@cpl0: engine-error: engine panicked: boom"
         );
+    }
+
+    #[test]
+    fn a_verdict_claims_only_the_states_that_ran() {
+        // An engine that cannot run ring compression (as KVM on PVM today).
+        let fake = FakeEngine::new(|v: &Variant, side, bytes: &[u8]| {
+            if v.supervisor_dpl != 0 {
+                return Observation::outcome_only(
+                    Outcome::NotSupported("no ring compression here".into()),
+                    SystemState::default(),
+                );
+            }
+            rule(v, side, bytes)
+        });
+        let entries = vec![
+            entry(Mode::Prot32, "add", &[0x01, 0xc0]),
+            entry(Mode::Prot32, "hlt", &[0xf4]),
+            entry(Mode::Prot32, "sgdt", &[0x0f, 0x01, 0x05]),
+        ];
+        let records = scan(&entries, &fake, 1).expect("scan");
+        let class = |m: &str| {
+            let r = records
+                .iter()
+                .find(|r| r.mnemonic == m && r.config == "umip=off")
+                .expect("record");
+            (
+                r.verdict.class,
+                r.verdict.notes.clone(),
+                r.verdict.not_run.clone(),
+            )
+        };
+        // "Not sensitive anywhere" cannot stand on the states that ran.
+        let (c, notes, not_run) = class("add");
+        assert_eq!(c, Class::NotJudged);
+        assert!(not_run.iter().all(|s| s.starts_with("ring")), "{not_run:?}");
+        assert_eq!(not_run.len(), 4);
+        assert!(
+            notes.iter().any(|n| n
+                .starts_with("not judged: 4 of 26 runs not run on this engine (ring1@cpl0")
+                && n.contains("no ring compression here")
+                && n.ends_with("otherwise than innocuous")),
+            "{notes:?}"
+        );
+        // Privilege rests on the configuration-preserving pairs, which ran.
+        assert_eq!(class("hlt").0, Class::Privileged);
+        // A violation rests on evidence that ran.
+        assert_eq!(class("sgdt").0, Class::SensitiveUnprivileged);
+        // The same engine with every state: innocuous.
+        let all = scan(&entries, &FakeEngine::new(rule), 1).expect("scan");
+        assert_eq!(all[0].verdict.class, Class::Innocuous);
+        assert!(all[0].verdict.not_run.is_empty());
+        // Not judged counts for neither theorem.
+        let rep = crate::report::Report::new("fake", "1", records);
+        let t = &rep.header.theorems[0];
+        assert_eq!(t.unjudged, 1);
     }
 
     #[test]

@@ -410,6 +410,9 @@ pub enum Status {
     Disagrees,
     /// The row names this engine as deviating, yet it agrees (the reason given).
     KnownDeviationFixed(String),
+    /// The record has no verdict to check: states that could decide it did
+    /// not run on the engine (class `not-judged`).
+    NotJudged,
 }
 
 /// One record beside one fact.
@@ -442,7 +445,7 @@ impl Finding {
             self.measured()
         );
         match &self.status {
-            Status::Agrees | Status::KnownDeviationFixed(_) => None,
+            Status::Agrees | Status::KnownDeviationFixed(_) | Status::NotJudged => None,
             Status::KnownDeviation(reason) => {
                 Some(format!("{base}; {KNOWN} {} gap: {reason}", self.engine))
             }
@@ -481,6 +484,7 @@ impl fmt::Display for Finding {
             Status::KnownDeviationFixed(r) => {
                 write!(f, ": agrees although listed as a known deviation ({r})")
             }
+            Status::NotJudged => write!(f, ": not judged (states not run on this engine)"),
         }
     }
 }
@@ -504,6 +508,7 @@ fn findings_of(r: &Record, facts: &Facts) -> Vec<Finding> {
         .map(|f| {
             let agrees = f.expect.holds_for(r);
             let status = match (agrees, f.known_reason(&r.engine)) {
+                _ if r.verdict.class == Class::NotJudged => Status::NotJudged,
                 (true, None) => Status::Agrees,
                 (true, Some(why)) => Status::KnownDeviationFixed(why.to_string()),
                 (false, Some(why)) => Status::KnownDeviation(why.to_string()),
@@ -558,6 +563,8 @@ pub struct Tally {
     pub known: usize,
     pub unexpected: usize,
     pub fixed: usize,
+    /// Records not judged (states not run on the engine): not checked.
+    pub not_judged: usize,
 }
 
 impl Tally {
@@ -569,6 +576,7 @@ impl Tally {
                 Status::KnownDeviation(_) => t.known += 1,
                 Status::Disagrees => t.unexpected += 1,
                 Status::KnownDeviationFixed(_) => t.fixed += 1,
+                Status::NotJudged => t.not_judged += 1,
             }
         }
         t
@@ -584,6 +592,13 @@ impl fmt::Display for Tally {
         )?;
         if self.fixed > 0 {
             write!(f, ", {} listed as known deviations but agree", self.fixed)?;
+        }
+        if self.not_judged > 0 {
+            write!(
+                f,
+                ", {} not checked (not judged: states not run on the engine)",
+                self.not_judged
+            )?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@ use crate::record::Record;
 use std::io::{self, Write};
 
 /// The columns, in order.
-pub const COLUMNS: [&str; 24] = [
+pub const COLUMNS: [&str; 25] = [
     "engine",
     "mode",
     "config",
@@ -29,6 +29,7 @@ pub const COLUMNS: [&str; 24] = [
     "engine_results",
     "documented",
     "deviation",
+    "not_run",
 ];
 
 /// Writes a header and one row per record.
@@ -63,6 +64,7 @@ pub fn write_csv<W: Write>(w: W, records: &[Record]) -> io::Result<()> {
             v.engine_results.join("; "),
             r.documented.clone().unwrap_or_default(),
             r.deviation.clone().unwrap_or_default(),
+            v.not_run.join("; "),
         ])?;
     }
     out.flush()
@@ -75,10 +77,10 @@ mod tests {
     use crate::record::tests::record;
 
     const GOLDEN: &str = "\
-engine,mode,config,code,mnemonic,bytes,class,privileged,control_sensitive,behavior_sensitive,user_sensitive,violates_pg,documented_privileged,evidence,form,location_sensitive,mode_sensitive,nondeterministic,violates_hybrid,changed,doc_disagreement,engine_results,documented,deviation
-fake,32,umip=off,HLT_x,hlt,0f01,privileged,true,false,false,false,false,true,privileged: base@cpl0 completed vs base@cpl3 #GP(0x0),hlt,false,false,false,false,,,,privileged (Intel SDM),
-fake,32,umip=off,SGDT_x,sgdt,0f01,sensitive-unprivileged,false,false,true,true,true,false,location: base@cpl3 completed vs tables-moved@cpl3 completed (data[0x2..] 00 vs 10),sgdt,true,false,false,true,,,,,\"engine disagrees with the documentation: expected privileged, measured sensitive-unprivileged\"
-fake,32,umip=off,WRMSR_x,wrmsr,0f01,innocuous,false,false,false,false,false,true,,wrmsr,false,false,false,false,,\"iced documents it as CPL 0 only, but it is not privileged here (class innocuous)\",,,
+engine,mode,config,code,mnemonic,bytes,class,privileged,control_sensitive,behavior_sensitive,user_sensitive,violates_pg,documented_privileged,evidence,form,location_sensitive,mode_sensitive,nondeterministic,violates_hybrid,changed,doc_disagreement,engine_results,documented,deviation,not_run
+fake,32,umip=off,HLT_x,hlt,0f01,privileged,true,false,false,false,false,true,privileged: base@cpl0 completed vs base@cpl3 #GP(0x0),hlt,false,false,false,false,,,,privileged (Intel SDM),,
+fake,32,umip=off,SGDT_x,sgdt,0f01,sensitive-unprivileged,false,false,true,true,true,false,location: base@cpl3 completed vs tables-moved@cpl3 completed (data[0x2..] 00 vs 10),sgdt,true,false,false,true,,,,,\"engine disagrees with the documentation: expected privileged, measured sensitive-unprivileged\",
+fake,32,umip=off,WRMSR_x,wrmsr,0f01,innocuous,false,false,false,false,false,true,,wrmsr,false,false,false,false,,\"iced documents it as CPL 0 only, but it is not privileged here (class innocuous)\",,,,
 ";
 
     #[test]

@@ -94,7 +94,7 @@ pub fn write_md<W: Write>(mut w: W, report: &Report) -> io::Result<()> {
         };
         if unjudged > 0 {
             s.push_str(&format!(
-                ", {unjudged} not judged (engine errors or deviations)"
+                ", {unjudged} not judged (engine errors, deviations or states not run)"
             ));
         }
         s
@@ -315,7 +315,7 @@ mod tests {
         assert!(text.contains("| 32 | umip=on | holds | holds |"));
         assert!(text.contains("#### Sensitive register instructions\n\n- `sgdt` (SGDT_x): location, user — location: base@cpl3"));
         assert!(text.contains("- 32 umip=on `sgdt` (SGDT_x), privileged: privileged here"));
-        assert!(text.contains("| 32 | umip=off | 0 | 0 | 0 | 0 | 1 | 1 | 1 | 0 |"));
+        assert!(text.contains("| 32 | umip=off | 0 | 0 | 0 | 0 | 0 | 1 | 1 | 1 | 0 |"));
         assert!(text.contains("## Engine disagreements with the documentation\n\nMeasured"));
     }
 

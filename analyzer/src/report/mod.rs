@@ -73,8 +73,8 @@ pub struct Theorems {
     pub theorem1_vmm: TheoremResult,
     /// Theorem 3: a hybrid VMM iff every user-sensitive instruction is privileged.
     pub theorem3_hybrid: TheoremResult,
-    /// Records without a verdict (class `engine-error` or
-    /// `engine-deviation`): the theorems say nothing about them.
+    /// Records without a verdict (class `engine-error`, `engine-deviation`
+    /// or `not-judged`): the theorems say nothing about them.
     pub unjudged: usize,
     /// Records with a verdict. A theorem never "holds" over none: with no
     /// judged record (an engine that runs nothing in this mode) both
@@ -94,8 +94,12 @@ impl Theorems {
         if let Some(why) = &self.not_modeled {
             return Some(why.clone());
         }
-        (self.judged == 0)
-            .then(|| format!("{} records: engine errors or deviations", self.unjudged))
+        (self.judged == 0).then(|| {
+            format!(
+                "{} records: engine errors, deviations or states not run",
+                self.unjudged
+            )
+        })
     }
 }
 
@@ -561,7 +565,7 @@ pub(crate) mod tests {
         md::write_md(&mut out, &r).expect("write");
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.contains(
-            "| 32 | umip=off | not judged (1 records: engine errors or deviations) | not judged"
+            "| 32 | umip=off | not judged (1 records: engine errors, deviations or states not run) | not judged"
         ));
         // One judged innocuous record beside it: the theorems hold, with the
         // unjudged one named.
@@ -580,9 +584,9 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         md::write_md(&mut out, &r).expect("write");
         let text = String::from_utf8(out).expect("utf8");
-        assert!(
-            text.contains("| 32 | umip=off | holds, 1 not judged (engine errors or deviations) |")
-        );
+        assert!(text.contains(
+            "| 32 | umip=off | holds, 1 not judged (engine errors, deviations or states not run) |"
+        ));
     }
 
     #[test]

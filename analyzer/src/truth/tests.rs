@@ -152,7 +152,8 @@ fn check_gives_each_status() {
             agree: 1,
             known: 1,
             unexpected: 1,
-            fixed: 1
+            fixed: 1,
+            not_judged: 0
         }
     );
     assert_eq!(
