@@ -10,8 +10,9 @@
 
 use super::{Engine, EngineError};
 use crate::machine::image::msr;
+use crate::machine::landing::{landing, Landing, Stop};
 use crate::machine::Variant;
-use crate::machine::{GuestImage, Prepared, CODE, DATA, PAGE, SENTINEL, STACK};
+use crate::machine::{GuestImage, Prepared, CODE, DATA, PAGE, STACK};
 use crate::mode::{Config, Mode};
 use crate::observe::{
     Observation, Outcome, Segment, Side, SystemState, TableReg, TransferKind, UserState,
@@ -799,46 +800,16 @@ impl Machine {
         } else {
             0
         };
-        let code_byte = |off: u64| -> Option<u8> {
-            if (CODE..CODE + PAGE).contains(&off) {
-                test.code_page.get((off - CODE) as usize).copied()
-            } else {
-                None
-            }
-        };
-        let in_handlers =
-            |off: u64| (crate::machine::HANDLERS..crate::machine::HANDLERS + PAGE).contains(&off);
-        let landed = |off: u64| -> Option<Outcome> {
-            if off == test.sentinel {
-                Some(Outcome::Completed {
-                    rip: off,
-                    at_sentinel: true,
-                })
-            } else if code_byte(off) == Some(SENTINEL) && off != test.rip {
-                Some(Outcome::Completed {
-                    rip: off,
-                    at_sentinel: false,
-                })
-            } else if in_handlers(off) {
-                let kind = if off == crate::machine::entry::CALLGATE {
-                    TransferKind::CallGate
-                } else if off == crate::machine::entry::SYSCALL {
-                    TransferKind::Syscall
-                } else if off == crate::machine::entry::SYSENTER {
-                    TransferKind::Sysenter
-                } else {
-                    let v = (off - crate::machine::entry::VECTORS)
-                        / crate::machine::entry::VECTOR_STRIDE;
-                    TransferKind::Interrupt(v.min(255) as u8)
-                };
-                Some(Outcome::Transfer {
+        // Where a HLT stopped the run: the machine's landing rule.
+        let landed = |stop: Stop| -> Option<Outcome> {
+            landing(test, stop).map(|l| match l {
+                Landing::Completed { rip, at_sentinel } => Outcome::Completed { rip, at_sentinel },
+                Landing::Transfer(kind, rip) => Outcome::Transfer {
                     kind,
-                    rip: off,
+                    rip,
                     cpl: Some(cpl_now),
-                })
-            } else {
-                None
-            }
+                },
+            })
         };
         if ev.syscall || ev.sysenter {
             let kind = if ev.syscall {
@@ -857,9 +828,9 @@ impl Machine {
         }
         if let Some((vector, at)) = ev.intr {
             let vector = vector.min(255) as u8;
-            // A HLT sentinel or landing pad reached at CPL > 0 raises #GP there.
-            if vector == 13 && at != test.rip {
-                if let Some(o) = landed(at) {
+            // A HLT reached at CPL > 0 raises #GP there.
+            if vector == 13 {
+                if let Some(o) = landed(Stop::Faulted { at }) {
                     return Ok((o, true));
                 }
             }
@@ -897,25 +868,15 @@ impl Machine {
                 // A HLT at CPL 0 stops the emulation with RIP after it. The
                 // instruction limit stops it with RIP at the next instruction
                 // to run: a loop through the test itself ends at TEST_RIP.
-                let hlt_at = rip.wrapping_sub(1);
                 if rip == test.rip {
                     return Ok((Outcome::Hang, false));
                 }
-                if let Some(o) = landed(hlt_at) {
-                    if hlt_at != test.rip {
-                        return Ok((o, true));
-                    }
+                if let Some(o) = landed(Stop::Ran { next: rip }) {
+                    return Ok((o, true));
                 }
-                if hlt_at == test.rip && code_byte(test.rip) == Some(SENTINEL) {
-                    // The instruction under test is itself HLT and completed.
-                    return Ok((
-                        Outcome::Completed {
-                            rip: test.sentinel,
-                            at_sentinel: true,
-                        },
-                        true,
-                    ));
-                }
+                // No landing: the limit stopped it, or a HLT the harness did
+                // not place for a landing (the ring-0 page's filler), which
+                // Unicorn's stop does not tell apart from the limit.
                 Ok((Outcome::Hang, false))
             }
             Err(uc_error::INSN_INVALID) => Ok((
