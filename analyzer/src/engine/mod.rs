@@ -64,8 +64,9 @@ impl FromStr for EngineKind {
 pub enum EngineError {
     #[error("unknown engine '{0}': expected unicorn, kvm or all")]
     UnknownEngine(String),
-    #[error("unicorn: {action} failed: {error}")]
-    Unicorn { action: &'static str, error: String },
+    /// As for `Kvm`: the message carries the action and its cause.
+    #[error("unicorn: {0}")]
+    Unicorn(unicorn::UnicornError),
     #[error("kvm is not available: {0}")]
     KvmUnavailable(String),
     /// The message carries the failed action and its cause, so the
@@ -79,6 +80,12 @@ pub enum EngineError {
         device: String,
         error: kvm::KvmError,
     },
+}
+
+impl From<unicorn::UnicornError> for EngineError {
+    fn from(e: unicorn::UnicornError) -> Self {
+        EngineError::Unicorn(e)
+    }
 }
 
 impl From<kvm::KvmError> for EngineError {

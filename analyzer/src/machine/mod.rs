@@ -5,6 +5,7 @@
 
 pub mod descriptors;
 pub mod image;
+pub mod landing;
 pub mod layout;
 pub mod stubs;
 

@@ -1,17 +1,19 @@
 //! Frame decoding: what a HLT exit at CPL 0 means for a run, from the
 //! registers at the exit and guest memory alone (pure; tested without KVM).
 //!
-//! The HLT is the sentinel or a landing pad (the run completed at CPL 0), a
-//! harness entry stub (SYSCALL, SYSENTER, call gate: a transfer), or the stub
-//! of an IDT vector. Then the frame on the handler's stack gives the error
-//! code and the RIP of the exception; a HLT at CPL 3 raises #GP(0), so a
-//! #GP(0) frame whose RIP is the sentinel or a landing pad is a completion at
-//! CPL 3, with the state at the HLT rebuilt from the frame.
+//! Which HLT it was is the machine's landing rule ([`landing`]): the sentinel
+//! or a landing pad (the run completed at CPL 0), a harness entry stub
+//! (SYSCALL, SYSENTER, call gate: a transfer), or the stub of an IDT vector.
+//! Then the frame on the handler's stack gives the error code and the RIP of
+//! the exception; a HLT at CPL 3 raises #GP(0), so a #GP(0) frame whose RIP
+//! is a landing is a completion (or an arrival at an entry point) at CPL 3,
+//! with the state at the HLT rebuilt from the frame.
 
 use super::memory::bytes_at;
 use super::vcpu::cpl_of;
 use super::Flavor;
-use crate::machine::{entry, GuestImage, Prepared, CODE, DATA, PAGE, SENTINEL, STACK};
+use crate::machine::landing::{landing, Landing, Stop};
+use crate::machine::{GuestImage, Prepared, CODE, DATA, PAGE, STACK};
 use crate::mode::Mode;
 use crate::observe::{Outcome, TransferKind};
 use kvm_bindings::{kvm_regs, kvm_sregs};
@@ -65,51 +67,31 @@ impl At {
     }
 }
 
-/// Decodes a HLT exit at CPL 0: the sentinel, a landing pad, or an entry stub.
+/// Decodes a HLT exit at CPL 0: the sentinel, a landing pad, or an entry
+/// stub ([`landing`]).
 pub(super) fn decode(h: &Halt) -> End {
-    let (image, test) = (h.image, h.test);
-    let rip = h.regs.rip;
-    let hlt_at = rip.wrapping_sub(1);
-    let code = CODE..CODE + PAGE;
-    let cpl_now = cpl_of(image.mode, &h.sregs);
-    // The sentinel, or the instruction under test was itself HLT.
-    if hlt_at == test.sentinel || (rip == test.sentinel && hlt_at == test.rip) {
-        return End::State {
-            outcome: Outcome::Completed {
-                rip: test.sentinel,
-                at_sentinel: true,
-            },
+    let hlt_at = h.regs.rip.wrapping_sub(1);
+    let cpl_now = cpl_of(h.image.mode, &h.sregs);
+    match landing(h.test, Stop::Ran { next: h.regs.rip }) {
+        Some(Landing::Completed { rip, at_sentinel }) => End::State {
+            outcome: Outcome::Completed { rip, at_sentinel },
             at: At::exit(h),
-            user_rip: Some(test.sentinel),
-        };
-    }
-    if code.contains(&hlt_at) {
-        return End::State {
-            outcome: Outcome::Completed {
-                rip: hlt_at,
-                at_sentinel: false,
-            },
-            at: At::exit(h),
-            user_rip: Some(hlt_at),
-        };
-    }
-    let kind = match hlt_at {
-        entry::SYSCALL | entry::SYSENTER | entry::CALLGATE => entry_kind(hlt_at),
-        _ => None,
-    };
-    if let Some(kind) = kind {
-        return End::State {
+            user_rip: Some(rip),
+        },
+        // The stub of a vector: the frame on the handler's stack tells what
+        // arrived there.
+        Some(Landing::Transfer(TransferKind::Interrupt(vector), stub)) => {
+            decode_vector(h, vector, stub)
+        }
+        Some(Landing::Transfer(kind, rip)) => End::State {
             outcome: Outcome::Transfer {
                 kind,
-                rip: hlt_at,
+                rip,
                 cpl: Some(cpl_now),
             },
             at: At::exit(h),
             user_rip: None,
-        };
-    }
-    match vector_of_stub(hlt_at) {
-        Some(vector) => decode_vector(h, vector, hlt_at),
+        },
         None => End::Only(Outcome::EngineError(format!(
             "hlt at unexpected rip {hlt_at:#x}"
         ))),
@@ -181,14 +163,22 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
             }
         )));
     }
-    let (landed, arrived) = hlt_gp_end(test, vector, error_code, frame_rip);
-    if !landed && arrived.is_none() {
+    // A HLT at CPL > 0 raises #GP(0) where it stands: at the sentinel or a
+    // landing pad the run completed; at a harness entry point control
+    // arrived there at CPL > 0 (seen on PVM: SYSCALL from CPL 3 jumps to
+    // LSTAR and stays at CPL 3). Anything else is a trap.
+    let landed = if vector == 13 && error_code == Some(0) {
+        landing(test, Stop::Faulted { at: frame_rip })
+    } else {
+        None
+    };
+    let Some(landed) = landed else {
         return End::Only(Outcome::Trap {
             vector,
             error_code,
             rip: frame_rip,
         });
-    }
+    };
     // Rebuild the state at the HLT: the frame has RIP, CS, RFLAGS and
     // (with a privilege change, always here) RSP and SS.
     let cs_changed = (frame_cs as u16) & 3 != cpl_now as u16 || image.mode == Mode::Long64;
@@ -213,67 +203,22 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
         sregs: s,
         uncached: [true, frame_ss.is_some()],
     });
-    match arrived {
-        Some(kind) => End::State {
+    match landed {
+        Landing::Transfer(kind, rip) => End::State {
             outcome: Outcome::Transfer {
                 kind,
-                rip: frame_rip,
+                rip,
                 cpl: Some((frame_cs & 3) as u8),
             },
             at,
             user_rip: None,
         },
-        None => End::State {
-            outcome: Outcome::Completed {
-                rip: frame_rip,
-                at_sentinel: frame_rip == test.sentinel,
-            },
+        Landing::Completed { rip, at_sentinel } => End::State {
+            outcome: Outcome::Completed { rip, at_sentinel },
             at,
-            user_rip: Some(frame_rip),
+            user_rip: Some(rip),
         },
     }
-}
-
-/// The vector whose IDT stub holds the HLT at `off`, if it is one.
-fn vector_of_stub(off: u64) -> Option<u8> {
-    let vectors_end = entry::VECTORS + 256 * entry::VECTOR_STRIDE;
-    ((entry::VECTORS..vectors_end).contains(&off)
-        && (off - entry::VECTORS).is_multiple_of(entry::VECTOR_STRIDE))
-    .then(|| ((off - entry::VECTORS) / entry::VECTOR_STRIDE) as u8)
-}
-
-/// The kind of transfer that ends at a harness entry point, if `off` is one
-/// (SYSCALL, SYSENTER, call gate, or the stub of an IDT vector).
-fn entry_kind(off: u64) -> Option<TransferKind> {
-    match off {
-        entry::SYSCALL => Some(TransferKind::Syscall),
-        entry::SYSENTER => Some(TransferKind::Sysenter),
-        entry::CALLGATE => Some(TransferKind::CallGate),
-        _ => vector_of_stub(off).map(TransferKind::Interrupt),
-    }
-}
-
-/// What an exception with this frame means for a run: `(landed, arrived)`.
-/// A HLT at CPL > 0 raises #GP(0) where it stands: at the sentinel or a
-/// landing pad in the code page the run completed (`landed`); at a harness
-/// entry point control arrived there at CPL > 0 (`arrived`; seen on PVM:
-/// SYSCALL from CPL 3 jumps to LSTAR and stays at CPL 3). Neither: a trap.
-fn hlt_gp_end(
-    test: &Prepared,
-    vector: u8,
-    error_code: Option<u32>,
-    frame_rip: u64,
-) -> (bool, Option<TransferKind>) {
-    if vector != 13 || error_code != Some(0) {
-        return (false, None);
-    }
-    let code_byte = (CODE..CODE + PAGE)
-        .contains(&frame_rip)
-        .then(|| test.code_page.get((frame_rip - CODE) as usize).copied())
-        .flatten();
-    let landed =
-        frame_rip != test.rip && (frame_rip == test.sentinel || code_byte == Some(SENTINEL));
-    (landed, entry_kind(frame_rip))
 }
 
 /// The vector a software-interrupt instruction at `rip` raises, if it is one
@@ -323,7 +268,7 @@ fn read_uint(mem: &[u8], image: &GuestImage, off: u64, size: usize) -> Option<u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{sel, Setup, Variant, KSTACK_TOP, TEST_RIP};
+    use crate::machine::{entry, sel, Setup, Variant, KSTACK_TOP, TEST_RIP};
     use crate::mode::Config;
 
     /// A 64-bit base image, a test of `bytes` at CPL 3, and guest memory as

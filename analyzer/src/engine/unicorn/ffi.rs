@@ -1,0 +1,270 @@
+//! The raw Unicorn boundary: creating an instance with its hooks (what they
+//! record is [`Events`]), the registers Unicorn's C API takes as structs,
+//! the version, and the watchdog that stops a running emulation from its
+//! own thread. Every `unsafe` block of the Unicorn engine is here.
+
+use super::{uc_err, UnicornError};
+use crate::machine::{MEM_SIZE, PAGE};
+use crate::mode::Mode;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use unicorn_engine::{
+    uc_error, uc_x86_mmr, uc_x86_msr, Arch, HookType, Mode as UcMode, Prot, RegisterX86 as R,
+    Unicorn, X86CpuModel, X86Insn,
+};
+
+/// A Unicorn instance of the engine: its hooks record into [`Events`].
+pub(super) type Uc = Unicorn<'static, Events>;
+
+/// What the hooks saw during a run.
+#[derive(Default, Debug, Clone, Copy)]
+pub(super) struct Events {
+    /// (vector, RIP at the hook).
+    pub(super) intr: Option<(u32, u64)>,
+    pub(super) syscall: bool,
+    pub(super) sysenter: bool,
+    /// Linear addresses of the pages a run writes as a matter of course
+    /// (code, data, stack), restored before the next run when written.
+    pub(super) program_pages: [u64; 3],
+    /// Their physical pages, in the same order.
+    pub(super) program_phys: [u64; 3],
+    /// Physical pages among `program_phys` the run wrote (bit n: page n).
+    pub(super) written: u64,
+    /// A write landed elsewhere: the next run restores all of memory.
+    pub(super) stray_write: bool,
+}
+
+/// A Unicorn instance for `mode` with guest memory mapped and the hooks
+/// installed: interrupts, SYSCALL and SYSENTER stop the emulation and are
+/// noted; every store is noted by page.
+pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
+    let uc_mode = match mode {
+        Mode::Real | Mode::Prot16 => UcMode::MODE_16,
+        Mode::Prot32 => UcMode::MODE_32,
+        Mode::Long64 => UcMode::MODE_64,
+    };
+    let mut uc = Unicorn::new_with_data(Arch::X86, uc_mode, Events::default())
+        .map_err(uc_err("create a Unicorn instance"))?;
+    // A recent CPU model so that CPUID advertises what TCG implements.
+    let model = X86CpuModel::HASWELL;
+    let _ = uc.ctl_set_cpu_model(model as i32);
+    uc.mem_map(0, MEM_SIZE, Prot::ALL)
+        .map_err(uc_err("map guest memory"))?;
+    uc.add_intr_hook(|uc, intno| {
+        let rip = uc.reg_read(R::EIP).unwrap_or(0);
+        let ev = uc.get_data_mut();
+        if ev.intr.is_none() {
+            ev.intr = Some((intno, rip));
+        }
+        let _ = uc.emu_stop();
+    })
+    .map_err(uc_err("add the interrupt hook"))?;
+    uc.add_insn_sys_hook(X86Insn::SYSCALL, 1, 0, |uc| {
+        uc.get_data_mut().syscall = true;
+        let _ = uc.emu_stop();
+    })
+    .map_err(uc_err("add the SYSCALL hook"))?;
+    uc.add_insn_sys_hook(X86Insn::SYSENTER, 1, 0, |uc| {
+        uc.get_data_mut().sysenter = true;
+        let _ = uc.emu_stop();
+    })
+    .map_err(uc_err("add the SYSENTER hook"))?;
+    // Every store outside the program's own pages is noted, so that the
+    // next run starts from the image again (KVM uses its dirty log).
+    uc.add_mem_hook(HookType::MEM_WRITE, 0, u64::MAX, |uc, _, addr, size, _| {
+        let ev = uc.get_data_mut();
+        let first = addr & !(PAGE - 1);
+        let last = (addr + size.max(1) as u64 - 1) & !(PAGE - 1);
+        if !ev.program_pages.contains(&first) || !ev.program_pages.contains(&last) {
+            ev.stray_write = true;
+        }
+        for (lin, phys) in ev.program_pages.into_iter().zip(ev.program_phys) {
+            if lin == first || lin == last {
+                ev.written |= 1 << (phys / PAGE);
+            }
+        }
+        true
+    })
+    .map_err(uc_err("add the memory write hook"))?;
+    Ok(uc)
+}
+
+/// Writes a register that Unicorn's C API takes as a struct: a table
+/// register or system segment (`uc_x86_mmr`) or an MSR (`uc_x86_msr`).
+fn write_struct<T: Copy>(
+    uc: &mut Uc,
+    reg: R,
+    v: &T,
+    action: &'static str,
+) -> Result<(), UnicornError> {
+    // SAFETY: this module calls it only with GDTR/IDTR/LDTR/TR and a
+    // `uc_x86_mmr`, or MSR and a `uc_x86_msr`, the repr(C) types the C API
+    // reads for those registers; the pointer is valid for the whole call
+    // and the handle belongs to the live instance `uc` borrows.
+    let err = unsafe {
+        unicorn_engine::uc_reg_write(uc.get_handle(), reg as i32, (v as *const T).cast())
+    };
+    if err == uc_error::OK {
+        Ok(())
+    } else {
+        Err(UnicornError::Call {
+            action,
+            source: err,
+        })
+    }
+}
+
+/// Reads such a register into `v` (for an MSR, `v.rid` names it).
+fn read_struct<T: Copy>(uc: &Uc, reg: R, v: &mut T) {
+    // SAFETY: as in `write_struct`: the C API writes (and for an MSR
+    // first reads) one struct of the right type through the pointer,
+    // which points at a live, aligned value for the whole call.
+    let _ =
+        unsafe { unicorn_engine::uc_reg_read(uc.get_handle(), reg as i32, (v as *mut T).cast()) };
+}
+
+/// Writes a table register (GDTR, IDTR) or a system segment with its
+/// descriptor cache (LDTR, TR).
+pub(super) fn write_mmr(uc: &mut Uc, reg: R, v: uc_x86_mmr) -> Result<(), UnicornError> {
+    write_struct(uc, reg, &v, "write a table register")
+}
+
+pub(super) fn read_mmr(uc: &Uc, reg: R) -> uc_x86_mmr {
+    let mut v = uc_x86_mmr {
+        selector: 0,
+        base: 0,
+        limit: 0,
+        flags: 0,
+    };
+    read_struct(uc, reg, &mut v);
+    v
+}
+
+pub(super) fn write_msr(uc: &mut Uc, rid: u32, value: u64) -> Result<(), UnicornError> {
+    write_struct(uc, R::MSR, &uc_x86_msr { rid, value }, "write an MSR")
+}
+
+pub(super) fn read_msr(uc: &Uc, rid: u32) -> u64 {
+    let mut v = uc_x86_msr { rid, value: 0 };
+    read_struct(uc, R::MSR, &mut v);
+    v.value
+}
+
+/// The version of the linked Unicorn library: `unicorn <major>.<minor>`.
+pub(super) fn version() -> String {
+    let (mut major, mut minor) = (0u32, 0u32);
+    // SAFETY: `uc_version` only writes the two integers through the
+    // pointers, which point at live locals.
+    let _ = unsafe { unicorn_engine::uc_version(&raw mut major, &raw mut minor) };
+    format!("unicorn {major}.{minor}")
+}
+
+/// How often the watchdog looks at the running emulation.
+const WATCH_PERIOD: Duration = Duration::from_millis(20);
+
+/// A Unicorn handle the watchdog may stop.
+#[derive(Clone, Copy)]
+struct StopHandle(*mut unicorn_engine::uc_engine);
+
+// SAFETY: the watchdog uses the handle only to call `uc_emu_stop`, which
+// Unicorn supports from another thread while `uc_emu_start` runs (its own
+// timeout thread does exactly that), and only while armed:
+// `Watchdog::emu_start` arms it right before `uc_emu_start` and disarms it
+// as soon as that returns (or unwinds), under the same lock the watchdog
+// holds when it stops, and it borrows the instance all the while; so the
+// handle is never used while no emulation runs or after its instance is
+// gone.
+unsafe impl Send for StopHandle {}
+
+#[derive(Default)]
+struct WatchState {
+    armed: Option<(Instant, StopHandle)>,
+    fired: bool,
+    quit: bool,
+}
+
+/// One thread per engine that stops an emulation running past its deadline.
+pub(super) struct Watchdog {
+    shared: Arc<(Mutex<WatchState>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    limit: Duration,
+}
+
+impl Watchdog {
+    pub(super) fn new(limit: Duration) -> Result<Watchdog, UnicornError> {
+        let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("unicorn-watchdog".into())
+            .spawn(move || {
+                let (lock, wake) = &*s;
+                let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !st.quit {
+                    if let Some((deadline, handle)) = st.armed {
+                        if Instant::now() >= deadline {
+                            // SAFETY: see `StopHandle`: armed means an
+                            // emulation of this live instance is running, and
+                            // it cannot be disarmed while this lock is held.
+                            unsafe { unicorn_engine::uc_emu_stop(handle.0) };
+                            st.fired = true;
+                            st.armed = None;
+                        }
+                    }
+                    st = wake
+                        .wait_timeout(st, WATCH_PERIOD)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+            })
+            .map_err(UnicornError::StartWatchdog)?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+            limit,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the emulation of `uc` from `begin` until `until` (at most
+    /// `count` instructions, 0: no count) under the deadline: what
+    /// `emu_start` returned, and whether the watchdog stopped it. The
+    /// watchdog is armed only while `emu_start` runs (disarmed even if it
+    /// unwinds), which is what makes its stop sound (see `StopHandle`).
+    pub(super) fn emu_start(
+        &self,
+        uc: &mut Uc,
+        begin: u64,
+        until: u64,
+        count: usize,
+    ) -> (Result<(), uc_error>, bool) {
+        /// Disarms when dropped.
+        struct Armed<'a>(&'a Watchdog);
+        impl Drop for Armed<'_> {
+            fn drop(&mut self) {
+                self.0.state().armed = None;
+            }
+        }
+        {
+            let mut st = self.state();
+            st.armed = Some((Instant::now() + self.limit, StopHandle(uc.get_handle())));
+            st.fired = false;
+        }
+        let armed = Armed(self);
+        let result = uc.emu_start(begin, until, 0, count);
+        drop(armed);
+        (result, self.state().fired)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state().quit = true;
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! The Unicorn engine: one Unicorn instance per processor mode, reused with
+//! context restore (a new instance costs ~300 µs, a restore ~0.05 µs).
+//!
+//! CPL 3 is entered by the harness's boot stub, which IRETs from ring 0
+//! inside the emulation; the context at the test's first byte is saved once
+//! per image and side. Unicorn does not deliver exceptions through the guest
+//! IDT: its interrupt hook gets the vector only (no error code), so traps
+//! carry `error_code: None`, and software interrupts, SYSCALL and SYSENTER
+//! are recorded as transfers that were not delivered (`cpl: None`).
+//!
+//! `ffi` is the raw boundary (the instance and its hooks, struct registers,
+//! the watchdog; every `unsafe` block), `boot` loads the guest (memory and
+//! the boot of a side), and this module runs a test and turns how Unicorn
+//! stopped into an outcome, by the machine's landing rule where a HLT
+//! stopped it ([`crate::machine::landing`]).
+
+mod boot;
+mod ffi;
+#[cfg(test)]
+mod tests;
+
+use super::{Engine, EngineError};
+use crate::machine::image::msr;
+use crate::machine::landing::{landing, Landing, Stop};
+use crate::machine::Variant;
+use crate::machine::{GuestImage, Prepared, CODE, DATA, MEM_SIZE, PAGE, STACK};
+use crate::mode::{Config, Mode};
+use crate::observe::{
+    Observation, Outcome, Segment, Side, SystemState, TableReg, TransferKind, UserState,
+    SYS_FLAGS_MASK, USER_FLAGS_MASK,
+};
+use ffi::{Events, Uc, Watchdog};
+use std::collections::HashMap;
+use std::time::Duration;
+use unicorn_engine::{uc_error, uc_x86_mmr, Context, RegisterX86 as R};
+
+/// Most instructions a run may execute before it counts as a hang (a jump to
+/// itself, a REP with a wild count).
+pub const INSN_LIMIT: usize = 256;
+/// Wall-clock limit of one run, a safety net behind the count, enforced by
+/// the engine's watchdog thread (Unicorn's own timeout starts a thread per
+/// run, which would cost more than the run).
+pub const TIME_LIMIT: Duration = Duration::from_millis(200);
+
+/// Pages of guest memory, one bit each in a `u64`.
+const PAGES: usize = (MEM_SIZE / PAGE) as usize;
+const _: () = assert!(PAGES <= 64);
+
+/// Bytes of a page compared (and written) at once when a page is brought
+/// back to what it must hold.
+const RESTORE_CHUNK: usize = 256;
+
+type ImageKey = (Mode, Config, Variant);
+
+struct Machine {
+    uc: Uc,
+    /// Physical memory as last written, to write only the pages that change.
+    loaded: Vec<u8>,
+    loaded_key: Option<ImageKey>,
+    /// Context at the test's first byte, and the system state read there.
+    contexts: HashMap<(ImageKey, Side), Result<(Context, SystemState), UnicornError>>,
+    /// The CPU state right after creation, to boot every image from.
+    reset: Context,
+    /// A run wrote outside the pages restored before every run: guest
+    /// memory may differ from the image anywhere.
+    memory_suspect: bool,
+    /// Pages (bit n: physical page n) that guest code wrote since they were
+    /// last written from `loaded`. Outside these, and unless
+    /// `memory_suspect`, guest memory equals `loaded` (every guest store is
+    /// seen by the write hook: a store to a program page sets its bit, any
+    /// other store makes memory suspect).
+    dirty: u64,
+}
+
+/// The Unicorn engine.
+pub struct UnicornEngine {
+    machines: HashMap<Mode, Machine>,
+    watchdog: Watchdog,
+    insn_limit: usize,
+}
+
+/// What failed while driving Unicorn: the action, and Unicorn's error for
+/// it where it gave one.
+#[derive(Debug, thiserror::Error)]
+pub enum UnicornError {
+    #[error("{action} failed: {source}")]
+    Call {
+        action: &'static str,
+        #[source]
+        source: uc_error,
+    },
+    #[error("start the watchdog thread failed: {0}")]
+    StartWatchdog(#[source] std::io::Error),
+    #[error("pick the side failed: no such side in this mode")]
+    NoSuchSide,
+    #[error("run the boot stub failed: it did not reach the test (rip {rip:#x}, interrupt {intr:?}, error {error:?})")]
+    BootStub {
+        rip: u64,
+        /// (vector, RIP) of the interrupt that stopped it.
+        intr: Option<(u32, u64)>,
+        #[source]
+        error: Option<uc_error>,
+    },
+    #[error("boot the side failed: it reached cpl {reached} instead of {wanted}")]
+    BootCpl { reached: u8, wanted: u8 },
+}
+
+/// The error of a Unicorn call that did `action`.
+fn uc_err(action: &'static str) -> impl Fn(uc_error) -> UnicornError {
+    move |source| UnicornError::Call { action, source }
+}
+
+impl UnicornEngine {
+    /// Creates the engine; Unicorn instances are made per mode on first use.
+    pub fn new() -> Result<Self, EngineError> {
+        UnicornEngine::with_limits(INSN_LIMIT, TIME_LIMIT)
+    }
+
+    /// An engine with other limits: at most `insns` instructions per run (0:
+    /// no count) and `time` of wall clock.
+    pub fn with_limits(insns: usize, time: Duration) -> Result<Self, EngineError> {
+        Ok(UnicornEngine {
+            machines: HashMap::new(),
+            watchdog: Watchdog::new(time)?,
+            insn_limit: insns,
+        })
+    }
+}
+
+impl Machine {
+    fn new(mode: Mode) -> Result<Machine, UnicornError> {
+        let uc = ffi::open(mode)?;
+        let reset = uc
+            .context_init()
+            .map_err(uc_err("save the reset context"))?;
+        Ok(Machine {
+            uc,
+            loaded: vec![0; MEM_SIZE as usize],
+            loaded_key: None,
+            contexts: HashMap::new(),
+            reset,
+            memory_suspect: false,
+            dirty: 0,
+        })
+    }
+
+    fn system_state(&self, image: &GuestImage) -> SystemState {
+        let rd = |r: R| self.uc.reg_read(r).unwrap_or(0);
+        let long = image.mode == Mode::Long64;
+        let mut segs = [Segment::default(); 6];
+        for (s, r) in segs
+            .iter_mut()
+            .zip([R::CS, R::SS, R::DS, R::ES, R::FS, R::GS])
+        {
+            s.selector = rd(r) as u16;
+        }
+        let t = |m: uc_x86_mmr| TableReg {
+            selector: m.selector,
+            base: m.base,
+            limit: m.limit,
+        };
+        let mut msrs: Vec<(u32, u64)> = image
+            .sys
+            .msrs
+            .iter()
+            .map(|&(rid, _)| (rid, ffi::read_msr(&self.uc, rid)))
+            .collect();
+        if long {
+            // FS/GS bases are read from Unicorn's registers, which track the MSRs.
+            for (rid, v) in msrs.iter_mut() {
+                if *rid == msr::FS_BASE {
+                    *v = rd(R::FS_BASE);
+                } else if *rid == msr::GS_BASE {
+                    *v = rd(R::GS_BASE);
+                }
+            }
+        }
+        SystemState {
+            cpl: if image.mode.is_protected() {
+                (segs[0].selector & 3) as u8
+            } else {
+                0
+            },
+            segs,
+            gdtr: t(ffi::read_mmr(&self.uc, R::GDTR)),
+            idtr: t(ffi::read_mmr(&self.uc, R::IDTR)),
+            ldtr: t(ffi::read_mmr(&self.uc, R::LDTR)),
+            tr: t(ffi::read_mmr(&self.uc, R::TR)),
+            cr0: rd(R::CR0),
+            cr3: rd(R::CR3),
+            cr4: rd(R::CR4),
+            efer: if long {
+                ffi::read_msr(&self.uc, boot::EFER)
+            } else {
+                0
+            },
+            sys_flags: rd(R::EFLAGS) & SYS_FLAGS_MASK,
+            msrs,
+        }
+    }
+
+    fn user_state(&self, image: &GuestImage) -> Result<UserState, UnicornError> {
+        let regs: [R; 16] = if image.mode == Mode::Long64 {
+            [
+                R::RAX,
+                R::RCX,
+                R::RDX,
+                R::RBX,
+                R::RSP,
+                R::RBP,
+                R::RSI,
+                R::RDI,
+                R::R8,
+                R::R9,
+                R::R10,
+                R::R11,
+                R::R12,
+                R::R13,
+                R::R14,
+                R::R15,
+            ]
+        } else {
+            [
+                R::EAX,
+                R::ECX,
+                R::EDX,
+                R::EBX,
+                R::ESP,
+                R::EBP,
+                R::ESI,
+                R::EDI,
+                R::INVALID,
+                R::INVALID,
+                R::INVALID,
+                R::INVALID,
+                R::INVALID,
+                R::INVALID,
+                R::INVALID,
+                R::INVALID,
+            ]
+        };
+        let mut gprs = [0u64; 16];
+        for (g, r) in gprs.iter_mut().zip(regs) {
+            if r != R::INVALID {
+                *g = self
+                    .uc
+                    .reg_read(r)
+                    .map_err(uc_err("read a general register"))?;
+            }
+        }
+        let mut data = vec![0u8; PAGE as usize];
+        let mut stack = vec![0u8; PAGE as usize];
+        self.uc
+            .mem_read(image.data_phys, &mut data)
+            .map_err(uc_err("read the data page"))?;
+        self.uc
+            .mem_read(image.stack_phys, &mut stack)
+            .map_err(uc_err("read the stack page"))?;
+        Ok(UserState {
+            gprs,
+            rip: self.uc.reg_read(R::EIP).map_err(uc_err("read RIP"))?,
+            flags: self.uc.reg_read(R::EFLAGS).map_err(uc_err("read EFLAGS"))? & USER_FLAGS_MASK,
+            data,
+            stack,
+        })
+    }
+
+    fn run(
+        &mut self,
+        image: &GuestImage,
+        side: Side,
+        test: &Prepared,
+        watchdog: &Watchdog,
+        insn_limit: usize,
+    ) -> Observation {
+        let key = (image.mode, image.config, image.variant);
+        if let Err(e) = self.load(image) {
+            return Observation::outcome_only(
+                Outcome::EngineError(EngineError::from(e).to_string()),
+                SystemState::default(),
+            );
+        }
+        if !self.contexts.contains_key(&(key, side)) {
+            let booted = self.boot(image, side);
+            self.contexts.insert((key, side), booted);
+            // Put back what the boot stub wrote.
+            if let Err(e) = self.load(image) {
+                return Observation::outcome_only(
+                    Outcome::EngineError(EngineError::from(e).to_string()),
+                    SystemState::default(),
+                );
+            }
+        }
+        // Take the context out while the run borrows the instance mutably.
+        let (ctx, before) = match self.contexts.remove(&(key, side)) {
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                let o = Outcome::EngineError(format!("boot: {e}"));
+                self.contexts.insert((key, side), Err(e));
+                return Observation::outcome_only(o, SystemState::default());
+            }
+            None => {
+                return Observation::outcome_only(
+                    Outcome::EngineError("no context".into()),
+                    SystemState::default(),
+                )
+            }
+        };
+        let result = self.execute(image, test, (&ctx, &before), watchdog, insn_limit);
+        let before_kept = before.clone();
+        self.contexts.insert((key, side), Ok((ctx, before_kept)));
+        match result {
+            Ok((outcome, done)) => {
+                let (after, user) = if done {
+                    let user = match &outcome {
+                        // Where the run ended, not where Unicorn's RIP stopped
+                        // (one past a HLT that stopped it at CPL 0).
+                        Outcome::Completed { rip, .. } => {
+                            self.user_state(image).ok().map(|mut u| {
+                                u.rip = *rip;
+                                u
+                            })
+                        }
+                        _ => None,
+                    };
+                    (Some(self.system_state(image)), user)
+                } else {
+                    (None, None)
+                };
+                Observation {
+                    outcome,
+                    before,
+                    after,
+                    user,
+                }
+            }
+            Err(e) => Observation::outcome_only(
+                Outcome::EngineError(EngineError::from(e).to_string()),
+                before,
+            ),
+        }
+    }
+
+    /// Writes the test, restores the context, runs, and turns what happened
+    /// into an outcome. Returns whether the after-state is meaningful.
+    fn execute(
+        &mut self,
+        image: &GuestImage,
+        test: &Prepared,
+        (ctx, before): (&Context, &SystemState),
+        watchdog: &Watchdog,
+        insn_limit: usize,
+    ) -> Result<(Outcome, bool), UnicornError> {
+        // Restore the pages an instruction may dirty, then write the test's
+        // own: only what differs from guest memory. Outside the pages the
+        // last runs wrote (`dirty`), guest memory equals `loaded`, and
+        // `load` left `loaded` equal to the image: the harness pages among
+        // them (stacks, tables) hold the image's bytes already, since any
+        // guest store to them made memory suspect and `load` rewrote it.
+        for (page, bytes) in [
+            (image.code_phys, &test.code_page),
+            (image.data_phys, &test.data_page),
+            (image.stack_phys, &test.stack_page),
+        ] {
+            let p = page as usize;
+            let bit = 1u64 << (page / PAGE);
+            let old = &mut self.loaded[p..p + PAGE as usize];
+            if self.dirty & bit != 0 {
+                self.uc
+                    .mem_write(page, bytes)
+                    .map_err(uc_err("write a test page"))?;
+                old.copy_from_slice(bytes);
+                self.dirty &= !bit;
+                continue;
+            }
+            if old == &bytes[..] {
+                continue;
+            }
+            for (k, (new, was)) in bytes
+                .chunks(RESTORE_CHUNK)
+                .zip(old.chunks_mut(RESTORE_CHUNK))
+                .enumerate()
+            {
+                if new != was {
+                    self.uc
+                        .mem_write(page + (k * RESTORE_CHUNK) as u64, new)
+                        .map_err(uc_err("write a test page"))?;
+                    was.copy_from_slice(new);
+                }
+            }
+        }
+        self.uc
+            .context_restore(ctx)
+            .map_err(uc_err("restore the saved context"))?;
+        // Unicorn's writes do not invalidate translated code. Remove the code
+        // page's blocks only now: Unicorn finds them through the page tables
+        // of the current context, which must be this image's.
+        let code_lin = image.linear(CODE);
+        self.uc
+            .ctl_remove_cache(code_lin, code_lin + PAGE)
+            .map_err(uc_err("remove cached code"))?;
+        let long = image.mode == Mode::Long64;
+        let regs: [R; 8] = [
+            R::RAX,
+            R::RCX,
+            R::RDX,
+            R::RBX,
+            R::RSP,
+            R::RBP,
+            R::RSI,
+            R::RDI,
+        ];
+        let regs32: [R; 8] = [
+            R::EAX,
+            R::ECX,
+            R::EDX,
+            R::EBX,
+            R::ESP,
+            R::EBP,
+            R::ESI,
+            R::EDI,
+        ];
+        for i in 0..8 {
+            let r = if long { regs[i] } else { regs32[i] };
+            self.uc
+                .reg_write(r, test.gprs[i])
+                .map_err(uc_err("write a general register"))?;
+        }
+        if long {
+            let hi = [R::R8, R::R9, R::R10, R::R11, R::R12, R::R13, R::R14, R::R15];
+            for (i, r) in hi.into_iter().enumerate() {
+                self.uc
+                    .reg_write(r, test.gprs[8 + i])
+                    .map_err(uc_err("write a general register"))?;
+            }
+        }
+        *self.uc.get_data_mut() = Events {
+            program_pages: [image.linear(CODE), image.linear(DATA), image.linear(STACK)],
+            program_phys: [image.code_phys, image.data_phys, image.stack_phys],
+            ..Events::default()
+        };
+        // emu_start sets (E/R)IP from `begin`; in 16-bit mode it subtracts CS*16.
+        let begin = if matches!(image.mode, Mode::Real | Mode::Prot16) {
+            let cs = self.uc.reg_read(R::CS).unwrap_or(0);
+            test.rip.wrapping_add(cs * 16)
+        } else {
+            test.rip
+        };
+        let until = image.linear(test.sentinel);
+        let (result, fired) = watchdog.emu_start(&mut self.uc, begin, until, insn_limit);
+        self.memory_suspect |= self.uc.get_data().stray_write;
+        self.dirty |= self.uc.get_data().written;
+        // The write hook tells program pages from others by linear address;
+        // with paging changed (CR0, CR3, CR4) a program page's linear
+        // address may have reached another physical page.
+        let paging = [R::CR0, R::CR3, R::CR4].map(|r| self.uc.reg_read(r).unwrap_or(0));
+        if paging != [before.cr0, before.cr3, before.cr4] {
+            self.memory_suspect = true;
+        }
+        if fired {
+            return Ok((Outcome::Hang, false));
+        }
+        let stopped = Stopped {
+            events: *self.uc.get_data(),
+            result,
+            rip: self.uc.reg_read(R::EIP).unwrap_or(0),
+            cpl: if image.mode.is_protected() {
+                (self.uc.reg_read(R::CS).unwrap_or(0) & 3) as u8
+            } else {
+                0
+            },
+        };
+        Ok(outcome(test, &stopped))
+    }
+}
+
+/// How the emulation of a run stopped, as Unicorn reports it.
+#[derive(Debug, Clone, Copy)]
+struct Stopped {
+    /// What the hooks saw.
+    events: Events,
+    /// What `emu_start` returned.
+    result: Result<(), uc_error>,
+    /// (E/R)IP where it stopped.
+    rip: u64,
+    /// The CPL there.
+    cpl: u8,
+}
+
+/// What a run of `test` that stopped so means: its outcome, and whether the
+/// machine state after it is meaningful (pure).
+fn outcome(test: &Prepared, stopped: &Stopped) -> (Outcome, bool) {
+    let Stopped {
+        events: ev,
+        result,
+        rip,
+        cpl: cpl_now,
+    } = *stopped;
+    // Where a HLT stopped the run: the machine's landing rule.
+    let landed = |stop: Stop| -> Option<Outcome> {
+        landing(test, stop).map(|l| match l {
+            Landing::Completed { rip, at_sentinel } => Outcome::Completed { rip, at_sentinel },
+            Landing::Transfer(kind, rip) => Outcome::Transfer {
+                kind,
+                rip,
+                cpl: Some(cpl_now),
+            },
+        })
+    };
+    if ev.syscall || ev.sysenter {
+        let kind = if ev.syscall {
+            TransferKind::Syscall
+        } else {
+            TransferKind::Sysenter
+        };
+        return (
+            Outcome::Transfer {
+                kind,
+                rip,
+                cpl: None,
+            },
+            false,
+        );
+    }
+    if let Some((vector, at)) = ev.intr {
+        let vector = vector.min(255) as u8;
+        // A HLT reached at CPL > 0 raises #GP there.
+        if vector == 13 {
+            if let Some(o) = landed(Stop::Faulted { at }) {
+                return (o, true);
+            }
+        }
+        // Software interrupts leave RIP after the instruction; faults at it.
+        if at == test.sentinel && at != test.rip {
+            return (
+                Outcome::Transfer {
+                    kind: TransferKind::Interrupt(vector),
+                    rip: at,
+                    cpl: None,
+                },
+                false,
+            );
+        }
+        return (
+            Outcome::Trap {
+                vector,
+                error_code: None,
+                rip: at,
+            },
+            false,
+        );
+    }
+    match result {
+        Ok(()) => {
+            if rip == test.sentinel {
+                return (
+                    Outcome::Completed {
+                        rip,
+                        at_sentinel: true,
+                    },
+                    true,
+                );
+            }
+            // A HLT at CPL 0 stops the emulation with RIP after it. The
+            // instruction limit stops it with RIP at the next instruction
+            // to run: a loop through the test itself ends at TEST_RIP.
+            if rip == test.rip {
+                return (Outcome::Hang, false);
+            }
+            if let Some(o) = landed(Stop::Ran { next: rip }) {
+                return (o, true);
+            }
+            // No landing: the limit stopped it, or a HLT the harness did
+            // not place for a landing (the ring-0 page's filler), which
+            // Unicorn's stop does not tell apart from the limit.
+            (Outcome::Hang, false)
+        }
+        Err(uc_error::INSN_INVALID) => (
+            Outcome::Trap {
+                vector: 6,
+                error_code: None,
+                rip,
+            },
+            false,
+        ),
+        Err(e) => (
+            Outcome::EngineError(format!("emu_start: {e:?} at rip {rip:#x}")),
+            false,
+        ),
+    }
+}
+
+impl Engine for UnicornEngine {
+    fn name(&self) -> &'static str {
+        "unicorn"
+    }
+    fn version(&self) -> String {
+        ffi::version()
+    }
+    fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+        let machine = match self.machines.entry(image.mode) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match Machine::new(image.mode) {
+                Ok(m) => v.insert(m),
+                Err(e) => {
+                    return Observation::outcome_only(
+                        Outcome::EngineError(EngineError::from(e).to_string()),
+                        SystemState::default(),
+                    )
+                }
+            },
+        };
+        machine.run(image, side, test, &self.watchdog, self.insn_limit)
+    }
+}

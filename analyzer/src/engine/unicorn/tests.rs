@@ -1,0 +1,409 @@
+//! Unicorn runs of the conformance suite and of Unicorn's own cases:
+//! booting every variant, restoring what a run wrote, the limits.
+
+use super::*;
+use crate::machine::{Setup, DATA, GDT, MOVED_TABLES, STACK, STACK_PTR};
+use crate::observe::Outcome;
+use std::time::Instant;
+
+fn run(
+    mode: Mode,
+    cfg: Config,
+    v: Variant,
+    side: Side,
+    bytes: &[u8],
+    setup: &Setup,
+) -> Observation {
+    let mut e = UnicornEngine::new().unwrap();
+    let img = GuestImage::build(mode, cfg, v);
+    let p = img.prepare(side, bytes, setup).unwrap();
+    e.run(&img, side, &p)
+}
+fn base(mode: Mode, side: Side, bytes: &[u8], setup: &Setup) -> Observation {
+    let cfg = Config::UMIP_OFF;
+    run(mode, cfg, Variant::base(&cfg), side, bytes, setup)
+}
+use crate::engine::conformance::{completed, is_gp, NONE};
+
+#[test]
+fn privileged_instructions_trap_at_cpl3_and_complete_at_cpl0() {
+    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+        for (name, bytes, setup) in crate::engine::conformance::cpl0_only_cases(mode) {
+            let u = base(mode, Side::User, &bytes, &setup);
+            let s = base(mode, Side::Supervisor, &bytes, &setup);
+            assert!(is_gp(&u), "{mode} {name} at cpl3: {:?}", u.outcome);
+            assert!(completed(&s), "{mode} {name} at cpl0: {:?}", s.outcome);
+        }
+    }
+}
+
+#[test]
+fn popfd_at_cpl3_leaves_if_and_iopl_alone() {
+    crate::engine::conformance::check_popf(&mut UnicornEngine::new().unwrap(), Mode::Prot32);
+}
+
+#[test]
+fn push_cs_reveals_the_cpl() {
+    let u = base(Mode::Prot32, Side::User, &[0x0E], &NONE);
+    assert!(completed(&u), "{:?}", u.outcome);
+    let user = u.user.unwrap();
+    let off = (STACK_PTR - 4 - STACK) as usize;
+    let pushed = u16::from_le_bytes([user.stack[off], user.stack[off + 1]]);
+    assert_eq!(pushed & 3, 3, "RPL 3 at cpl3: {pushed:#x}");
+    let s = base(Mode::Prot32, Side::Supervisor, &[0x0E], &NONE)
+        .user
+        .unwrap();
+    assert_eq!(u16::from_le_bytes([s.stack[off], s.stack[off + 1]]) & 3, 0);
+}
+
+#[test]
+fn sgdt_stores_the_gdt_base_and_sees_relocation() {
+    let cfg = Config::UMIP_OFF;
+    let sgdt = [0x0F, 0x01, 0x05, 0x00, 0x81, 0, 0]; // sgdt [0x8100]
+    let stored = |v: Variant| {
+        let o = run(Mode::Prot32, cfg, v, Side::User, &sgdt, &NONE);
+        assert!(completed(&o), "{:?}", o.outcome);
+        let d = o.user.unwrap().data;
+        u32::from_le_bytes(d[0x102..0x106].try_into().unwrap()) as u64
+    };
+    assert_eq!(stored(Variant::base(&cfg)), GDT);
+    assert_eq!(
+        stored(Variant {
+            tables_moved: true,
+            ..Variant::base(&cfg)
+        }),
+        MOVED_TABLES
+    );
+    let _ = DATA;
+}
+
+#[test]
+fn add_gives_identical_results_at_both_cpls() {
+    let mut e = UnicornEngine::new().unwrap();
+    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+        crate::engine::conformance::check_add_is_the_same_at_both_cpls(&mut e, mode);
+    }
+}
+
+#[test]
+fn the_time_limit_stops_what_the_count_does_not() {
+    // No instruction count: only the watchdog can end `jmp $`.
+    let mut e = UnicornEngine::with_limits(0, Duration::from_millis(30)).unwrap();
+    let cfg = Config::UMIP_OFF;
+    let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+    let p = img.prepare(Side::User, &[0xEB, 0xFE], &NONE).unwrap();
+    let t = Instant::now();
+    assert_eq!(e.run(&img, Side::User, &p).outcome, Outcome::Hang);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // The engine goes on working after a stopped run.
+    let p = img.prepare(Side::User, &[0x90], &NONE).unwrap();
+    assert!(completed(&e.run(&img, Side::User, &p)));
+}
+
+#[test]
+fn a_jump_to_itself_ends_by_the_limit() {
+    for side in Side::BOTH {
+        let o = base(Mode::Long64, side, &[0xEB, 0xFE], &NONE);
+        assert_eq!(o.outcome, Outcome::Hang, "{side}");
+    }
+}
+
+#[test]
+fn rewritten_code_and_data_are_restored_between_runs() {
+    crate::engine::conformance::check_runs_are_restored(&mut UnicornEngine::new().unwrap());
+}
+
+#[test]
+fn a_side_booted_after_other_tests_still_reaches_its_first_byte() {
+    // Run a test that faults at the test address at CPL 3 (the ring3
+    // variant's supervisor runs there), then boot the user side of the
+    // same image, also CPL 3: the boot must stop at the test address,
+    // not run the cached block of the previous test.
+    let cfg = Config::UMIP_ON;
+    let v = Variant {
+        supervisor_dpl: 3,
+        ..Variant::base(&cfg)
+    };
+    let img = GuestImage::build(Mode::Long64, cfg, v);
+    let mut e = UnicornEngine::new().unwrap();
+    let evex = [0x62, 0xf2, 0x7d, 0x48, 0x4c, 0xc1];
+    let p = img.prepare(Side::Supervisor, &evex, &NONE).unwrap();
+    assert!(matches!(
+        e.run(&img, Side::Supervisor, &p).outcome,
+        Outcome::Trap { vector: 6, .. }
+    ));
+    let p = img.prepare(Side::User, &evex, &NONE).unwrap();
+    let o = e.run(&img, Side::User, &p);
+    assert!(
+        matches!(o.outcome, Outcome::Trap { vector: 6, .. }),
+        "{:?}",
+        o.outcome
+    );
+}
+
+/// `mov dword [addr], imm` and `mov eax, [addr]` in 32-bit code.
+fn store32(addr: u32, imm: u32) -> Vec<u8> {
+    let mut b = vec![0xC7, 0x05];
+    b.extend(addr.to_le_bytes());
+    b.extend(imm.to_le_bytes());
+    b
+}
+fn load32(addr: u32) -> Vec<u8> {
+    let mut b = vec![0xA1];
+    b.extend(addr.to_le_bytes());
+    b
+}
+
+#[test]
+fn what_a_run_wrote_is_undone_before_the_next() {
+    // A store to the data page (restored only when written) and one to
+    // the GDT (a stray write: all of memory is restored): the next run
+    // reads the image's bytes again, in every variant.
+    let cfg = Config::UMIP_OFF;
+    let mut e = UnicornEngine::new().unwrap();
+    for v in Variant::matrix(Mode::Prot32, &cfg) {
+        let img = GuestImage::build(Mode::Prot32, cfg, v);
+        let side = Side::Supervisor;
+        for (addr, want) in [
+            (
+                DATA + 0x10,
+                u32::from_le_bytes(std::array::from_fn(|i| crate::machine::data_fill(0x10 + i))),
+            ),
+            (img.sys.gdtr.0 + 0x400, {
+                let at = (img.sys.gdtr.0 + 0x400) as usize;
+                u32::from_le_bytes(img.memory[at..at + 4].try_into().unwrap())
+            }),
+        ] {
+            let what = format!("{} {addr:#x}", v.name(&cfg));
+            let w = img.prepare(side, &store32(addr as u32, 0xdead_beef), &NONE);
+            let o = e.run(&img, side, &w.unwrap());
+            if v.supervisor_dpl != 0 && addr != DATA + 0x10 {
+                continue; // the GDT is the supervisor's: a ring-1/3 store faults
+            }
+            assert!(completed(&o), "{what}: {:?}", o.outcome);
+            for _ in 0..2 {
+                let r = img.prepare(side, &load32(addr as u32), &NONE).unwrap();
+                let o = e.run(&img, side, &r);
+                assert!(completed(&o), "{what}: {:?}", o.outcome);
+                assert_eq!(o.user.unwrap().gprs[0] as u32, want, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_run_before() {
+    // Each case alone on a fresh engine, and all of them in a row on one
+    // engine (as a scan's batches run them): the same observations.
+    let cfg = Config::UMIP_OFF;
+    let cases: Vec<Vec<u8>> = vec![
+        store32(DATA as u32 + 0x20, 7),
+        load32(DATA as u32 + 0x20),
+        store32(GDT as u32 + 0x400, 9),
+        load32(GDT as u32 + 0x400),
+        vec![0x0F, 0x01, 0x05, 0x00, 0x81, 0, 0], // sgdt [0x8100]
+        vec![0x0F, 0x20, 0xC0],                   // mov eax, cr0
+        vec![0x0F, 0x22, 0xD8],                   // mov cr3, eax
+        vec![0xF3, 0xA4],                         // rep movsb
+        vec![0xEB, 0xFE],                         // jmp $
+        vec![0x90],
+    ];
+    let mut shared = UnicornEngine::new().unwrap();
+    for v in Variant::matrix(Mode::Prot32, &cfg) {
+        let img = GuestImage::build(Mode::Prot32, cfg, v);
+        for bytes in &cases {
+            for side in Side::BOTH {
+                let p = img.prepare(side, bytes, &NONE).unwrap();
+                let alone = UnicornEngine::new().unwrap().run(&img, side, &p);
+                let in_row = shared.run(&img, side, &p);
+                assert_eq!(in_row, alone, "{} {side} {bytes:02x?}", v.name(&cfg));
+            }
+        }
+    }
+}
+
+#[test]
+fn real_mode_runs_at_cpl0_only() {
+    let o = base(Mode::Real, Side::Supervisor, &[0x01, 0xD8], &NONE);
+    assert!(completed(&o), "{:?}", o.outcome);
+}
+
+#[test]
+fn every_variant_boots_on_both_sides_and_runs_a_nop() {
+    let mut e = UnicornEngine::new().unwrap();
+    for mode in Mode::ALL {
+        for cfg in Config::DEFAULTS {
+            for v in Variant::matrix(mode, &cfg) {
+                let img = GuestImage::build(mode, cfg, v);
+                for side in Side::BOTH {
+                    let Some(p) = img.prepare(side, &[0x90], &NONE) else {
+                        continue;
+                    };
+                    let o = e.run(&img, side, &p);
+                    let what = format!("{mode} {cfg} {} {side}", v.name(&cfg));
+                    assert!(completed(&o), "{what}: {:?}", o.outcome);
+                    let want = img.system_state(side).unwrap();
+                    assert_eq!(o.before.cpl, want.cpl, "{what}");
+                    assert_eq!(o.before.gdtr.base, want.gdtr.base, "{what}");
+                    assert_eq!(o.before.cr0, want.cr0, "{what}");
+                    assert_eq!(o.before.sys_flags, want.sys_flags, "{what}");
+                    for i in 0..6 {
+                        assert_eq!(
+                            o.before.segs[i].selector, want.segs[i].selector,
+                            "{what} seg {i}"
+                        );
+                    }
+                    assert!(
+                        crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
+                            .is_empty(),
+                        "{what}: nop changed {:?}",
+                        crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
+                    );
+                    let u = o.user.unwrap();
+                    assert_eq!(u.data[5], crate::machine::data_fill(5), "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_name_the_failed_action_and_keep_their_source() {
+    use std::error::Error;
+    let e = UnicornError::Call {
+        action: "write CR4",
+        source: uc_error::EXCEPTION,
+    };
+    assert_eq!(
+        e.source().map(|s| s.to_string()),
+        Some(uc_error::EXCEPTION.to_string())
+    );
+    let text = EngineError::from(e).to_string();
+    assert!(text.starts_with("unicorn: write CR4 failed: "), "{text}");
+    let stub = UnicornError::BootStub {
+        rip: 0x5800,
+        intr: None,
+        error: Some(uc_error::EXCEPTION),
+    };
+    assert!(stub.source().is_some());
+    assert!(stub.to_string().starts_with("run the boot stub failed: "));
+}
+
+/// How a stop that Unicorn reports turns into an outcome (no Unicorn needed).
+mod outcomes {
+    use super::super::{outcome, Stopped};
+    use super::*;
+    use crate::machine::entry;
+    use crate::observe::TransferKind;
+
+    fn test64() -> Prepared {
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        img.prepare(Side::User, &[0x90], &NONE).unwrap()
+    }
+
+    /// The emulation ended normally with RIP at `rip` (at CPL 0).
+    fn ran_to(rip: u64) -> Stopped {
+        Stopped {
+            events: Events::default(),
+            result: Ok(()),
+            rip,
+            cpl: 0,
+        }
+    }
+
+    /// The interrupt hook stopped it with `vector` at `at` (at CPL 3).
+    fn hooked(vector: u32, at: u64) -> Stopped {
+        Stopped {
+            events: Events {
+                intr: Some((vector, at)),
+                ..Events::default()
+            },
+            result: Ok(()),
+            rip: at,
+            cpl: 3,
+        }
+    }
+
+    #[test]
+    fn the_sentinel_completes_at_both_cpls() {
+        let t = test64();
+        let done = Outcome::Completed {
+            rip: t.sentinel,
+            at_sentinel: true,
+        };
+        assert_eq!(outcome(&t, &ran_to(t.sentinel)), (done.clone(), true));
+        assert_eq!(outcome(&t, &hooked(13, t.sentinel)), (done, true));
+    }
+
+    #[test]
+    fn a_hlt_at_an_entry_point_is_a_transfer_there() {
+        let t = test64();
+        let stub = entry::VECTORS + 6 * entry::VECTOR_STRIDE;
+        for (at, kind) in [
+            (entry::CALLGATE, TransferKind::CallGate),
+            (stub, TransferKind::Interrupt(6)),
+        ] {
+            assert_eq!(
+                outcome(&t, &ran_to(at + 1)),
+                (
+                    Outcome::Transfer {
+                        kind,
+                        rip: at,
+                        cpl: Some(0)
+                    },
+                    true
+                ),
+                "{at:#x}"
+            );
+            assert_eq!(
+                outcome(&t, &hooked(13, at)),
+                (
+                    Outcome::Transfer {
+                        kind,
+                        rip: at,
+                        cpl: Some(3)
+                    },
+                    true
+                ),
+                "{at:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hlt_between_the_ring0_stubs_is_no_transfer() {
+        // It used to be called a transfer to the vector its offset divides
+        // into; it is no entry point.
+        let t = test64();
+        let filler = entry::VECTORS + 6 * entry::VECTOR_STRIDE + 2;
+        assert_eq!(outcome(&t, &ran_to(filler + 1)), (Outcome::Hang, false));
+        assert_eq!(
+            outcome(&t, &hooked(13, filler)),
+            (
+                Outcome::Trap {
+                    vector: 13,
+                    error_code: None,
+                    rip: filler
+                },
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn a_gp_at_the_test_itself_is_a_trap() {
+        let t = test64();
+        assert_eq!(
+            outcome(&t, &hooked(13, t.rip)),
+            (
+                Outcome::Trap {
+                    vector: 13,
+                    error_code: None,
+                    rip: t.rip
+                },
+                false
+            )
+        );
+    }
+}
