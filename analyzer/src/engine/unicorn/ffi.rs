@@ -239,6 +239,7 @@ impl Watchdog {
         begin: u64,
         until: u64,
         count: usize,
+        patience: u32,
     ) -> (Result<(), uc_error>, bool) {
         /// Disarms when dropped.
         struct Armed<'a>(&'a Watchdog);
@@ -249,7 +250,10 @@ impl Watchdog {
         }
         {
             let mut st = self.state();
-            st.armed = Some((Instant::now() + self.limit, StopHandle(uc.get_handle())));
+            st.armed = Some((
+                Instant::now() + self.limit * patience,
+                StopHandle(uc.get_handle()),
+            ));
             st.fired = false;
         }
         let armed = Armed(self);

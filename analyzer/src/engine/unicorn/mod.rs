@@ -41,6 +41,8 @@ pub const INSN_LIMIT: usize = 256;
 /// the engine's watchdog thread (Unicorn's own timeout starts a thread per
 /// run, which would cost more than the run).
 pub const TIME_LIMIT: Duration = Duration::from_millis(200);
+/// How many times [`TIME_LIMIT`] a run that timed out gets when it runs again.
+pub const RETRY_PATIENCE: u32 = 10;
 
 /// Pages of guest memory, one bit each in a `u64`.
 const PAGES: usize = (MEM_SIZE / PAGE) as usize;
@@ -70,6 +72,8 @@ struct Machine {
     /// seen by the write hook: a store to a program page sets its bit, any
     /// other store makes memory suspect).
     dirty: u64,
+    /// The watchdog, not the instruction count, ended the last run.
+    timed_out: bool,
 }
 
 /// The Unicorn engine.
@@ -141,6 +145,7 @@ impl Machine {
             reset,
             memory_suspect: false,
             dirty: 0,
+            timed_out: false,
         })
     }
 
@@ -306,7 +311,23 @@ impl Machine {
                 )
             }
         };
-        let result = self.execute(image, test, (&ctx, &before), watchdog, insn_limit);
+        let mut result = self.execute(image, test, (&ctx, &before), watchdog, insn_limit, 1);
+        if self.timed_out {
+            // The wall clock, not the instruction count, ended the run: on a
+            // loaded machine a run can stall past the limit, so it runs once
+            // more with RETRY_PATIENCE times the time before it counts as a
+            // hang (reports must not depend on the machine's load).
+            result = self.load(image).and_then(|()| {
+                self.execute(
+                    image,
+                    test,
+                    (&ctx, &before),
+                    watchdog,
+                    insn_limit,
+                    RETRY_PATIENCE,
+                )
+            });
+        }
         let before_kept = before.clone();
         self.contexts.insert((key, side), Ok((ctx, before_kept)));
         match result {
@@ -350,7 +371,9 @@ impl Machine {
         (ctx, before): (&Context, &SystemState),
         watchdog: &Watchdog,
         insn_limit: usize,
+        patience: u32,
     ) -> Result<(Outcome, bool), UnicornError> {
+        self.timed_out = false;
         // Restore the pages an instruction may dirty, then write the test's
         // own: only what differs from guest memory. Outside the pages the
         // last runs wrote (`dirty`), guest memory equals `loaded`, and
@@ -447,7 +470,8 @@ impl Machine {
             test.rip
         };
         let until = image.linear(test.sentinel);
-        let (result, fired) = watchdog.emu_start(&mut self.uc, begin, until, insn_limit);
+        let (result, fired) = watchdog.emu_start(&mut self.uc, begin, until, insn_limit, patience);
+        self.timed_out = fired;
         self.memory_suspect |= self.uc.get_data().stray_write;
         self.dirty |= self.uc.get_data().written;
         // The write hook tells program pages from others by linear address;
