@@ -351,7 +351,7 @@ fn explained(
             ExplainedRun {
                 state: state_text(&run, config),
                 outcome: run.obs.outcome.short(),
-                system_changes: run.changed_r(),
+                system_changes: run.changed_r().iter().map(|c| c.to_string()).collect(),
                 user_changes,
                 run,
             }

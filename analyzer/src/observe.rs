@@ -236,11 +236,75 @@ impl Observation {
     }
 }
 
+/// A part of R and M (pg-model section 2): what a control-sensitive
+/// instruction changes. Serialized by its name, as reports print it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Part {
+    #[serde(rename = "privilege level")]
+    PrivilegeLevel,
+    #[serde(rename = "system flags")]
+    SystemFlags,
+    #[serde(rename = "descriptor cache")]
+    DescriptorCache,
+    #[serde(rename = "descriptor-table register")]
+    DescriptorTableRegister,
+    #[serde(rename = "control register")]
+    ControlRegister,
+    #[serde(rename = "msr")]
+    Msr,
+}
+
+impl Part {
+    /// Every part, in the order verdicts list them.
+    pub const ALL: [Part; 6] = [
+        Part::PrivilegeLevel,
+        Part::SystemFlags,
+        Part::DescriptorCache,
+        Part::DescriptorTableRegister,
+        Part::ControlRegister,
+        Part::Msr,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::PrivilegeLevel => "privilege level",
+            Part::SystemFlags => "system flags",
+            Part::DescriptorCache => "descriptor cache",
+            Part::DescriptorTableRegister => "descriptor-table register",
+            Part::ControlRegister => "control register",
+            Part::Msr => "msr",
+        }
+    }
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One change of R or M: the part and what changed in it
+/// (`descriptor cache: ds 0x0010 -> 0x0023`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub part: Part,
+    pub detail: String,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.part, self.detail)
+    }
+}
+
 /// The parts of R and M that differ, named the way users filter on them.
-pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
+pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<Change> {
+    let change = |part, detail| Change { part, detail };
     let mut out = Vec::new();
     if a.cpl != b.cpl {
-        out.push(format!("privilege level: cpl {} -> {}", a.cpl, b.cpl));
+        out.push(change(
+            Part::PrivilegeLevel,
+            format!("cpl {} -> {}", a.cpl, b.cpl),
+        ));
     }
     if a.sys_flags != b.sys_flags {
         let f = |x: u64| {
@@ -251,39 +315,41 @@ pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
                 (x >> 18) & 1
             )
         };
-        out.push(format!(
-            "system flags: {} -> {}",
-            f(a.sys_flags),
-            f(b.sys_flags)
+        out.push(change(
+            Part::SystemFlags,
+            format!("{} -> {}", f(a.sys_flags), f(b.sys_flags)),
         ));
     }
     for (i, name) in SEG_NAMES.iter().enumerate() {
         let (x, y) = (a.segs[i], b.segs[i]);
         if x.selector != y.selector {
-            out.push(format!(
-                "descriptor cache: {name} {:#06x} -> {:#06x}",
-                x.selector, y.selector
+            out.push(change(
+                Part::DescriptorCache,
+                format!("{name} {:#06x} -> {:#06x}", x.selector, y.selector),
             ));
         } else if x.cache.is_some() && y.cache.is_some() && x.cache != y.cache {
-            out.push(format!(
-                "descriptor cache: {name} cache {:x?} -> {:x?}",
-                x.cache, y.cache
+            out.push(change(
+                Part::DescriptorCache,
+                format!("{name} cache {:x?} -> {:x?}", x.cache, y.cache),
             ));
         }
     }
     for (name, x, y) in [("gdtr", a.gdtr, b.gdtr), ("idtr", a.idtr, b.idtr)] {
         if x != y {
-            out.push(format!(
-                "descriptor-table register: {name} {:#x}/{:#x} -> {:#x}/{:#x}",
-                x.base, x.limit, y.base, y.limit
+            out.push(change(
+                Part::DescriptorTableRegister,
+                format!(
+                    "{name} {:#x}/{:#x} -> {:#x}/{:#x}",
+                    x.base, x.limit, y.base, y.limit
+                ),
             ));
         }
     }
     for (name, x, y) in [("ldtr", a.ldtr, b.ldtr), ("tr", a.tr, b.tr)] {
         if x != y {
-            out.push(format!(
-                "descriptor-table register: {name} {:#06x} -> {:#06x}",
-                x.selector, y.selector
+            out.push(change(
+                Part::DescriptorTableRegister,
+                format!("{name} {:#06x} -> {:#06x}", x.selector, y.selector),
             ));
         }
     }
@@ -294,7 +360,10 @@ pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
         ("efer", a.efer, b.efer),
     ] {
         if x != y {
-            out.push(format!("control register: {name} {x:#x} -> {y:#x}"));
+            out.push(change(
+                Part::ControlRegister,
+                format!("{name} {x:#x} -> {y:#x}"),
+            ));
         }
     }
     if a.msrs != b.msrs {
@@ -302,7 +371,7 @@ pub fn diff_system(a: &SystemState, b: &SystemState) -> Vec<String> {
             let old = a.msrs.iter().find(|(j, _)| j == i).map(|(_, v)| *v);
             if old != Some(*v) {
                 let old = old.map_or_else(|| "unset".to_string(), |o| format!("{o:#x}"));
-                out.push(format!("msr: {i:#x} {old} -> {v:#x}"));
+                out.push(change(Part::Msr, format!("{i:#x} {old} -> {v:#x}")));
             }
         }
     }
@@ -489,8 +558,9 @@ mod tests {
         b.segs[2].selector = 0x2b;
         let d = diff_system(&a, &b);
         assert_eq!(d.len(), 2);
-        assert!(d[0].starts_with("system flags"));
-        assert!(d[1].starts_with("descriptor cache: ds"));
+        assert_eq!(d[0].part, Part::SystemFlags);
+        assert_eq!(d[1].part, Part::DescriptorCache);
+        assert_eq!(d[1].to_string(), "descriptor cache: ds 0x0000 -> 0x002b");
         assert!(diff_system(&a, &a).is_empty());
     }
 

@@ -10,12 +10,12 @@
 //! started from (so behavior comparisons compare what each run changed).
 
 use crate::catalog::Entry;
-use crate::classify::classify;
+use crate::classify::verdict;
 use crate::engine::{Engine, EngineError};
 use crate::machine::{GuestImage, Prepared, Variant};
 use crate::mode::{Config, Mode};
 use crate::observe::{
-    diff_effects, diff_system, Effects, Observation, Outcome, Side, SystemState, UserState,
+    diff_effects, diff_system, Change, Effects, Observation, Outcome, Side, SystemState, UserState,
 };
 use crate::record::Record;
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,7 @@ impl Run {
     /// system flags, descriptor cache, ...): the after-state against the
     /// NOP baseline when there is one, else against the before-state. Empty
     /// if none or if there is no after-state.
-    pub fn changed_r(&self) -> Vec<String> {
+    pub fn changed_r(&self) -> Vec<Change> {
         let Some(after) = &self.obs.after else {
             return Vec::new();
         };
@@ -309,11 +309,11 @@ impl Prober {
 }
 
 /// The final record of an entry from its runs on the engine `name`: the
-/// classifier's verdict, with the engine's deviations applied. `scan` and
-/// `explain` both call this, and nothing after it changes the verdict (the
-/// facts table only annotates).
+/// final verdict ([`crate::classify::verdict`]) beside the entry's
+/// documented metadata. `scan` and `explain` both call this, and nothing
+/// after it changes the verdict (the facts table only annotates).
 pub fn judge(name: &str, version: &str, matrix: &Matrix, entry: &Entry, runs: &[Run]) -> Record {
-    let verdict = classify(matrix.mode, &matrix.config, runs);
+    let verdict = verdict(matrix.mode, &matrix.config, &entry.doc.flow_control, runs);
     Record::new(name, version, entry, &matrix.config, verdict)
 }
 

@@ -2,7 +2,7 @@
 //! configuration on one engine, beside iced's documented metadata.
 
 use crate::catalog::{DocMeta, Entry};
-use crate::classify::{engine_deviation, Class, Verdict};
+use crate::classify::{Class, Verdict};
 use crate::mode::{Config, Mode};
 use crate::observe::hex;
 use serde::{Deserialize, Serialize};
@@ -42,15 +42,15 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record of `entry` in `config` with the verdict `verdict`.
+    /// The record of `entry` in `config` with the final verdict `verdict`
+    /// ([`crate::classify::verdict`]); it packages, it changes nothing.
     pub fn new(
         engine: &str,
         engine_version: &str,
         entry: &Entry,
         config: &Config,
-        mut verdict: Verdict,
+        verdict: Verdict,
     ) -> Record {
-        engine_deviation(&mut verdict, &entry.doc.flow_control);
         let documented_privileged = entry.doc.is_privileged || entry.doc.must_be_cpl0;
         let doc_disagreement = doc_disagreement(entry.mode, &entry.doc, &verdict);
         let deviation = measured_deviation(&verdict);
@@ -77,7 +77,8 @@ impl Record {
         let v = &self.verdict;
         let mut k = Vec::new();
         if v.control_sensitive {
-            k.push(format!("control({})", v.changed.join(", ")));
+            let parts: Vec<&str> = v.changed.iter().map(|p| p.name()).collect();
+            k.push(format!("control({})", parts.join(", ")));
         }
         if v.location_sensitive {
             k.push("location".into());
@@ -169,7 +170,7 @@ pub mod mode_name {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::classify::Evidence;
+    use crate::classify::{Evidence, EvidenceKind};
     use crate::machine::StateLabel;
     use crate::observe::Side;
 
@@ -186,7 +187,7 @@ pub(crate) mod tests {
         };
         let evidence = match class {
             Class::Privileged => vec![Evidence {
-                kind: "privileged".into(),
+                kind: EvidenceKind::Privileged,
                 a: label("base", Side::Supervisor),
                 b: Some(label("base", Side::User)),
                 outcome_a: "completed".into(),
@@ -194,7 +195,7 @@ pub(crate) mod tests {
                 detail: String::new(),
             }],
             Class::SensitiveUnprivileged => vec![Evidence {
-                kind: "location".into(),
+                kind: EvidenceKind::Location,
                 a: label("base", Side::User),
                 b: Some(label("tables-moved", Side::User)),
                 outcome_a: "completed".into(),

@@ -1,5 +1,6 @@
 //! The P&G violators of a scan, for the CLI.
 
+use crate::classify::EvidenceKind;
 use crate::mode::Mode;
 use crate::record::Record;
 
@@ -26,7 +27,7 @@ pub fn render_violators(records: &[&Record]) -> String {
             .verdict
             .evidence
             .iter()
-            .find(|e| e.kind != "not-privileged")
+            .find(|e| e.kind != EvidenceKind::NotPrivileged)
             .map(|e| e.to_string());
         s.push_str(&format!(
             "{:<4} {:<10} {:<32} {:<40} {}\n",

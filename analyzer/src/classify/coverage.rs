@@ -15,7 +15,7 @@
 //!
 //! A hang or a shutdown is an outcome the engine measured, not a state not run.
 
-use super::Class;
+use super::{label_text, Class, Runs};
 use crate::machine::Variant;
 use crate::mode::Config;
 use crate::observe::Outcome;
@@ -37,6 +37,52 @@ pub fn stands(class: Class, not_run: &[Variant], config: &Config) -> bool {
             not_run.is_empty()
         }
     }
+}
+
+/// The class and theorem membership as they stand on the states that ran:
+/// unchanged, or `not-judged` (with a note, breaking neither theorem) where
+/// states that could decide otherwise did not run. No run at all but
+/// `not-supported` ones: the whole case is not run on this engine.
+pub(super) fn apply(
+    class: Class,
+    (violates_pg, violates_hybrid): (bool, bool),
+    runs: &Runs<'_>,
+    total: usize,
+    config: &Config,
+    notes: &mut Vec<String>,
+) -> (Class, bool, bool) {
+    let ordered = &runs.ordered;
+    if total == 0 {
+        notes.push("no runs".into());
+        return (class, violates_pg, violates_hybrid);
+    }
+    if class == Class::EngineError
+        && ordered
+            .iter()
+            .all(|o| matches!(o.run.obs.outcome, Outcome::NotSupported(_)))
+    {
+        notes.push(format!(
+            "not run on this engine: {}",
+            ordered[0].run.obs.outcome.short()
+        ));
+        return (Class::NotJudged, false, false);
+    }
+    let not_run: Vec<_> = ordered
+        .iter()
+        .filter(|o| is_not_run(&o.run.obs.outcome))
+        .collect();
+    let variants: Vec<Variant> = not_run.iter().map(|o| o.run.variant).collect();
+    if stands(class, &variants, config) {
+        return (class, violates_pg, violates_hybrid);
+    }
+    let labels: Vec<String> = not_run.iter().map(|o| label_text(o)).collect();
+    notes.push(not_judged_note(
+        class,
+        &labels,
+        total,
+        &not_run[0].run.obs.outcome.short(),
+    ));
+    (Class::NotJudged, false, false)
 }
 
 /// The note of a verdict that is not judged: how many states did not run,

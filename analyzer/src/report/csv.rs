@@ -59,7 +59,11 @@ pub fn write_csv<W: Write>(w: W, records: &[Record]) -> io::Result<()> {
             b(v.mode_sensitive),
             b(v.nondeterministic),
             b(v.violates_hybrid),
-            v.changed.join("; "),
+            v.changed
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join("; "),
             r.doc_disagreement.clone().unwrap_or_default(),
             v.engine_results.join("; "),
             r.documented.clone().unwrap_or_default(),

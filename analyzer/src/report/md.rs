@@ -60,7 +60,7 @@ fn first_sensitivity_evidence(r: &Record) -> String {
     r.verdict
         .evidence
         .iter()
-        .find(|e| matches!(e.kind.as_str(), "control" | "location" | "mode"))
+        .find(|e| e.kind.is_sensitivity())
         .map(|e| e.to_string())
         .unwrap_or_default()
 }

@@ -19,17 +19,30 @@
 //! - User sensitive: control sensitive in a CPL 3 run, location sensitive
 //!   between two CPL 3 runs, or mode sensitive (the pair always has a CPL 3
 //!   state), following P&G's "sensitive in some state with M = user".
+//!
+//! One file per definition: [`privilege`], [`control`], [`nondeterminism`],
+//! [`behavior`], [`coverage`] and [`theorem`] (the class and the theorems'
+//! membership); [`verdict`] is the one function that makes a verdict final,
+//! with the engine deviations of [`deviation`] applied.
 
 use crate::machine::{StateLabel, Variant};
 use crate::mode::{Config, Mode};
-use crate::observe::{diff_effects, Effects, Outcome, Side};
+use crate::observe::{diff_effects, Change, Effects, Outcome, Part, Side};
 pub use crate::probe::Run;
 use serde::{Deserialize, Serialize};
 use std::cell::OnceCell;
 use std::fmt;
 use std::str::FromStr;
 
+mod behavior;
+mod control;
 pub mod coverage;
+pub mod deviation;
+mod nondeterminism;
+mod privilege;
+mod theorem;
+
+pub use deviation::engine_deviation;
 
 /// The single primary label of a verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -100,11 +113,54 @@ impl FromStr for Class {
     }
 }
 
+/// What a piece of evidence shows, in the order a verdict lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvidenceKind {
+    /// CPL 3 traps and CPL 0 does not, in every comparable pair.
+    Privileged,
+    /// A comparable pair where CPL 3 does not trap, or CPL 0 traps too.
+    NotPrivileged,
+    /// A completing run changed R or M.
+    Control,
+    /// Two states of one CPL differing in location give different results.
+    Location,
+    /// CPL 0 and CPL 3 of one state give different results.
+    Mode,
+    /// Two runs of the same state differ.
+    Nondeterministic,
+}
+
+impl EvidenceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EvidenceKind::Privileged => "privileged",
+            EvidenceKind::NotPrivileged => "not-privileged",
+            EvidenceKind::Control => "control",
+            EvidenceKind::Location => "location",
+            EvidenceKind::Mode => "mode",
+            EvidenceKind::Nondeterministic => "nondeterministic",
+        }
+    }
+    /// Evidence of sensitivity (control, location, mode).
+    pub fn is_sensitivity(self) -> bool {
+        matches!(
+            self,
+            EvidenceKind::Control | EvidenceKind::Location | EvidenceKind::Mode
+        )
+    }
+}
+
+impl fmt::Display for EvidenceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One concrete piece of evidence: a state (or a pair) and the outcomes that decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
-    /// `privileged`, `not-privileged`, `control`, `location`, `mode`, `nondeterministic`.
-    pub kind: String,
+    pub kind: EvidenceKind,
     pub a: StateLabel,
     pub b: Option<StateLabel>,
     pub outcome_a: String,
@@ -147,8 +203,8 @@ pub struct Verdict {
     pub always_traps: bool,
     pub unsupported: bool,
     /// Parts of R or M that a completing run changed (`system flags`, `msr`, ...),
-    /// in the canonical order of [`CHANGED_PARTS`].
-    pub changed: Vec<String>,
+    /// in the order of [`Part::ALL`].
+    pub changed: Vec<Part>,
     /// What decided the verdict, in a fixed order: privilege, control,
     /// location, mode, nondeterminism; within a kind, first in matrix order.
     pub evidence: Vec<Evidence>,
@@ -184,54 +240,19 @@ impl Verdict {
     }
 }
 
-/// Applies the instruction's iced flow control to a verdict: a non-branch
-/// (`Next`) that completed off the sentinel was decoded with another length
-/// by the engine, so the verdict becomes `engine-deviation`, with no
-/// violation of either theorem. The same holds for `Interrupt` (INT n, INTO,
-/// SMINT): it traps, transfers, or falls through to the sentinel, never
-/// completes elsewhere (Unicorn runs Cyrix SMINT `0f 7e` as MOVD).
-/// Branches, calls and returns are left alone: they land on landing pads.
-pub fn engine_deviation(v: &mut Verdict, flow_control: &str) {
-    if !matches!(flow_control, "Next" | "Interrupt") || v.class == Class::EngineError {
-        return;
-    }
-    let Some(off) = &v.off_sentinel else {
-        return;
-    };
-    v.notes.push(format!(
-        "engine executed a different instruction ({off}, not at the sentinel right after it): no verdict"
-    ));
-    v.class = Class::EngineDeviation;
-    v.violates_pg = false;
-    v.violates_hybrid = false;
-}
-
-/// The parts of R and M, as `diff_system` names them (the text before `:`).
-pub const CHANGED_PARTS: [&str; 6] = [
-    "privilege level",
-    "system flags",
-    "descriptor cache",
-    "descriptor-table register",
-    "control register",
-    "msr",
-];
-
-fn part_of(change: &str) -> &str {
-    change.split(':').next().unwrap_or(change).trim()
-}
-
+/// A run in matrix order, with what the definitions ask of it computed once.
 struct Ordered<'r> {
     run: &'r Run,
     label: StateLabel,
     /// What the run changed in R and M ([`Run::changed_r`]), once.
-    changed_r: OnceCell<Vec<String>>,
+    changed_r: OnceCell<Vec<Change>>,
     /// Its user-visible effects ([`Run::effects`]), once: a run takes part
     /// in many behavior comparisons.
     effects: OnceCell<Option<Effects>>,
 }
 
 impl Ordered<'_> {
-    fn changed_r(&self) -> &[String] {
+    fn changed_r(&self) -> &[Change] {
         self.changed_r.get_or_init(|| self.run.changed_r())
     }
     fn effects(&self) -> Option<&Effects> {
@@ -260,9 +281,14 @@ fn label_text(o: &Ordered<'_>) -> String {
     }
 }
 
-fn evidence(kind: &str, a: &Ordered<'_>, b: Option<&Ordered<'_>>, detail: String) -> Evidence {
+fn evidence(
+    kind: EvidenceKind,
+    a: &Ordered<'_>,
+    b: Option<&Ordered<'_>>,
+    detail: String,
+) -> Evidence {
     Evidence {
-        kind: kind.into(),
+        kind,
         a: a.label.clone(),
         b: b.map(|b| b.label.clone()),
         outcome_a: a.run.obs.outcome.short(),
@@ -284,41 +310,69 @@ fn is_ud(o: &Outcome) -> bool {
     matches!(o, Outcome::Trap { vector: 6, .. })
 }
 
-/// Classifies one encoding in one configuration from its runs (pg-model section 3).
-pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
-    let matrix = Variant::matrix(mode, config);
-    let pos = |v: &Variant| matrix.iter().position(|m| m == v).unwrap_or(matrix.len());
-    let mut ordered: Vec<Ordered<'_>> = runs
-        .iter()
-        .map(|run| Ordered {
-            run,
-            label: label(run, config),
-            changed_r: OnceCell::new(),
-            effects: OnceCell::new(),
-        })
-        .collect();
-    ordered.sort_by(|x, y| {
-        (x.run.repeat, pos(&x.run.variant), x.run.variant, x.run.side).cmp(&(
-            y.run.repeat,
-            pos(&y.run.variant),
-            y.run.variant,
-            y.run.side,
-        ))
-    });
-    let find = |v: &Variant, side: Side, repeat: u8| {
-        ordered
+/// The runs of one classification in matrix order: repeat, then the
+/// variant's place in [`Variant::matrix`], then the side.
+struct Runs<'r> {
+    ordered: Vec<Ordered<'r>>,
+}
+
+impl<'r> Runs<'r> {
+    fn new(config: &Config, matrix: &[Variant], runs: &'r [Run]) -> Runs<'r> {
+        let pos = |v: &Variant| matrix.iter().position(|m| m == v).unwrap_or(matrix.len());
+        let mut ordered: Vec<Ordered<'r>> = runs
+            .iter()
+            .map(|run| Ordered {
+                run,
+                label: label(run, config),
+                changed_r: OnceCell::new(),
+                effects: OnceCell::new(),
+            })
+            .collect();
+        ordered.sort_by(|x, y| {
+            (x.run.repeat, pos(&x.run.variant), x.run.variant, x.run.side).cmp(&(
+                y.run.repeat,
+                pos(&y.run.variant),
+                y.run.variant,
+                y.run.side,
+            ))
+        });
+        Runs { ordered }
+    }
+
+    fn find(&self, v: &Variant, side: Side, repeat: u8) -> Option<&Ordered<'r>> {
+        self.ordered
             .iter()
             .find(|o| o.run.variant == *v && o.run.side == side && o.run.repeat == repeat)
-    };
+    }
+}
 
+/// The final verdict on one encoding in one configuration from its runs:
+/// [`classify`], then the engine deviations the runs show
+/// ([`engine_deviation`], from the instruction's iced flow control). The
+/// probe layer calls this and nothing after it changes the verdict (the
+/// facts table only annotates the record).
+pub fn verdict(mode: Mode, config: &Config, flow_control: &str, runs: &[Run]) -> Verdict {
+    let mut v = classify(mode, config, runs);
+    engine_deviation(&mut v, flow_control);
+    v
+}
+
+/// Classifies one encoding in one configuration from its runs (pg-model
+/// section 3), each definition in its own module, then checks that the
+/// class stands on the states that ran ([`coverage`]).
+pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
+    let matrix = Variant::matrix(mode, config);
+    let all = Runs::new(config, &matrix, runs);
     let mut notes = Vec::new();
     let mut evidence_out = Vec::new();
-    let engine_results: Vec<String> = ordered
+    let engine_results: Vec<String> = all
+        .ordered
         .iter()
         .filter(|o| o.run.obs.outcome.is_engine_level())
         .map(|o| format!("{}: {}", label_text(o), o.run.obs.outcome.short()))
         .collect();
-    let valid: Vec<&Ordered<'_>> = ordered
+    let valid: Vec<&Ordered<'_>> = all
+        .ordered
         .iter()
         .filter(|o| !o.run.obs.outcome.is_engine_level())
         .collect();
@@ -339,299 +393,80 @@ pub fn classify(mode: Mode, config: &Config, runs: &[Run]) -> Verdict {
         );
     }
 
-    // Privilege (pairs of config-preserving variants, CPL 0 vs CPL 3).
-    let mut privileged = false;
-    if mode.is_protected() {
-        let mut pairs = 0;
-        let mut first_priv = None;
-        let mut first_break = None;
-        for v in matrix.iter().filter(|v| v.keeps_config(config)) {
-            let (Some(s0), Some(s3)) = (find(v, Side::Supervisor, 0), find(v, Side::User, 0))
-            else {
-                continue;
-            };
-            let (o0, o3) = (&s0.run.obs.outcome, &s3.run.obs.outcome);
-            if o0.is_engine_level()
-                || o3.is_engine_level()
-                || o0.is_memory_trap()
-                || o3.is_memory_trap()
-            {
-                continue;
-            }
-            pairs += 1;
-            if o3.is_trap_like() && !o0.is_trap_like() {
-                first_priv.get_or_insert((s0, s3));
-            } else {
-                let why = if o0.is_trap_like() {
-                    "the CPL 0 run traps too"
-                } else {
-                    "the CPL 3 run does not trap"
-                };
-                first_break.get_or_insert((s0, s3, why));
-            }
-        }
-        if let Some((s0, s3, why)) = first_break {
-            evidence_out.push(evidence("not-privileged", s0, Some(s3), why.into()));
-        } else if let Some((s0, s3)) = first_priv {
-            privileged = true;
-            evidence_out.push(evidence(
-                "privileged",
-                s0,
-                Some(s3),
-                format!("CPL 3 traps, CPL 0 does not, in all {pairs} comparable pair(s)"),
-            ));
-        } else {
-            notes.push(
-                "no comparable CPL 0 / CPL 3 pair (each memory-trapped or ended at engine level): not privileged"
-                    .into(),
-            );
-        }
-    } else {
-        notes.push("real mode has no CPL 3: nothing is privileged here".into());
-    }
+    let p = privilege::judge(mode, config, &matrix, &all);
+    evidence_out.extend(p.evidence);
+    notes.extend(p.note);
 
-    // Control sensitivity: a completing run that changed R or M.
-    let mut changed = Vec::new();
-    let mut control_user = false;
-    for part in CHANGED_PARTS {
-        let mut first = None;
-        for o in valid.iter().filter(|o| o.run.obs.outcome.is_completed()) {
-            let parts: Vec<String> = o
-                .changed_r()
-                .iter()
-                .filter(|c| part_of(c) == part)
-                .cloned()
-                .collect();
-            if parts.is_empty() {
-                continue;
-            }
-            if o.run.side == Side::User {
-                control_user = true;
-            }
-            first.get_or_insert((*o, parts));
-        }
-        if let Some((o, parts)) = first {
-            changed.push(part.to_string());
-            evidence_out.push(evidence("control", o, None, parts.join(", ")));
-        }
-    }
-    // Anything diff_system reports under a name not listed above still counts.
-    for o in valid.iter().filter(|o| o.run.obs.outcome.is_completed()) {
-        for c in o.changed_r() {
-            let p = part_of(c);
-            if !CHANGED_PARTS.contains(&p) && !changed.iter().any(|x| x == p) {
-                changed.push(p.to_string());
-                evidence_out.push(evidence("control", o, None, c.clone()));
-                control_user |= o.run.side == Side::User;
-            }
-        }
-    }
-    let control_sensitive = !changed.is_empty();
+    let c = control::judge(&valid);
+    evidence_out.extend(c.evidence);
+    let control_sensitive = !c.changed.is_empty();
 
-    // Nondeterminism: repeat 1 vs repeat 0 of the same state.
-    let mut nondeterministic = false;
-    for r1 in valid.iter().filter(|o| o.run.repeat != 0) {
-        let Some(r0) = find(&r1.run.variant, r1.run.side, 0) else {
-            continue;
-        };
-        if r0.run.obs.outcome.is_engine_level() {
-            continue;
-        }
-        let (x, y) = (&r0.run.obs, &r1.run.obs);
-        let mut detail = Vec::new();
-        if x.outcome != y.outcome {
-            detail.push(format!(
-                "outcome {} vs {}",
-                x.outcome.short(),
-                y.outcome.short()
-            ));
-        }
-        match (&x.user, &y.user) {
-            // Name the parts that differ, not the registers or the values:
-            // which of them differ can change from scan to scan (RDTSC's
-            // high half changes only when the low half wraps between the two
-            // runs), and reports must be the same for the same inputs.
-            (Some(a), Some(b)) => {
-                for (differs, part) in [
-                    (a.gprs != b.gprs, "general registers differ"),
-                    (a.rip != b.rip, "rip differs"),
-                    (a.flags != b.flags, "flags differ"),
-                    (a.data != b.data, "data page differs"),
-                    (a.stack != b.stack, "stack differs"),
-                ] {
-                    if differs {
-                        detail.push(part.to_string());
-                    }
-                }
-            }
-            (None, None) => {}
-            _ => detail.push("user state present in one run only".into()),
-        }
-        if x.after != y.after {
-            detail.push("system state after the run differs".into());
-        }
-        if !detail.is_empty() {
-            if !nondeterministic {
-                let mut e = evidence("nondeterministic", r0, Some(r1), first_diffs(&detail));
-                e.outcome_b = Some(format!(
-                    "{} (repeat {})",
-                    r1.run.obs.outcome.short(),
-                    r1.run.repeat
-                ));
-                evidence_out.push(e);
-            }
-            nondeterministic = true;
-        }
-    }
+    let n = nondeterminism::judge(&valid, &all);
+    evidence_out.extend(n.evidence);
 
-    // Behavior sensitivity over completed repeat-0 runs.
-    let mut location_sensitive = false;
-    let mut mode_sensitive = false;
-    let mut location_user = false;
-    if nondeterministic {
+    let b = if n.nondeterministic {
         notes.push("nondeterministic: excluded from behavior comparisons".into());
+        behavior::Behavior {
+            location: false,
+            mode: false,
+            location_user: false,
+            evidence: Vec::new(),
+        }
     } else {
-        let done: Vec<&Ordered<'_>> = valid
-            .iter()
-            .copied()
-            .filter(|o| {
-                o.run.repeat == 0 && o.run.obs.outcome.is_completed() && o.run.obs.user.is_some()
-            })
-            .collect();
-        for side in Side::BOTH {
-            let same: Vec<&Ordered<'_>> = done
-                .iter()
-                .copied()
-                .filter(|o| o.run.side == side)
-                .collect();
-            'pairs: for (i, a) in same.iter().enumerate() {
-                for b in &same[i + 1..] {
-                    if a.run.variant == b.run.variant {
-                        continue;
-                    }
-                    if a.run.obs.user.is_some() && b.run.obs.user.is_some() {
-                        let d = diff_runs(a, b);
-                        if !d.is_empty() {
-                            location_sensitive = true;
-                            location_user |= side == Side::User;
-                            evidence_out.push(evidence("location", a, Some(b), first_diffs(&d)));
-                            break 'pairs;
-                        }
-                    }
-                }
-            }
-        }
-        for s0 in done.iter().filter(|o| o.run.side == Side::Supervisor) {
-            let Some(s3) = done
-                .iter()
-                .find(|o| o.run.side == Side::User && o.run.variant == s0.run.variant)
-            else {
-                continue;
-            };
-            if s0.run.obs.user.is_some() && s3.run.obs.user.is_some() {
-                let d = diff_runs(s0, s3);
-                if !d.is_empty() {
-                    mode_sensitive = true;
-                    evidence_out.push(evidence("mode", s0, Some(s3), first_diffs(&d)));
-                    break;
-                }
-            }
-        }
-    }
-    let behavior_sensitive = location_sensitive || mode_sensitive;
-    let user_sensitive = control_user || location_user || mode_sensitive;
-    let sensitive = control_sensitive || behavior_sensitive;
-    let excused = privileged || always_traps || unsupported;
-    let violates_pg = sensitive && !excused;
-    let violates_hybrid = user_sensitive && !excused;
+        behavior::judge(&valid)
+    };
+    evidence_out.extend(b.evidence);
+    let behavior_sensitive = b.location || b.mode;
+    let user_sensitive = c.user || b.location_user || b.mode;
 
-    // Evidence in a fixed order of kinds.
-    const KINDS: [&str; 6] = [
-        "privileged",
-        "not-privileged",
-        "control",
-        "location",
-        "mode",
-        "nondeterministic",
-    ];
-    evidence_out.sort_by_key(|e| {
-        KINDS
-            .iter()
-            .position(|k| *k == e.kind)
-            .unwrap_or(KINDS.len())
+    // Evidence in a fixed order of kinds (stable: matrix order within a kind).
+    evidence_out.sort_by_key(|e| e.kind);
+
+    let (class, violates_pg, violates_hybrid) = theorem::judge(&theorem::Findings {
+        any_valid: !valid.is_empty(),
+        unsupported,
+        always_traps,
+        privileged: p.privileged,
+        sensitive: control_sensitive || behavior_sensitive,
+        user_sensitive,
+        nondeterministic: n.nondeterministic,
     });
+    let (class, violates_pg, violates_hybrid) = coverage::apply(
+        class,
+        (violates_pg, violates_hybrid),
+        &all,
+        runs.len(),
+        config,
+        &mut notes,
+    );
 
-    let not_run: Vec<&Ordered<'_>> = ordered
+    let not_run = all
+        .ordered
         .iter()
         .filter(|o| coverage::is_not_run(&o.run.obs.outcome))
+        .map(|o| label_text(o))
         .collect();
-    let mut class = if valid.is_empty() {
-        if runs.is_empty() {
-            notes.push("no runs".into());
-        }
-        if !runs.is_empty()
-            && ordered
-                .iter()
-                .all(|o| matches!(o.run.obs.outcome, Outcome::NotSupported(_)))
-        {
-            notes.push(format!(
-                "not run on this engine: {}",
-                ordered[0].run.obs.outcome.short()
-            ));
-            Class::NotJudged
-        } else {
-            Class::EngineError
-        }
-    } else if unsupported {
-        Class::Unsupported
-    } else if always_traps {
-        Class::AlwaysTraps
-    } else if privileged {
-        Class::Privileged
-    } else if sensitive {
-        Class::SensitiveUnprivileged
-    } else if nondeterministic {
-        Class::Nondeterministic
-    } else {
-        Class::Innocuous
-    };
-
-    let (mut violates_pg, mut violates_hybrid) = (violates_pg, violates_hybrid);
-    let not_run_variants: Vec<Variant> = not_run.iter().map(|o| o.run.variant).collect();
-    if !coverage::stands(class, &not_run_variants, config) {
-        let labels: Vec<String> = not_run.iter().map(|o| label_text(o)).collect();
-        notes.push(coverage::not_judged_note(
-            class,
-            &labels,
-            runs.len(),
-            &not_run[0].run.obs.outcome.short(),
-        ));
-        class = Class::NotJudged;
-        violates_pg = false;
-        violates_hybrid = false;
-    }
-
     Verdict {
         class,
-        privileged,
+        privileged: p.privileged,
         control_sensitive,
         behavior_sensitive,
-        location_sensitive,
-        mode_sensitive,
+        location_sensitive: b.location,
+        mode_sensitive: b.mode,
         user_sensitive,
         violates_pg,
         violates_hybrid,
-        nondeterministic,
+        nondeterministic: n.nondeterministic,
         always_traps,
         unsupported,
-        changed,
+        changed: c.changed,
         evidence: evidence_out,
         engine_results,
         runs: runs.len(),
         engine_level_runs: runs.len() - valid.len(),
         notes,
         off_sentinel,
-        not_run: not_run.iter().map(|o| label_text(o)).collect(),
+        not_run,
     }
 }
 
@@ -699,7 +534,7 @@ mod tests {
             assert!(v.changed.is_empty() && v.engine_results.is_empty());
             if mode.is_protected() {
                 assert_eq!(v.evidence.len(), 1);
-                assert_eq!(v.evidence[0].kind, "not-privileged");
+                assert_eq!(v.evidence[0].kind, EvidenceKind::NotPrivileged);
                 assert_eq!(v.evidence[0].to_string(), "not-privileged: base@cpl0 completed vs base@cpl3 completed (the CPL 3 run does not trap)");
             }
         }
@@ -782,7 +617,7 @@ mod tests {
         let v = classify(Mode::Prot32, &cfg, &runs);
         assert!(!v.privileged);
         let e = &v.evidence[0];
-        assert_eq!(e.kind, "not-privileged");
+        assert_eq!(e.kind, EvidenceKind::NotPrivileged);
         assert_eq!(e.a.variant, "tables-moved");
         assert_eq!(e.outcome_b.as_deref(), Some("completed"));
     }
@@ -822,8 +657,8 @@ mod tests {
         assert!(v.control_sensitive && v.mode_sensitive && v.behavior_sensitive);
         assert!(!v.location_sensitive && !v.privileged);
         assert!(v.violates_pg && v.violates_hybrid && v.user_sensitive);
-        assert_eq!(v.changed, vec!["system flags".to_string()]);
-        let kinds: Vec<&str> = v.evidence.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(v.changed, vec![Part::SystemFlags]);
+        let kinds: Vec<&str> = v.evidence.iter().map(|e| e.kind.name()).collect();
         assert_eq!(kinds, ["not-privileged", "control", "mode"]);
         assert_eq!(v.evidence[1].a.to_string(), "base@cpl0");
         assert!(v.evidence[1].detail.starts_with("system flags: IF=1"));
@@ -844,7 +679,11 @@ mod tests {
         assert_eq!(v.class, Class::SensitiveUnprivileged);
         assert!(v.location_sensitive && !v.mode_sensitive && !v.control_sensitive);
         assert!(v.user_sensitive && v.violates_pg && v.violates_hybrid);
-        let loc: Vec<&Evidence> = v.evidence.iter().filter(|e| e.kind == "location").collect();
+        let loc: Vec<&Evidence> = v
+            .evidence
+            .iter()
+            .filter(|e| e.kind == EvidenceKind::Location)
+            .collect();
         assert_eq!(loc.len(), 2, "one per side");
         assert_eq!(loc[0].to_string(), "location: base@cpl0 completed vs tables-moved@cpl0 completed (data[0x2..] aaaaaaaaaaaaaaaa vs 10aaaaaaaaaaaaaa)");
         assert_eq!(loc[1].a.side, Side::User);
@@ -880,7 +719,7 @@ mod tests {
         let e = v
             .evidence
             .iter()
-            .find(|e| e.kind == "nondeterministic")
+            .find(|e| e.kind == EvidenceKind::Nondeterministic)
             .expect("evidence");
         assert_eq!(e.a.to_string(), "base@cpl0");
         assert_eq!(e.outcome_b.as_deref(), Some("completed (repeat 1)"));
