@@ -255,7 +255,10 @@ where
                         let verdict = classify(mode, config, &runs);
                         bar.inc(1);
                         bar.set_message(entry.code.clone());
-                        Record::new(&engine_name, &engine_version, entry, config, verdict)
+                        let mut r =
+                            Record::new(&engine_name, &engine_version, entry, config, verdict);
+                        crate::deviation::flag(&mut r, entry, config, &runs);
+                        r
                     })
                     .collect())
             })

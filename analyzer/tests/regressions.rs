@@ -96,3 +96,48 @@ fn reading_a_data_segment_register_is_not_mode_sensitive_but_cs_and_ss_are() {
         }
     }
 }
+
+/// REX.W LSS/LFS/LGS: Unicorn reads the operand as m16:32 (AMD's reading),
+/// Intel documents m16:64. The operand holds the intended selector at both
+/// places, so each side loads its own-level selector, both complete, and
+/// LSS is a violator like its 16- and 32-bit forms (it came out privileged
+/// when Unicorn loaded a null SS: CPL 0 completed, CPL 3 faulted).
+#[test]
+fn rex_w_far_pointer_loads_load_the_intended_selector_on_unicorn() {
+    let records = scan(
+        Mode::Long64,
+        &["lss rax,[8100h]", "lfs rax,[8100h]", "lgs rax,[8100h]"],
+    );
+    for (r, cpl0) in records.iter().zip([
+        "ss 0x0010 -> 0x0088",
+        "fs 0x0023 -> 0x0033",
+        "gs 0x0023 -> 0x0033",
+    ]) {
+        let v = &r.verdict;
+        assert_eq!(
+            v.class,
+            Class::SensitiveUnprivileged,
+            "{}: {}",
+            r.form,
+            evidence(r)
+        );
+        assert!(
+            !v.privileged && v.control_sensitive && v.violates_pg,
+            "{}",
+            r.form
+        );
+        assert!(v.user_sensitive, "{}: the CPL-3 load changes R", r.form);
+        assert_eq!(r.deviation, None, "{}", r.form);
+        let control: Vec<&str> = v
+            .evidence
+            .iter()
+            .filter(|e| e.kind == "control")
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            control.iter().any(|d| d.contains(cpl0)),
+            "{}: {control:?}",
+            r.form
+        );
+    }
+}

@@ -952,6 +952,7 @@ mod tests {
                 size: 2,
                 value: Sym::Sel(SelRole::OwnCode),
             }],
+            seg_load: None,
         };
         let bytes = [0x90, 0, 0];
         let s = img.prepare(Side::Supervisor, &bytes, &setup).unwrap();
