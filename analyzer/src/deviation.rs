@@ -3,16 +3,22 @@
 //! that completed off the sentinel):
 //! - a segment load ([`crate::machine::SegLoad`]) that completed with
 //!   another selector in the register than the one its operand holds at
-//!   every documented reading ([`wrong_selector`]).
+//!   every documented reading ([`wrong_selector`]);
+//! - an instruction that completed although the engine's own CPUID or XCR0
+//!   says it must raise #UD ([`crate::engine::features::must_ud`]): the
+//!   engine ran it as something else (Unicorn runs INCSSP and
+//!   UMONITOR/UMWAIT/TPAUSE as fences, and VEX instructions with XCR0
+//!   lacking AVX state).
 //!
 //! Such a record gets class `engine-deviation`: no verdict, never a
 //! violator of either theorem, and a note saying why ([`flag`]).
 
 use crate::catalog::Entry;
 use crate::classify::{Class, Run, Verdict};
+use crate::engine::features::{must_ud, EngineFeatures};
 use crate::machine::{Region, SegLoad, StateLabel};
 use crate::mode::Config;
-use crate::observe::SEG_NAMES;
+use crate::observe::{Outcome, SEG_NAMES};
 use crate::record::Record;
 
 /// How a note of [`flag`] starts; [`reason`] reads it back.
@@ -60,16 +66,40 @@ fn state(r: &Run, config: &Config) -> String {
     }
 }
 
+/// The first completed run, as `state: completed`.
+fn first_completed(runs: &[Run], config: &Config) -> Option<String> {
+    runs.iter().find_map(|r| match r.obs.outcome {
+        Outcome::Completed { .. } => {
+            Some(format!("{}: {}", state(r, config), r.obs.outcome.short()))
+        }
+        _ => None,
+    })
+}
+
 /// Marks `record` as an engine deviation where its runs show one (see the
-/// module docs); leaves records that are already unjudged alone.
-pub fn flag(record: &mut Record, entry: &Entry, config: &Config, runs: &[Run]) {
+/// module docs); leaves records that are already unjudged alone. `features`
+/// is what the engine reported about itself in the record's mode, if known.
+pub fn flag(
+    record: &mut Record,
+    entry: &Entry,
+    config: &Config,
+    runs: &[Run],
+    features: Option<&EngineFeatures>,
+) {
     if record.verdict.unjudged() {
         return;
     }
     let why = entry
         .setup
         .seg_load
-        .and_then(|load| wrong_selector(&load, config, runs));
+        .and_then(|load| wrong_selector(&load, config, runs))
+        .or_else(|| {
+            let done = first_completed(runs, config)?;
+            let why = must_ud(features?, entry)?;
+            Some(format!(
+                "engine completed it ({done}) although {why}: it must raise #UD"
+            ))
+        });
     let Some(why) = why else {
         return;
     };
@@ -166,7 +196,7 @@ mod tests {
         ];
         let mut r = record_of(&good);
         let before = r.clone();
-        flag(&mut r, &lss_entry(), &CFG, &good);
+        flag(&mut r, &lss_entry(), &CFG, &good, None);
         assert_eq!(r, before);
         assert_eq!(wrong_selector(&LSS, &CFG, &good), None);
         // A null SS at CPL 0 (m16:32 read from an m16:64-only layout), a
@@ -176,7 +206,7 @@ mod tests {
         let bad = [run(Side::Supervisor, 0x88, 0), trap];
         let mut r = record_of(&bad);
         assert_eq!(r.verdict.class, Class::Privileged);
-        flag(&mut r, &lss_entry(), &CFG, &bad);
+        flag(&mut r, &lss_entry(), &CFG, &bad, None);
         assert_eq!(r.verdict.class, Class::EngineDeviation);
         assert!(!r.verdict.violates_pg && !r.verdict.violates_hybrid);
         assert_eq!(r.doc_disagreement, None);
@@ -186,7 +216,65 @@ mod tests {
         assert!(r.verdict.notes.iter().any(|n| n.ends_with("no verdict")));
         // Flagging twice changes nothing more.
         let once = r.clone();
-        flag(&mut r, &lss_entry(), &CFG, &bad);
+        flag(&mut r, &lss_entry(), &CFG, &bad, None);
         assert_eq!(r, once);
+    }
+
+    #[test]
+    fn a_completion_the_engine_cpuid_forbids_is_an_engine_deviation() {
+        let e = crate::catalog::build(Mode::Long64)
+            .find_code("Umonitor_r64")
+            .first()
+            .map(|e| (*e).clone())
+            .expect("umonitor");
+        let features = EngineFeatures {
+            max_basic: 7,
+            leaves: [((1, 0), [0; 4]), ((7, 0), [0; 4])].into_iter().collect(),
+            ..EngineFeatures::default()
+        };
+        let runs = [
+            Run {
+                variant: Variant::base(&Config::UMIP_OFF),
+                side: Side::User,
+                repeat: 0,
+                obs: obs::completed(SystemState::default(), UserState::default()),
+            },
+            Run {
+                variant: Variant::base(&Config::UMIP_OFF),
+                side: Side::Supervisor,
+                repeat: 0,
+                obs: obs::completed(SystemState::default(), UserState::default()),
+            },
+        ];
+        let v = crate::classify::classify(Mode::Long64, &Config::UMIP_OFF, &runs);
+        let mut r = Record::new("fake", "fake 1", &e, &Config::UMIP_OFF, v);
+        assert_eq!(r.verdict.class, Class::Innocuous);
+        // Unknown features: nothing decided.
+        let mut unknown = r.clone();
+        flag(&mut unknown, &e, &CFG, &runs, None);
+        assert_eq!(unknown.verdict.class, Class::Innocuous);
+        flag(&mut r, &e, &CFG, &runs, Some(&features));
+        assert_eq!(r.verdict.class, Class::EngineDeviation);
+        let why = r.deviation.as_deref().expect("deviation");
+        assert!(
+            why.starts_with(
+                "engine completed it (base@cpl3: completed) although its CPUID lacks WAITPKG"
+            ),
+            "{why}"
+        );
+        assert!(why.ends_with(": it must raise #UD"), "{why}");
+        // A run that traps is no completion: nothing to flag.
+        let trapped: Vec<Run> = runs
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.obs = obs::trap(6, None, SystemState::default());
+                r
+            })
+            .collect();
+        let v = crate::classify::classify(Mode::Long64, &Config::UMIP_OFF, &trapped);
+        let mut r = Record::new("fake", "fake 1", &e, &Config::UMIP_OFF, v);
+        flag(&mut r, &e, &CFG, &trapped, Some(&features));
+        assert_eq!(r.verdict.class, Class::Unsupported);
     }
 }

@@ -104,8 +104,8 @@ impl Record {
 
 /// The deviation the runs show by themselves, without any table: the engine
 /// executed a different instruction (class `engine-deviation`), or did what
-/// [`crate::deviation::flag`] found (a load of another selector than every
-/// reading of its operand gives).
+/// [`crate::deviation::flag`] found (a load of another selector, a completion
+/// its own CPUID or XCR0 forbids).
 pub fn measured_deviation(v: &Verdict) -> Option<String> {
     if v.class != Class::EngineDeviation {
         return None;

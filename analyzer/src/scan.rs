@@ -130,9 +130,8 @@ where
     // Open one engine at once so that a missing engine is an error, not a
     // failure deep inside a worker. Workers open their own: engines are not
     // `Send` (Unicorn is not), so each pool thread keeps one in a thread-local.
-    let first = make_engine().map_err(ScanError::OpenEngine)?;
+    let mut first = make_engine().map_err(ScanError::OpenEngine)?;
     let (engine_name, engine_version) = (first.name().to_string(), first.version());
-    drop(first);
     let scan_id = NEXT_SCAN.fetch_add(1, Ordering::Relaxed);
 
     let pool = rayon::ThreadPoolBuilder::new()
@@ -174,6 +173,14 @@ where
         let (key, variant, image) = b?;
         images.entry(key).or_default().push((variant, image));
     }
+    // The engine's own CPUID and XCR0, once per mode (crate::deviation).
+    let features = if crate::engine::features::worth_probing(entries) {
+        let all = images.values().flatten().map(|(_, i)| i.as_ref());
+        crate::engine::features::probe_modes(first.as_mut(), all)
+    } else {
+        BTreeMap::new()
+    };
+    drop(first);
 
     // Work items in report order: mode, configuration, entry.
     let mut items: Vec<(Mode, usize, usize)> = Vec::new();
@@ -257,7 +264,7 @@ where
                         bar.set_message(entry.code.clone());
                         let mut r =
                             Record::new(&engine_name, &engine_version, entry, config, verdict);
-                        crate::deviation::flag(&mut r, entry, config, &runs);
+                        crate::deviation::flag(&mut r, entry, config, &runs, features.get(&mode));
                         r
                     })
                     .collect())

@@ -141,3 +141,48 @@ fn rex_w_far_pointer_loads_load_the_intended_selector_on_unicorn() {
         );
     }
 }
+
+/// Instructions Unicorn runs as something else (INCSSP and
+/// UMONITOR/UMWAIT/TPAUSE as fences, VEX instructions with XCR0 lacking
+/// AVX state) are engine deviations: no verdict, no violation, a note that
+/// says which CPUID bit or XCR0 state the engine itself lacks. What its
+/// CPUID offers (BMI1's ANDN, SSE) keeps its verdict.
+#[test]
+fn completions_the_engine_cpuid_or_xcr0_forbids_are_engine_deviations() {
+    let cases = [
+        ("incsspq rcx", "lacks CET_SS"),
+        ("incsspd ecx", "lacks CET_SS"),
+        ("umonitor rcx", "lacks WAITPKG"),
+        ("umwait ecx", "lacks WAITPKG"),
+        ("tpause ecx", "lacks WAITPKG"),
+        (
+            "vaddps xmm0,xmm2,xmm1",
+            "its XCR0 0x3 lacks 0x4 (VEX on these registers needs 0x6)",
+        ),
+    ];
+    let forms: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    for (r, (form, why)) in scan(Mode::Long64, &forms).iter().zip(cases) {
+        let v = &r.verdict;
+        assert_eq!(v.class, Class::EngineDeviation, "{form}: {}", evidence(r));
+        assert!(!v.violates_pg && !v.violates_hybrid, "{form}");
+        let d = r.deviation.as_deref().unwrap_or_default();
+        assert!(
+            d.contains(why) && d.ends_with(": it must raise #UD"),
+            "{form}: {d}"
+        );
+        assert!(
+            v.notes.iter().any(|n| n.contains(why)),
+            "{form}: {:?}",
+            v.notes
+        );
+    }
+    for r in scan(Mode::Long64, &["andn rax,rdx,rcx", "addps xmm0,xmm1"]) {
+        assert_eq!(
+            r.verdict.class,
+            Class::Innocuous,
+            "{}: {:?}",
+            r.form,
+            r.deviation
+        );
+    }
+}
