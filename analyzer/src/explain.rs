@@ -6,7 +6,7 @@ use crate::catalog::{self, Catalog, Entry};
 use crate::machine::Setup;
 use crate::mode::{Config, Mode};
 use crate::observe::{diff_user, hex};
-use crate::probe::{self, Diff, GuestHarness, Matrix, ProbeError, Prober, Run};
+use crate::probe::{Diff, GuestHarness, Matrix, ProbeError, Prober, Run};
 use crate::record::Record;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use serde::Serialize;
@@ -265,7 +265,7 @@ pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError>
 }
 
 /// Runs every entry through the whole matrix of `config` in its mode on
-/// each prober and judges it as `scan` does ([`probe::judge`]); with two
+/// each prober and judges it as `scan` does ([`Prober::judge`]); with two
 /// probers, their runs are attached state by state ([`Diff`]) and the
 /// states where the engines' outcomes differ are named.
 pub fn explain(
@@ -316,7 +316,7 @@ pub fn explain(
         } else {
             for p in probers.iter_mut() {
                 let runs = p.probe(matrix, e)?;
-                let record = probe::judge(p.name(), p.version(), matrix, e, &runs);
+                let record = p.judge(matrix, e, &runs);
                 out.push(explained(record, runs, &config, Vec::new()));
             }
         }

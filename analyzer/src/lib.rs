@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod classify;
 pub mod compare;
+pub mod deviation;
 pub mod engine;
 pub mod explain;
 pub mod host;

@@ -11,6 +11,7 @@
 
 use crate::catalog::Entry;
 use crate::classify::verdict;
+use crate::engine::features::{self, EngineFeatures};
 use crate::engine::{Engine, EngineError};
 use crate::machine::{GuestImage, Prepared, Variant};
 use crate::mode::{Config, Mode};
@@ -174,6 +175,9 @@ pub struct Prober {
     name: String,
     version: String,
     baselines: HashMap<(Mode, Config, Variant, Side), Option<SystemState>>,
+    /// The engine's own CPUID and XCR0 per mode ([`features::probe`]),
+    /// probed once, when an entry first needs them.
+    features: HashMap<Mode, Option<EngineFeatures>>,
 }
 
 impl Prober {
@@ -187,6 +191,7 @@ impl Prober {
             name,
             version,
             baselines: HashMap::new(),
+            features: HashMap::new(),
         })
     }
 
@@ -260,6 +265,32 @@ impl Prober {
         Ok(runs)
     }
 
+    /// The final record of `entry` from its runs on this engine ([`judge`]),
+    /// with the engine's features in the matrix's mode, probed the first
+    /// time an entry with CPUID features needs them.
+    pub fn judge(&mut self, matrix: &Matrix, entry: &Entry, runs: &[Run]) -> Record {
+        if !entry.doc.cpuid.is_empty() && !self.features.contains_key(&matrix.mode) {
+            let base = Variant::base(&matrix.config);
+            let probed = matrix
+                .images
+                .iter()
+                .find(|(v, _)| *v == base)
+                .and_then(|(_, image)| {
+                    let engine = self.engine.as_mut()?;
+                    catch_unwind(AssertUnwindSafe(|| features::probe(engine.as_mut(), image)))
+                        .ok()
+                        .flatten()
+                });
+            self.features.insert(matrix.mode, probed);
+        }
+        let f = if entry.doc.cpuid.is_empty() {
+            None
+        } else {
+            self.features.get(&matrix.mode).and_then(Option::as_ref)
+        };
+        judge(&self.name, &self.version, matrix, entry, runs, f)
+    }
+
     /// Runs a NOP in the state once, keeping its after-state when it completed.
     fn baseline(&mut self, image: &GuestImage, side: Side) -> Result<(), ProbeError> {
         let key = (image.mode, image.config, image.variant, side);
@@ -312,8 +343,15 @@ impl Prober {
 /// final verdict ([`crate::classify::verdict`]) beside the entry's
 /// documented metadata. `scan` and `explain` both call this, and nothing
 /// after it changes the verdict (the facts table only annotates).
-pub fn judge(name: &str, version: &str, matrix: &Matrix, entry: &Entry, runs: &[Run]) -> Record {
-    let verdict = verdict(matrix.mode, &matrix.config, &entry.doc.flow_control, runs);
+pub fn judge(
+    name: &str,
+    version: &str,
+    matrix: &Matrix,
+    entry: &Entry,
+    runs: &[Run],
+    features: Option<&EngineFeatures>,
+) -> Record {
+    let verdict = verdict(entry, &matrix.config, runs, features);
     Record::new(name, version, entry, &matrix.config, verdict)
 }
 
@@ -363,8 +401,8 @@ impl Diff {
     pub fn probe(&mut self, matrix: &Matrix, entry: &Entry) -> Result<Differential, ProbeError> {
         let ra = self.a.probe(matrix, entry)?;
         let rb = self.b.probe(matrix, entry)?;
-        let a = judge(self.a.name(), self.a.version(), matrix, entry, &ra);
-        let b = judge(self.b.name(), self.b.version(), matrix, entry, &rb);
+        let a = self.a.judge(matrix, entry, &ra);
+        let b = self.b.judge(matrix, entry, &rb);
         let key = |r: &Run| (r.variant, r.side, r.repeat);
         let mut rb: Vec<Option<Run>> = rb.into_iter().map(Some).collect();
         let mut cases = Vec::with_capacity(ra.len());

@@ -104,10 +104,15 @@ impl Record {
 }
 
 /// The deviation the runs show by themselves, without any table: the engine
-/// executed a different instruction (class `engine-deviation`).
+/// executed a different instruction (class `engine-deviation`), or did what
+/// [`crate::deviation::flag`] found (a load of another selector, a completion
+/// its own CPUID or XCR0 forbids).
 pub fn measured_deviation(v: &Verdict) -> Option<String> {
     if v.class != Class::EngineDeviation {
         return None;
+    }
+    if let Some(why) = crate::deviation::reason(v) {
+        return Some(why.to_string());
     }
     let at = v.off_sentinel.as_deref().unwrap_or("?");
     Some(format!(

@@ -6,7 +6,7 @@ use crate::catalog::Entry;
 use crate::engine::{Engine, EngineError};
 use crate::machine::{GuestImage, Variant};
 use crate::mode::{Config, Mode};
-use crate::probe::{build_one, judge, Matrix, Opener, ProbeError, Prober, Run};
+use crate::probe::{build_one, Matrix, Opener, ProbeError, Prober};
 pub use crate::probe::{GuestHarness, Harness};
 use crate::record::Record;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -99,9 +99,7 @@ where
     // Open one engine at once so that a missing engine is an error, not a
     // failure deep inside a worker. Workers open their own: engines are not
     // `Send` (Unicorn is not), so each pool thread keeps a prober in a thread-local.
-    let first = Prober::open(Arc::clone(&opener))?;
-    let (engine_name, engine_version) = (first.name().to_string(), first.version().to_string());
-    drop(first);
+    drop(Prober::open(Arc::clone(&opener))?);
     let scan_id = NEXT_SCAN.fetch_add(1, Ordering::Relaxed);
 
     let pool = rayon::ThreadPoolBuilder::new()
@@ -194,7 +192,7 @@ where
                 let Some(matrix) = matrices.get(&(mode, ci)) else {
                     return Ok(Vec::new());
                 };
-                let runs = WORKER.with(|cell| -> Result<Vec<Vec<Run>>, ScanError> {
+                WORKER.with(|cell| -> Result<Vec<Record>, ScanError> {
                     let mut slot = cell.borrow_mut();
                     let mut prober = match slot.take() {
                         Some((id, p)) if id == scan_id => p,
@@ -202,21 +200,23 @@ where
                             .map_err(|e| ScanError::OpenWorkerEngine(e.to_string()))?,
                     };
                     let runs = prober.probe_all(matrix, &chunk_entries);
+                    let records = runs.map(|runs| {
+                        chunk_entries
+                            .iter()
+                            .zip(runs)
+                            .map(|(entry, runs)| {
+                                bar.inc(1);
+                                bar.set_message(entry.code.clone());
+                                prober.judge(matrix, entry, &runs)
+                            })
+                            .collect()
+                    });
                     *slot = Some((scan_id, prober));
-                    runs.map_err(|e| match e {
+                    records.map_err(|e| match e {
                         ProbeError::OpenEngine(e) => ScanError::OpenWorkerEngine(e.to_string()),
                         other => other.into(),
                     })
-                })?;
-                Ok(chunk_entries
-                    .iter()
-                    .zip(runs)
-                    .map(|(entry, runs)| {
-                        bar.inc(1);
-                        bar.set_message(entry.code.clone());
-                        judge(&engine_name, &engine_version, matrix, entry, &runs)
-                    })
-                    .collect())
+                })
             })
             .collect()
     });

@@ -7,7 +7,7 @@
 //!
 //! | column | meaning |
 //! |---|---|
-//! | `instruction` | a lower-case mnemonic (`sgdt`: every entry with that mnemonic) or an iced `Code` name, told apart by containing an upper-case letter (`Mov_Sreg_rm16`: entries of that code); optionally followed by ` unless TEXT`, which leaves out entries whose form contains TEXT (`Call_ptr1632 unless call gate`) |
+//! | `instruction` | a lower-case mnemonic (`sgdt`: every entry with that mnemonic) or an iced `Code` name, told apart by containing an upper-case letter (`Mov_Sreg_rm16`: entries of that code); optionally followed by ` unless TEXT`, which leaves out entries whose form contains TEXT (`Call_ptr1632 unless call gate`), or any of several texts separated by `|` (`Mov_rm16_Sreg unless ,ds|,es`) |
 //! | `modes` | `16,32,64`, a subset, or `*` (16, 32 and 64) |
 //! | `config` | configuration names (`umip=off`, `umip=on`, comma-separated) or `*` (both) |
 //! | `expect` | `privileged` (the verdict's `privileged`), `violator` (`violates_pg`), `innocuous`, `nondeterministic` (the class), `not-privileged` (`privileged` false) |
@@ -132,7 +132,8 @@ pub struct Fact {
     pub instruction: String,
     /// `instruction` is an iced `Code` name (it has an upper-case letter).
     pub is_code: bool,
-    /// Leave out entries whose form contains this text.
+    /// Leave out entries whose form contains this text (or any of its
+    /// `|`-separated texts).
     pub unless: Option<String>,
     pub modes: Vec<Mode>,
     /// Configuration names (`umip=off`, ...).
@@ -151,7 +152,7 @@ impl Fact {
             && self
                 .unless
                 .as_ref()
-                .is_none_or(|u| !form.contains(u.as_str()))
+                .is_none_or(|u| !u.split('|').any(|t| form.contains(t.trim())))
     }
     /// Whether the row covers this record.
     pub fn matches(&self, r: &Record) -> bool {
@@ -272,8 +273,16 @@ impl Facts {
             let (c_dev, dev) = fields[5];
 
             let (name, unless) = match ins.split_once(" unless ") {
-                Some((n, u)) if !u.trim().is_empty() => (n.trim(), Some(u.trim().to_string())),
-                Some(_) => return Err(err(line, c_ins, "'unless' needs a text".into())),
+                Some((n, u)) if !u.split('|').any(|t| t.trim().is_empty()) => {
+                    (n.trim(), Some(u.trim().to_string()))
+                }
+                Some(_) => {
+                    return Err(err(
+                        line,
+                        c_ins,
+                        "'unless' needs a text (and no empty one between '|')".into(),
+                    ))
+                }
                 None => (ins, None),
             };
             if name.is_empty()

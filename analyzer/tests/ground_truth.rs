@@ -83,6 +83,10 @@ fn unicorn_agrees_with_the_documented_facts_except_known_gaps() {
             !flagged("sgdt", mode, "umip=off"),
             "SGDT without UMIP agrees"
         );
+        assert!(
+            flagged("incsspd", mode, "umip=off"),
+            "INCSSPD run as a fence in mode {mode}"
+        );
     }
     let known_umip = findings.iter().any(|f| {
         f.code.starts_with("Sgdt")

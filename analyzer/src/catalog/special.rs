@@ -19,11 +19,17 @@
 //!   (KDATA, a change the harness can see). XGETBV/XSETBV use XCR0, XSETBV
 //!   writes x87|SSE (3).
 //! - MONITOR-like instructions taking an address in rAX get `DATA + 0x100`.
+//! - LDS/LES/LFS/LGS/LSS: the far pointer is laid out so that every
+//!   documented reading loads the intended selector (REX.W: Intel's m16:64
+//!   and AMD's m16:32), and the setup names the load ([`SegLoad`]) so that
+//!   an engine loading anything else is flagged as a deviation.
 
 use super::encode::{
     gpr_of, gpr_reg, reg_operand, set_gpr_of_operand, set_reg, Ctx, Plan, MEM_OFFSET,
 };
-use crate::machine::{Gpr, MemInit, Region, SelRole, Setup, Sym, SysValue, STACK, STACK_PTR};
+use crate::machine::{
+    Gpr, MemInit, Region, SegLoad, SelRole, Setup, Sym, SysValue, STACK, STACK_PTR,
+};
 use iced_x86::{Code, Mnemonic, OpKind, Register};
 
 /// Offset inside the stack page of the initial stack pointer.
@@ -214,10 +220,36 @@ pub(super) fn plans(ctx: &Ctx, base: iced_x86::Instruction) -> Vec<Plan> {
             } else {
                 (SelRole::AltData, Sym::Data(0x200))
             };
-            p.setup.mem.push(data(MEM_OFFSET, osz_b, off));
-            p.setup
-                .mem
-                .push(data(MEM_OFFSET + osz_b as u64, 2, Sym::Sel(role)));
+            let seg = match mnem {
+                Mnemonic::Lss => 1,
+                Mnemonic::Lds => 2,
+                Mnemonic::Les => 3,
+                Mnemonic::Lfs => 4,
+                _ => 5,
+            };
+            let sel = Sym::Sel(role);
+            if osz_b == 8 {
+                // REX.W: Intel reads m16:64 (an 8-byte offset, the selector
+                // at +8), AMD m16:32 (REX.W ignored: a 4-byte offset, the
+                // selector at +4; iced's AMD decoder has no o64 LSS/LFS/LGS).
+                // Lay it out for both: the offset's low half at +0, the
+                // selector at +4 and at +8, zero at +6. AMD's reading gives
+                // the offset, Intel's the offset plus the selector in bits
+                // 32-47 (a general register: any value is usable), and both
+                // load the intended selector.
+                p.setup.mem.push(data(MEM_OFFSET, 4, off));
+                p.setup.mem.push(data(MEM_OFFSET + 4, 2, sel));
+                p.setup.mem.push(data(MEM_OFFSET + 6, 2, Sym::Imm(0)));
+            } else {
+                p.setup.mem.push(data(MEM_OFFSET, osz_b, off));
+            }
+            let at = MEM_OFFSET + osz_b as u64;
+            p.setup.mem.push(data(at, 2, sel));
+            p.setup.seg_load = Some(SegLoad {
+                seg,
+                region: Region::Data,
+                offset: at as u16,
+            });
         }
         Mnemonic::Bound => {
             let half = osz_b;

@@ -310,3 +310,72 @@ fn dump_catalog() {
         std::fs::write(format!("/tmp/popek-catalog-{}.txt", mode.name()), out).expect("write dump");
     }
 }
+
+/// Every far-pointer load names its segment load, and every documented
+/// reading of its operand gives the intended selector on both sides: for
+/// REX.W LSS/LFS/LGS, Intel's m16:64 (selector at +8) and AMD's m16:32
+/// (REX.W ignored, selector at +4).
+#[test]
+fn far_pointer_loads_give_the_intended_selector_at_every_reading() {
+    use crate::machine::{GuestImage, Variant};
+    use crate::observe::Side;
+    let cfg = crate::mode::Config::UMIP_OFF;
+    let mut wide = 0;
+    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+        let img = GuestImage::build(mode, cfg, Variant::base(&cfg));
+        for e in cat(mode)
+            .entries
+            .iter()
+            .filter(|e| ["lds", "les", "lfs", "lgs", "lss"].contains(&e.mnemonic.as_str()))
+        {
+            let load = e
+                .setup
+                .seg_load
+                .unwrap_or_else(|| panic!("{mode} {}", e.form));
+            let want_seg = match e.mnemonic.as_str() {
+                "lss" => 1,
+                "lds" => 2,
+                "les" => 3,
+                "lfs" => 4,
+                _ => 5,
+            };
+            assert_eq!(load.seg, want_seg, "{mode} {}", e.form);
+            assert_eq!(load.region, Region::Data);
+            let role = if e.mnemonic == "lss" {
+                SelRole::OwnAltStack
+            } else {
+                SelRole::AltData
+            };
+            let offset_bytes: u16 = if e.code.ends_with("m1616") {
+                2
+            } else if e.code.ends_with("m1632") {
+                4
+            } else {
+                8
+            };
+            assert_eq!(load.offset, 0x100 + offset_bytes, "{mode} {}", e.form);
+            for side in Side::BOTH {
+                let p = img.prepare(side, &e.bytes, &e.setup).expect("side");
+                let at = |o: u16| {
+                    u16::from_le_bytes([p.data_page[o as usize], p.data_page[o as usize + 1]])
+                };
+                let want = img.selector(side, role);
+                assert_eq!(at(load.offset), want, "{mode} {side} {}", e.form);
+                if offset_bytes == 8 {
+                    wide += 1;
+                    // AMD's reading: a 4-byte offset, the selector at +4.
+                    assert_eq!(at(0x104), want, "{mode} {side} {}: m16:32 reading", e.form);
+                    let lo = u32::from_le_bytes(p.data_page[0x100..0x104].try_into().unwrap());
+                    let full = u64::from_le_bytes(p.data_page[0x100..0x108].try_into().unwrap());
+                    assert_eq!(
+                        full,
+                        lo as u64 | (want as u64) << 32,
+                        "{mode} {side} {}",
+                        e.form
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(wide, 6, "LSS, LFS and LGS with REX.W, on both sides");
+}

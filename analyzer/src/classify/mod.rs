@@ -346,14 +346,23 @@ impl<'r> Runs<'r> {
     }
 }
 
-/// The final verdict on one encoding in one configuration from its runs:
-/// [`classify`], then the engine deviations the runs show
-/// ([`engine_deviation`], from the instruction's iced flow control). The
-/// probe layer calls this and nothing after it changes the verdict (the
-/// facts table only annotates the record).
-pub fn verdict(mode: Mode, config: &Config, flow_control: &str, runs: &[Run]) -> Verdict {
-    let mut v = classify(mode, config, runs);
-    engine_deviation(&mut v, flow_control);
+/// The final verdict on one catalog entry in one configuration from its
+/// runs: [`classify`], then the engine deviations the runs show: another
+/// length ([`engine_deviation`], from the instruction's iced flow control),
+/// a load of another selector or a completion the engine's own CPUID or
+/// XCR0 forbids ([`crate::deviation::flag`], with the engine's `features`
+/// in the entry's mode where known). The probe layer calls this and
+/// nothing after it changes the verdict (the facts table only annotates the
+/// record).
+pub fn verdict(
+    entry: &crate::catalog::Entry,
+    config: &Config,
+    runs: &[Run],
+    features: Option<&crate::engine::features::EngineFeatures>,
+) -> Verdict {
+    let mut v = classify(entry.mode, config, runs);
+    engine_deviation(&mut v, &entry.doc.flow_control);
+    crate::deviation::flag(&mut v, entry, config, runs, features);
     v
 }
 

@@ -69,6 +69,7 @@ pub(crate) const NONE: Setup = Setup {
     regs: Vec::new(),
     mem: Vec::new(),
     patches: Vec::new(),
+    seg_load: None,
 };
 
 /// The run trapped with #GP.

@@ -10,6 +10,7 @@ use std::str::FromStr;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod fake;
+pub mod features;
 pub mod kvm;
 pub mod unicorn;
 

@@ -263,15 +263,21 @@ impl GuestImage {
             }
         };
         let (supervisor, user) = if mode.is_protected() {
+            // Both sides start with the same DS, ES, FS and GS: the user's
+            // data segment (DPL 3), which every CPL may load. Only CS and SS
+            // differ, because their RPL is the CPL (M itself). So an
+            // instruction that reads a data segment register (PUSH DS, MOV
+            // r/m, FS) reads equal inputs on both sides and in every
+            // variant, and a difference between them is a result.
             let ks = seg(sel::KDATA | dpl as u16, data(dpl));
+            let us = seg(sel::UDATA, data(3));
             let sup = EntryState {
                 cpl: dpl,
-                segs: [seg(sel::KCODE | dpl as u16, code(dpl)), ks, ks, ks, ks, ks],
+                segs: [seg(sel::KCODE | dpl as u16, code(dpl)), ks, us, us, us, us],
                 rflags,
                 rip: TEST_RIP,
                 rsp: STACK_PTR,
             };
-            let us = seg(sel::UDATA, data(3));
             let usr = EntryState {
                 cpl: 3,
                 segs: [seg(sel::UCODE, code(3)), us, us, us, us, us],
@@ -841,6 +847,30 @@ mod tests {
     }
 
     #[test]
+    fn both_sides_start_with_the_same_data_segments_and_their_own_cs_and_ss() {
+        // Equal inputs: what an instruction reads from DS, ES, FS or GS is the
+        // same at CPL 0 and CPL 3, and in every variant (ring compression
+        // included), so a difference in what it leaves is a result. CS and SS
+        // must differ: their RPL is the CPL.
+        let cfg = Config::UMIP_OFF;
+        for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+            for v in Variant::matrix(mode, &cfg) {
+                let img = GuestImage::build(mode, cfg, v);
+                let (s, u) = (&img.supervisor, img.user.as_ref().unwrap());
+                let name = v.name(&cfg);
+                for i in 2..6 {
+                    assert_eq!(s.segs[i], u.segs[i], "{mode} {name} seg {i}");
+                    assert_eq!(s.segs[i].selector, sel::UDATA, "{mode} {name} seg {i}");
+                }
+                for i in 0..2 {
+                    assert_eq!(s.segs[i].selector & 3, u16::from(s.cpl), "{mode} {name}");
+                    assert_eq!(u.segs[i].selector & 3, 3, "{mode} {name}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn ring_compression_lowers_supervisor_descriptors() {
         let cfg = Config::UMIP_OFF;
         let img = GuestImage::build(
@@ -922,6 +952,7 @@ mod tests {
                 size: 2,
                 value: Sym::Sel(SelRole::OwnCode),
             }],
+            seg_load: None,
         };
         let bytes = [0x90, 0, 0];
         let s = img.prepare(Side::Supervisor, &bytes, &setup).unwrap();

@@ -279,12 +279,30 @@ pub struct Patch {
     pub value: Sym,
 }
 
+/// A segment register a test loads from its own memory setup (LDS, LSS,
+/// ...), and where the selector it must load lies. The catalog lays such
+/// operands out so that every documented reading of the operand (Intel's
+/// m16:64 and AMD's m16:32 for a REX.W LSS, say) loads that selector; an
+/// engine whose completed run left another selector in the register loaded
+/// something no reading gives ([`crate::deviation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SegLoad {
+    /// The register, as an index into CS, SS, DS, ES, FS, GS.
+    pub seg: u8,
+    pub region: Region,
+    /// Byte offset of the 2-byte selector inside the page.
+    pub offset: u16,
+}
+
 /// What a test needs beyond the default state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Setup {
     pub regs: Vec<(Gpr, Sym)>,
     pub mem: Vec<MemInit>,
     pub patches: Vec<Patch>,
+    /// The segment load the test does, if it loads one from `mem`.
+    #[serde(default)]
+    pub seg_load: Option<SegLoad>,
 }
 
 /// A sampled state of the matrix (pg-model section 4), minus the CPL.

@@ -224,7 +224,7 @@ fn write_deviations<W: Write>(w: &mut W, report: &Report) -> io::Result<()> {
     writeln!(w, "\n## Engine disagreements with the documentation\n")?;
     writeln!(
         w,
-        "Measured verdicts beside the documented facts (`{}`): a known deviation is an engine gap the table names (a finding about the engine, not about the instruction); an unexpected one is a bug in popek or a new finding. An engine that executed a different instruction (a non-branch, or an interrupt instruction, completing off the sentinel) has class `engine-deviation` and counts for neither theorem.\n",
+        "Measured verdicts beside the documented facts (`{}`): a known deviation is an engine gap the table names (a finding about the engine, not about the instruction); an unexpected one is a bug in popek or a new finding. An engine that executed a different instruction (a non-branch, or an interrupt instruction, completing off the sentinel; a segment load leaving another selector than every reading of its operand gives; an instruction completing although the engine's own CPUID or XCR0 says it must #UD) has class `engine-deviation` and counts for neither theorem.\n",
         truth::DEFAULT_PATH
     )?;
     let mut any = false;

@@ -200,3 +200,23 @@ fn the_measured_deviation_needs_no_table() {
         Some("engine executed a different instruction (base@cpl0: completed@0x7105 instead of the sentinel right after it)")
     );
 }
+
+#[test]
+fn unless_leaves_out_forms_containing_any_of_its_texts() {
+    let facts =
+        parse("Mov_rm16_Sreg unless ,ds|,es | ,fs\t32\t*\tviolator\tR&I\t\n").expect("parses");
+    let f = &facts.facts[0];
+    assert_eq!(f.instruction, "Mov_rm16_Sreg");
+    for (form, named) in [
+        ("mov cx,cs", true),
+        ("mov cx,ss", true),
+        ("mov cx,gs", true),
+        ("mov cx,ds", false),
+        ("mov cx,es", false),
+        ("mov cx,fs", false),
+    ] {
+        assert_eq!(f.names("Mov_rm16_Sreg", "mov", form), named, "{form}");
+    }
+    let (_, _, msg) = parse_err("Mov_rm16_Sreg unless ,ds||,es\t32\t*\tviolator\tR&I\t\n");
+    assert!(msg.contains("no empty one"), "{msg}");
+}
