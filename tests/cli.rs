@@ -46,7 +46,13 @@ fn explain_bytes_and_json() {
     assert_eq!(Some(runs.len() as u64), record["verdict"]["runs"].as_u64());
     assert!(runs.len() > 20, "{}", runs.len());
     assert_eq!(runs[0]["state"], "base@cpl0");
-    assert!(runs[0]["run"]["obs"]["outcome"].is_object(), "{}", runs[0]);
+    assert!(runs[0]["detail"]["outcome"].is_object(), "{}", runs[0]);
+    // SGDT writes its 6 bytes at data[0x100..]; the pages are not printed whole.
+    let written = runs[0]["detail"]["data_written"]
+        .as_array()
+        .expect("written");
+    assert!(!written.is_empty() && written.len() <= 6, "{written:?}");
+    assert!(out.len() < 1_000_000, "{} bytes", out.len());
 }
 
 #[test]

@@ -4,8 +4,9 @@
 
 use crate::catalog::{self, Catalog, Entry};
 use crate::machine::Setup;
+use crate::machine::Variant;
 use crate::mode::{Config, Mode};
-use crate::observe::{diff_user, hex};
+use crate::observe::{diff_user, hex, Outcome, Side, SystemState, UserState};
 use crate::probe::{Diff, GuestHarness, Matrix, ProbeError, Prober, Run};
 use crate::record::Record;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
@@ -175,8 +176,83 @@ pub struct ExplainedRun {
     /// User-visible results that changed against the start of the run
     /// (registers, flags, data page, stack).
     pub user_changes: Vec<String>,
-    /// The run itself (observation, baseline, start), for `--json`.
-    pub run: Run,
+    /// The run in full, for `--json`, with the pages cut to the bytes the
+    /// run wrote.
+    pub detail: RunDetail,
+}
+
+/// One run as `explain --json` prints it: the outcome, R and M before,
+/// after and after the state's NOP baseline, the registers at the start and
+/// the end, and the data and stack bytes the run wrote (the 4 KB pages
+/// themselves would make a form's JSON megabytes long).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunDetail {
+    pub variant: Variant,
+    pub side: Side,
+    pub repeat: u8,
+    pub outcome: Outcome,
+    pub before: SystemState,
+    pub after: Option<SystemState>,
+    pub baseline: Option<SystemState>,
+    pub start: Option<Registers>,
+    pub end: Option<Registers>,
+    /// `(offset, new value)` of every data-page byte that differs from the start.
+    pub data_written: Vec<(usize, u8)>,
+    /// The same for the stack page.
+    pub stack_written: Vec<(usize, u8)>,
+}
+
+/// The general registers (hardware order), RIP and the arithmetic flags.
+#[derive(Clone, Debug, Serialize)]
+pub struct Registers {
+    pub gprs: [u64; 16],
+    pub rip: u64,
+    pub flags: u64,
+}
+
+impl Registers {
+    fn of(u: &UserState) -> Registers {
+        Registers {
+            gprs: u.gprs,
+            rip: u.rip,
+            flags: u.flags,
+        }
+    }
+}
+
+/// The bytes of `after` that differ from `start`, as `(offset, new value)`.
+fn bytes_written(start: &[u8], after: &[u8]) -> Vec<(usize, u8)> {
+    after
+        .iter()
+        .enumerate()
+        .filter(|&(i, b)| start.get(i) != Some(b))
+        .map(|(i, &b)| (i, b))
+        .collect()
+}
+
+impl RunDetail {
+    fn of(run: Run) -> RunDetail {
+        let (data_written, stack_written) = match (&run.start, &run.obs.user) {
+            (Some(s), Some(u)) => (
+                bytes_written(&s.data, &u.data),
+                bytes_written(&s.stack, &u.stack),
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        RunDetail {
+            variant: run.variant,
+            side: run.side,
+            repeat: run.repeat,
+            start: run.start.as_ref().map(Registers::of),
+            end: run.obs.user.as_ref().map(Registers::of),
+            outcome: run.obs.outcome,
+            before: run.obs.before,
+            after: run.obs.after,
+            baseline: run.baseline,
+            data_written,
+            stack_written,
+        }
+    }
 }
 
 /// One explained form on one engine: its final record (verdict and
@@ -353,7 +429,7 @@ fn explained(
                 outcome: run.obs.outcome.short(),
                 system_changes: run.changed_r().iter().map(|c| c.to_string()).collect(),
                 user_changes,
-                run,
+                detail: RunDetail::of(run),
             }
         })
         .collect();
