@@ -16,7 +16,7 @@ mod special;
 #[cfg(test)]
 mod tests;
 
-pub use encode::{decode_at, decoder_options, doc_meta};
+pub use encode::{decode_at, decoder_options, doc_meta, soft_interrupt};
 pub use lookup::edit_distance;
 
 use crate::machine::Setup;

@@ -335,7 +335,10 @@ pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError>
         mnemonic: format!("{:?}", insn.mnemonic()).to_lowercase(),
         form,
         bytes: bytes.to_vec(),
-        setup: Setup::default(),
+        setup: Setup {
+            soft_interrupt: catalog::soft_interrupt(&insn),
+            ..Setup::default()
+        },
         doc: catalog::doc_meta(insn.op_code(), &insn),
     })
 }
@@ -635,6 +638,37 @@ mod tests {
             entry_from_bytes(&[0x06], Mode::Prot32).unwrap().mnemonic,
             "push"
         );
+    }
+
+    #[test]
+    fn the_decoder_names_the_vector_of_a_software_interrupt_once() {
+        let vector = |b: &[u8], m: Mode| entry_from_bytes(b, m).unwrap().setup.soft_interrupt;
+        assert_eq!(vector(&[0x66, 0x48, 0xCD, 0x21], Mode::Long64), Some(0x21));
+        assert_eq!(vector(&[0xCC], Mode::Prot32), Some(3));
+        assert_eq!(vector(&[0xCE], Mode::Prot32), Some(4));
+        assert_eq!(vector(&[0xF1], Mode::Prot32), Some(1));
+        assert_eq!(vector(&[0x90], Mode::Prot32), None);
+        // Every catalog form of INT n carries its vector, and the prepared test too.
+        let cat = catalog::build(Mode::Prot32);
+        let ints = cat.find_mnemonic("int");
+        assert!(!ints.is_empty());
+        for e in ints {
+            assert_eq!(
+                e.setup.soft_interrupt,
+                Some(e.bytes[e.bytes.len() - 1]),
+                "{}",
+                e.form
+            );
+            let image = crate::machine::GuestImage::build(
+                Mode::Prot32,
+                Config::UMIP_OFF,
+                crate::machine::Variant::base(&Config::UMIP_OFF),
+            );
+            let p = image
+                .prepare(crate::observe::Side::User, &e.bytes, &e.setup)
+                .unwrap();
+            assert_eq!(p.soft_interrupt, e.setup.soft_interrupt);
+        }
     }
 
     #[test]

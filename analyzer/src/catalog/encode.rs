@@ -459,15 +459,29 @@ fn finish(ctx: &Ctx, mut plan: Plan) -> Result<Entry, String> {
         form.push_str(" ; ");
         form.push_str(note);
     }
+    let mut setup = plan.setup;
+    setup.soft_interrupt = soft_interrupt(&decoded);
     Ok(Entry {
         mode: ctx.mode,
         code: format!("{:?}", ctx.code),
         mnemonic: format!("{:?}", decoded.mnemonic()).to_lowercase(),
         form,
         bytes,
-        setup: plan.setup,
+        setup,
         doc: doc_meta(ctx.op, &decoded),
     })
+}
+
+/// The vector a software-interrupt instruction raises (INT n, INT3, INTO,
+/// INT1), if `instr` is one.
+pub fn soft_interrupt(instr: &Instruction) -> Option<u8> {
+    match instr.mnemonic() {
+        iced_x86::Mnemonic::Int => Some(instr.immediate8()),
+        iced_x86::Mnemonic::Int3 => Some(3),
+        iced_x86::Mnemonic::Into => Some(4),
+        iced_x86::Mnemonic::Int1 => Some(1),
+        _ => None,
+    }
 }
 
 /// The decoder options under which a `Code` decodes: its own option

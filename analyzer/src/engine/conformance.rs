@@ -70,6 +70,7 @@ pub(crate) const NONE: Setup = Setup {
     mem: Vec::new(),
     patches: Vec::new(),
     seg_load: None,
+    soft_interrupt: None,
 };
 
 /// The run trapped with #GP.

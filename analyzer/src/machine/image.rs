@@ -82,6 +82,9 @@ pub struct Prepared {
     pub rip: u64,
     /// Offset of the sentinel right after it.
     pub sentinel: u64,
+    /// The vector the instruction raises as a software interrupt, from the
+    /// entry's setup ([`Setup::soft_interrupt`]).
+    pub soft_interrupt: Option<u8>,
 }
 
 /// Base CR4 bits: OSFXSR | OSXMMEXCPT (SSE works) | OSXSAVE, plus PAE and FSGSBASE in long mode (PAE in 32-bit mode too).
@@ -689,6 +692,7 @@ impl GuestImage {
             gprs,
             rip: TEST_RIP,
             sentinel,
+            soft_interrupt: setup.soft_interrupt,
         })
     }
 }
@@ -953,6 +957,7 @@ mod tests {
                 value: Sym::Sel(SelRole::OwnCode),
             }],
             seg_load: None,
+            soft_interrupt: None,
         };
         let bytes = [0x90, 0, 0];
         let s = img.prepare(Side::Supervisor, &bytes, &setup).unwrap();

@@ -303,6 +303,11 @@ pub struct Setup {
     /// The segment load the test does, if it loads one from `mem`.
     #[serde(default)]
     pub seg_load: Option<SegLoad>,
+    /// The vector the instruction raises as a software interrupt (INT n,
+    /// INT3, INTO, INT1), from the decoder: engines read it from the
+    /// prepared test instead of decoding the code page again.
+    #[serde(default)]
+    pub soft_interrupt: Option<u8>,
 }
 
 /// A sampled state of the matrix (pg-model section 4), minus the CPL.

@@ -118,8 +118,7 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
     let cpl_now = cpl_of(image.mode, sregs);
     // A software interrupt: the test is INT n / INT3 / INTO / INT1 for
     // this vector and the frame (no error code) returns after it.
-    let soft = soft_interrupt_vector(&test.code_page, test.rip, image.mode) == Some(vector)
-        && slot(0) == Some(test.sentinel);
+    let soft = test.soft_interrupt == Some(vector) && slot(0) == Some(test.sentinel);
     if soft {
         return End::State {
             outcome: Outcome::Transfer {
@@ -221,25 +220,6 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
     }
 }
 
-/// The vector a software-interrupt instruction at `rip` raises, if it is one
-/// (INT n, INT3, INTO, INT1 after any legacy or REX prefixes).
-fn soft_interrupt_vector(code_page: &[u8], rip: u64, mode: Mode) -> Option<u8> {
-    let mut i = rip.checked_sub(CODE)? as usize;
-    for _ in 0..15 {
-        let b = *code_page.get(i)?;
-        match b {
-            0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3 | 0x2E | 0x36 | 0x3E | 0x26 | 0x64 | 0x65 => i += 1,
-            0x40..=0x4F if mode == Mode::Long64 => i += 1,
-            0xCD => return code_page.get(i + 1).copied(),
-            0xCC => return Some(3),
-            0xCE => return Some(4),
-            0xF1 => return Some(1),
-            _ => return None,
-        }
-    }
-    None
-}
-
 /// Physical address of a program-view offset in the harness's pages.
 fn phys(image: &GuestImage, off: u64) -> u64 {
     let page = off & !(PAGE - 1);
@@ -268,7 +248,7 @@ fn read_uint(mem: &[u8], image: &GuestImage, off: u64, size: usize) -> Option<u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{entry, sel, Setup, Variant, KSTACK_TOP, TEST_RIP};
+    use crate::machine::{entry, sel, Variant, KSTACK_TOP, TEST_RIP};
     use crate::mode::Config;
 
     /// A 64-bit base image, a test of `bytes` at CPL 3, and guest memory as
@@ -276,8 +256,11 @@ mod tests {
     fn setup64(bytes: &[u8]) -> (GuestImage, Prepared, Vec<u8>) {
         let cfg = Config::UMIP_OFF;
         let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        let setup = crate::explain::entry_from_bytes(bytes, Mode::Long64)
+            .map(|e| e.setup)
+            .unwrap_or_default();
         let p = img
-            .prepare(crate::observe::Side::User, bytes, &Setup::default())
+            .prepare(crate::observe::Side::User, bytes, &setup)
             .unwrap();
         let mut mem = img.memory.clone();
         for (phys, page) in [
@@ -462,24 +445,5 @@ mod tests {
             t.starts_with("kvm_pvm: vector 6: no exception frame at ss:"),
             "{t}"
         );
-    }
-
-    #[test]
-    fn software_interrupts_are_found_after_prefixes() {
-        let mut page = vec![0xF4; PAGE as usize];
-        let at = (TEST_RIP - CODE) as usize;
-        page[at..at + 4].copy_from_slice(&[0x66, 0x48, 0xCD, 0x21]);
-        assert_eq!(
-            soft_interrupt_vector(&page, TEST_RIP, Mode::Long64),
-            Some(0x21)
-        );
-        // REX is INC/DEC outside 64-bit mode.
-        assert_eq!(soft_interrupt_vector(&page, TEST_RIP, Mode::Prot32), None);
-        page[at] = 0xCC;
-        assert_eq!(
-            soft_interrupt_vector(&page, TEST_RIP, Mode::Prot32),
-            Some(3)
-        );
-        assert_eq!(soft_interrupt_vector(&page, CODE - 1, Mode::Prot32), None);
     }
 }

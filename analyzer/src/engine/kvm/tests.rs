@@ -36,7 +36,14 @@ fn run_on(
     setup: &Setup,
 ) -> Observation {
     let img = GuestImage::build(mode, cfg, v);
-    let p = img.prepare(side, bytes, setup).unwrap();
+    // The decoder's facts, as the catalog gives them (the software-interrupt vector).
+    let setup = Setup {
+        soft_interrupt: crate::explain::entry_from_bytes(bytes, mode)
+            .ok()
+            .and_then(|x| x.setup.soft_interrupt),
+        ..setup.clone()
+    };
+    let p = img.prepare(side, bytes, &setup).unwrap();
     e.run(&img, side, &p)
 }
 
