@@ -180,3 +180,73 @@ pub(crate) fn check_add_is_the_same_at_both_cpls(e: &mut dyn super::Engine, mode
         (0x11 + crate::machine::DATA + 0x180) & 0xFFFF
     );
 }
+
+/// What an engine's measured quirk makes of one NOP run of
+/// [`check_every_state_runs_a_nop`].
+pub(crate) enum NopRun {
+    /// The run must complete with the image's state before and no change of R after.
+    Standard,
+    /// The quirk's own checks covered the run (a state the engine cannot run).
+    Handled,
+    /// As `Standard`, but the after-state shows IOPL 0 (the frame's RFLAGS
+    /// on PVM at CPL 3): exactly that one change of R.
+    IoplDroppedAfter,
+}
+
+/// Every state of every mode and default configuration boots on both sides
+/// and runs a NOP: the run completes, R before it is the image's (CPL,
+/// GDTR, CR0, system flags, selectors), a NOP changes nothing in R, and the
+/// data page holds the harness's fill. `quirk` says, per run, where a
+/// measured engine quirk applies (and checks that run itself).
+pub(crate) fn check_every_state_runs_a_nop(
+    e: &mut dyn super::Engine,
+    quirk: &dyn Fn(
+        &crate::machine::GuestImage,
+        crate::observe::Side,
+        &crate::observe::Observation,
+    ) -> NopRun,
+) {
+    use crate::machine::{GuestImage, Variant};
+    use crate::mode::Config;
+    use crate::observe::{diff_system, Side};
+    for mode in Mode::ALL {
+        for cfg in Config::DEFAULTS {
+            for v in Variant::matrix(mode, &cfg) {
+                let img = GuestImage::build(mode, cfg, v);
+                for side in Side::BOTH {
+                    let Some(p) = img.prepare(side, &[0x90], &NONE) else {
+                        continue;
+                    };
+                    let o = e.run(&img, side, &p);
+                    let what = format!("{mode} {cfg} {} {side}", v.name(&cfg));
+                    let expected = quirk(&img, side, &o);
+                    if matches!(expected, NopRun::Handled) {
+                        continue;
+                    }
+                    assert!(completed(&o), "{what}: {:?}", o.outcome);
+                    let want = img.system_state(side).expect("a side of the image");
+                    assert_eq!(o.before.cpl, want.cpl, "{what}");
+                    assert_eq!(o.before.gdtr.base, want.gdtr.base, "{what}");
+                    assert_eq!(o.before.cr0, want.cr0, "{what}");
+                    assert_eq!(o.before.sys_flags, want.sys_flags, "{what}");
+                    for i in 0..6 {
+                        assert_eq!(
+                            o.before.segs[i].selector, want.segs[i].selector,
+                            "{what} seg {i}"
+                        );
+                    }
+                    let after = o.after.as_ref().expect("an after-state");
+                    let changed = diff_system(&o.before, after);
+                    if matches!(expected, NopRun::IoplDroppedAfter) {
+                        assert_eq!(after.sys_flags, o.before.sys_flags & !(3 << 12), "{what}");
+                        assert_eq!(changed.len(), 1, "{what}: {changed:?}");
+                    } else {
+                        assert!(changed.is_empty(), "{what}: nop changed {changed:?}");
+                    }
+                    let u = o.user.as_ref().expect("user state");
+                    assert_eq!(u.data[5], crate::machine::data_fill(5), "{what}");
+                }
+            }
+        }
+    }
+}

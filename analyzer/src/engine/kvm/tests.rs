@@ -324,78 +324,40 @@ fn measured_pvm_deviations_are_recorded_as_they_are() {
 
 #[test]
 fn every_variant_boots_on_both_sides_and_runs_a_nop() {
+    use crate::engine::conformance::{check_every_state_runs_a_nop, NopRun};
     let Some(mut e) = engine() else { return };
-    for mode in Mode::ALL {
-        for cfg in Config::DEFAULTS {
-            for v in Variant::matrix(mode, &cfg) {
-                let img = GuestImage::build(mode, cfg, v);
-                for side in Side::BOTH {
-                    let Some(p) = img.prepare(side, &[0x90], &NONE) else {
-                        continue;
-                    };
-                    let o = e.run(&img, side, &p);
-                    let what = format!("{mode} {cfg} {} {side}", v.name(&cfg));
-                    let pvm = flavor_is_pvm(&e);
-                    let pvm32 = mode == Mode::Prot32 && pvm;
-                    if pvm && mode == Mode::Prot16 && v.seg_shifted && side == Side::User {
-                        // Measured on PVM: the #GP frame of the sentinel
-                        // is pushed at linear ESP, ignoring the SS base.
-                        assert!(
-                            matches!(&o.outcome, Outcome::EngineError(t) if t.contains("without the ss base")),
-                            "{what}: {:?}",
-                            o.outcome
-                        );
-                        continue;
-                    }
-                    if pvm32 || v.supervisor_dpl != 0 {
-                        // PVM shuts down 32-bit paged guests; ring
-                        // compression has no HLT exit at CPL > 0.
-                        assert!(
-                            matches!(o.outcome, Outcome::NotSupported(_)),
-                            "{what}: {:?}",
-                            o.outcome
-                        );
-                        continue;
-                    }
-                    assert!(completed(&o), "{what}: {:?}", o.outcome);
-                    let want = img.system_state(side).unwrap();
-                    assert_eq!(o.before.cpl, want.cpl, "{what}");
-                    assert_eq!(o.before.gdtr.base, want.gdtr.base, "{what}");
-                    assert_eq!(o.before.cr0, want.cr0, "{what}");
-                    assert_eq!(o.before.sys_flags, want.sys_flags, "{what}");
-                    for i in 0..6 {
-                        assert_eq!(
-                            o.before.segs[i].selector, want.segs[i].selector,
-                            "{what} seg {i}"
-                        );
-                    }
-                    let iopl = (o.before.sys_flags >> 12) & 3;
-                    if pvm && mode == Mode::Long64 && side == Side::User && iopl != 0 {
-                        // Measured on PVM: the RFLAGS in the #GP frame of
-                        // the sentinel (the after-state at CPL 3) has
-                        // IOPL 0 although the guest runs with IOPL 3.
-                        let after = o.after.as_ref().unwrap();
-                        assert_eq!(after.sys_flags, o.before.sys_flags & !(3 << 12), "{what}");
-                        assert_eq!(
-                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap()).len(),
-                            1,
-                            "{what}: {:?}",
-                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
-                        );
-                    } else {
-                        assert!(
-                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
-                                .is_empty(),
-                            "{what}: nop changed {:?}",
-                            crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
-                        );
-                    }
-                    let u = o.user.unwrap();
-                    assert_eq!(u.data[5], crate::machine::data_fill(5), "{what}");
-                }
-            }
+    let pvm = flavor_is_pvm(&e);
+    check_every_state_runs_a_nop(&mut e, &|img, side, o| {
+        let (mode, v) = (img.mode, img.variant);
+        if pvm && mode == Mode::Prot16 && v.seg_shifted && side == Side::User {
+            // Measured on PVM: the #GP frame of the sentinel is pushed at
+            // linear ESP, ignoring the SS base.
+            assert!(
+                matches!(&o.outcome, Outcome::EngineError(t) if t.contains("without the ss base")),
+                "{:?}",
+                o.outcome
+            );
+            return NopRun::Handled;
         }
-    }
+        if (pvm && mode == Mode::Prot32) || v.supervisor_dpl != 0 {
+            // PVM shuts down 32-bit paged guests; ring compression has no
+            // HLT exit at CPL > 0.
+            assert!(
+                matches!(o.outcome, Outcome::NotSupported(_)),
+                "{:?}",
+                o.outcome
+            );
+            return NopRun::Handled;
+        }
+        let iopl = (o.before.sys_flags >> 12) & 3;
+        if pvm && mode == Mode::Long64 && side == Side::User && iopl != 0 {
+            // Measured on PVM: the RFLAGS in the #GP frame of the sentinel
+            // (the after-state at CPL 3) has IOPL 0 although the guest runs
+            // with IOPL 3.
+            return NopRun::IoplDroppedAfter;
+        }
+        NopRun::Standard
+    });
 }
 
 #[test]

@@ -233,41 +233,10 @@ fn real_mode_runs_at_cpl0_only() {
 
 #[test]
 fn every_variant_boots_on_both_sides_and_runs_a_nop() {
-    let mut e = UnicornEngine::new().unwrap();
-    for mode in Mode::ALL {
-        for cfg in Config::DEFAULTS {
-            for v in Variant::matrix(mode, &cfg) {
-                let img = GuestImage::build(mode, cfg, v);
-                for side in Side::BOTH {
-                    let Some(p) = img.prepare(side, &[0x90], &NONE) else {
-                        continue;
-                    };
-                    let o = e.run(&img, side, &p);
-                    let what = format!("{mode} {cfg} {} {side}", v.name(&cfg));
-                    assert!(completed(&o), "{what}: {:?}", o.outcome);
-                    let want = img.system_state(side).unwrap();
-                    assert_eq!(o.before.cpl, want.cpl, "{what}");
-                    assert_eq!(o.before.gdtr.base, want.gdtr.base, "{what}");
-                    assert_eq!(o.before.cr0, want.cr0, "{what}");
-                    assert_eq!(o.before.sys_flags, want.sys_flags, "{what}");
-                    for i in 0..6 {
-                        assert_eq!(
-                            o.before.segs[i].selector, want.segs[i].selector,
-                            "{what} seg {i}"
-                        );
-                    }
-                    assert!(
-                        crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
-                            .is_empty(),
-                        "{what}: nop changed {:?}",
-                        crate::observe::diff_system(&o.before, o.after.as_ref().unwrap())
-                    );
-                    let u = o.user.unwrap();
-                    assert_eq!(u.data[5], crate::machine::data_fill(5), "{what}");
-                }
-            }
-        }
-    }
+    use crate::engine::conformance::{check_every_state_runs_a_nop, NopRun};
+    check_every_state_runs_a_nop(&mut UnicornEngine::new().unwrap(), &|_, _, _| {
+        NopRun::Standard
+    });
 }
 
 #[test]
