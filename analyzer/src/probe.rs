@@ -451,8 +451,8 @@ mod tests {
     fn results_are_compared_by_their_effects() {
         let start = |rax: u64| UserState {
             gprs: [rax; 16],
-            data: vec![0; 16],
-            stack: vec![0; 16],
+            data: vec![0; 16].into(),
+            stack: vec![0; 16].into(),
             ..Default::default()
         };
         // Different inputs left alone: no difference in effects.
@@ -486,8 +486,8 @@ mod tests {
     fn effects_computed_once_give_the_pairwise_diff() {
         let start = UserState {
             gprs: [3; 16],
-            data: vec![0; 256],
-            stack: vec![1; 256],
+            data: vec![0; 256].into(),
+            stack: vec![1; 256].into(),
             ..Default::default()
         };
         let with = |f: &dyn Fn(&mut UserState)| {

@@ -298,7 +298,7 @@ pub(crate) mod tests {
         match bytes {
             [0xf4] if side == Side::User => obs::trap(13, Some(0), sys),
             [0x0f, 0x01, ..] => {
-                user.data = vec![u8::from(v.tables_moved); 4];
+                user.data = vec![u8::from(v.tables_moved); 4].into();
                 obs::completed(sys, user)
             }
             _ => obs::completed(sys, user),

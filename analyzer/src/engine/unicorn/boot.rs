@@ -26,6 +26,7 @@ impl Machine {
             return Ok(());
         }
         let all = std::mem::take(&mut self.memory_suspect);
+        self.shown = [None, None, None];
         for (i, (new, old)) in image
             .memory
             .chunks(PAGE as usize)

@@ -26,7 +26,7 @@ use crate::machine::Variant;
 use crate::machine::{GuestImage, Prepared, CODE, DATA, MEM_SIZE, PAGE, STACK};
 use crate::mode::{Config, Mode};
 use crate::observe::{
-    Observation, Outcome, Segment, Side, SystemState, TableReg, TransferKind, UserState,
+    Observation, Outcome, Page, Segment, Side, SystemState, TableReg, TransferKind, UserState,
     SYS_FLAGS_MASK, USER_FLAGS_MASK,
 };
 use ffi::{Events, Uc, Watchdog};
@@ -72,6 +72,11 @@ struct Machine {
     /// seen by the write hook: a store to a program page sets its bit, any
     /// other store makes memory suspect).
     dirty: u64,
+    /// The test pages that the code, data and stack pages of the loaded
+    /// image hold (equal to `loaded` there) where not `dirty`: a test
+    /// handing the same page again is not compared. Cleared whenever
+    /// `load` writes memory.
+    shown: [Option<Page>; 3],
     /// The watchdog, not the instruction count, ended the last run.
     timed_out: bool,
 }
@@ -145,6 +150,7 @@ impl Machine {
             reset,
             memory_suspect: false,
             dirty: 0,
+            shown: [None, None, None],
             timed_out: false,
         })
     }
@@ -204,7 +210,12 @@ impl Machine {
         }
     }
 
-    fn user_state(&self, image: &GuestImage) -> Result<UserState, UnicornError> {
+    /// The user-visible state after a run of `test`. A data or stack page
+    /// the run did not write holds the test's page still: it is handed back
+    /// shared, not read (the write hook sees every guest store: a store to
+    /// a program page sets its `dirty` bit, any other makes memory suspect,
+    /// and a change of paging does too).
+    fn user_state(&self, image: &GuestImage, test: &Prepared) -> Result<UserState, UnicornError> {
         let regs: [R; 16] = if image.mode == Mode::Long64 {
             [
                 R::RAX,
@@ -253,14 +264,16 @@ impl Machine {
                     .map_err(uc_err("read a general register"))?;
             }
         }
-        let mut data = vec![0u8; PAGE as usize];
-        let mut stack = vec![0u8; PAGE as usize];
-        self.uc
-            .mem_read(image.data_phys, &mut data)
-            .map_err(uc_err("read the data page"))?;
-        self.uc
-            .mem_read(image.stack_phys, &mut stack)
-            .map_err(uc_err("read the stack page"))?;
+        let page = |phys: u64, ours: &Page, action| -> Result<Page, UnicornError> {
+            if !self.memory_suspect && self.dirty & (1u64 << (phys / PAGE)) == 0 {
+                return Ok(ours.clone());
+            }
+            let mut bytes = vec![0u8; PAGE as usize];
+            self.uc.mem_read(phys, &mut bytes).map_err(uc_err(action))?;
+            Ok(bytes.into())
+        };
+        let data = page(image.data_phys, &test.data_page, "read the data page")?;
+        let stack = page(image.stack_phys, &test.stack_page, "read the stack page")?;
         Ok(UserState {
             gprs,
             rip: self.uc.reg_read(R::EIP).map_err(uc_err("read RIP"))?,
@@ -337,7 +350,7 @@ impl Machine {
                         // Where the run ended, not where Unicorn's RIP stopped
                         // (one past a HLT that stopped it at CPL 0).
                         Outcome::Completed { rip, .. } => {
-                            self.user_state(image).ok().map(|mut u| {
+                            self.user_state(image, test).ok().map(|mut u| {
                                 u.rip = *rip;
                                 u
                             })
@@ -380,23 +393,34 @@ impl Machine {
         // `load` left `loaded` equal to the image: the harness pages among
         // them (stacks, tables) hold the image's bytes already, since any
         // guest store to them made memory suspect and `load` rewrote it.
-        for (page, bytes) in [
+        // A page that holds this very test page (`shown`) is not compared.
+        for (i, (page, bytes)) in [
             (image.code_phys, &test.code_page),
             (image.data_phys, &test.data_page),
             (image.stack_phys, &test.stack_page),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let p = page as usize;
             let bit = 1u64 << (page / PAGE);
             let old = &mut self.loaded[p..p + PAGE as usize];
+            if self.dirty & bit == 0 && self.shown[i].as_ref().is_some_and(|s| Page::same(s, bytes))
+            {
+                continue;
+            }
+            self.shown[i] = None;
             if self.dirty & bit != 0 {
                 self.uc
                     .mem_write(page, bytes)
                     .map_err(uc_err("write a test page"))?;
                 old.copy_from_slice(bytes);
                 self.dirty &= !bit;
+                self.shown[i] = Some(bytes.clone());
                 continue;
             }
             if old == &bytes[..] {
+                self.shown[i] = Some(bytes.clone());
                 continue;
             }
             for (k, (new, was)) in bytes
@@ -411,6 +435,7 @@ impl Machine {
                     was.copy_from_slice(new);
                 }
             }
+            self.shown[i] = Some(bytes.clone());
         }
         self.uc
             .context_restore(ctx)
