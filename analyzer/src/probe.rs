@@ -238,10 +238,13 @@ impl Prober {
                     self.baseline(image, side)?;
                 }
             }
+            let baselines = Side::BOTH.map(|side| {
+                let key = (image.mode, image.config, image.variant, side);
+                self.baselines.get(&key).cloned().flatten()
+            });
             for (k, side, test) in cases {
                 let obs = self.run_guarded(image, side, &test)?;
-                let key = (image.mode, image.config, image.variant, side);
-                let baseline = self.baselines.get(&key).cloned().flatten();
+                let baseline = baselines[usize::from(side == Side::User)].clone();
                 let start = if obs.user.is_some() {
                     image.into_initial_user_state(side, test)
                 } else {

@@ -31,6 +31,7 @@ use crate::observe::{
 };
 use ffi::{Events, Uc, Watchdog};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 use unicorn_engine::{uc_error, uc_x86_mmr, Context, RegisterX86 as R};
 
@@ -54,13 +55,21 @@ const RESTORE_CHUNK: usize = 256;
 
 type ImageKey = (Mode, Config, Variant);
 
+/// What booting a side gave: the context at the test's first byte and the
+/// system state read there, or why it failed.
+type Booted = Result<(Context, SystemState), UnicornError>;
+
 struct Machine {
     uc: Uc,
     /// Physical memory as last written, to write only the pages that change.
     loaded: Vec<u8>,
     loaded_key: Option<ImageKey>,
     /// Context at the test's first byte, and the system state read there.
-    contexts: HashMap<(ImageKey, Side), Result<(Context, SystemState), UnicornError>>,
+    contexts: HashMap<(ImageKey, Side), Rc<Booted>>,
+    /// The entry of `contexts` each side used last (supervisor, user): a
+    /// scan runs one image's tests in a row, alternating the sides, so most
+    /// runs find their context here without a lookup.
+    recent: [Option<(ImageKey, Rc<Booted>)>; 2],
     /// The CPU state right after creation, to boot every image from.
     reset: Context,
     /// A run wrote outside the pages restored before every run: guest
@@ -83,7 +92,8 @@ struct Machine {
 
 /// The Unicorn engine.
 pub struct UnicornEngine {
-    machines: HashMap<Mode, Machine>,
+    /// One per mode, in the order first used.
+    machines: Vec<(Mode, Machine)>,
     watchdog: Watchdog,
     insn_limit: usize,
 }
@@ -129,7 +139,7 @@ impl UnicornEngine {
     /// no count) and `time` of wall clock.
     pub fn with_limits(insns: usize, time: Duration) -> Result<Self, EngineError> {
         Ok(UnicornEngine {
-            machines: HashMap::new(),
+            machines: Vec::new(),
             watchdog: Watchdog::new(time)?,
             insn_limit: insns,
         })
@@ -147,6 +157,7 @@ impl Machine {
             loaded: vec![0; MEM_SIZE as usize],
             loaded_key: None,
             contexts: HashMap::new(),
+            recent: [None, None],
             reset,
             memory_suspect: false,
             dirty: 0,
@@ -283,6 +294,33 @@ impl Machine {
         })
     }
 
+    /// The boot of a side of the image (which `load` made guest memory):
+    /// the side is booted on first use, then remembered.
+    fn booted(&mut self, image: &GuestImage, side: Side) -> Result<Rc<Booted>, UnicornError> {
+        let key = (image.mode, image.config, image.variant);
+        let slot = match side {
+            Side::Supervisor => 0,
+            Side::User => 1,
+        };
+        if let Some((k, b)) = &self.recent[slot] {
+            if *k == key {
+                return Ok(Rc::clone(b));
+            }
+        }
+        let booted = match self.contexts.get(&(key, side)) {
+            Some(b) => Rc::clone(b),
+            None => {
+                let b = Rc::new(self.boot(image, side));
+                self.contexts.insert((key, side), Rc::clone(&b));
+                // Put back what the boot stub wrote.
+                self.load(image)?;
+                b
+            }
+        };
+        self.recent[slot] = Some((key, Rc::clone(&booted)));
+        Ok(booted)
+    }
+
     fn run(
         &mut self,
         image: &GuestImage,
@@ -291,40 +329,29 @@ impl Machine {
         watchdog: &Watchdog,
         insn_limit: usize,
     ) -> Observation {
-        let key = (image.mode, image.config, image.variant);
-        if let Err(e) = self.load(image) {
-            return Observation::outcome_only(
+        let engine_error = |e: UnicornError| {
+            Observation::outcome_only(
                 Outcome::EngineError(EngineError::from(e).to_string()),
                 SystemState::default(),
-            );
+            )
+        };
+        if let Err(e) = self.load(image) {
+            return engine_error(e);
         }
-        if !self.contexts.contains_key(&(key, side)) {
-            let booted = self.boot(image, side);
-            self.contexts.insert((key, side), booted);
-            // Put back what the boot stub wrote.
-            if let Err(e) = self.load(image) {
+        let booted = match self.booted(image, side) {
+            Ok(b) => b,
+            Err(e) => return engine_error(e),
+        };
+        let (ctx, before) = match &*booted {
+            Ok((ctx, before)) => (ctx, before),
+            Err(e) => {
                 return Observation::outcome_only(
-                    Outcome::EngineError(EngineError::from(e).to_string()),
-                    SystemState::default(),
-                );
-            }
-        }
-        // Take the context out while the run borrows the instance mutably.
-        let (ctx, before) = match self.contexts.remove(&(key, side)) {
-            Some(Ok(pair)) => pair,
-            Some(Err(e)) => {
-                let o = Outcome::EngineError(format!("boot: {e}"));
-                self.contexts.insert((key, side), Err(e));
-                return Observation::outcome_only(o, SystemState::default());
-            }
-            None => {
-                return Observation::outcome_only(
-                    Outcome::EngineError("no context".into()),
+                    Outcome::EngineError(format!("boot: {e}")),
                     SystemState::default(),
                 )
             }
         };
-        let mut result = self.execute(image, test, (&ctx, &before), watchdog, insn_limit, 1);
+        let mut result = self.execute(image, test, (ctx, before), watchdog, insn_limit, 1);
         if self.timed_out {
             // The wall clock, not the instruction count, ended the run: on a
             // loaded machine a run can stall past the limit, so it runs once
@@ -334,15 +361,14 @@ impl Machine {
                 self.execute(
                     image,
                     test,
-                    (&ctx, &before),
+                    (ctx, before),
                     watchdog,
                     insn_limit,
                     RETRY_PATIENCE,
                 )
             });
         }
-        let before_kept = before.clone();
-        self.contexts.insert((key, side), Ok((ctx, before_kept)));
+        let before = before.clone();
         match result {
             Ok((outcome, done)) => {
                 let (after, user) = if done {
@@ -647,10 +673,13 @@ impl Engine for UnicornEngine {
         ffi::version()
     }
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
-        let machine = match self.machines.entry(image.mode) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => match Machine::new(image.mode) {
-                Ok(m) => v.insert(m),
+        let at = match self.machines.iter().position(|(m, _)| *m == image.mode) {
+            Some(at) => at,
+            None => match Machine::new(image.mode) {
+                Ok(m) => {
+                    self.machines.push((image.mode, m));
+                    self.machines.len() - 1
+                }
                 Err(e) => {
                     return Observation::outcome_only(
                         Outcome::EngineError(EngineError::from(e).to_string()),
@@ -659,6 +688,8 @@ impl Engine for UnicornEngine {
                 }
             },
         };
-        machine.run(image, side, test, &self.watchdog, self.insn_limit)
+        self.machines[at]
+            .1
+            .run(image, side, test, &self.watchdog, self.insn_limit)
     }
 }

@@ -225,7 +225,7 @@ fn pages_handed_back_unread_are_what_guest_memory_holds() {
                     };
                     let o = e.run(&img, side, &p);
                     let Some(u) = o.user else { continue };
-                    let m = e.machines.get(&mode).unwrap();
+                    let m = &e.machines.iter().find(|(m, _)| *m == mode).unwrap().1;
                     for (what, page, phys, ours) in [
                         ("data", &u.data, img.data_phys, &p.data_page),
                         ("stack", &u.stack, img.stack_phys, &p.stack_page),
