@@ -88,6 +88,12 @@ struct Machine {
     shown: [Option<Page>; 3],
     /// The watchdog, not the instruction count, ended the last run.
     timed_out: bool,
+    /// Code may have been translated outside the code page since
+    /// Unicorn's translations were last flushed. While not, the only
+    /// translated code is the code page's, which every run removes before
+    /// it starts, so `load` need not flush when it puts back what a run
+    /// wrote into the same image.
+    translated_elsewhere: bool,
 }
 
 /// The Unicorn engine.
@@ -163,6 +169,7 @@ impl Machine {
             dirty: 0,
             shown: [None, None, None],
             timed_out: false,
+            translated_elsewhere: true,
         })
     }
 
@@ -524,6 +531,20 @@ impl Machine {
         let (result, fired) = watchdog.emu_start(&mut self.uc, begin, until, insn_limit, patience);
         self.timed_out = fired;
         self.memory_suspect |= self.uc.get_data().stray_write;
+        // Translated code outside the code page: an instruction ran there
+        // (the code hooks saw it), or the run stopped there or was stopped
+        // from outside (a block may have been translated and not begun:
+        // the count stops before its first instruction's hooks, and the
+        // watchdog at any time), or CS changed (a code page offset is
+        // another linear page then).
+        let pc = self
+            .uc
+            .reg_read(if long { R::RIP } else { R::EIP })
+            .unwrap_or(u64::MAX);
+        self.translated_elsewhere |= fired
+            || self.uc.get_data().ran_elsewhere
+            || pc & !(PAGE - 1) != CODE
+            || self.uc.reg_read(R::CS).ok() != Some(before.segs[0].selector as u64);
         self.dirty |= self.uc.get_data().written;
         // The write hook tells program pages from others by linear address;
         // with paging changed (CR0, CR3, CR4) a program page's linear

@@ -255,6 +255,9 @@ fn results_do_not_depend_on_the_run_before() {
     // Each case alone on a fresh engine, and all of them in a row on one
     // engine (as a scan's batches run them): the same observations.
     let cfg = Config::UMIP_OFF;
+    let gate = (crate::machine::entry::CALLGATE as u32).to_le_bytes();
+    // mov eax, CALLGATE; jmp eax
+    let jump_to_gate = [vec![0xB8], gate.to_vec(), vec![0xFF, 0xE0]].concat();
     let cases: Vec<Vec<u8>> = vec![
         store32(DATA as u32 + 0x20, 7),
         load32(DATA as u32 + 0x20),
@@ -265,6 +268,18 @@ fn results_do_not_depend_on_the_run_before() {
         vec![0x0F, 0x22, 0xD8],                   // mov cr3, eax
         vec![0xF3, 0xA4],                         // rep movsb
         vec![0xEB, 0xFE],                         // jmp $
+        vec![0x90],
+        // A stray write over a handler's HLT, then a jump there (code
+        // translated from a page that the next run's restore rewrites),
+        // then the jump alone: the HLT is back.
+        [
+            vec![0xC6, 0x05],
+            gate.to_vec(),
+            vec![0x90],
+            jump_to_gate.clone(),
+        ]
+        .concat(),
+        jump_to_gate,
         vec![0x90],
     ];
     let mut shared = UnicornEngine::new().unwrap();
