@@ -3,6 +3,7 @@
 //! Engines turn their events (Unicorn hooks, KVM exits) into an
 //! [`Observation`] at once; the classifier is a pure function over these.
 
+pub use crate::page::Page;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -203,8 +204,8 @@ pub struct UserState {
     pub rip: u64,
     /// Arithmetic flags and DF only.
     pub flags: u64,
-    pub data: Vec<u8>,
-    pub stack: Vec<u8>,
+    pub data: Page,
+    pub stack: Page,
 }
 
 pub const GPR_NAMES: [&str; 16] = [
@@ -425,9 +426,19 @@ pub struct Effects {
 const CHUNK: usize = 64;
 
 /// The bytes of `after` that differ from `start` (offset, new value), with
-/// every byte past the end of `start` counted as written. Equal chunks are
-/// skipped with one slice comparison, so an unwritten page costs a memcmp.
-fn written(start: &[u8], after: &[u8]) -> Vec<(usize, u8)> {
+/// every byte past the end of `start` counted as written. A page the run
+/// did not write is usually the start's own buffer, which costs nothing;
+/// else equal chunks are skipped with one slice comparison, so an
+/// unwritten page costs a memcmp.
+fn written(start: &Page, after: &Page) -> Vec<(usize, u8)> {
+    if Page::same(start, after) {
+        return Vec::new();
+    }
+    written_bytes(start, after)
+}
+
+/// [`written`] of any two byte strings.
+fn written_bytes(start: &[u8], after: &[u8]) -> Vec<(usize, u8)> {
     let mut out = Vec::new();
     let common = start.len().min(after.len());
     let (s, a) = (&start[..common], &after[..common]);
@@ -567,8 +578,8 @@ mod tests {
     #[test]
     fn user_diff_reports_registers_and_memory() {
         let a = UserState {
-            data: vec![0; 16],
-            stack: vec![1; 16],
+            data: vec![0; 16].into(),
+            stack: vec![1; 16].into(),
             ..Default::default()
         };
         let mut b = a.clone();
@@ -606,11 +617,26 @@ mod tests {
             for &w in &writes {
                 after[w] ^= 0x5a;
             }
-            assert_eq!(written(&start, &after), naive(&start, &after), "{writes:?}");
+            assert_eq!(
+                written_bytes(&start, &after),
+                naive(&start, &after),
+                "{writes:?}"
+            );
+            let (s, a) = (Page::from(start.clone()), Page::from(after.clone()));
+            assert_eq!(written(&s, &a), naive(&start, &after), "{writes:?}");
             // Pages of other lengths: bytes past the start count as written.
-            assert_eq!(written(&start[..100], &after), naive(&start[..100], &after));
-            assert_eq!(written(&start, &after[..70]), naive(&start, &after[..70]));
+            assert_eq!(
+                written_bytes(&start[..100], &after),
+                naive(&start[..100], &after)
+            );
+            assert_eq!(
+                written_bytes(&start, &after[..70]),
+                naive(&start, &after[..70])
+            );
         }
+        // A page shared with the start was not written.
+        let s = Page::from(start.clone());
+        assert_eq!(written(&s, &s.clone()), vec![]);
     }
 
     #[test]

@@ -243,10 +243,13 @@ impl Prober {
                     self.baseline(image, side)?;
                 }
             }
+            let baselines = Side::BOTH.map(|side| {
+                let key = (image.mode, image.config, image.variant, side);
+                self.baselines.get(&key).cloned().flatten()
+            });
             for (k, side, test) in cases {
                 let obs = self.run_guarded(image, side, &test)?;
-                let key = (image.mode, image.config, image.variant, side);
-                let baseline = self.baselines.get(&key).cloned().flatten();
+                let baseline = baselines[usize::from(side == Side::User)].clone();
                 let start = if obs.user.is_some() {
                     image.into_initial_user_state(side, test)
                 } else {
@@ -489,8 +492,8 @@ mod tests {
     fn results_are_compared_by_their_effects() {
         let start = |rax: u64| UserState {
             gprs: [rax; 16],
-            data: vec![0; 16],
-            stack: vec![0; 16],
+            data: vec![0; 16].into(),
+            stack: vec![0; 16].into(),
             ..Default::default()
         };
         // Different inputs left alone: no difference in effects.
@@ -524,8 +527,8 @@ mod tests {
     fn effects_computed_once_give_the_pairwise_diff() {
         let start = UserState {
             gprs: [3; 16],
-            data: vec![0; 256],
-            stack: vec![1; 256],
+            data: vec![0; 256].into(),
+            stack: vec![1; 256].into(),
             ..Default::default()
         };
         let with = |f: &dyn Fn(&mut UserState)| {

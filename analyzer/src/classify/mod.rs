@@ -500,8 +500,8 @@ mod tests {
             gprs: [7; 16],
             rip: 0x7102,
             flags: 0x2,
-            data: vec![0xaa; 32],
-            stack: vec![0x55; 32],
+            data: vec![0xaa; 32].into(),
+            stack: vec![0x55; 32].into(),
         }
     }
 

@@ -4,7 +4,7 @@
 use super::layout::*;
 use crate::mode::{Config, Mode};
 use crate::observe::{
-    Segment, Side, SystemState, TableReg, UserState, SYS_FLAGS_MASK, USER_FLAGS_MASK,
+    Page, Segment, Side, SystemState, TableReg, UserState, SYS_FLAGS_MASK, USER_FLAGS_MASK,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
@@ -72,11 +72,12 @@ pub struct GuestImage {
 }
 
 /// A test resolved for one image and side: what the engine writes and sets.
+/// A page the test does not set up is the harness's template, shared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prepared {
-    pub code_page: Vec<u8>,
-    pub data_page: Vec<u8>,
-    pub stack_page: Vec<u8>,
+    pub code_page: Page,
+    pub data_page: Page,
+    pub stack_page: Page,
     pub gprs: [u64; 16],
     /// Offset of the test's first byte (`TEST_RIP`).
     pub rip: u64,
@@ -646,9 +647,26 @@ impl GuestImage {
     pub fn prepare(&self, side: Side, bytes: &[u8], setup: &Setup) -> Option<Prepared> {
         let e = self.entry(side)?;
         let sentinel = TEST_RIP + bytes.len() as u64;
-        let mut code_page = vec![SENTINEL; PAGE as usize];
+        // The templates (the sentinel everywhere, the fill patterns), made
+        // once; a test gets its own copy of a page only where it writes it.
+        static TEMPLATES: LazyLock<[Page; 3]> = LazyLock::new(|| {
+            [
+                Page::filled(SENTINEL, PAGE as usize),
+                (0..PAGE as usize)
+                    .map(data_fill)
+                    .collect::<Vec<u8>>()
+                    .into(),
+                (0..PAGE as usize)
+                    .map(stack_fill)
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ]
+        });
+        let [mut code_page, mut data_page, mut stack_page] = TEMPLATES.clone();
         let at = (TEST_RIP - CODE) as usize;
-        code_page[at..at + bytes.len()].copy_from_slice(bytes);
+        if !bytes.is_empty() {
+            code_page[at..at + bytes.len()].copy_from_slice(bytes);
+        }
         for p in &setup.patches {
             let v = self.resolve(side, e, p.value, sentinel).to_le_bytes();
             let start = at + p.offset as usize;
@@ -657,15 +675,6 @@ impl GuestImage {
                 dst.copy_from_slice(&v[..n]);
             }
         }
-        // The fill patterns, computed once.
-        static FILLS: LazyLock<(Vec<u8>, Vec<u8>)> = LazyLock::new(|| {
-            (
-                (0..PAGE as usize).map(data_fill).collect(),
-                (0..PAGE as usize).map(stack_fill).collect(),
-            )
-        });
-        let mut data_page = FILLS.0.clone();
-        let mut stack_page = FILLS.1.clone();
         for m in &setup.mem {
             let v = self.resolve(side, e, m.value, sentinel).to_le_bytes();
             let page = match m.region {

@@ -364,24 +364,32 @@ impl Variant {
 
     /// Stable, human-readable name: `base`, `tables-moved`, `ring1`, `iopl=3`, `cr0^ts`, ...
     pub fn name(&self, config: &Config) -> String {
-        let mut parts = Vec::new();
+        use std::fmt::Write;
+        // Written into one string (the classifier names every run's state).
+        let mut name = String::new();
+        let mut part = |args: std::fmt::Arguments<'_>| {
+            if !name.is_empty() {
+                name.push('+');
+            }
+            let _ = name.write_fmt(args);
+        };
         if self.tables_moved {
-            parts.push("tables-moved".to_string());
+            part(format_args!("tables-moved"));
         }
         if self.phys_moved {
-            parts.push("phys-moved".to_string());
+            part(format_args!("phys-moved"));
         }
         if self.seg_shifted {
-            parts.push(format!("segbase={SEG_SHIFT:#x}"));
+            part(format_args!("segbase={SEG_SHIFT:#x}"));
         }
         if self.supervisor_dpl != 0 {
-            parts.push(format!("ring{}", self.supervisor_dpl));
+            part(format_args!("ring{}", self.supervisor_dpl));
         }
         if !self.if_flag {
-            parts.push("if=0".into());
+            part(format_args!("if=0"));
         }
         if self.iopl != config.iopl {
-            parts.push(format!("iopl={}", self.iopl));
+            part(format_args!("iopl={}", self.iopl));
         }
         for (bit, n) in [
             (CR0_TS, "ts"),
@@ -390,14 +398,13 @@ impl Variant {
             (CR0_AM, "am"),
         ] {
             if self.cr0_xor & bit != 0 {
-                parts.push(format!("cr0^{n}"));
+                part(format_args!("cr0^{n}"));
             }
         }
-        if parts.is_empty() {
-            "base".into()
-        } else {
-            parts.join("+")
+        if name.is_empty() {
+            name.push_str("base");
         }
+        name
     }
 
     /// The sampled-state matrix for a mode and configuration (pg-model
@@ -508,6 +515,69 @@ mod tests {
         assert!(!Variant::matrix(Mode::Prot16, &cfg)
             .iter()
             .any(|v| v.phys_moved));
+    }
+
+    #[test]
+    fn names_join_the_changed_parts_with_plus() {
+        // The parts each variant changes, joined: as the reports name them.
+        let reference = |v: &Variant, config: &Config| -> String {
+            let mut parts = Vec::new();
+            if v.tables_moved {
+                parts.push("tables-moved".to_string());
+            }
+            if v.phys_moved {
+                parts.push("phys-moved".to_string());
+            }
+            if v.seg_shifted {
+                parts.push(format!("segbase={SEG_SHIFT:#x}"));
+            }
+            if v.supervisor_dpl != 0 {
+                parts.push(format!("ring{}", v.supervisor_dpl));
+            }
+            if !v.if_flag {
+                parts.push("if=0".into());
+            }
+            if v.iopl != config.iopl {
+                parts.push(format!("iopl={}", v.iopl));
+            }
+            for (bit, n) in [
+                (CR0_TS, "ts"),
+                (CR0_MP, "mp"),
+                (CR0_WP, "wp"),
+                (CR0_AM, "am"),
+            ] {
+                if v.cr0_xor & bit != 0 {
+                    parts.push(format!("cr0^{n}"));
+                }
+            }
+            if parts.is_empty() {
+                "base".into()
+            } else {
+                parts.join("+")
+            }
+        };
+        let cfg = Config::UMIP_OFF;
+        for bits in 0u32..1 << 10 {
+            let v = Variant {
+                tables_moved: bits & 1 != 0,
+                phys_moved: bits & 2 != 0,
+                seg_shifted: bits & 4 != 0,
+                supervisor_dpl: ((bits >> 3) & 3) as u8,
+                if_flag: bits & 32 != 0,
+                iopl: ((bits >> 6) & 1) as u8 * 3,
+                cr0_xor: [0, CR0_TS, CR0_MP | CR0_AM, CR0_WP | CR0_TS][(bits >> 7) as usize & 3],
+            };
+            assert_eq!(v.name(&cfg), reference(&v, &cfg), "{v:?}");
+        }
+        assert_eq!(
+            Variant {
+                tables_moved: true,
+                iopl: 3,
+                ..Variant::base(&cfg)
+            }
+            .name(&cfg),
+            "tables-moved+iopl=3"
+        );
     }
 
     #[test]

@@ -225,7 +225,7 @@ pub(super) fn user_state(
     }
     let page = |phys: u64, page: &'static str| {
         bytes_at(mem, phys, PAGE as usize)
-            .map(<[u8]>::to_vec)
+            .map(crate::observe::Page::from)
             .ok_or(KvmError::PageOutside { page, phys })
     };
     Ok(UserState {

@@ -20,12 +20,17 @@ pub(super) const EFER: u32 = 0xC000_0080;
 
 impl Machine {
     /// Makes guest memory equal to the image's, writing only changed pages.
+    /// Unicorn's translations are flushed, except when memory is put back
+    /// into the same image and no code was translated outside the code
+    /// page (see `translated_elsewhere`).
     pub(super) fn load(&mut self, image: &GuestImage) -> Result<(), UnicornError> {
         let key = (image.mode, image.config, image.variant);
-        if self.loaded_key == Some(key) && !self.memory_suspect {
+        let same = self.loaded_key == Some(key);
+        if same && !self.memory_suspect {
             return Ok(());
         }
         let all = std::mem::take(&mut self.memory_suspect);
+        self.shown = [None, None, None];
         for (i, (new, old)) in image
             .memory
             .chunks(PAGE as usize)
@@ -40,7 +45,10 @@ impl Machine {
                 self.dirty &= !(1 << i);
             }
         }
-        let _ = self.uc.ctl_flush_tb();
+        if !same || self.translated_elsewhere {
+            let _ = self.uc.ctl_flush_tb();
+            self.translated_elsewhere = false;
+        }
         let _ = self.uc.ctl_flush_tlb();
         self.loaded_key = Some(key);
         Ok(())
@@ -147,6 +155,8 @@ impl Machine {
         let start = image.boot_linear(side);
         let until = image.linear(entry.rip);
         let r = self.uc.emu_start(start, until, 0, BOOT_INSNS);
+        // The boot stub's blocks are translated code outside the code page.
+        self.translated_elsewhere = true;
         let rip = self.uc.reg_read(R::EIP).unwrap_or(0);
         let intr = self.uc.get_data().intr;
         // The stub's pushes land outside the program's pages (and its

@@ -4,7 +4,7 @@
 //! own thread. Every `unsafe` block of the Unicorn engine is here.
 
 use super::{uc_err, UnicornError};
-use crate::machine::{MEM_SIZE, PAGE};
+use crate::machine::{CODE, MEM_SIZE, PAGE};
 use crate::mode::Mode;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ pub(super) struct Events {
     pub(super) written: u64,
     /// A write landed elsewhere: the next run restores all of memory.
     pub(super) stray_write: bool,
+    /// An instruction ran outside the code page (`program_pages[0]`).
+    pub(super) ran_elsewhere: bool,
 }
 
 /// A Unicorn instance for `mode` with guest memory mapped and the hooks
@@ -69,6 +71,25 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
         let _ = uc.emu_stop();
     })
     .map_err(uc_err("add the SYSENTER hook"))?;
+    // Instructions outside the code page are noted (so that `load` knows
+    // whether translated code can live anywhere else). The hooks' bounds
+    // leave out the code page's usual linear page, so they rarely fire;
+    // where an image shifts the page, the callback tells. They also make
+    // the instruction count not the only code hook: with one, Unicorn
+    // inlines it into every translated instruction, and each inlining
+    // allocates and formats a helper description and enters it in two hash
+    // tables (some 3% of a scan); with more, it translates each instruction
+    // into one call to its generic hook helper, which calls the count as
+    // the inlined call did and these by their bounds.
+    for (begin, end) in [(0, CODE - 1), (CODE + PAGE, u64::MAX)] {
+        uc.add_code_hook(begin, end, |uc, addr, _| {
+            let ev = uc.get_data_mut();
+            if addr & !(PAGE - 1) != ev.program_pages[0] {
+                ev.ran_elsewhere = true;
+            }
+        })
+        .map_err(uc_err("add the code hook"))?;
+    }
     // Every store outside the program's own pages is noted, so that the
     // next run starts from the image again (KVM uses its dirty log).
     uc.add_mem_hook(HookType::MEM_WRITE, 0, u64::MAX, |uc, _, addr, size, _| {

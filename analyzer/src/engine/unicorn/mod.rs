@@ -26,11 +26,12 @@ use crate::machine::Variant;
 use crate::machine::{GuestImage, Prepared, CODE, DATA, MEM_SIZE, PAGE, STACK};
 use crate::mode::{Config, Mode};
 use crate::observe::{
-    Observation, Outcome, Segment, Side, SystemState, TableReg, TransferKind, UserState,
+    Observation, Outcome, Page, Segment, Side, SystemState, TableReg, TransferKind, UserState,
     SYS_FLAGS_MASK, USER_FLAGS_MASK,
 };
 use ffi::{Events, Uc, Watchdog};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 use unicorn_engine::{uc_error, uc_x86_mmr, Context, RegisterX86 as R};
 
@@ -54,13 +55,21 @@ const RESTORE_CHUNK: usize = 256;
 
 type ImageKey = (Mode, Config, Variant);
 
+/// What booting a side gave: the context at the test's first byte and the
+/// system state read there, or why it failed.
+type Booted = Result<(Context, SystemState), UnicornError>;
+
 struct Machine {
     uc: Uc,
     /// Physical memory as last written, to write only the pages that change.
     loaded: Vec<u8>,
     loaded_key: Option<ImageKey>,
     /// Context at the test's first byte, and the system state read there.
-    contexts: HashMap<(ImageKey, Side), Result<(Context, SystemState), UnicornError>>,
+    contexts: HashMap<(ImageKey, Side), Rc<Booted>>,
+    /// The entry of `contexts` each side used last (supervisor, user): a
+    /// scan runs one image's tests in a row, alternating the sides, so most
+    /// runs find their context here without a lookup.
+    recent: [Option<(ImageKey, Rc<Booted>)>; 2],
     /// The CPU state right after creation, to boot every image from.
     reset: Context,
     /// A run wrote outside the pages restored before every run: guest
@@ -72,13 +81,25 @@ struct Machine {
     /// seen by the write hook: a store to a program page sets its bit, any
     /// other store makes memory suspect).
     dirty: u64,
+    /// The test pages that the code, data and stack pages of the loaded
+    /// image hold (equal to `loaded` there) where not `dirty`: a test
+    /// handing the same page again is not compared. Cleared whenever
+    /// `load` writes memory.
+    shown: [Option<Page>; 3],
     /// The watchdog, not the instruction count, ended the last run.
     timed_out: bool,
+    /// Code may have been translated outside the code page since
+    /// Unicorn's translations were last flushed. While not, the only
+    /// translated code is the code page's, which every run removes before
+    /// it starts, so `load` need not flush when it puts back what a run
+    /// wrote into the same image.
+    translated_elsewhere: bool,
 }
 
 /// The Unicorn engine.
 pub struct UnicornEngine {
-    machines: HashMap<Mode, Machine>,
+    /// One per mode, in the order first used.
+    machines: Vec<(Mode, Machine)>,
     watchdog: Watchdog,
     insn_limit: usize,
 }
@@ -124,7 +145,7 @@ impl UnicornEngine {
     /// no count) and `time` of wall clock.
     pub fn with_limits(insns: usize, time: Duration) -> Result<Self, EngineError> {
         Ok(UnicornEngine {
-            machines: HashMap::new(),
+            machines: Vec::new(),
             watchdog: Watchdog::new(time)?,
             insn_limit: insns,
         })
@@ -142,10 +163,13 @@ impl Machine {
             loaded: vec![0; MEM_SIZE as usize],
             loaded_key: None,
             contexts: HashMap::new(),
+            recent: [None, None],
             reset,
             memory_suspect: false,
             dirty: 0,
+            shown: [None, None, None],
             timed_out: false,
+            translated_elsewhere: true,
         })
     }
 
@@ -204,7 +228,12 @@ impl Machine {
         }
     }
 
-    fn user_state(&self, image: &GuestImage) -> Result<UserState, UnicornError> {
+    /// The user-visible state after a run of `test`. A data or stack page
+    /// the run did not write holds the test's page still: it is handed back
+    /// shared, not read (the write hook sees every guest store: a store to
+    /// a program page sets its `dirty` bit, any other makes memory suspect,
+    /// and a change of paging does too).
+    fn user_state(&self, image: &GuestImage, test: &Prepared) -> Result<UserState, UnicornError> {
         let regs: [R; 16] = if image.mode == Mode::Long64 {
             [
                 R::RAX,
@@ -253,14 +282,16 @@ impl Machine {
                     .map_err(uc_err("read a general register"))?;
             }
         }
-        let mut data = vec![0u8; PAGE as usize];
-        let mut stack = vec![0u8; PAGE as usize];
-        self.uc
-            .mem_read(image.data_phys, &mut data)
-            .map_err(uc_err("read the data page"))?;
-        self.uc
-            .mem_read(image.stack_phys, &mut stack)
-            .map_err(uc_err("read the stack page"))?;
+        let page = |phys: u64, ours: &Page, action| -> Result<Page, UnicornError> {
+            if !self.memory_suspect && self.dirty & (1u64 << (phys / PAGE)) == 0 {
+                return Ok(ours.clone());
+            }
+            let mut bytes = vec![0u8; PAGE as usize];
+            self.uc.mem_read(phys, &mut bytes).map_err(uc_err(action))?;
+            Ok(bytes.into())
+        };
+        let data = page(image.data_phys, &test.data_page, "read the data page")?;
+        let stack = page(image.stack_phys, &test.stack_page, "read the stack page")?;
         Ok(UserState {
             gprs,
             rip: self.uc.reg_read(R::EIP).map_err(uc_err("read RIP"))?,
@@ -268,6 +299,33 @@ impl Machine {
             data,
             stack,
         })
+    }
+
+    /// The boot of a side of the image (which `load` made guest memory):
+    /// the side is booted on first use, then remembered.
+    fn booted(&mut self, image: &GuestImage, side: Side) -> Result<Rc<Booted>, UnicornError> {
+        let key = (image.mode, image.config, image.variant);
+        let slot = match side {
+            Side::Supervisor => 0,
+            Side::User => 1,
+        };
+        if let Some((k, b)) = &self.recent[slot] {
+            if *k == key {
+                return Ok(Rc::clone(b));
+            }
+        }
+        let booted = match self.contexts.get(&(key, side)) {
+            Some(b) => Rc::clone(b),
+            None => {
+                let b = Rc::new(self.boot(image, side));
+                self.contexts.insert((key, side), Rc::clone(&b));
+                // Put back what the boot stub wrote.
+                self.load(image)?;
+                b
+            }
+        };
+        self.recent[slot] = Some((key, Rc::clone(&booted)));
+        Ok(booted)
     }
 
     fn run(
@@ -278,40 +336,29 @@ impl Machine {
         watchdog: &Watchdog,
         insn_limit: usize,
     ) -> Observation {
-        let key = (image.mode, image.config, image.variant);
-        if let Err(e) = self.load(image) {
-            return Observation::outcome_only(
+        let engine_error = |e: UnicornError| {
+            Observation::outcome_only(
                 Outcome::EngineError(EngineError::from(e).to_string()),
                 SystemState::default(),
-            );
+            )
+        };
+        if let Err(e) = self.load(image) {
+            return engine_error(e);
         }
-        if !self.contexts.contains_key(&(key, side)) {
-            let booted = self.boot(image, side);
-            self.contexts.insert((key, side), booted);
-            // Put back what the boot stub wrote.
-            if let Err(e) = self.load(image) {
+        let booted = match self.booted(image, side) {
+            Ok(b) => b,
+            Err(e) => return engine_error(e),
+        };
+        let (ctx, before) = match &*booted {
+            Ok((ctx, before)) => (ctx, before),
+            Err(e) => {
                 return Observation::outcome_only(
-                    Outcome::EngineError(EngineError::from(e).to_string()),
-                    SystemState::default(),
-                );
-            }
-        }
-        // Take the context out while the run borrows the instance mutably.
-        let (ctx, before) = match self.contexts.remove(&(key, side)) {
-            Some(Ok(pair)) => pair,
-            Some(Err(e)) => {
-                let o = Outcome::EngineError(format!("boot: {e}"));
-                self.contexts.insert((key, side), Err(e));
-                return Observation::outcome_only(o, SystemState::default());
-            }
-            None => {
-                return Observation::outcome_only(
-                    Outcome::EngineError("no context".into()),
+                    Outcome::EngineError(format!("boot: {e}")),
                     SystemState::default(),
                 )
             }
         };
-        let mut result = self.execute(image, test, (&ctx, &before), watchdog, insn_limit, 1);
+        let mut result = self.execute(image, test, (ctx, before), watchdog, insn_limit, 1);
         if self.timed_out {
             // The wall clock, not the instruction count, ended the run: on a
             // loaded machine a run can stall past the limit, so it runs once
@@ -321,15 +368,14 @@ impl Machine {
                 self.execute(
                     image,
                     test,
-                    (&ctx, &before),
+                    (ctx, before),
                     watchdog,
                     insn_limit,
                     RETRY_PATIENCE,
                 )
             });
         }
-        let before_kept = before.clone();
-        self.contexts.insert((key, side), Ok((ctx, before_kept)));
+        let before = before.clone();
         match result {
             Ok((outcome, done)) => {
                 let (after, user) = if done {
@@ -337,7 +383,7 @@ impl Machine {
                         // Where the run ended, not where Unicorn's RIP stopped
                         // (one past a HLT that stopped it at CPL 0).
                         Outcome::Completed { rip, .. } => {
-                            self.user_state(image).ok().map(|mut u| {
+                            self.user_state(image, test).ok().map(|mut u| {
                                 u.rip = *rip;
                                 u
                             })
@@ -380,23 +426,34 @@ impl Machine {
         // `load` left `loaded` equal to the image: the harness pages among
         // them (stacks, tables) hold the image's bytes already, since any
         // guest store to them made memory suspect and `load` rewrote it.
-        for (page, bytes) in [
+        // A page that holds this very test page (`shown`) is not compared.
+        for (i, (page, bytes)) in [
             (image.code_phys, &test.code_page),
             (image.data_phys, &test.data_page),
             (image.stack_phys, &test.stack_page),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let p = page as usize;
             let bit = 1u64 << (page / PAGE);
             let old = &mut self.loaded[p..p + PAGE as usize];
+            if self.dirty & bit == 0 && self.shown[i].as_ref().is_some_and(|s| Page::same(s, bytes))
+            {
+                continue;
+            }
+            self.shown[i] = None;
             if self.dirty & bit != 0 {
                 self.uc
                     .mem_write(page, bytes)
                     .map_err(uc_err("write a test page"))?;
                 old.copy_from_slice(bytes);
                 self.dirty &= !bit;
+                self.shown[i] = Some(bytes.clone());
                 continue;
             }
             if old == &bytes[..] {
+                self.shown[i] = Some(bytes.clone());
                 continue;
             }
             for (k, (new, was)) in bytes
@@ -411,6 +468,7 @@ impl Machine {
                     was.copy_from_slice(new);
                 }
             }
+            self.shown[i] = Some(bytes.clone());
         }
         self.uc
             .context_restore(ctx)
@@ -473,6 +531,20 @@ impl Machine {
         let (result, fired) = watchdog.emu_start(&mut self.uc, begin, until, insn_limit, patience);
         self.timed_out = fired;
         self.memory_suspect |= self.uc.get_data().stray_write;
+        // Translated code outside the code page: an instruction ran there
+        // (the code hooks saw it), or the run stopped there or was stopped
+        // from outside (a block may have been translated and not begun:
+        // the count stops before its first instruction's hooks, and the
+        // watchdog at any time), or CS changed (a code page offset is
+        // another linear page then).
+        let pc = self
+            .uc
+            .reg_read(if long { R::RIP } else { R::EIP })
+            .unwrap_or(u64::MAX);
+        self.translated_elsewhere |= fired
+            || self.uc.get_data().ran_elsewhere
+            || pc & !(PAGE - 1) != CODE
+            || self.uc.reg_read(R::CS).ok() != Some(before.segs[0].selector as u64);
         self.dirty |= self.uc.get_data().written;
         // The write hook tells program pages from others by linear address;
         // with paging changed (CR0, CR3, CR4) a program page's linear
@@ -622,10 +694,13 @@ impl Engine for UnicornEngine {
         ffi::version()
     }
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
-        let machine = match self.machines.entry(image.mode) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => match Machine::new(image.mode) {
-                Ok(m) => v.insert(m),
+        let at = match self.machines.iter().position(|(m, _)| *m == image.mode) {
+            Some(at) => at,
+            None => match Machine::new(image.mode) {
+                Ok(m) => {
+                    self.machines.push((image.mode, m));
+                    self.machines.len() - 1
+                }
                 Err(e) => {
                     return Observation::outcome_only(
                         Outcome::EngineError(EngineError::from(e).to_string()),
@@ -634,6 +709,8 @@ impl Engine for UnicornEngine {
                 }
             },
         };
-        machine.run(image, side, test, &self.watchdog, self.insn_limit)
+        self.machines[at]
+            .1
+            .run(image, side, test, &self.watchdog, self.insn_limit)
     }
 }

@@ -195,10 +195,69 @@ fn what_a_run_wrote_is_undone_before_the_next() {
 }
 
 #[test]
+fn pages_handed_back_unread_are_what_guest_memory_holds() {
+    // The data and stack pages of a completed run are the test's own
+    // (shared, not read) where the run did not write them: they must be
+    // the bytes Unicorn holds, whatever the run wrote, also through
+    // another linear address of the page (the identity map's alias of a
+    // moved page) or with paging changed.
+    let cfg = Config::UMIP_OFF;
+    let mut e = UnicornEngine::new().unwrap();
+    let (mut shared, mut written) = (0, 0);
+    for mode in [Mode::Prot32, Mode::Long64] {
+        for v in Variant::matrix(mode, &cfg) {
+            let img = GuestImage::build(mode, cfg, v);
+            let mut cases: Vec<Vec<u8>> = vec![
+                vec![0x90],
+                store32(DATA as u32 + 0x20, 7),
+                store32(img.data_phys as u32 + 0x24, 8),
+                store32(img.stack_phys as u32 + 0x28, 9),
+                vec![0x50],                               // push eax / rax
+                vec![0xF3, 0xAA],                         // rep stosb
+                vec![0x0F, 0xAE, 0x05, 0, 0x81, 0, 0],    // fxsave [0x8100] (rip-relative in 64)
+                vec![0x0F, 0x20, 0xD8, 0x0F, 0x22, 0xD8], // mov eax, cr3; mov cr3, eax
+            ];
+            cases.push(store32(DATA as u32 + 0xFFE, 10)); // across the page's end
+            for bytes in &cases {
+                for side in Side::BOTH {
+                    let Some(p) = img.prepare(side, bytes, &NONE) else {
+                        continue;
+                    };
+                    let o = e.run(&img, side, &p);
+                    let Some(u) = o.user else { continue };
+                    let m = &e.machines.iter().find(|(m, _)| *m == mode).unwrap().1;
+                    for (what, page, phys, ours) in [
+                        ("data", &u.data, img.data_phys, &p.data_page),
+                        ("stack", &u.stack, img.stack_phys, &p.stack_page),
+                    ] {
+                        let mut held = vec![0u8; PAGE as usize];
+                        m.uc.mem_read(phys, &mut held).unwrap();
+                        let at = format!("{mode} {} {side} {bytes:02x?} {what}", v.name(&cfg));
+                        assert_eq!(&page[..], &held[..], "{at}");
+                        if Page::same(page, ours) {
+                            shared += 1;
+                        } else if page != ours {
+                            written += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        shared > 0 && written > 0,
+        "{shared} shared, {written} written"
+    );
+}
+
+#[test]
 fn results_do_not_depend_on_the_run_before() {
     // Each case alone on a fresh engine, and all of them in a row on one
     // engine (as a scan's batches run them): the same observations.
     let cfg = Config::UMIP_OFF;
+    let gate = (crate::machine::entry::CALLGATE as u32).to_le_bytes();
+    // mov eax, CALLGATE; jmp eax
+    let jump_to_gate = [vec![0xB8], gate.to_vec(), vec![0xFF, 0xE0]].concat();
     let cases: Vec<Vec<u8>> = vec![
         store32(DATA as u32 + 0x20, 7),
         load32(DATA as u32 + 0x20),
@@ -209,6 +268,18 @@ fn results_do_not_depend_on_the_run_before() {
         vec![0x0F, 0x22, 0xD8],                   // mov cr3, eax
         vec![0xF3, 0xA4],                         // rep movsb
         vec![0xEB, 0xFE],                         // jmp $
+        vec![0x90],
+        // A stray write over a handler's HLT, then a jump there (code
+        // translated from a page that the next run's restore rewrites),
+        // then the jump alone: the HLT is back.
+        [
+            vec![0xC6, 0x05],
+            gate.to_vec(),
+            vec![0x90],
+            jump_to_gate.clone(),
+        ]
+        .concat(),
+        jump_to_gate,
         vec![0x90],
     ];
     let mut shared = UnicornEngine::new().unwrap();

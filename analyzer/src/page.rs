@@ -1,0 +1,133 @@
+//! [`Page`]: the bytes of one page of guest memory (a test's code, data or
+//! stack page, or such a page read back after a run), shared instead of
+//! copied.
+//!
+//! A scan makes some 670,000 runs, and each keeps the data and stack pages
+//! it started from and ended with. Most runs write neither, and most tests
+//! start from the same fill patterns, so a page is a reference-counted
+//! buffer: the harness hands every test the same template, an engine hands
+//! back the test's own page where the run did not write it, and comparing
+//! two handles to one buffer costs nothing ([`Page::same`]). Writing
+//! through a shared page copies it first (copy-on-write), so a page behaves
+//! like the `Vec<u8>` it replaces; it serializes as that `Vec<u8>` did.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+/// Bytes of guest memory, shared by reference count and copied on write.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Page(Arc<[u8]>);
+
+impl Page {
+    /// `len` bytes of `byte`.
+    pub fn filled(byte: u8, len: usize) -> Page {
+        Page(std::iter::repeat_n(byte, len).collect())
+    }
+
+    /// Whether both are the same buffer (so, without looking, equal).
+    pub fn same(a: &Page, b: &Page) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl Deref for Page {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl DerefMut for Page {
+    /// The bytes to write: the page's own, copied first if it is shared.
+    fn deref_mut(&mut self) -> &mut [u8] {
+        if Arc::get_mut(&mut self.0).is_none() {
+            self.0 = Arc::from(&self.0[..]);
+        }
+        Arc::get_mut(&mut self.0).expect("a page just copied has one owner")
+    }
+}
+
+impl AsRef<[u8]> for Page {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Page {
+    fn from(v: Vec<u8>) -> Page {
+        Page(v.into())
+    }
+}
+
+impl From<&[u8]> for Page {
+    fn from(v: &[u8]) -> Page {
+        Page(v.into())
+    }
+}
+
+impl fmt::Debug for Page {
+    /// As the bytes' `Vec<u8>` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0[..], f)
+    }
+}
+
+impl Serialize for Page {
+    /// As the bytes' `Vec<u8>` serializes: a sequence of numbers.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0[..].serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Page {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Page, D::Error> {
+        Vec::<u8>::deserialize(d).map(Page::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_serializes_and_prints_as_its_vec_did() {
+        let v: Vec<u8> = vec![0, 1, 0xff, 7];
+        let p = Page::from(v.clone());
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            serde_json::to_string(&v).unwrap()
+        );
+        assert_eq!(format!("{p:?}"), format!("{v:?}"));
+        assert_eq!(format!("{p:#?}"), format!("{v:#?}"));
+        let back: Page = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(back, p);
+        let hash = |x: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+            use std::hash::Hasher;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            x(&mut h);
+            h.finish()
+        };
+        use std::hash::Hash;
+        assert_eq!(hash(&|h| p.hash(h)), hash(&|h| v.hash(h)));
+    }
+
+    #[test]
+    fn writing_a_shared_page_copies_it_and_leaves_the_other_alone() {
+        let a = Page::filled(0xf4, 16);
+        let mut b = a.clone();
+        assert!(Page::same(&a, &b));
+        b[3] = 1;
+        assert!(!Page::same(&a, &b));
+        assert_eq!(a[3], 0xf4);
+        assert_eq!(b[3], 1);
+        assert_eq!(b.len(), 16);
+        // An unshared page is written in place.
+        let before = b.as_ptr();
+        b[4] = 2;
+        assert_eq!(b.as_ptr(), before);
+        assert_ne!(a, b);
+        assert_eq!(a, Page::from(vec![0xf4; 16]));
+    }
+}
