@@ -179,7 +179,7 @@ mod tests {
         let mut data = vec![0; 0x200];
         data[0x108..0x10a].copy_from_slice(&sel.to_le_bytes());
         let start = UserState {
-            data,
+            data: data.into(),
             ..UserState::default()
         };
         let o: Observation = obs::completed_changing(before, after, start.clone());
