@@ -12,6 +12,8 @@
 //! like the `Vec<u8>` it replaces; it serializes as that `Vec<u8>` did.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -29,6 +31,43 @@ impl Page {
     /// Whether both are the same buffer (so, without looking, equal).
     pub fn same(a: &Page, b: &Page) -> bool {
         Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// `base` with `bytes` written at `at` (panics where they do not fit).
+    /// The same arguments give the same buffer as long as this thread made
+    /// it lately: a test's code page is the same on both sides and in most
+    /// states, so it is made once, not once per run (and an engine that
+    /// loaded it for the last run need not compare it again).
+    pub fn with_bytes_at(base: &Page, at: usize, bytes: &[u8]) -> Page {
+        /// Pages kept per thread before they are all let go.
+        const KEPT: usize = 1024;
+        type Key = (usize, usize, Vec<u8>);
+        thread_local! {
+            /// By (base buffer, offset, bytes): the base, kept alive so
+            /// that its address names it, and the page made from it.
+            static MADE: RefCell<HashMap<Key, (Page, Page)>> = RefCell::new(HashMap::new());
+        }
+        if bytes.is_empty() {
+            return base.clone();
+        }
+        let key = (
+            Arc::as_ptr(&base.0).cast::<u8>() as usize,
+            at,
+            bytes.to_vec(),
+        );
+        MADE.with(|made| {
+            if let Some((_, page)) = made.borrow().get(&key) {
+                return page.clone();
+            }
+            let mut page = base.clone();
+            page[at..at + bytes.len()].copy_from_slice(bytes);
+            let mut made = made.borrow_mut();
+            if made.len() >= KEPT {
+                made.clear();
+            }
+            made.insert(key, (base.clone(), page.clone()));
+            page
+        })
     }
 }
 
@@ -111,6 +150,26 @@ mod tests {
         };
         use std::hash::Hash;
         assert_eq!(hash(&|h| p.hash(h)), hash(&|h| v.hash(h)));
+    }
+
+    #[test]
+    fn bytes_written_at_an_offset_are_made_once() {
+        let base = Page::filled(0xf4, 64);
+        let a = Page::with_bytes_at(&base, 8, &[1, 2, 3]);
+        assert_eq!(&a[6..12], &[0xf4, 0xf4, 1, 2, 3, 0xf4]);
+        assert_eq!(a.len(), 64);
+        assert!(Page::same(&a, &Page::with_bytes_at(&base, 8, &[1, 2, 3])));
+        assert!(!Page::same(&a, &Page::with_bytes_at(&base, 9, &[1, 2, 3])));
+        assert_ne!(a, Page::with_bytes_at(&base, 8, &[1, 2, 4]));
+        let other = Page::filled(0, 64);
+        assert_eq!(Page::with_bytes_at(&other, 8, &[1, 2, 3])[7], 0);
+        assert!(Page::same(&base, &Page::with_bytes_at(&base, 8, &[])));
+        assert_eq!(base[9], 0xf4, "the base is left alone");
+        // Many pages: the oldest are let go, the page is still right.
+        for i in 0..3000u32 {
+            let p = Page::with_bytes_at(&base, 0, &i.to_le_bytes());
+            assert_eq!(&p[..4], &i.to_le_bytes());
+        }
     }
 
     #[test]

@@ -662,19 +662,24 @@ impl GuestImage {
                     .into(),
             ]
         });
-        let [mut code_page, mut data_page, mut stack_page] = TEMPLATES.clone();
+        let [code, mut data_page, mut stack_page] = TEMPLATES.clone();
+        // What differs from the code template: the encoding, patched (a
+        // patch that does not fit the page is left out).
         let at = (TEST_RIP - CODE) as usize;
-        if !bytes.is_empty() {
-            code_page[at..at + bytes.len()].copy_from_slice(bytes);
-        }
+        let mut window = bytes.to_vec();
         for p in &setup.patches {
             let v = self.resolve(side, e, p.value, sentinel).to_le_bytes();
-            let start = at + p.offset as usize;
+            let start = p.offset as usize;
             let n = (p.size as usize).min(8);
-            if let Some(dst) = code_page.get_mut(start..start + n) {
-                dst.copy_from_slice(&v[..n]);
+            if at + start + n <= code.len() {
+                if window.len() < start + n {
+                    let len = window.len();
+                    window.extend_from_slice(&code[at + len..at + start + n]);
+                }
+                window[start..start + n].copy_from_slice(&v[..n]);
             }
         }
+        let code_page = Page::with_bytes_at(&code, at, &window);
         for m in &setup.mem {
             let v = self.resolve(side, e, m.value, sentinel).to_le_bytes();
             let page = match m.region {
