@@ -96,6 +96,44 @@ struct Machine {
     translated_elsewhere: bool,
 }
 
+/// The general registers of `mode` in hardware order (RAX..RDI, then
+/// R8..R15 in long mode; EAX..EDI otherwise, where R8-R15 do not exist).
+fn gpr_registers(mode: Mode) -> &'static [R] {
+    const LONG: [R; 16] = [
+        R::RAX,
+        R::RCX,
+        R::RDX,
+        R::RBX,
+        R::RSP,
+        R::RBP,
+        R::RSI,
+        R::RDI,
+        R::R8,
+        R::R9,
+        R::R10,
+        R::R11,
+        R::R12,
+        R::R13,
+        R::R14,
+        R::R15,
+    ];
+    const LEGACY: [R; 8] = [
+        R::EAX,
+        R::ECX,
+        R::EDX,
+        R::EBX,
+        R::ESP,
+        R::EBP,
+        R::ESI,
+        R::EDI,
+    ];
+    if mode == Mode::Long64 {
+        &LONG
+    } else {
+        &LEGACY
+    }
+}
+
 /// The Unicorn engine.
 pub struct UnicornEngine {
     /// One per mode, in the order first used.
@@ -234,53 +272,13 @@ impl Machine {
     /// a program page sets its `dirty` bit, any other makes memory suspect,
     /// and a change of paging does too).
     fn user_state(&self, image: &GuestImage, test: &Prepared) -> Result<UserState, UnicornError> {
-        let regs: [R; 16] = if image.mode == Mode::Long64 {
-            [
-                R::RAX,
-                R::RCX,
-                R::RDX,
-                R::RBX,
-                R::RSP,
-                R::RBP,
-                R::RSI,
-                R::RDI,
-                R::R8,
-                R::R9,
-                R::R10,
-                R::R11,
-                R::R12,
-                R::R13,
-                R::R14,
-                R::R15,
-            ]
-        } else {
-            [
-                R::EAX,
-                R::ECX,
-                R::EDX,
-                R::EBX,
-                R::ESP,
-                R::EBP,
-                R::ESI,
-                R::EDI,
-                R::INVALID,
-                R::INVALID,
-                R::INVALID,
-                R::INVALID,
-                R::INVALID,
-                R::INVALID,
-                R::INVALID,
-                R::INVALID,
-            ]
-        };
+        let regs = gpr_registers(image.mode);
         let mut gprs = [0u64; 16];
         for (g, r) in gprs.iter_mut().zip(regs) {
-            if r != R::INVALID {
-                *g = self
-                    .uc
-                    .reg_read(r)
-                    .map_err(uc_err("read a general register"))?;
-            }
+            *g = self
+                .uc
+                .reg_read(*r)
+                .map_err(uc_err("read a general register"))?;
         }
         let page = |phys: u64, ours: &Page, action| -> Result<Page, UnicornError> {
             if !self.memory_suspect && self.dirty & (1u64 << (phys / PAGE)) == 0 {
@@ -481,39 +479,10 @@ impl Machine {
             .ctl_remove_cache(code_lin, code_lin + PAGE)
             .map_err(uc_err("remove cached code"))?;
         let long = image.mode == Mode::Long64;
-        let regs: [R; 8] = [
-            R::RAX,
-            R::RCX,
-            R::RDX,
-            R::RBX,
-            R::RSP,
-            R::RBP,
-            R::RSI,
-            R::RDI,
-        ];
-        let regs32: [R; 8] = [
-            R::EAX,
-            R::ECX,
-            R::EDX,
-            R::EBX,
-            R::ESP,
-            R::EBP,
-            R::ESI,
-            R::EDI,
-        ];
-        for i in 0..8 {
-            let r = if long { regs[i] } else { regs32[i] };
+        for (r, v) in gpr_registers(image.mode).iter().zip(test.gprs) {
             self.uc
-                .reg_write(r, test.gprs[i])
+                .reg_write(*r, v)
                 .map_err(uc_err("write a general register"))?;
-        }
-        if long {
-            let hi = [R::R8, R::R9, R::R10, R::R11, R::R12, R::R13, R::R14, R::R15];
-            for (i, r) in hi.into_iter().enumerate() {
-                self.uc
-                    .reg_write(r, test.gprs[8 + i])
-                    .map_err(uc_err("write a general register"))?;
-            }
         }
         *self.uc.get_data_mut() = Events {
             program_pages: [image.linear(CODE), image.linear(DATA), image.linear(STACK)],
