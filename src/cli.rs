@@ -497,14 +497,6 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
 }
 
 /// `holds`, `fails (N violators)`, or `not judged (why)`.
-fn verdict_text(t: &report::Theorems, r: report::TheoremResult) -> String {
-    match t.not_judged() {
-        Some(why) => format!("not judged ({why})"),
-        None if r.holds => "holds".to_string(),
-        None => format!("fails ({} violators)", r.violators),
-    }
-}
-
 /// One line per (mode, configuration): the theorem verdicts and the class counts.
 pub fn summary(rep: &Report) -> String {
     let mut s = String::new();
@@ -514,8 +506,8 @@ pub fn summary(rep: &Report) -> String {
             rep.header.engine,
             t.mode,
             t.config,
-            verdict_text(t, t.theorem1_vmm),
-            verdict_text(t, t.theorem3_hybrid),
+            t.text(t.theorem1_vmm),
+            t.text(t.theorem3_hybrid),
         ));
     }
     s

@@ -40,7 +40,7 @@ pub mod coverage;
 pub mod deviation;
 mod nondeterminism;
 mod privilege;
-mod theorem;
+pub mod theorem;
 
 pub use deviation::engine_deviation;
 

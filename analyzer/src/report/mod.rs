@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
 
+pub use crate::classify::theorem::{TheoremResult, Theorems};
 pub use json::read_report;
 
 /// The name of this tool in report headers.
@@ -55,52 +56,6 @@ pub struct GroupCounts {
     pub config: String,
     /// Class name to count; every class is present.
     pub classes: BTreeMap<String, usize>,
-}
-
-/// Whether a theorem's condition holds, and how many instructions break it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TheoremResult {
-    pub holds: bool,
-    pub violators: usize,
-}
-
-/// The theorem verdicts of one (mode, configuration).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Theorems {
-    pub mode: String,
-    pub config: String,
-    /// Theorem 1: a VMM can be built iff every sensitive instruction is privileged.
-    pub theorem1_vmm: TheoremResult,
-    /// Theorem 3: a hybrid VMM iff every user-sensitive instruction is privileged.
-    pub theorem3_hybrid: TheoremResult,
-    /// Records without a verdict (class `engine-error`, `engine-deviation`
-    /// or `not-judged`): the theorems say nothing about them.
-    pub unjudged: usize,
-    /// Records with a verdict. A theorem never "holds" over none: with no
-    /// judged record (an engine that runs nothing in this mode) both
-    /// theorems are reported as not judged.
-    #[serde(default)]
-    pub judged: usize,
-    /// Why the engine does not model this configuration (Unicorn has no
-    /// CR4.UMIP): then neither theorem is judged, whatever the records say.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_modeled: Option<String>,
-}
-
-impl Theorems {
-    /// Why neither theorem is judged here, if so: the configuration is not
-    /// modeled, or no record has a verdict.
-    pub fn not_judged(&self) -> Option<String> {
-        if let Some(why) = &self.not_modeled {
-            return Some(why.clone());
-        }
-        (self.judged == 0).then(|| {
-            format!(
-                "{} records: engine errors, deviations or states not run",
-                self.unjudged
-            )
-        })
-    }
 }
 
 impl Report {
@@ -150,27 +105,12 @@ impl Report {
                     config: c.clone(),
                     classes,
                 });
-                let pg = group.iter().filter(|r| r.verdict.violates_pg).count();
-                let hy = group.iter().filter(|r| r.verdict.violates_hybrid).count();
-                let unjudged = group.iter().filter(|r| r.verdict.unjudged()).count();
-                let judged = group.len() - unjudged;
-                let not_modeled = crate::engine::unmodeled(engine, c);
-                let judgeable = judged > 0 && not_modeled.is_none();
-                theorems.push(Theorems {
-                    mode: m.name().into(),
-                    config: c.clone(),
-                    theorem1_vmm: TheoremResult {
-                        holds: pg == 0 && judgeable,
-                        violators: pg,
-                    },
-                    theorem3_hybrid: TheoremResult {
-                        holds: hy == 0 && judgeable,
-                        violators: hy,
-                    },
-                    unjudged,
-                    judged,
-                    not_modeled,
-                });
+                theorems.push(Theorems::judge(
+                    *m,
+                    c,
+                    group.iter().map(|r| &r.verdict),
+                    crate::engine::unmodeled(engine, c),
+                ));
             }
         }
         Report {
