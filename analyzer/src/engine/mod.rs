@@ -13,6 +13,7 @@ pub mod fake;
 pub mod features;
 pub mod kvm;
 pub mod unicorn;
+pub(crate) mod watchdog;
 
 /// Runs tests. A fault of the instruction under test is an `Outcome`, never
 /// an error; an engine failure is `Outcome::EngineError`.

@@ -102,9 +102,8 @@ impl KvmEngine {
     ) -> Result<Ending, KvmError> {
         let start = Instant::now();
         let deadline = start + TIME_LIMIT;
-        self.watchdog.arm(deadline);
-        let result = run_loop(&mut self.guest.vcpu, deadline);
-        self.watchdog.disarm();
+        let vcpu = &mut self.guest.vcpu;
+        let result = self.watchdog.run(deadline, || run_loop(vcpu, deadline));
         match result? {
             Exit::Hlt => self.on_hlt(image, test),
             Exit::Ended(o) => Ok(Ending::only(o)),

@@ -1,11 +1,11 @@
-//! The watchdog: a thread per engine that sends a real-time signal to the
-//! vCPU thread while a run is past its deadline, so that `KVM_RUN` returns
-//! EINTR. The engine's signal `unsafe` (sigaction, pthread_kill,
+//! The watchdog's interrupt for KVM: the shared watchdog
+//! ([`crate::engine::watchdog`]) sends a real-time signal to the vCPU thread
+//! while a run is past its deadline, so that `KVM_RUN` returns EINTR. The engine's signal `unsafe` (sigaction, pthread_kill,
 //! pthread_self) lives here.
 
 use super::KvmError;
-use std::sync::{Arc, Condvar, Mutex, Once};
-use std::thread::JoinHandle;
+use crate::engine::watchdog::{self, Interrupt};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// The real-time signal the watchdog sends to interrupt KVM_RUN.
@@ -62,86 +62,42 @@ fn install_signal_handler() -> Result<(), KvmError> {
     }
 }
 
-#[derive(Default)]
-struct WatchState {
-    /// Deadline and the thread running the vCPU, while a run is under way.
-    armed: Option<(Instant, libc::pthread_t)>,
-    quit: bool,
+/// Interrupts `KVM_RUN` on a vCPU thread: the watchdog signal, sent again
+/// every 5 ms while the run is armed (one that arrives just before KVM_RUN
+/// enters the guest is followed by another).
+#[derive(Clone, Copy)]
+struct Signal(libc::pthread_t);
+
+impl Interrupt for Signal {
+    fn interrupt(&self) {
+        // SAFETY: the thread is the vCPU thread, which armed the watchdog
+        // and disarms it (under the lock the watchdog holds while calling
+        // this) before it leaves the run, so it is alive; the signal has a
+        // handler installed for the process (`install_signal_handler`).
+        unsafe {
+            libc::pthread_kill(self.0, watchdog_signal());
+        }
+    }
+
+    fn again(&self) -> Option<Duration> {
+        Some(Duration::from_millis(5))
+    }
 }
 
-type WatchShared = Arc<(Mutex<WatchState>, Condvar)>;
-
-/// A thread that signals the vCPU thread while a run is past its deadline
-/// (repeatedly, so a signal that arrives just before KVM_RUN enters the
-/// guest is followed by another).
-pub(super) struct Watchdog {
-    shared: WatchShared,
-    thread: Option<JoinHandle<()>>,
-}
+/// The engine's watchdog: the shared one, interrupting with the signal.
+pub(super) struct Watchdog(watchdog::Watchdog<Signal>);
 
 impl Watchdog {
     pub(super) fn new() -> Result<Watchdog, KvmError> {
         install_signal_handler()?;
-        let shared: WatchShared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
-        let s = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("kvm-watchdog".into())
-            .spawn(move || Watchdog::serve(&s))
-            .map_err(KvmError::StartWatchdog)?;
-        Ok(Watchdog {
-            shared,
-            thread: Some(thread),
-        })
+        watchdog::Watchdog::new("kvm-watchdog")
+            .map(Watchdog)
+            .map_err(KvmError::StartWatchdog)
     }
 
-    fn serve(shared: &WatchShared) {
-        let (lock, cv) = &**shared;
-        let Ok(mut st) = lock.lock() else { return };
-        loop {
-            if st.quit {
-                return;
-            }
-            let wait = match st.armed {
-                None => None,
-                Some((deadline, thread)) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        // SAFETY: `thread` is the vCPU thread, which armed
-                        // the watchdog and disarms it (under this lock)
-                        // before it leaves the run, so it is alive; the
-                        // signal has a handler installed for the process.
-                        unsafe {
-                            libc::pthread_kill(thread, watchdog_signal());
-                        }
-                        Some(Duration::from_millis(5))
-                    } else {
-                        Some(deadline - now)
-                    }
-                }
-            };
-            st = match wait {
-                None => match cv.wait(st) {
-                    Ok(g) => g,
-                    Err(_) => return,
-                },
-                Some(d) => match cv.wait_timeout(st, d) {
-                    Ok((g, _)) => g,
-                    Err(_) => return,
-                },
-            };
-        }
-    }
-
-    fn set(&self, armed: Option<(Instant, libc::pthread_t)>) {
-        let (lock, cv) = &*self.shared;
-        if let Ok(mut st) = lock.lock() {
-            st.armed = armed;
-        }
-        cv.notify_all();
-    }
-
-    /// Signals the calling thread from `deadline` on, until [`Watchdog::disarm`].
-    pub(super) fn arm(&self, deadline: Instant) {
+    /// Runs `f` on the calling thread (the vCPU thread) under the deadline:
+    /// past it, the thread is signalled until `f` returns.
+    pub(super) fn run<R>(&self, deadline: Instant, f: impl FnOnce() -> R) -> R {
         thread_local! {
             static UNBLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         }
@@ -154,24 +110,9 @@ impl Watchdog {
         });
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        self.set(Some((deadline, me)));
-    }
-
-    pub(super) fn disarm(&self) {
-        self.set(None);
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let (lock, cv) = &*self.shared;
-        if let Ok(mut st) = lock.lock() {
-            st.armed = None;
-            st.quit = true;
-        }
-        cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let armed = self.0.arm(deadline, Signal(me));
+        let result = f();
+        armed.disarm();
+        result
     }
 }

@@ -1,12 +1,12 @@
 //! The raw Unicorn boundary: creating an instance with its hooks (what they
 //! record is [`Events`]), the registers Unicorn's C API takes as structs,
-//! the version, and the watchdog that stops a running emulation from its
-//! own thread. Every `unsafe` block of the Unicorn engine is here.
+//! the version, and how the shared watchdog ([`crate::engine::watchdog`])
+//! stops a running emulation from its own thread. Every `unsafe` block of the Unicorn engine is here.
 
 use super::{uc_err, UnicornError};
+use crate::engine::watchdog;
 use crate::machine::{CODE, MEM_SIZE, PAGE};
 use crate::mode::Mode;
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use unicorn_engine::{
     uc_error, uc_x86_mmr, uc_x86_msr, Arch, HookType, Mode as UcMode, Prot, RegisterX86 as R,
@@ -180,9 +180,6 @@ pub(super) fn version() -> String {
     format!("unicorn {major}.{minor}")
 }
 
-/// How often the watchdog looks at the running emulation.
-const WATCH_PERIOD: Duration = Duration::from_millis(20);
-
 /// A Unicorn handle the watchdog may stop.
 #[derive(Clone, Copy)]
 struct StopHandle(*mut unicorn_engine::uc_engine);
@@ -197,63 +194,41 @@ struct StopHandle(*mut unicorn_engine::uc_engine);
 // gone.
 unsafe impl Send for StopHandle {}
 
-#[derive(Default)]
-struct WatchState {
-    armed: Option<(Instant, StopHandle)>,
-    fired: bool,
-    quit: bool,
+impl watchdog::Interrupt for StopHandle {
+    fn interrupt(&self) {
+        // SAFETY: see `StopHandle`: the watchdog calls this only while
+        // armed, that is while an emulation of this live instance runs, and
+        // it cannot be disarmed while the watchdog holds its lock.
+        unsafe { unicorn_engine::uc_emu_stop(self.0) };
+    }
+
+    fn again(&self) -> Option<Duration> {
+        // A stop request is not lost: once is enough.
+        None
+    }
 }
 
-/// One thread per engine that stops an emulation running past its deadline.
+/// The engine's watchdog: the shared one, stopping the emulation.
 pub(super) struct Watchdog {
-    shared: Arc<(Mutex<WatchState>, Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    dog: watchdog::Watchdog<StopHandle>,
     limit: Duration,
 }
 
 impl Watchdog {
     pub(super) fn new(limit: Duration) -> Result<Watchdog, UnicornError> {
-        let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
-        let s = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("unicorn-watchdog".into())
-            .spawn(move || {
-                let (lock, wake) = &*s;
-                let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-                while !st.quit {
-                    if let Some((deadline, handle)) = st.armed {
-                        if Instant::now() >= deadline {
-                            // SAFETY: see `StopHandle`: armed means an
-                            // emulation of this live instance is running, and
-                            // it cannot be disarmed while this lock is held.
-                            unsafe { unicorn_engine::uc_emu_stop(handle.0) };
-                            st.fired = true;
-                            st.armed = None;
-                        }
-                    }
-                    st = wake
-                        .wait_timeout(st, WATCH_PERIOD)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0);
-                }
-            })
-            .map_err(UnicornError::StartWatchdog)?;
         Ok(Watchdog {
-            shared,
-            thread: Some(thread),
+            dog: watchdog::Watchdog::new("unicorn-watchdog")
+                .map_err(UnicornError::StartWatchdog)?,
             limit,
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, WatchState> {
-        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Runs the emulation of `uc` from `begin` until `until` (at most
-    /// `count` instructions, 0: no count) under the deadline: what
-    /// `emu_start` returned, and whether the watchdog stopped it. The
-    /// watchdog is armed only while `emu_start` runs (disarmed even if it
-    /// unwinds), which is what makes its stop sound (see `StopHandle`).
+    /// `count` instructions, 0: no count) under the deadline (`patience`
+    /// times the limit): what `emu_start` returned, and whether the watchdog
+    /// stopped it. The watchdog is armed only while `emu_start` runs
+    /// (disarmed even if it unwinds), which is what makes its stop sound
+    /// (see `StopHandle`).
     pub(super) fn emu_start(
         &self,
         uc: &mut Uc,
@@ -262,34 +237,11 @@ impl Watchdog {
         count: usize,
         patience: u32,
     ) -> (Result<(), uc_error>, bool) {
-        /// Disarms when dropped.
-        struct Armed<'a>(&'a Watchdog);
-        impl Drop for Armed<'_> {
-            fn drop(&mut self) {
-                self.0.state().armed = None;
-            }
-        }
-        {
-            let mut st = self.state();
-            st.armed = Some((
-                Instant::now() + self.limit * patience,
-                StopHandle(uc.get_handle()),
-            ));
-            st.fired = false;
-        }
-        let armed = Armed(self);
+        let armed = self.dog.arm(
+            Instant::now() + self.limit * patience,
+            StopHandle(uc.get_handle()),
+        );
         let result = uc.emu_start(begin, until, 0, count);
-        drop(armed);
-        (result, self.state().fired)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.state().quit = true;
-        self.shared.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        (result, armed.disarm())
     }
 }

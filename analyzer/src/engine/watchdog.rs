@@ -1,0 +1,198 @@
+//! The one watchdog every engine uses: a thread per engine that, once a run
+//! is past its deadline, interrupts it through the engine's own means (an
+//! [`Interrupt`]: Unicorn stops the emulation, KVM signals the vCPU thread so
+//! that `KVM_RUN` returns). The engine arms it right before the run and
+//! disarms it right after; the interrupt is only ever called while armed and
+//! with the watchdog's lock held, and disarming takes that lock, so an
+//! interrupt never reaches a run that has ended. A run that ends in time
+//! costs no wake-up of the thread (it sleeps until the deadline it knows of).
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How an engine interrupts its running run.
+pub(crate) trait Interrupt: Copy + Send + 'static {
+    /// Interrupts the run. Called only while armed, with the lock held.
+    fn interrupt(&self);
+    /// Interrupt again this long after, while still armed (a signal may
+    /// arrive just before the run enters the guest); `None`: once is enough.
+    fn again(&self) -> Option<Duration>;
+}
+
+struct State<I> {
+    /// The deadline and how to interrupt, while a run is under way.
+    armed: Option<(Instant, I)>,
+    /// The watchdog interrupted the run armed last.
+    fired: bool,
+    /// The thread waits for no deadline: arming must wake it. (Otherwise
+    /// it wakes at the deadline it waits for and looks again, so a run that
+    /// ends in time costs the thread nothing.)
+    idle: bool,
+    quit: bool,
+}
+
+type Shared<I> = Arc<(Mutex<State<I>>, Condvar)>;
+
+/// A thread that interrupts a run past its deadline.
+pub(crate) struct Watchdog<I: Interrupt> {
+    shared: Shared<I>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<I: Interrupt> Watchdog<I> {
+    /// Starts the watchdog thread, named `name`.
+    pub(crate) fn new(name: &str) -> std::io::Result<Watchdog<I>> {
+        let shared: Shared<I> = Arc::new((
+            Mutex::new(State {
+                armed: None,
+                fired: false,
+                idle: false,
+                quit: false,
+            }),
+            Condvar::new(),
+        ));
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve(&s))?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State<I>> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Interrupts with `how` from `deadline` on, until the returned guard
+    /// is dropped (also when the run unwinds).
+    pub(crate) fn arm(&self, deadline: Instant, how: I) -> Armed<'_, I> {
+        let idle = {
+            let mut st = self.state();
+            st.armed = Some((deadline, how));
+            st.fired = false;
+            st.idle
+        };
+        if idle {
+            self.shared.1.notify_all();
+        }
+        Armed(self)
+    }
+}
+
+/// An armed watchdog; dropping it disarms.
+pub(crate) struct Armed<'w, I: Interrupt>(&'w Watchdog<I>);
+
+impl<I: Interrupt> Armed<'_, I> {
+    /// Disarms and says whether the watchdog interrupted the run.
+    pub(crate) fn disarm(self) -> bool {
+        let fired = {
+            let mut st = self.0.state();
+            st.armed = None;
+            st.fired
+        };
+        // Dropping disarms again, which is harmless.
+        drop(self);
+        fired
+    }
+}
+
+impl<I: Interrupt> Drop for Armed<'_, I> {
+    fn drop(&mut self) {
+        self.0.state().armed = None;
+    }
+}
+
+fn serve<I: Interrupt>(shared: &Shared<I>) {
+    let (lock, wake) = &**shared;
+    let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+    while !st.quit {
+        let wait = match st.armed {
+            None => None,
+            Some((deadline, how)) => {
+                let now = Instant::now();
+                if now < deadline {
+                    Some(deadline - now)
+                } else {
+                    how.interrupt();
+                    st.fired = true;
+                    let again = how.again();
+                    if again.is_none() {
+                        st.armed = None;
+                    }
+                    again
+                }
+            }
+        };
+        st.idle = wait.is_none();
+        st = match wait {
+            None => wake.wait(st).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => wake
+                .wait_timeout(st, d)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0),
+        };
+        st.idle = false;
+    }
+}
+
+impl<I: Interrupt> Drop for Watchdog<I> {
+    fn drop(&mut self) {
+        {
+            let mut st = self.state();
+            st.armed = None;
+            st.quit = true;
+        }
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Clone, Copy)]
+    struct Count(Option<Duration>);
+    impl Interrupt for Count {
+        fn interrupt(&self) {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+        }
+        fn again(&self) -> Option<Duration> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn interrupts_only_past_the_deadline_and_as_often_as_asked() {
+        let dog = Watchdog::<Count>::new("test-watchdog").expect("thread");
+        // A run that ends before its deadline is not interrupted.
+        let armed = dog.arm(Instant::now() + Duration::from_secs(60), Count(None));
+        assert!(!armed.disarm());
+        assert_eq!(CALLS.load(Ordering::SeqCst), 0);
+        // Past the deadline: once, then disarmed by the watchdog itself.
+        let armed = dog.arm(Instant::now(), Count(None));
+        while CALLS.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(armed.disarm());
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+        // Repeating: again and again until disarmed, then never more.
+        let armed = dog.arm(Instant::now(), Count(Some(Duration::from_millis(1))));
+        while CALLS.load(Ordering::SeqCst) < 4 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(armed.disarm());
+        let after = CALLS.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(CALLS.load(Ordering::SeqCst), after);
+    }
+}
