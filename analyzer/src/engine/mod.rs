@@ -12,6 +12,7 @@ pub(crate) mod conformance;
 pub mod fake;
 pub mod features;
 pub mod kvm;
+pub(crate) mod shadow;
 pub mod unicorn;
 pub(crate) mod watchdog;
 

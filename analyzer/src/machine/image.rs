@@ -122,6 +122,29 @@ pub mod msr {
 pub const USER_GATES: [u8; 3] = [3, 4, 0x80];
 
 impl GuestImage {
+    /// The test's own pages and where they go: code, data and stack. What
+    /// every engine writes before a run, on top of the image.
+    pub fn test_pages<'t>(&self, test: &'t Prepared) -> [(u64, &'t Page); 3] {
+        [
+            (self.code_phys, &test.code_page),
+            (self.data_phys, &test.data_page),
+            (self.stack_phys, &test.stack_page),
+        ]
+    }
+
+    /// What the page at `phys` holds when `test` starts: the test's own
+    /// page, or the image's bytes (an engine restores a page it may have
+    /// dirtied from this).
+    pub fn page_for<'a>(&'a self, phys: u64, test: &'a Prepared) -> &'a [u8] {
+        match self.test_pages(test).into_iter().find(|(p, _)| *p == phys) {
+            Some((_, page)) => page,
+            None => {
+                let p = phys as usize;
+                &self.memory[p..p + PAGE as usize]
+            }
+        }
+    }
+
     /// Builds the whole guest for a mode, configuration and variant.
     pub fn build(mode: Mode, config: Config, variant: Variant) -> GuestImage {
         use super::descriptors::*;

@@ -7,10 +7,12 @@
 //! The engine's memory `unsafe` lives here: the mapping, the slices over it,
 //! handing it to KVM, and unmapping it after KVM is done with it.
 
-use super::{ImageKey, KvmError};
+use super::KvmError;
+use crate::engine::shadow::Shadow;
 use crate::machine::{GuestImage, Prepared, MEM_SIZE, PAGE};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::convert::Infallible;
 
 /// The bytes of guest physical memory at `phys`, if all of them exist.
 pub(super) fn bytes_at(mem: &[u8], phys: u64, len: usize) -> Option<&[u8]> {
@@ -85,9 +87,8 @@ pub(super) struct Guest {
     pub(super) vcpu: VcpuFd,
     vm: VmFd,
     mem: Mapping,
-    /// Guest memory as the last image left it (to write only changed pages).
-    loaded: Vec<u8>,
-    loaded_key: Option<ImageKey>,
+    /// Guest memory as the engine last wrote it (to write only changed pages).
+    shadow: Shadow,
     /// Whether KVM logs the pages the guest dirties (then every one of them
     /// is restored, not only the image's `restore_pages`).
     pub(super) dirty_log: bool,
@@ -125,8 +126,7 @@ impl Guest {
             vcpu,
             vm,
             mem,
-            loaded: vec![0; MEM_SIZE as usize],
-            loaded_key: None,
+            shadow: Shadow::new(),
             dirty_log,
         })
     }
@@ -157,7 +157,7 @@ impl Guest {
                 let start = (w * 64 + b) * host_page;
                 let end = (start + host_page).min(guest.len());
                 if start < end {
-                    guest[start..end].copy_from_slice(&self.loaded[start..end]);
+                    guest[start..end].copy_from_slice(self.shadow.bytes(start, end));
                 }
             }
         }
@@ -165,44 +165,37 @@ impl Guest {
 
     /// Makes guest memory equal to the image's, writing only changed pages.
     pub(super) fn load(&mut self, image: &GuestImage) {
-        let key = (image.mode, image.config, image.variant);
-        if self.loaded_key == Some(key) {
+        if self.shadow.holds(image) {
             return;
         }
         let guest = self.mem.slice_mut();
-        for ((new, old), g) in image
-            .memory
-            .chunks(PAGE as usize)
-            .zip(self.loaded.chunks_mut(PAGE as usize))
-            .zip(guest.chunks_mut(PAGE as usize))
-        {
-            if new != old {
-                g.copy_from_slice(new);
-                old.copy_from_slice(new);
-            }
-        }
-        self.loaded_key = Some(key);
+        let _ = self.shadow.load(image, |_| false, write_into(guest));
     }
 
     /// Restores the pages an instruction may dirty and writes the test's own.
     pub(super) fn restore(&mut self, image: &GuestImage, test: &Prepared) {
         let guest = self.mem.slice_mut();
+        let mut write = write_into(guest);
         for &page in &image.restore_pages {
-            let p = page as usize;
-            let bytes: &[u8] = if page == image.code_phys {
-                &test.code_page
-            } else if page == image.data_phys {
-                &test.data_page
-            } else if page == image.stack_phys {
-                &test.stack_page
-            } else {
-                &image.memory[p..p + PAGE as usize]
-            };
-            if let Some(dst) = guest.get_mut(p..p + PAGE as usize) {
-                dst.copy_from_slice(bytes);
-            }
-            self.loaded[p..p + PAGE as usize].copy_from_slice(bytes);
+            let _ = self.shadow.put(
+                page,
+                image.page_for(page, test),
+                true,
+                PAGE as usize,
+                &mut write,
+            );
         }
+    }
+}
+
+/// Writes into guest memory at a physical address (never past its end).
+fn write_into(guest: &mut [u8]) -> impl FnMut(u64, &[u8]) -> Result<(), Infallible> + '_ {
+    move |at, bytes| {
+        let at = at as usize;
+        if let Some(dst) = guest.get_mut(at..at + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+        Ok(())
     }
 }
 

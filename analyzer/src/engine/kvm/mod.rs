@@ -140,7 +140,7 @@ pub enum KvmError {
     PageOutside { page: &'static str, phys: u64 },
 }
 
-type ImageKey = (Mode, Config, Variant);
+use crate::engine::shadow::ImageKey;
 
 /// How a run ended, before it is turned into an observation.
 struct Ending {

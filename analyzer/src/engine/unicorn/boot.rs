@@ -7,7 +7,7 @@
 
 use super::ffi::{self, Events};
 use super::{uc_err, Machine, UnicornError};
-use crate::machine::{EntryState, GuestImage, SegDesc, KSTACK_TOP, PAGE};
+use crate::machine::{EntryState, GuestImage, SegDesc, KSTACK_TOP};
 use crate::mode::Mode;
 use crate::observe::{Side, SystemState};
 use unicorn_engine::{uc_x86_mmr, Context, RegisterX86 as R};
@@ -24,33 +24,25 @@ impl Machine {
     /// into the same image and no code was translated outside the code
     /// page (see `translated_elsewhere`).
     pub(super) fn load(&mut self, image: &GuestImage) -> Result<(), UnicornError> {
-        let key = (image.mode, image.config, image.variant);
-        let same = self.loaded_key == Some(key);
+        let same = self.shadow.holds(image);
         if same && !self.memory_suspect {
             return Ok(());
         }
         let all = std::mem::take(&mut self.memory_suspect);
         self.shown = [None, None, None];
-        for (i, (new, old)) in image
-            .memory
-            .chunks(PAGE as usize)
-            .zip(self.loaded.chunks_mut(PAGE as usize))
-            .enumerate()
-        {
-            if all || new != old || self.dirty & (1 << i) != 0 {
-                self.uc
-                    .mem_write(i as u64 * PAGE, new)
-                    .map_err(uc_err("write guest memory"))?;
-                old.copy_from_slice(new);
-                self.dirty &= !(1 << i);
-            }
-        }
+        let (uc, dirty) = (&mut self.uc, self.dirty);
+        self.shadow.load(
+            image,
+            |i| all || dirty & (1 << i) != 0,
+            |at, b| uc.mem_write(at, b).map_err(uc_err("write guest memory")),
+        )?;
+        // Every dirty page was written.
+        self.dirty = 0;
         if !same || self.translated_elsewhere {
             let _ = self.uc.ctl_flush_tb();
             self.translated_elsewhere = false;
         }
         let _ = self.uc.ctl_flush_tlb();
-        self.loaded_key = Some(key);
         Ok(())
     }
 

@@ -20,11 +20,11 @@ mod ffi;
 mod tests;
 
 use super::{Engine, EngineError};
+use crate::engine::shadow::Shadow;
 use crate::machine::image::msr;
 use crate::machine::landing::{landing, Landing, Stop};
-use crate::machine::Variant;
 use crate::machine::{GuestImage, Prepared, CODE, DATA, MEM_SIZE, PAGE, STACK};
-use crate::mode::{Config, Mode};
+use crate::mode::Mode;
 use crate::observe::{
     Observation, Outcome, Page, Segment, Side, SystemState, TableReg, TransferKind, UserState,
     SYS_FLAGS_MASK, USER_FLAGS_MASK,
@@ -53,7 +53,7 @@ const _: () = assert!(PAGES <= 64);
 /// back to what it must hold.
 const RESTORE_CHUNK: usize = 256;
 
-type ImageKey = (Mode, Config, Variant);
+use crate::engine::shadow::ImageKey;
 
 /// What booting a side gave: the context at the test's first byte and the
 /// system state read there, or why it failed.
@@ -62,8 +62,7 @@ type Booted = Result<(Context, SystemState), UnicornError>;
 struct Machine {
     uc: Uc,
     /// Physical memory as last written, to write only the pages that change.
-    loaded: Vec<u8>,
-    loaded_key: Option<ImageKey>,
+    shadow: Shadow,
     /// Context at the test's first byte, and the system state read there.
     contexts: HashMap<(ImageKey, Side), Rc<Booted>>,
     /// The entry of `contexts` each side used last (supervisor, user): a
@@ -198,8 +197,7 @@ impl Machine {
             .map_err(uc_err("save the reset context"))?;
         Ok(Machine {
             uc,
-            loaded: vec![0; MEM_SIZE as usize],
-            loaded_key: None,
+            shadow: Shadow::new(),
             contexts: HashMap::new(),
             recent: [None, None],
             reset,
@@ -425,47 +423,19 @@ impl Machine {
         // them (stacks, tables) hold the image's bytes already, since any
         // guest store to them made memory suspect and `load` rewrote it.
         // A page that holds this very test page (`shown`) is not compared.
-        for (i, (page, bytes)) in [
-            (image.code_phys, &test.code_page),
-            (image.data_phys, &test.data_page),
-            (image.stack_phys, &test.stack_page),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let p = page as usize;
+        for (i, (page, bytes)) in image.test_pages(test).into_iter().enumerate() {
             let bit = 1u64 << (page / PAGE);
-            let old = &mut self.loaded[p..p + PAGE as usize];
-            if self.dirty & bit == 0 && self.shown[i].as_ref().is_some_and(|s| Page::same(s, bytes))
-            {
+            let stale = self.dirty & bit != 0;
+            if !stale && self.shown[i].as_ref().is_some_and(|s| Page::same(s, bytes)) {
                 continue;
             }
             self.shown[i] = None;
-            if self.dirty & bit != 0 {
-                self.uc
-                    .mem_write(page, bytes)
-                    .map_err(uc_err("write a test page"))?;
-                old.copy_from_slice(bytes);
-                self.dirty &= !bit;
-                self.shown[i] = Some(bytes.clone());
-                continue;
-            }
-            if old == &bytes[..] {
-                self.shown[i] = Some(bytes.clone());
-                continue;
-            }
-            for (k, (new, was)) in bytes
-                .chunks(RESTORE_CHUNK)
-                .zip(old.chunks_mut(RESTORE_CHUNK))
-                .enumerate()
-            {
-                if new != was {
-                    self.uc
-                        .mem_write(page + (k * RESTORE_CHUNK) as u64, new)
-                        .map_err(uc_err("write a test page"))?;
-                    was.copy_from_slice(new);
-                }
-            }
+            let uc = &mut self.uc;
+            self.shadow
+                .put(page, bytes, stale, RESTORE_CHUNK, |at, b| {
+                    uc.mem_write(at, b).map_err(uc_err("write a test page"))
+                })?;
+            self.dirty &= !bit;
             self.shown[i] = Some(bytes.clone());
         }
         self.uc

@@ -2,7 +2,8 @@
 //! booting every variant, restoring what a run wrote, the limits.
 
 use super::*;
-use crate::machine::{Setup, DATA, GDT, MOVED_TABLES, STACK, STACK_PTR};
+use crate::machine::{Setup, Variant, DATA, GDT, MOVED_TABLES, STACK, STACK_PTR};
+use crate::mode::Config;
 use crate::observe::Outcome;
 use std::time::Instant;
 
