@@ -150,6 +150,10 @@ pub struct ViolatorsArgs {
     /// Worker threads for a fresh scan (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
+    /// One line per form (mode, configuration, form, why, the deciding
+    /// evidence) instead of one per mnemonic.
+    #[arg(long)]
+    pub forms: bool,
 }
 
 #[derive(Debug, Args)]
@@ -560,7 +564,11 @@ fn cmd_violators(a: ViolatorsArgs) -> Result<ExitCode> {
         }
     };
     let found = violators::violators(&records, a.mode, config.as_deref());
-    out!("{}", violators::render_violators(&found));
+    if a.forms {
+        out!("{}", violators::render_violators(&found));
+    } else if !found.is_empty() {
+        out!("{}", violators::render_groups(&found));
+    }
     // Violators are what this command exists to report: 1 when there are any.
     Ok(if found.is_empty() {
         ExitCode::SUCCESS

@@ -118,7 +118,10 @@ mod tests {
         page[100] ^= 1;
         shadow.put(CODE, &page, false, 64, log).unwrap();
         assert_eq!(take(), vec![(CODE + 64, 64)]);
-        assert_eq!(shadow.bytes(CODE as usize, (CODE + PAGE) as usize), &page[..]);
+        assert_eq!(
+            shadow.bytes(CODE as usize, (CODE + PAGE) as usize),
+            &page[..]
+        );
         shadow.put(CODE, &page, true, 64, log).unwrap();
         assert_eq!(take(), vec![(CODE, PAGE as usize)]);
     }
