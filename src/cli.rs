@@ -11,6 +11,7 @@ use analyzer::record::Record;
 use analyzer::report::{self, Format, Report};
 use analyzer::scan::{self, ScanPlan};
 use analyzer::truth::{self, Facts, Status, Tally};
+use analyzer::vectors;
 use analyzer::violators;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -65,6 +66,10 @@ pub enum Command {
     Diff(DiffArgs),
     /// List the engines, their versions, and why one is not available.
     Engines,
+    /// Write portable test vectors (schema popek-tv/1, docs/test-vectors.md) of the selected instructions.
+    Vectors(VectorsArgs),
+    /// Run test vectors on an engine; exit 1 if a run differs from the vector.
+    Replay(ReplayArgs),
 }
 
 /// `on` or `off`.
@@ -154,6 +159,38 @@ pub struct ViolatorsArgs {
     /// evidence) instead of one per mnemonic.
     #[arg(long)]
     pub forms: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VectorsArgs {
+    /// Engine: unicorn, kvm, a comma-separated list, or all (each engine's view goes into every vector).
+    #[arg(long, default_value = "unicorn")]
+    pub engine: String,
+    /// Modes, comma-separated: real, 16, 32, 64.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64", value_parser = parse_mode)]
+    pub mode: Vec<Mode>,
+    /// Configurations, comma-separated (settings joined by ':').
+    #[arg(long, value_delimiter = ',', default_value = "umip=off,umip=on", value_parser = parse_config)]
+    pub config: Vec<Config>,
+    /// Only these instructions (mnemonics or iced Code names), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// The directory to write (a previous vector directory there is replaced;
+    /// any other non-empty directory is refused).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write `.json.gz` files instead of `.json`.
+    #[arg(long)]
+    pub gzip: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A directory of test vectors (or one vector file).
+    pub dir: PathBuf,
+    /// The engine to run them on.
+    #[arg(long, default_value = "unicorn")]
+    pub engine: String,
 }
 
 #[derive(Debug, Args)]
@@ -247,7 +284,84 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Violators(a) => cmd_violators(a),
         Command::Diff(a) => cmd_diff(a),
         Command::Engines => cmd_engines(),
+        Command::Vectors(a) => cmd_vectors(a),
+        Command::Replay(a) => cmd_replay(a),
     }
+}
+
+fn cmd_vectors(a: VectorsArgs) -> Result<ExitCode> {
+    let kinds = parse_engines(&a.engine)?;
+    no_repeats("--mode", &a.mode)?;
+    let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
+    no_repeats("--config", &config_names)?;
+    let plan = ScanPlan {
+        modes: a.mode.clone(),
+        configs: a.config.clone(),
+        only: a.only.clone(),
+    };
+    let selected = select_entries(&plan)?;
+    let mut probers = Vec::new();
+    for kind in kinds {
+        match Prober::open(Arc::new(move || engine::open(kind))) {
+            Ok(p) => probers.push(p),
+            Err(err) if is_all(&a.engine) => eprintln!("popek: skipping engine {kind}: {err}"),
+            Err(err) => return Err(err).with_context(|| format!("cannot open engine {kind}")),
+        }
+    }
+    if probers.is_empty() {
+        bail!("no engine could run the vectors");
+    }
+    let mut w = vectors::DirWriter::new(&a.out, a.gzip)?;
+    vectors::generate(
+        &selected,
+        &plan.configs,
+        &mut probers,
+        |v| w.add(&v),
+        std::io::stderr().is_terminal(),
+    )?;
+    let n = w.commit()?;
+    eprintln!("popek: {n} test vectors written to {}", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_replay(a: ReplayArgs) -> Result<ExitCode> {
+    let kinds = parse_engines(&a.engine)?;
+    let [kind] = kinds[..] else {
+        bail!("--engine: replay runs on one engine (unicorn or kvm)");
+    };
+    let files = if a.dir.is_file() {
+        vec![a.dir.clone()]
+    } else {
+        vectors::list_dir(&a.dir)?
+    };
+    // Every file is read (and its schema checked) before anything runs.
+    let vecs = files
+        .iter()
+        .map(|f| vectors::read_file(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut prober = Prober::open(Arc::new(move || engine::open(kind)))
+        .with_context(|| format!("cannot open engine {kind}"))?;
+    let mut catalogs = std::collections::BTreeMap::new();
+    let mut mismatched = 0usize;
+    for (f, v) in files.iter().zip(&vecs) {
+        let lines = vectors::replay_one(v, &mut prober, &mut catalogs)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        if !lines.is_empty() {
+            mismatched += 1;
+        }
+        for l in lines {
+            outln!("{}: {l}", f.display());
+        }
+    }
+    eprintln!(
+        "popek: {} vectors replayed on {kind}, {mismatched} with mismatches",
+        vecs.len()
+    );
+    Ok(if mismatched == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {

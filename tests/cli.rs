@@ -405,3 +405,84 @@ fn a_closed_pipe_ends_output_quietly() {
     );
     assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
 }
+
+#[test]
+fn vectors_replay_clean_and_a_tampered_vector_is_caught() {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("tv");
+    let out_s = out.to_str().expect("utf-8");
+    let o = popek(&[
+        "vectors", "--mode", "32", "--config", "umip=off", "--only", "sgdt,hlt", "--out", out_s,
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("3 test vectors written"), "{err}");
+    let file = out.join("32/umip=off/Sgdt_m1632.json");
+    let o = popek(&["replay", out_s, "--engine", "unicorn"]);
+    let (stdout, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{stdout}{err}");
+    assert!(
+        err.contains("3 vectors replayed on unicorn, 0 with mismatches"),
+        "{err}"
+    );
+
+    // Tamper: SGDT's stored limit at CPL 3 in the base state.
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    let case = v["cases"]
+        .as_array_mut()
+        .expect("cases")
+        .iter_mut()
+        .find(|c| c["state"] == "base@cpl3")
+        .expect("base@cpl3");
+    let fin = case["engines"]["unicorn"]["final"]
+        .as_object_mut()
+        .expect("final");
+    let key = fin
+        .keys()
+        .find(|k| k.starts_with("memory.data["))
+        .expect("a data change")
+        .clone();
+    fin.insert(key.clone(), serde_json::Value::String("00".into()));
+    std::fs::write(&file, serde_json::to_vec(&v).expect("json")).expect("write");
+    let o = popek(&["replay", out_s]);
+    let (stdout, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stdout}{err}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "Sgdt_m1632.json: base@cpl3: final.{key}: vector 00, engine "
+        )),
+        "{stdout}"
+    );
+
+    // A corrupt vector is an error, before anything runs.
+    std::fs::write(&file, "{\"schema\": \"popek-tv/1\"").expect("write");
+    let o = popek(&["replay", out_s]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("Sgdt_m1632.json: not a popek test vector"),
+        "{err}"
+    );
+
+    // An empty directory, and a directory of other files, are refused.
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let o = popek(&["replay", empty.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::write(empty.join("mine.txt"), "keep").expect("write");
+    let o = popek(&[
+        "vectors",
+        "--mode",
+        "32",
+        "--only",
+        "hlt",
+        "--out",
+        empty.to_str().expect("utf-8"),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a popek vector directory"), "{err}");
+    assert!(empty.join("mine.txt").exists());
+}

@@ -18,6 +18,7 @@ pub mod record;
 pub mod report;
 pub mod scan;
 pub mod truth;
+pub mod vectors;
 pub mod violators;
 
 pub use mode::{Config, Mode};

@@ -75,6 +75,21 @@ where
     run_scan_with(&GuestHarness, entries, configs, make_engine, jobs, progress)
 }
 
+/// A progress bar of `len` items on stderr, drawn only when asked and
+/// stderr is a terminal.
+pub(crate) fn progress_bar(len: u64, progress: bool) -> ProgressBar {
+    if !(progress && std::io::stderr().is_terminal()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed} / ~{eta}]")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
 /// [`run_scan`] with a chosen harness.
 pub fn run_scan_with<H, F>(
     harness: &H,
@@ -153,18 +168,7 @@ where
         }
     }
 
-    let bar = if progress && std::io::stderr().is_terminal() {
-        let bar =
-            ProgressBar::with_draw_target(Some(items.len() as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed} / ~{eta}]")
-        {
-            bar.set_style(style);
-        }
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(items.len() as u64, progress);
 
     // Chunks of consecutive items of one mode and configuration: a worker
     // runs a chunk image by image, so an engine switches images once per
