@@ -98,6 +98,11 @@ pub struct ExplainArgs {
     /// Read the target as hex bytes even if it looks like a mnemonic (`cc`).
     #[arg(long)]
     pub hex: bool,
+    /// Run the bytes exactly as given, also when the decoder calls them
+    /// invalid or they hold more than one instruction (what `fuzz` findings
+    /// reproduce with).
+    #[arg(long)]
+    pub raw: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -373,7 +378,11 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
     };
     let kinds = parse_engines(&a.engine)?;
     let cat = catalog::build(a.mode);
-    let entries = explain::entries_for(&target, a.mode, &cat)?;
+    let entries = match (&target, a.raw) {
+        (explain::Target::Bytes(b), true) => vec![explain::raw_entry(b, a.mode)],
+        (_, true) => bail!("--raw: the target must be bytes (hex)"),
+        (t, false) => explain::entries_for(t, a.mode, &cat)?,
+    };
     let facts = load_facts(a.facts.as_deref(), &cat.entries)?;
     let mut probers = Vec::new();
     for kind in kinds {

@@ -305,42 +305,76 @@ pub fn entries_for(target: &Target, mode: Mode, cat: &Catalog) -> Result<Vec<Ent
     }
 }
 
-/// Decodes raw bytes into a catalog-shaped entry (default harness setup).
-pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError> {
-    let mut d = Decoder::with_ip(
+/// The first instruction of `bytes` as the decoder reads it at `TEST_RIP`.
+fn decode_first(bytes: &[u8], mode: Mode) -> iced_x86::Instruction {
+    Decoder::with_ip(
         mode.bitness(),
         bytes,
         crate::machine::TEST_RIP,
         DecoderOptions::NONE,
-    );
-    let insn = d.decode();
-    if insn.is_invalid() {
-        return Err(ExplainError::Invalid {
-            bytes: hex(bytes),
-            mode: mode.name().to_string(),
-        });
-    }
+    )
+    .decode()
+}
+
+/// The entry of a decoded instruction run as `bytes` (default harness setup).
+fn decoded_entry(insn: &iced_x86::Instruction, bytes: &[u8], mode: Mode) -> Entry {
     let mut form = String::new();
-    IntelFormatter::new().format(&insn, &mut form);
-    if insn.len() != bytes.len() {
-        return Err(ExplainError::Trailing {
-            first: form,
-            len: insn.len(),
-            total: bytes.len(),
-        });
-    }
-    Ok(Entry {
+    IntelFormatter::new().format(insn, &mut form);
+    Entry {
         mode,
         code: format!("{:?}", insn.code()),
         mnemonic: format!("{:?}", insn.mnemonic()).to_lowercase(),
         form,
         bytes: bytes.to_vec(),
         setup: Setup {
-            soft_interrupt: catalog::soft_interrupt(&insn),
+            soft_interrupt: catalog::soft_interrupt(insn),
             ..Setup::default()
         },
-        doc: catalog::doc_meta(insn.op_code(), &insn),
-    })
+        doc: catalog::doc_meta(insn.op_code(), insn),
+    }
+}
+
+/// An entry for bytes exactly as given, whether or not the decoder knows
+/// them (the fuzzer's inputs, `explain --raw`): the decoded instruction's
+/// code, mnemonic and form where the first instruction decodes (trailing
+/// bytes are run too), `INVALID` and `(bad)` where it does not; default
+/// harness setup.
+pub fn raw_entry(bytes: &[u8], mode: Mode) -> Entry {
+    let insn = decode_first(bytes, mode);
+    if !insn.is_invalid() {
+        return decoded_entry(&insn, bytes, mode);
+    }
+    Entry {
+        mode,
+        code: "INVALID".into(),
+        mnemonic: "(bad)".into(),
+        form: "(bad)".into(),
+        bytes: bytes.to_vec(),
+        setup: Setup::default(),
+        doc: Default::default(),
+    }
+}
+
+/// Decodes raw bytes into a catalog-shaped entry (default harness setup):
+/// exactly one valid instruction.
+pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError> {
+    let insn = decode_first(bytes, mode);
+    if insn.is_invalid() {
+        return Err(ExplainError::Invalid {
+            bytes: hex(bytes),
+            mode: mode.name().to_string(),
+        });
+    }
+    if insn.len() != bytes.len() {
+        let mut first = String::new();
+        IntelFormatter::new().format(&insn, &mut first);
+        return Err(ExplainError::Trailing {
+            first,
+            len: insn.len(),
+            total: bytes.len(),
+        });
+    }
+    Ok(decoded_entry(&insn, bytes, mode))
 }
 
 /// Runs every entry through the whole matrix of `config` in its mode on

@@ -220,6 +220,18 @@ impl Prober {
         matrix: &Matrix,
         entries: &[&Entry],
     ) -> Result<Vec<Vec<Run>>, ProbeError> {
+        self.probe_states(matrix, entries, true)
+    }
+
+    /// The runs of entries in every state of `matrix` (which may hold only
+    /// some of a mode's states, as the fuzzer's quick look does), with the
+    /// base state's repeat when `repeat` and the base state is there.
+    pub fn probe_states(
+        &mut self,
+        matrix: &Matrix,
+        entries: &[&Entry],
+        repeat: bool,
+    ) -> Result<Vec<Vec<Run>>, ProbeError> {
         let variants = &matrix.images;
         let mut runs: Vec<Vec<Run>> = entries
             .iter()
@@ -228,7 +240,9 @@ impl Prober {
         let base = Variant::base(&matrix.config);
         let mut plan: Vec<(&(Variant, Arc<GuestImage>), u8)> =
             variants.iter().map(|v| (v, 0)).collect();
-        plan.extend(variants.iter().filter(|(v, _)| *v == base).map(|v| (v, 1)));
+        if repeat {
+            plan.extend(variants.iter().filter(|(v, _)| *v == base).map(|v| (v, 1)));
+        }
         for ((variant, image), repeat) in plan {
             let mut cases: Vec<(usize, Side, Prepared)> = Vec::new();
             for (k, entry) in entries.iter().enumerate() {
