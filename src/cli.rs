@@ -119,7 +119,7 @@ pub struct ScanArgs {
     /// Directory the reports are written to.
     #[arg(long, default_value = "reports")]
     pub out: PathBuf,
-    /// Report formats, comma-separated: csv, json, md.
+    /// Report formats, comma-separated: csv, json, md, html.
     #[arg(long, value_delimiter = ',', default_value = "csv,json,md", value_parser = parse_format)]
     pub format: Vec<Format>,
     /// Worker threads (0: one per CPU).
@@ -450,7 +450,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             .map(|r| r.engine_version.clone())
             .unwrap_or_default();
         let rep = Report::new(kind.name(), &version, records);
-        set.add_report(&a.format, &rep)?;
+        set.add_report_with_facts(&a.format, &rep, facts.as_ref())?;
         out!("{}", summary(&rep));
         if let Some(findings) = &findings {
             for f in findings.iter().filter(|f| f.status == Status::Disagrees) {
@@ -462,7 +462,11 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         }
         reports.push(rep);
     }
-    const COMPARISON: [&str; 2] = ["popek-comparison.md", "popek-comparison.json"];
+    const COMPARISON: [&str; 3] = [
+        "popek-comparison.md",
+        "popek-comparison.json",
+        "popek-comparison.html",
+    ];
     if all && reports.len() == 2 {
         let diffs = compare::compare(&reports[0].records, &reports[1].records);
         set.add(COMPARISON[0], |w| {
@@ -477,6 +481,14 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             serde_json::to_writer_pretty(&mut *w, &diffs).map_err(std::io::Error::from)?;
             w.write_all(b"\n")
         })?;
+        if a.format.contains(&Format::Html) {
+            let page = report::html::Page {
+                reports: &reports,
+                facts: facts.as_ref(),
+                diffs: Some(&diffs),
+            };
+            set.add(COMPARISON[2], |w| report::html::write_html(w, &page))?;
+        }
         eprintln!("popek: {} differences between the engines", diffs.len());
     } else if all {
         eprintln!("popek: only one engine ran; no engine comparison written");
@@ -498,11 +510,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
 
 /// `holds`, `fails (N violators)`, or `not judged (why)`.
 fn verdict_text(t: &report::Theorems, r: report::TheoremResult) -> String {
-    match t.not_judged() {
-        Some(why) => format!("not judged ({why})"),
-        None if r.holds => "holds".to_string(),
-        None => format!("fails ({} violators)", r.violators),
-    }
+    t.verdict_text(r)
 }
 
 /// One line per (mode, configuration): the theorem verdicts and the class counts.
