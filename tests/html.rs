@@ -132,14 +132,9 @@ fn drawn_cells(dom: &str) -> BTreeMap<(String, u8), String> {
     out
 }
 
-fn bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect()
-}
-
 fn position_of(r: &Record) -> (String, u8) {
-    let p = opmap::position(r.mode, &bytes(&r.bytes)).expect("an opcode byte");
+    let bytes = analyzer::explain::parse_hex(&r.bytes).expect("hex bytes");
+    let p = opmap::position(r.mode, &bytes).expect("an opcode byte");
     (p.map.name(), p.opcode)
 }
 

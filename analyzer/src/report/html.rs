@@ -18,7 +18,7 @@ use super::md::{first_sensitivity_evidence, group_of, Group};
 use super::{Report, Theorems};
 use crate::classify::Class;
 use crate::compare::Difference;
-use crate::opmap::{self, OpMap};
+use crate::opmap::{self, OpMap, Position};
 use crate::record::Record;
 use crate::truth::{self, Expect, Facts, Finding, Status};
 use serde::Serialize;
@@ -210,7 +210,7 @@ struct View {
     theorem1: String,
     theorem3: String,
     maps: Vec<MapData>,
-    /// Records whose bytes end before an opcode byte.
+    /// Records whose bytes have no opcode byte (they end before it).
     unplaced: Vec<u32>,
 }
 
@@ -235,26 +235,34 @@ fn key(r: &Record) -> Key<'_> {
     (r.mode.name(), &r.config, &r.code, &r.form)
 }
 
+/// A record's place in the opcode maps, from its bytes.
+fn position_of(r: &Record) -> Option<Position> {
+    let bytes = crate::explain::parse_hex(&r.bytes).ok()?;
+    opmap::position(r.mode, &bytes)
+}
+
 fn data(page: &Page) -> Data {
     let mut strings = Strings::new();
     let mut rows: Vec<Vec<u32>> = Vec::new();
     let mut row_index: HashMap<Vec<u32>, u32> = HashMap::new();
-    // Record of (report, key) -> row.
+    // Per report, per record: its position and its row.
+    let mut placed: Vec<Vec<(Option<Position>, u32)>> = Vec::new();
+    // Per report, the row of the first record of a key (the one
+    // `compare::compare` compares).
     let mut row_of: Vec<HashMap<Key<'_>, u32>> = Vec::new();
     for rep in page.reports {
-        let mut m = HashMap::new();
+        let mut per_record = Vec::with_capacity(rep.records.len());
+        let mut by_key = HashMap::new();
         for r in &rep.records {
             let v = &r.verdict;
-            let encoding = opmap::position(r.mode, &bytes_of(&r.bytes))
-                .map(|p| p.encoding.name())
-                .unwrap_or("");
+            let pos = position_of(r);
             let row = vec![
                 strings.id(&r.mnemonic),
                 strings.id(&r.form),
                 strings.id(&r.code),
                 strings.id(&r.bytes),
                 rank(v.class) as u32,
-                strings.id(encoding),
+                strings.id(pos.map(|p| p.encoding.name()).unwrap_or("")),
                 strings.id(&r.sensitivity_kinds().join(", ")),
                 strings.id(&r.evidence_text()),
                 strings.id(r.deviation.as_deref().unwrap_or("")),
@@ -268,41 +276,39 @@ fn data(page: &Page) -> Data {
                 rows.push(row);
                 next
             });
-            m.insert(key(r), id);
+            per_record.push((pos, id));
+            by_key.entry(key(r)).or_insert(id);
         }
-        row_of.push(m);
+        placed.push(per_record);
+        row_of.push(by_key);
     }
     // The differences, and which record of which report each names.
     let mut diffs = Vec::new();
-    let mut diff_of: Vec<HashMap<Key<'_>, u32>> = vec![HashMap::new(); page.reports.len()];
+    let mut diff_of: HashMap<Key<'_>, u32> = HashMap::new();
     for d in page.diffs.unwrap_or(&[]) {
         let k: Key<'_> = (&d.mode, &d.config, &d.code, &d.form);
-        let i = diffs.len() as u32;
         let side = |n: usize| row_of.get(n).and_then(|m| m.get(&k).copied());
+        diff_of.insert(k, diffs.len() as u32);
         diffs.push((
             strings.id(&format!("mode {}, {}", d.mode, d.config)),
             side(0),
             side(1),
             strings.id(&d.fields.join(", ")),
         ));
-        for m in diff_of.iter_mut().take(2) {
-            m.insert(k, i);
-        }
     }
     let mut views = Vec::new();
     for (n, rep) in page.reports.iter().enumerate() {
         for t in &rep.header.theorems {
-            let group: Vec<&Record> = rep
-                .records
-                .iter()
-                .filter(|r| r.mode.name() == t.mode && r.config == t.config)
-                .collect();
-            let mut cells: BTreeMap<(OpMap, u8), Vec<&Record>> = BTreeMap::new();
+            // The group's records by cell, in record order.
+            let mut cells: BTreeMap<(OpMap, u8), Vec<usize>> = BTreeMap::new();
             let mut unplaced = Vec::new();
-            for r in &group {
-                match opmap::position(r.mode, &bytes_of(&r.bytes)) {
-                    Some(p) => cells.entry((p.map, p.opcode)).or_default().push(r),
-                    None => unplaced.push(row_of[n][&key(r)]),
+            for (i, r) in rep.records.iter().enumerate() {
+                if r.mode.name() != t.mode || r.config != t.config {
+                    continue;
+                }
+                match placed[n][i].0 {
+                    Some(p) => cells.entry((p.map, p.opcode)).or_default().push(i),
+                    None => unplaced.push(placed[n][i].1),
                 }
             }
             let mut maps: Vec<OpMap> = OpMap::MAIN.to_vec();
@@ -324,13 +330,20 @@ fn data(page: &Page) -> Data {
                             // The records by class priority, then in record
                             // order: the first one decides the cell.
                             let mut recs = recs.clone();
-                            recs.sort_by_key(|r| rank(r.verdict.class));
-                            let class = cell_class(recs.iter().map(|r| r.verdict.class))
-                                .unwrap_or(Class::Unsupported);
-                            let shown = recs.first().map(|r| strings.id(&r.mnemonic)).unwrap_or(0);
+                            recs.sort_by_key(|&i| rank(rep.records[i].verdict.class));
+                            let class =
+                                cell_class(recs.iter().map(|&i| rep.records[i].verdict.class))
+                                    .unwrap_or(Class::Unsupported);
+                            let shown = recs
+                                .first()
+                                .map(|&i| strings.id(&rep.records[i].mnemonic))
+                                .unwrap_or(0);
                             let list = recs
                                 .iter()
-                                .map(|r| (row_of[n][&key(r)], diff_of[n].get(&key(r)).copied()))
+                                .map(|&i| {
+                                    let diff = diff_of.get(&key(&rep.records[i])).copied();
+                                    (placed[n][i].1, diff)
+                                })
                                 .collect();
                             (op, rank(class), shown, list)
                         })
@@ -373,14 +386,6 @@ fn data(page: &Page) -> Data {
         views,
         diffs,
     }
-}
-
-/// A record's bytes from its hex text (a report read back has only that).
-fn bytes_of(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .filter_map(|i| hex.get(2 * i..2 * i + 2))
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect()
 }
 
 /// Writes a page with one report (the facts beside it, if given).
