@@ -7,13 +7,20 @@ POPEK := target/release/popek
 deps:
 	@scripts/ensure-deps.sh
 
+# What the tests need besides the build: a headless Chromium, in which the
+# HTML report's test renders the page (tests/html.rs).
+.PHONY: test-deps
+test-deps:
+	@scripts/ensure-deps.sh --test
+test: test-deps
+
 build: deps
 	$(CARGO) build --release --locked
 
 # The full default scan on Unicorn: every catalog instruction in 16-, 32-
 # and 64-bit mode with umip=off and umip=on, written to reports/.
 scan: build
-	$(POPEK) scan --engine unicorn --out reports --format csv,json,md
+	$(POPEK) scan --engine unicorn --out reports --format csv,json,md,html
 
 lint: deps
 	$(CARGO) fmt --all -- --check

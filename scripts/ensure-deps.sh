@@ -15,15 +15,24 @@
 #     translation unit that includes the C headers bindgen needs. A library
 #     such as libclang-cpp.so.14 matches the file names but is not libclang.
 #
-# Usage: ensure-deps.sh [--check]   (--check: report only, install nothing)
+# What only the tests need (with --test): a headless Chromium (Debian package
+# chromium) that loads a page from disk, runs its JavaScript and dumps the
+# DOM, as the HTML report's test (tests/html.rs) does.
+#
+# Usage: ensure-deps.sh [--check] [--test]
+#   --check: report only, install nothing
+#   --test:  also what the tests need
 set -euo pipefail
 
 check_only=0
-case "${1:-}" in
-    "") ;;
-    --check) check_only=1 ;;
-    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
+for_tests=0
+for arg in "$@"; do
+    case "$arg" in
+        --check) check_only=1 ;;
+        --test) for_tests=1 ;;
+        *) echo "usage: $0 [--check] [--test]" >&2; exit 2 ;;
+    esac
+done
 
 say() { echo "popek setup: $*" >&2; }
 
@@ -163,6 +172,32 @@ EOF
     "$work/lc" "$lib" "$work/probe.h" >"$work/lc.out" 2>"$work/lc.err"
 }
 
+# The Chromium the tests run: the first of these names on PATH.
+chromium_bin() {
+    local b
+    for b in chromium chromium-browser; do
+        if command -v "$b" >/dev/null 2>&1; then
+            command -v "$b"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Loads a page from disk in headless Chromium, the way tests/html.rs does,
+# and checks that its script ran (the dumped DOM holds what the script wrote).
+chromium_works() {
+    local bin
+    bin=$(chromium_bin) || return 1
+    printf '<!doctype html><title>probe</title><p id="p">static</p><script>document.getElementById("p").textContent = "rendered" + "-by-script";</script>\n' \
+        >"$work/probe.html"
+    : >"$work/chromium.err"
+    timeout 120 "$bin" --headless --no-sandbox --disable-gpu --no-first-run \
+        --user-data-dir="$work/chromium-profile" --dump-dom "file://$work/probe.html" \
+        >"$work/chromium.out" 2>"$work/chromium.err" &&
+        grep -q 'rendered-by-script' "$work/chromium.out"
+}
+
 # Fills `missing` with the Debian packages whose absence the checks show.
 check_all() {
     missing=()
@@ -184,6 +219,14 @@ check_all() {
             problems+=("no libclang for bindgen")
         else
             problems+=("bindgen would load $lib, which does not work: $(head -1 "$work/lc.err" 2>/dev/null || true)")
+        fi
+    fi
+    if [ "$for_tests" -eq 1 ] && ! chromium_works; then
+        missing+=(chromium)
+        if chromium_bin >/dev/null; then
+            problems+=("$(chromium_bin) --headless does not render a page: $(grep -v '^$' "$work/chromium.err" 2>/dev/null | tail -1 || true)")
+        else
+            problems+=("no chromium (the HTML report's test renders the page in headless Chromium)")
         fi
     fi
 }
@@ -237,4 +280,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "install by hand: apt-get install -y ${missing[*]} (or set LIBCLANG_PATH to the directory of a working libclang)"
     exit 1
 fi
-say "ready: $(cat "$work/lc.out"), $(cmake --version | head -1), $(cc --version | head -1)"
+ready="$(cat "$work/lc.out"), $(cmake --version | head -1), $(cc --version | head -1)"
+if [ "$for_tests" -eq 1 ]; then
+    ready+=", $("$(chromium_bin)" --version 2>/dev/null | head -1)"
+fi
+say "ready: $ready"

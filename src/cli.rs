@@ -129,7 +129,7 @@ pub struct ScanArgs {
     /// Directory the reports are written to.
     #[arg(long, default_value = "reports")]
     pub out: PathBuf,
-    /// Report formats, comma-separated: csv, json, md.
+    /// Report formats, comma-separated: csv, json, md, html.
     #[arg(long, value_delimiter = ',', default_value = "csv,json,md", value_parser = parse_format)]
     pub format: Vec<Format>,
     /// Worker threads (0: one per CPU).
@@ -577,7 +577,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             .map(|r| r.engine_version.clone())
             .unwrap_or_default();
         let rep = Report::new(kind.name(), &version, records);
-        set.add_report(&a.format, &rep)?;
+        set.add_report_with_facts(&a.format, &rep, facts.as_ref())?;
         out!("{}", summary(&rep));
         if let Some(findings) = &findings {
             for f in findings.iter().filter(|f| f.status == Status::Disagrees) {
@@ -589,7 +589,11 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         }
         reports.push(rep);
     }
-    const COMPARISON: [&str; 2] = ["popek-comparison.md", "popek-comparison.json"];
+    const COMPARISON: [&str; 3] = [
+        "popek-comparison.md",
+        "popek-comparison.json",
+        "popek-comparison.html",
+    ];
     if all && reports.len() == 2 {
         let diffs = compare::compare(&reports[0].records, &reports[1].records);
         set.add(COMPARISON[0], |w| {
@@ -604,6 +608,14 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             serde_json::to_writer_pretty(&mut *w, &diffs).map_err(std::io::Error::from)?;
             w.write_all(b"\n")
         })?;
+        if a.format.contains(&Format::Html) {
+            let page = report::html::Page {
+                reports: &reports,
+                facts: facts.as_ref(),
+                diffs: Some(&diffs),
+            };
+            set.add(COMPARISON[2], |w| report::html::write_html(w, &page))?;
+        }
         eprintln!("popek: {} differences between the engines", diffs.len());
     } else if all {
         eprintln!("popek: only one engine ran; no engine comparison written");
@@ -623,7 +635,6 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `holds`, `fails (N violators)`, or `not judged (why)`.
 /// One line per (mode, configuration): the theorem verdicts and the class counts.
 pub fn summary(rep: &Report) -> String {
     let mut s = String::new();
@@ -633,8 +644,8 @@ pub fn summary(rep: &Report) -> String {
             rep.header.engine,
             t.mode,
             t.config,
-            t.text(t.theorem1_vmm),
-            t.text(t.theorem3_hybrid),
+            t.verdict_text(t.theorem1_vmm),
+            t.verdict_text(t.theorem3_hybrid),
         ));
     }
     s

@@ -12,6 +12,7 @@ pub mod input;
 pub mod machine;
 pub mod mode;
 pub mod observe;
+pub mod opmap;
 pub mod page;
 pub mod probe;
 pub mod record;

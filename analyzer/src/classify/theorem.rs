@@ -131,7 +131,7 @@ impl Theorems {
 
     /// One theorem's verdict in words: `holds`, `fails (N violators)` or
     /// `not judged (why)`.
-    pub fn text(&self, r: TheoremResult) -> String {
+    pub fn verdict_text(&self, r: TheoremResult) -> String {
         match self.not_judged() {
             Some(why) => format!("not judged ({why})"),
             None if r.holds => "holds".to_string(),

@@ -56,7 +56,7 @@ pub fn group_of(r: &Record) -> Group {
     }
 }
 
-fn first_sensitivity_evidence(r: &Record) -> String {
+pub(crate) fn first_sensitivity_evidence(r: &Record) -> String {
     r.verdict
         .evidence
         .iter()

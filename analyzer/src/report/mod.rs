@@ -1,8 +1,9 @@
-//! Reports: CSV for tools, JSON to keep and read back, Markdown for people.
+//! Reports: CSV for tools, JSON to keep and read back, Markdown and HTML for people.
 //! Every writer is generic over `io::Write` and byte-for-byte deterministic
 //! (no timestamps, stable order, no floats). Files are written atomically.
 
 pub mod csv;
+pub mod html;
 pub mod json;
 pub mod md;
 
@@ -165,7 +166,7 @@ pub enum ReportError {
     },
     #[error("{} is not a popek report: {why}", path.display())]
     NotAReport { path: PathBuf, why: String },
-    #[error("unknown report format '{0}': expected csv, json or md")]
+    #[error("unknown report format '{0}': expected csv, json, md or html")]
     UnknownFormat(String),
 }
 
@@ -175,23 +176,36 @@ pub enum Format {
     Csv,
     Json,
     Md,
+    Html,
 }
 
 impl Format {
-    pub const ALL: [Format; 3] = [Format::Csv, Format::Json, Format::Md];
+    pub const ALL: [Format; 4] = [Format::Csv, Format::Json, Format::Md, Format::Html];
     pub fn extension(self) -> &'static str {
         match self {
             Format::Csv => "csv",
             Format::Json => "json",
             Format::Md => "md",
+            Format::Html => "html",
         }
     }
     /// Writes `report` in this format.
     pub fn write<W: Write>(self, w: W, report: &Report) -> io::Result<()> {
+        self.write_with_facts(w, report, None)
+    }
+    /// Writes `report` in this format; the HTML page also puts the
+    /// documented violators of `facts` beside the measured ones.
+    pub fn write_with_facts<W: Write>(
+        self,
+        w: W,
+        report: &Report,
+        facts: Option<&crate::truth::Facts>,
+    ) -> io::Result<()> {
         match self {
             Format::Csv => csv::write_csv(w, &report.records),
             Format::Json => json::write_json(w, report),
             Format::Md => md::write_md(w, report),
+            Format::Html => html::write_report_html(w, report, facts),
         }
     }
 }
@@ -209,6 +223,7 @@ impl FromStr for Format {
             "csv" => Ok(Format::Csv),
             "json" => Ok(Format::Json),
             "md" | "markdown" => Ok(Format::Md),
+            "html" => Ok(Format::Html),
             other => Err(ReportError::UnknownFormat(other.into())),
         }
     }
@@ -303,9 +318,20 @@ impl ReportSet {
 
     /// Writes `report` in each format as `popek-<engine>.<ext>`.
     pub fn add_report(&mut self, formats: &[Format], report: &Report) -> Result<(), ReportError> {
+        self.add_report_with_facts(formats, report, None)
+    }
+
+    /// Like [`ReportSet::add_report`], with the documented facts the HTML
+    /// page shows beside the measured violators.
+    pub fn add_report_with_facts(
+        &mut self,
+        formats: &[Format],
+        report: &Report,
+        facts: Option<&crate::truth::Facts>,
+    ) -> Result<(), ReportError> {
         for f in formats {
             self.add(&report_name(&report.header.engine, *f), |w| {
-                f.write(w, report)
+                f.write_with_facts(w, report, facts)
             })?;
         }
         Ok(())
@@ -666,7 +692,12 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(
             names,
-            ["popek-fake.csv", "popek-fake.json", "popek-fake.md"]
+            [
+                "popek-fake.csv",
+                "popek-fake.json",
+                "popek-fake.md",
+                "popek-fake.html"
+            ]
         );
         assert_eq!(read_report(&paths[1]).expect("read back"), report);
         let _ = fs::remove_dir_all(&dir);
@@ -675,6 +706,7 @@ pub(crate) mod tests {
     #[test]
     fn formats_parse() {
         assert_eq!("markdown".parse::<Format>().ok(), Some(Format::Md));
+        assert_eq!("HTML".parse::<Format>().ok(), Some(Format::Html));
         assert!("pdf".parse::<Format>().is_err());
     }
 }
