@@ -4,6 +4,7 @@
 
 pub mod csv;
 pub mod json;
+pub mod junit;
 pub mod md;
 
 use crate::classify::Class;
