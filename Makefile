@@ -21,6 +21,10 @@ lint: deps
 
 test: lint
 	$(CARGO) test --release --locked --workspace --lib --bins --tests
+	$(CARGO) build --release --locked
+	# popek checks itself: the full default scan against the kept baseline,
+	# so a change of Unicorn or the classifier cannot pass unnoticed.
+	$(POPEK) check --engine unicorn --baseline reports/popek-unicorn.json
 
 bench: deps
 	$(CARGO) bench --locked -p analyzer

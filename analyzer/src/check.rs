@@ -56,6 +56,12 @@ pub enum CheckError {
         a: String,
         b: String,
     },
+    #[error("engine {engine} is checked twice ({a}; {b})")]
+    TwoChecked {
+        engine: String,
+        a: String,
+        b: String,
+    },
     #[error("{baseline} has no records")]
     Empty { baseline: String },
     #[error("{baseline} holds records of engine {record} in a report of engine {header}")]
@@ -89,9 +95,8 @@ pub struct Scope {
     /// Canonical configuration names.
     pub configs: Vec<String>,
     pub tool_version: String,
-    /// How messages name it, as the subject of "has ...": `the check runs`,
-    /// `report r.json has`, `baseline b.json has`.
-    pub described: String,
+    /// The report's name in messages (`report r.json`); `None` for a scan.
+    pub name: Option<String>,
 }
 
 impl Scope {
@@ -102,7 +107,16 @@ impl Scope {
             modes: modes.to_vec(),
             configs: configs.to_vec(),
             tool_version: TOOL_VERSION.to_string(),
-            described: "the check runs".into(),
+            name: None,
+        }
+    }
+
+    /// How messages name it before what it covers: `the check runs` (mode
+    /// 16), `report r.json has` (mode 16).
+    pub fn described(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} has"),
+            None => "the check runs".into(),
         }
     }
 
@@ -123,7 +137,7 @@ impl Scope {
             modes,
             configs,
             tool_version: report.header.tool_version.clone(),
-            described: format!("{name} has"),
+            name: Some(name.to_string()),
         }
     }
 }
@@ -195,15 +209,24 @@ pub fn preflight(baselines: &[Baseline], scopes: &[Scope]) -> Result<Vec<usize>,
         }
     }
     let checked: Vec<&str> = scopes.iter().map(|s| s.engine.as_str()).collect();
+    for (i, s) in scopes.iter().enumerate() {
+        if let Some(t) = scopes[..i].iter().find(|t| t.engine == s.engine) {
+            return Err(CheckError::TwoChecked {
+                engine: s.engine.clone(),
+                a: t.name.clone().unwrap_or_else(|| "the scan".into()),
+                b: s.name.clone().unwrap_or_else(|| "the scan".into()),
+            });
+        }
+    }
     for b in baselines {
         if !checked.contains(&b.report.header.engine.as_str()) {
             return Err(CheckError::Mismatch {
                 baseline: format!("baseline {}", b.name),
                 has: format!("engine {}", b.report.header.engine),
-                subject: scopes
-                    .first()
-                    .map(|s| s.described.clone())
-                    .unwrap_or_else(|| "the check runs".into()),
+                subject: match scopes {
+                    [one] => one.described(),
+                    _ => "the check covers".into(),
+                },
                 other: format!("engine {}", checked.join(",")),
             });
         }
@@ -251,11 +274,11 @@ fn same_scope(bname: &str, b: &Scope, s: &Scope) -> Result<(), CheckError> {
     let mismatch = |has: String, other: String| CheckError::Mismatch {
         baseline: bname.to_string(),
         has,
-        subject: s.described.clone(),
+        subject: s.described(),
         other,
     };
     let lacks = |has: String, other: String| CheckError::Lacks {
-        subject: s.described.clone(),
+        subject: s.described(),
         has,
         baseline: bname.to_string(),
         other,
@@ -581,14 +604,10 @@ pub fn check(
                 changes,
             });
         }
-        let keep = |rs: &[Record]| -> Vec<Record> {
-            rs.iter()
-                .filter(|r| selected(&opts.only, &r.code, &r.mnemonic))
-                .cloned()
-                .collect()
-        };
-        let (rb, rs) = (keep(&b.report.records), keep(&s.report.records));
-        for (key, (x, y)) in compare::matched(&rb, &rs) {
+        let keep = |r: &&Record| selected(&opts.only, &r.code, &r.mnemonic);
+        let rb = b.report.records.iter().filter(keep);
+        let rs = s.report.records.iter().filter(keep);
+        for (key, (x, y)) in compare::matched(rb, rs) {
             let changes = match (x, y) {
                 (Some(_), Some(_)) => compare::difference(&key, x, y, Depth::Full)
                     .map(|d| d.changes)

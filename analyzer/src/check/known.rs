@@ -102,7 +102,7 @@ impl KnownFailures {
             let mut rest = t;
             let mut fields = Vec::new();
             for _ in 0..4 {
-                match rest.split_once(|c: char| c == ' ' || c == '\t') {
+                match rest.split_once([' ', '\t']) {
                     Some((f, r)) => {
                         fields.push(f);
                         rest = r.trim_start();
