@@ -285,11 +285,11 @@ fn same_scope(bname: &str, b: &Scope, s: &Scope) -> Result<(), CheckError> {
     };
     if b.tool_version != s.tool_version {
         return Err(mismatch(
+            format!("tool_version {}", b.tool_version),
             format!(
-                "tool_version {} (regenerate it with `make scan` or `popek scan`)",
-                b.tool_version
+                "tool_version {} (regenerate the baseline with that version: `make scan` or `popek scan`)",
+                s.tool_version
             ),
-            format!("tool_version {}", s.tool_version),
         ));
     }
     let mode_names = |m: &[Mode]| names(&m.iter().map(|m| m.name()).collect::<Vec<_>>());
@@ -327,6 +327,23 @@ fn same_scope(bname: &str, b: &Scope, s: &Scope) -> Result<(), CheckError> {
         return Err(lacks(format!("configuration {c}"), configs(&b.configs)));
     }
     Ok(())
+}
+
+/// `s` with control characters (a newline in a hand-edited report) written
+/// as escapes, so that one change stays on one line.
+fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// What a checked item is: one record, or the header of one (engine, mode,
@@ -369,13 +386,13 @@ pub struct Item {
 impl Item {
     /// `unicorn 16 umip=off Sgdt_m1632 (sgdt [bx+si])`, or `... (header)`.
     pub fn name(&self) -> String {
-        format!(
+        one_line(&format!(
             "{} {} {} {}",
             self.engine,
             self.mode,
             self.config,
             self.case_name()
-        )
+        ))
     }
 
     /// The code and form (`Sgdt_m1632 (sgdt [bx+si])`), or `(header)`.
@@ -390,7 +407,7 @@ impl Item {
     pub fn changes_text(&self) -> String {
         self.changes
             .iter()
-            .map(|c| c.to_string())
+            .map(|c| one_line(&c.to_string()))
             .collect::<Vec<_>>()
             .join(" | ")
     }
@@ -709,7 +726,7 @@ pub fn write_junit<W: Write>(w: W, outcome: &Outcome) -> io::Result<()> {
                 text: item
                     .changes
                     .iter()
-                    .map(|c| format!("{c}\n"))
+                    .map(|c| format!("{}\n", one_line(&c.to_string())))
                     .collect::<String>(),
             },
             Status::Known { line, reason } => CaseResult::Skipped {
@@ -1081,6 +1098,18 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("## Known failures (1)\n\n```text\nunicorn 32 umip=off HLT_x (hlt): runs: 26 → 27 (line 1: <why> & \"so\")\n```"), "{md}");
+    }
+
+    #[test]
+    fn a_change_stays_on_one_line() {
+        let b = baseline(sample());
+        let mut changed = sample();
+        changed[2].verdict.notes = vec!["two\nlines\tand a tab".into()];
+        let o = check(&[b], &[subject(changed)], &CheckOptions::default()).expect("check");
+        assert_eq!(
+            o.render_text(),
+            "drift: unicorn 32 umip=off ADD_x (add): notes: (none) → two\\nlines\\tand a tab\n"
+        );
     }
 
     #[test]
