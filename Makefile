@@ -26,8 +26,13 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
+# After the tests popek checks itself: the full default scan against the
+# kept baseline, so a change of Unicorn or the classifier cannot pass
+# unnoticed (a commit that changes a verdict regenerates it with make scan).
 test: lint
 	$(CARGO) test --release --locked --workspace --lib --bins --tests
+	$(CARGO) build --release --locked
+	$(POPEK) check --engine unicorn --baseline reports/popek-unicorn.json
 
 bench: deps
 	$(CARGO) bench --locked -p analyzer

@@ -2,6 +2,7 @@
 //! and calls [`run`]; everything here is reachable from tests.
 
 use analyzer::catalog;
+use analyzer::check::{self, CheckOptions, KnownFailures};
 use analyzer::compare;
 use analyzer::engine::{self, EngineKind};
 use analyzer::explain;
@@ -64,6 +65,8 @@ pub enum Command {
     Violators(ViolatorsArgs),
     /// Compare two reports (two engines, two CPUs, two versions); exit 1 if they differ.
     Diff(DiffArgs),
+    /// Scan (or read a report) and compare with a kept baseline, for CI; exit 1 on drift.
+    Check(CheckArgs),
     /// List the engines, their versions, and why one is not available.
     Engines,
     /// Write portable test vectors (schema popek-tv/1, docs/test-vectors.md) of the selected instructions.
@@ -209,6 +212,51 @@ pub struct DiffArgs {
     pub markdown: bool,
 }
 
+/// `popek check`: the scan options of `scan` (or `--report`), the baseline,
+/// and what to write.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The kept JSON report to compare with (`reports/popek-unicorn.json`);
+    /// once per engine checked.
+    #[arg(long, required = true)]
+    pub baseline: Vec<PathBuf>,
+    /// Check this JSON report instead of scanning (once per engine); the
+    /// scan options other than --only do not apply.
+    #[arg(long, conflicts_with_all = ["engine", "mode", "config", "jobs", "facts"])]
+    pub report: Vec<PathBuf>,
+    /// Engine: unicorn, kvm or all, as for `scan` (each needs its baseline).
+    #[arg(long, default_value = "unicorn")]
+    pub engine: String,
+    /// Modes, comma-separated, as for `scan`; the baseline must have the same.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64", value_parser = parse_mode)]
+    pub mode: Vec<Mode>,
+    /// Configurations, comma-separated, as for `scan`; the baseline must have the same.
+    #[arg(long, value_delimiter = ',', default_value = "umip=off,umip=on", value_parser = parse_config)]
+    pub config: Vec<Config>,
+    /// Only these instructions (mnemonics or iced Code names): scanned, and
+    /// compared with the same records of the baseline.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Worker threads (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+    /// The table of documented facts, as for `scan` (the baseline was
+    /// written with the same, or the `documented` fields drift).
+    #[arg(long)]
+    pub facts: Option<String>,
+    /// Write JUnit XML: one testcase per (engine, mode, configuration,
+    /// encoding), failed when it drifted, skipped when a known failure.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Expected drift, one line each: `<engine> <mode> <config> <code> <reason>`
+    /// (`*` for any engine, mode or configuration; `#` comments).
+    #[arg(long)]
+    pub known_failures: Option<PathBuf>,
+    /// Write a Markdown summary (for `$GITHUB_STEP_SUMMARY`); the file is replaced.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+}
+
 fn parse_config(s: &str) -> Result<Config, String> {
     s.parse::<Config>().map_err(|e| e.to_string())
 }
@@ -288,6 +336,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Scan(a) => cmd_scan(a),
         Command::Violators(a) => cmd_violators(a),
         Command::Diff(a) => cmd_diff(a),
+        Command::Check(a) => cmd_check(a),
         Command::Engines => cmd_engines(),
         Command::Vectors(a) => cmd_vectors(a),
         Command::Replay(a) => cmd_replay(a),
@@ -504,6 +553,24 @@ pub fn scan_records(
     Ok(records)
 }
 
+/// The report of a scan of `selected` on one engine, its records put
+/// beside `facts`, with the findings of that comparison.
+fn scan_report(
+    kind: EngineKind,
+    plan: &ScanPlan,
+    selected: &[catalog::Entry],
+    jobs: usize,
+    facts: Option<&Facts>,
+) -> Result<(Report, Option<Vec<truth::Finding>>)> {
+    let mut records = scan_records(kind, plan, selected, jobs)?;
+    let findings = facts.map(|f| truth::annotate(&mut records, f));
+    let version = records
+        .first()
+        .map(|r| r.engine_version.clone())
+        .unwrap_or_default();
+    Ok((Report::new(kind.name(), &version, records), findings))
+}
+
 /// The documented facts a scan uses: `--facts none` none, `--facts PATH`
 /// that table (an error if it cannot be read), no option the default table
 /// if it exists (a warning if not). A table that does not parse, or names an
@@ -570,13 +637,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
                 continue;
             }
         }
-        let mut records = scan_records(kind, &plan, &selected, a.jobs)?;
-        let findings = facts.as_ref().map(|f| truth::annotate(&mut records, f));
-        let version = records
-            .first()
-            .map(|r| r.engine_version.clone())
-            .unwrap_or_default();
-        let rep = Report::new(kind.name(), &version, records);
+        let (rep, findings) = scan_report(kind, &plan, &selected, a.jobs, facts.as_ref())?;
         set.add_report_with_facts(&a.format, &rep, facts.as_ref())?;
         out!("{}", summary(&rep));
         if let Some(findings) = &findings {
@@ -748,6 +809,131 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// Refuses output files in a directory that does not exist, or that are the
+/// same file as an input or as each other (`--junit
+/// reports/popek-unicorn.json` would replace the baseline).
+fn distinct_outputs(outputs: &[(&str, &Path)], inputs: &[&Path]) -> Result<()> {
+    let same = |a: &Path, b: &Path| {
+        a == b
+            || matches!(
+                (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+                (Ok(x), Ok(y)) if x == y
+            )
+    };
+    for (i, (opt, out)) in outputs.iter().enumerate() {
+        // Found before a scan, not after it.
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "{opt} {}: the directory {} does not exist",
+                out.display(),
+                dir.display()
+            );
+        }
+        if let Some(input) = inputs.iter().find(|p| same(out, p)) {
+            bail!(
+                "{opt} {} is an input of the check ({}); name another file",
+                out.display(),
+                input.display()
+            );
+        }
+        if let Some((other, _)) = outputs[..i].iter().find(|(_, o)| same(out, o)) {
+            bail!("{opt} and {other} name the same file {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
+    let known = match &a.known_failures {
+        Some(p) => KnownFailures::load(p)?,
+        None => KnownFailures::default(),
+    };
+    let outputs: Vec<(&str, &Path)> = [("--junit", &a.junit), ("--markdown", &a.markdown)]
+        .into_iter()
+        .filter_map(|(o, p)| p.as_deref().map(|p| (o, p)))
+        .collect();
+    let mut inputs: Vec<&Path> = a
+        .baseline
+        .iter()
+        .chain(&a.report)
+        .map(|p| p.as_path())
+        .collect();
+    inputs.extend(a.known_failures.as_deref());
+    distinct_outputs(&outputs, &inputs)?;
+    let baselines = a
+        .baseline
+        .iter()
+        .map(|p| {
+            Ok(check::Baseline {
+                name: p.display().to_string(),
+                report: report::read_report(p)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let subjects = if a.report.is_empty() {
+        let kinds = parse_engines(&a.engine)?;
+        no_repeats("--mode", &a.mode)?;
+        let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
+        no_repeats("--config", &config_names)?;
+        check_jobs(a.jobs)?;
+        let scopes: Vec<check::Scope> = kinds
+            .iter()
+            .map(|k| check::Scope::of_scan(k.name(), &a.mode, &config_names))
+            .collect();
+        // A baseline that cannot be checked is refused before the scan.
+        check::preflight(&baselines, &scopes)?;
+        let plan = ScanPlan {
+            modes: a.mode.clone(),
+            configs: a.config.clone(),
+            only: a.only.clone(),
+        };
+        let cat = catalog::build_all(&plan.modes);
+        let selected = select_from(&cat, &plan)?;
+        let facts = load_facts(a.facts.as_deref(), &cat.entries)?;
+        let mut subjects = Vec::new();
+        for (kind, scope) in kinds.into_iter().zip(scopes) {
+            let (report, _) = scan_report(kind, &plan, &selected, a.jobs, facts.as_ref())?;
+            subjects.push(check::Subject { scope, report });
+        }
+        subjects
+    } else {
+        a.report
+            .iter()
+            .map(|p| {
+                let report = report::read_report(p)?;
+                let scope = check::Scope::of_report(&format!("report {}", p.display()), &report);
+                Ok(check::Subject { scope, report })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let opts = CheckOptions {
+        only: a.only.clone(),
+        known,
+    };
+    let outcome = check::check(&baselines, &subjects, &opts)?;
+    if let Some(p) = &a.junit {
+        report::write_atomic(p, |w| check::write_junit(w, &outcome))?;
+    }
+    if let Some(p) = &a.markdown {
+        report::write_atomic(p, |w| check::write_markdown(w, &outcome, &opts.known))?;
+    }
+    out!("{}", outcome.render_text());
+    for w in outcome.warnings(&opts.known) {
+        eprintln!("popek: warning: {w}");
+    }
+    eprintln!("popek: check: {}", outcome.summary());
+    // Drift is what this command exists to report: 1 when any is not known.
+    Ok(if outcome.drifted() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

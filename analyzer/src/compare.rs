@@ -25,9 +25,42 @@ pub struct Difference {
     pub fields: Vec<String>,
     pub a: Option<Side>,
     pub b: Option<Side>,
+    /// Each differing field with its value on both sides, in the order of
+    /// `fields` (empty for a missing record). Not serialized: the engine
+    /// comparison's JSON keeps its shape.
+    #[serde(skip)]
+    pub changes: Vec<Change>,
 }
 
-type Key = (crate::mode::Mode, String, String, String);
+/// One field that differs, with its value on each side as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub field: &'static str,
+    pub a: String,
+    pub b: String,
+}
+
+impl std::fmt::Display for Change {
+    /// `class: innocuous → privileged`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} → {}", self.field, self.a, self.b)
+    }
+}
+
+/// How much of two records is compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// The verdict's flags and class: two engines (or CPUs) agree when these
+    /// agree, whatever the evidence bytes (`popek diff`, `scan --engine all`).
+    Verdict,
+    /// Every field of the record but its engine and engine version (and the
+    /// key): the verdict with its evidence, outcomes and states not run, the
+    /// encoding, the documented metadata and facts (`popek check`).
+    Full,
+}
+
+/// The key records are matched by: mode, configuration, code, form.
+pub type Key = (crate::mode::Mode, String, String, String);
 
 fn key(r: &Record) -> Key {
     (r.mode, r.config.clone(), r.code.clone(), r.form.clone())
@@ -41,28 +74,146 @@ fn side(r: &Record) -> Side {
     }
 }
 
-/// The verdict fields compared, by name.
-fn fields(r: &Record) -> [(&'static str, String); 12] {
-    let v = &r.verdict;
-    [
-        ("class", v.class.name().to_string()),
-        ("privileged", v.privileged.to_string()),
-        ("control_sensitive", v.control_sensitive.to_string()),
-        ("behavior_sensitive", v.behavior_sensitive.to_string()),
-        ("location_sensitive", v.location_sensitive.to_string()),
-        ("mode_sensitive", v.mode_sensitive.to_string()),
-        ("user_sensitive", v.user_sensitive.to_string()),
-        ("violates_pg", v.violates_pg.to_string()),
-        ("violates_hybrid", v.violates_hybrid.to_string()),
-        ("nondeterministic", v.nondeterministic.to_string()),
-        ("always_traps", v.always_traps.to_string()),
-        ("unsupported", v.unsupported.to_string()),
-    ]
+/// One compared field: its name, whether two records agree on it (on the
+/// typed value, not its text), and its value as text.
+struct Field {
+    name: &'static str,
+    same: fn(&Record, &Record) -> bool,
+    show: fn(&Record) -> String,
 }
 
-/// Matches records by (mode, configuration, code, form) and lists the
-/// differences, sorted by that key.
-pub fn compare(a: &[Record], b: &[Record]) -> Vec<Difference> {
+/// A list as text: its items joined by `sep`, or `(none)`.
+fn list<T: ToString>(items: &[T], sep: &str) -> String {
+    if items.is_empty() {
+        return "(none)".into();
+    }
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "(none)".into())
+}
+
+macro_rules! field {
+    ($name:literal, |$r:ident| $value:expr, |$s:ident| $show:expr) => {
+        Field {
+            name: $name,
+            same: |a, b| {
+                let x = {
+                    let $r = a;
+                    $value
+                };
+                let y = {
+                    let $r = b;
+                    $value
+                };
+                x == y
+            },
+            show: |$s: &Record| $show,
+        }
+    };
+    ($name:literal, |$r:ident| $value:expr) => {
+        field!($name, |$r| $value, |s| {
+            let $r = s;
+            $value.to_string()
+        })
+    };
+}
+
+/// Every compared field, the verdict's flags first ([`Depth::Verdict`]
+/// compares those); [`Depth::Full`] compares them all. A test checks that
+/// every field a record serializes is here or named in [`NOT_COMPARED`].
+const FIELDS: &[Field] = &[
+    field!("class", |r| r.verdict.class.name()),
+    field!("privileged", |r| r.verdict.privileged),
+    field!("control_sensitive", |r| r.verdict.control_sensitive),
+    field!("behavior_sensitive", |r| r.verdict.behavior_sensitive),
+    field!("location_sensitive", |r| r.verdict.location_sensitive),
+    field!("mode_sensitive", |r| r.verdict.mode_sensitive),
+    field!("user_sensitive", |r| r.verdict.user_sensitive),
+    field!("violates_pg", |r| r.verdict.violates_pg),
+    field!("violates_hybrid", |r| r.verdict.violates_hybrid),
+    field!("nondeterministic", |r| r.verdict.nondeterministic),
+    field!("always_traps", |r| r.verdict.always_traps),
+    field!("unsupported", |r| r.verdict.unsupported),
+    // Depth::Full from here on.
+    field!("changed", |r| &r.verdict.changed, |r| {
+        let names: Vec<&str> = r.verdict.changed.iter().map(|p| p.name()).collect();
+        list(&names, ", ")
+    }),
+    field!("evidence", |r| &r.verdict.evidence, |r| list(
+        &r.verdict.evidence,
+        "; "
+    )),
+    field!("engine_results", |r| &r.verdict.engine_results, |r| list(
+        &r.verdict.engine_results,
+        "; "
+    )),
+    field!("runs", |r| r.verdict.runs),
+    field!("engine_level_runs", |r| r.verdict.engine_level_runs),
+    field!("notes", |r| &r.verdict.notes, |r| list(
+        &r.verdict.notes,
+        "; "
+    )),
+    field!("off_sentinel", |r| &r.verdict.off_sentinel, |r| opt(&r
+        .verdict
+        .off_sentinel)),
+    field!("not_run", |r| &r.verdict.not_run, |r| list(
+        &r.verdict.not_run,
+        ", "
+    )),
+    field!("mnemonic", |r| &r.mnemonic, |r| r.mnemonic.clone()),
+    field!("bytes", |r| &r.bytes, |r| r.bytes.clone()),
+    field!("doc", |r| &r.doc, |r| serde_json::to_string(&r.doc)
+        .unwrap_or_else(|e| format!("(unprintable: {e})"))),
+    field!("documented_privileged", |r| r.documented_privileged),
+    field!("doc_disagreement", |r| &r.doc_disagreement, |r| opt(
+        &r.doc_disagreement
+    )),
+    field!("documented", |r| &r.documented, |r| opt(&r.documented)),
+    field!("deviation", |r| &r.deviation, |r| opt(&r.deviation)),
+];
+
+/// How many of [`FIELDS`] [`Depth::Verdict`] compares.
+const VERDICT_FIELDS: usize = 12;
+
+/// The record fields no depth compares: the key, and the engine (records are
+/// matched within one engine's report, or across two engines on purpose) and
+/// its version (a report header's, compared there).
+pub const NOT_COMPARED: [&str; 6] = ["engine", "engine_version", "mode", "config", "code", "form"];
+
+fn fields_of(depth: Depth) -> &'static [Field] {
+    match depth {
+        Depth::Verdict => &FIELDS[..VERDICT_FIELDS],
+        Depth::Full => FIELDS,
+    }
+}
+
+/// The fields on which `a` and `b` differ, with both values, at `depth`.
+pub fn changes(a: &Record, b: &Record, depth: Depth) -> Vec<Change> {
+    fields_of(depth)
+        .iter()
+        .filter(|f| !(f.same)(a, b))
+        .map(|f| Change {
+            field: f.name,
+            a: (f.show)(a),
+            b: (f.show)(b),
+        })
+        .collect()
+}
+
+/// Records of `a` and `b` matched by (mode, configuration, code, form),
+/// sorted by that key; a record only one side has is paired with `None`.
+/// Of two records of one key (which [`crate::report::read_report`] refuses)
+/// the first counts.
+pub fn matched<'r>(
+    a: impl IntoIterator<Item = &'r Record>,
+    b: impl IntoIterator<Item = &'r Record>,
+) -> BTreeMap<Key, (Option<&'r Record>, Option<&'r Record>)> {
     let mut map: BTreeMap<Key, (Option<&Record>, Option<&Record>)> = BTreeMap::new();
     for r in a {
         map.entry(key(r)).or_default().0.get_or_insert(r);
@@ -70,32 +221,54 @@ pub fn compare(a: &[Record], b: &[Record]) -> Vec<Difference> {
     for r in b {
         map.entry(key(r)).or_default().1.get_or_insert(r);
     }
-    let mut out = Vec::new();
-    for ((mode, config, code, form), (ra, rb)) in map {
-        let differing: Vec<String> = match (ra, rb) {
-            (Some(x), Some(y)) => fields(x)
-                .into_iter()
-                .zip(fields(y))
-                .filter(|(p, q)| p.1 != q.1)
-                .map(|(p, _)| p.0.to_string())
-                .collect(),
-            (Some(_), None) => vec!["missing in b".into()],
-            (None, Some(_)) => vec!["missing in a".into()],
-            (None, None) => Vec::new(),
-        };
-        if !differing.is_empty() {
-            out.push(Difference {
-                mode: mode.name().into(),
-                config,
-                code,
-                form,
-                fields: differing,
-                a: ra.map(side),
-                b: rb.map(side),
-            });
+    map
+}
+
+/// How the two records of one key differ at `depth`, or `None` if they do not.
+pub fn difference(
+    key: &Key,
+    a: Option<&Record>,
+    b: Option<&Record>,
+    depth: Depth,
+) -> Option<Difference> {
+    let (changes, differing) = match (a, b) {
+        (Some(x), Some(y)) => {
+            let c = changes(x, y, depth);
+            let names = c.iter().map(|c| c.field.to_string()).collect();
+            (c, names)
         }
+        (Some(_), None) => (Vec::new(), vec!["missing in b".to_string()]),
+        (None, Some(_)) => (Vec::new(), vec!["missing in a".to_string()]),
+        (None, None) => (Vec::new(), Vec::new()),
+    };
+    if differing.is_empty() {
+        return None;
     }
-    out
+    let (mode, config, code, form) = key;
+    Some(Difference {
+        mode: mode.name().into(),
+        config: config.clone(),
+        code: code.clone(),
+        form: form.clone(),
+        fields: differing,
+        a: a.map(side),
+        b: b.map(side),
+        changes,
+    })
+}
+
+/// Matches records by (mode, configuration, code, form) and lists the
+/// verdict differences, sorted by that key.
+pub fn compare(a: &[Record], b: &[Record]) -> Vec<Difference> {
+    compare_at(a, b, Depth::Verdict)
+}
+
+/// As [`compare`], comparing as much as `depth` says.
+pub fn compare_at(a: &[Record], b: &[Record], depth: Depth) -> Vec<Difference> {
+    matched(a, b)
+        .iter()
+        .filter_map(|(k, (ra, rb))| difference(k, *ra, *rb, depth))
+        .collect()
 }
 
 /// Renders differences as Markdown; `a` and `b` name the two sides.
@@ -192,5 +365,56 @@ mod tests {
         assert!(text
             .contains("- kvm: privileged — privileged: base@cpl0 completed vs base@cpl3 #GP(0x0)"));
         assert!(text.contains("- kvm: no record"));
+    }
+
+    #[test]
+    fn full_depth_compares_every_field_a_record_has() {
+        // Every field a record serializes (the verdict's flattened in) is
+        // compared, or named as not compared: a new field cannot slip by.
+        let r = record("sgdt", Class::SensitiveUnprivileged, false);
+        let json = serde_json::to_value(&r).expect("serialize");
+        let mut names: Vec<String> = Vec::new();
+        for (k, v) in json.as_object().expect("object") {
+            if k == "verdict" {
+                names.extend(v.as_object().expect("verdict").keys().cloned());
+            } else {
+                names.push(k.clone());
+            }
+        }
+        names.sort();
+        let mut covered: Vec<String> = FIELDS
+            .iter()
+            .map(|f| f.name.to_string())
+            .chain(NOT_COMPARED.iter().map(|n| n.to_string()))
+            .collect();
+        covered.sort();
+        assert_eq!(names, covered);
+    }
+
+    #[test]
+    fn full_depth_sees_evidence_and_states_not_run_that_verdict_depth_does_not() {
+        let a = record("sgdt", Class::SensitiveUnprivileged, false);
+        let mut b = a.clone();
+        b.verdict.evidence[0].detail = "data[0x2..] 00 vs 20".into();
+        b.verdict.not_run = vec!["ring1@cpl0".into()];
+        b.engine_version = "fake 2".into();
+        let (one_a, one_b) = (std::slice::from_ref(&a), std::slice::from_ref(&b));
+        assert!(compare(one_a, one_b).is_empty());
+        let d = compare_at(one_a, one_b, Depth::Full);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].fields, ["evidence", "not_run"]);
+        assert_eq!(
+            d[0].changes[0].to_string(),
+            "evidence: location: base@cpl3 completed vs tables-moved@cpl3 completed (data[0x2..] 00 vs 10) → location: base@cpl3 completed vs tables-moved@cpl3 completed (data[0x2..] 00 vs 20)"
+        );
+        assert_eq!(d[0].changes[1].to_string(), "not_run: (none) → ring1@cpl0");
+        // A class change is named with both values.
+        let c = record("sgdt", Class::Privileged, false);
+        let d = compare_at(&[a], &[c], Depth::Full);
+        assert_eq!(
+            d[0].changes[0].to_string(),
+            "class: sensitive-unprivileged → privileged"
+        );
+        assert_eq!(d[0].changes[1].to_string(), "privileged: false → true");
     }
 }

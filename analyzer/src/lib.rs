@@ -2,6 +2,7 @@
 //! catalog, the engines, the classifier and the reports.
 
 pub mod catalog;
+pub mod check;
 pub mod classify;
 pub mod compare;
 pub mod deviation;

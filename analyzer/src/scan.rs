@@ -33,14 +33,18 @@ impl ScanPlan {
         entries
             .iter()
             .filter(|e| self.modes.contains(&e.mode))
-            .filter(|e| {
-                self.only.is_empty()
-                    || self.only.iter().any(|o| {
-                        o.eq_ignore_ascii_case(&e.code) || o.eq_ignore_ascii_case(&e.mnemonic)
-                    })
-            })
+            .filter(|e| selected_by(&self.only, &e.code, &e.mnemonic))
             .collect()
     }
+}
+
+/// Whether `only` (empty: everything) selects the encoding of `code` and
+/// `mnemonic`: a name equal to either, whatever the case.
+pub fn selected_by(only: &[String], code: &str, mnemonic: &str) -> bool {
+    only.is_empty()
+        || only
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(code) || o.eq_ignore_ascii_case(mnemonic))
 }
 
 /// Why a scan could not run.

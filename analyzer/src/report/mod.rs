@@ -5,6 +5,7 @@
 pub mod csv;
 pub mod html;
 pub mod json;
+pub mod junit;
 pub mod md;
 
 use crate::classify::Class;
