@@ -73,6 +73,10 @@ pub enum Command {
     Vectors(VectorsArgs),
     /// Run test vectors on an engine; exit 1 if a run differs from the vector.
     Replay(ReplayArgs),
+    /// Fuzz the instruction space beyond the catalog; exit 1 if there are findings.
+    Fuzz(FuzzArgs),
+    /// Merge the findings and corpora of fuzz shards into one directory.
+    Merge(MergeArgs),
 }
 
 /// `on` or `off`.
@@ -190,6 +194,58 @@ pub struct VectorsArgs {
     /// Write `.json.gz` files instead of `.json`.
     #[arg(long)]
     pub gzip: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FuzzArgs {
+    /// Engines, comma-separated: unicorn, kvm (two or more add the engine-vs-engine oracle).
+    #[arg(long, default_value = "unicorn")]
+    pub engine: String,
+    /// Processor mode: real, 16, 32 or 64.
+    #[arg(long, default_value = "64", value_parser = parse_mode)]
+    pub mode: Mode,
+    /// The configuration (settings joined by ':').
+    #[arg(long, default_value = "umip=off", value_parser = parse_config)]
+    pub config: Config,
+    /// structured, tunnel, mutate or all.
+    #[arg(long, default_value = "all")]
+    pub generator: String,
+    /// Inputs in all (split over the lanes).
+    #[arg(long)]
+    pub iterations: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Worker processes run at once (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+    /// Lanes the inputs are split into (what the findings depend on; default: the jobs).
+    #[arg(long)]
+    pub lanes: Option<u32>,
+    /// Run only shard K of N (K/N, from 0): the lanes l with l % N == K.
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+    /// First bytes the tunnel walks, hex, inclusive: `00-ff`.
+    #[arg(long, default_value = "00-ff")]
+    pub tunnel_range: String,
+    /// Corpus to mutate from (a directory of .txt files or one file); default corpus/fuzz if present.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Directory for findings.jsonl and corpus.txt.
+    #[arg(long, default_value = "fuzz-out")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Shard output directories.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Directory for the merged findings.jsonl and corpus.txt.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -340,7 +396,108 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Engines => cmd_engines(),
         Command::Vectors(a) => cmd_vectors(a),
         Command::Replay(a) => cmd_replay(a),
+        Command::Fuzz(a) => cmd_fuzz(a),
+        Command::Merge(a) => cmd_merge(a),
     }
+}
+
+fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
+    let kinds = parse_engines(&a.engine)?;
+    let engines: Vec<String> = kinds.iter().map(|k| k.name().to_string()).collect();
+    let gens: fuzzer::gen::Generators = a.generator.parse().map_err(anyhow::Error::msg)?;
+    check_jobs(a.jobs)?;
+    let jobs = if a.jobs == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        a.jobs
+    };
+    let shard = {
+        let (k, n) = a
+            .shard
+            .split_once('/')
+            .with_context(|| format!("--shard {}: K/N", analyzer::input::clip(&a.shard)))?;
+        let k: u32 = k.trim().parse().context("--shard: K is not a number")?;
+        let n: u32 = n.trim().parse().context("--shard: N is not a number")?;
+        if n == 0 || k >= n {
+            bail!("--shard {k}/{n}: K must be below N");
+        }
+        (k, n)
+    };
+    let tunnel = {
+        let (lo, hi) = a
+            .tunnel_range
+            .split_once('-')
+            .with_context(|| format!("--tunnel-range {}: LO-HI in hex", analyzer::input::clip(&a.tunnel_range)))?;
+        let lo = u8::from_str_radix(lo.trim(), 16).context("--tunnel-range: LO is not a hex byte")?;
+        let hi = u8::from_str_radix(hi.trim(), 16).context("--tunnel-range: HI is not a hex byte")?;
+        if lo > hi {
+            bail!("--tunnel-range: {lo:02x} is above {hi:02x}");
+        }
+        (lo, hi)
+    };
+    let duration = match a.duration {
+        Some(d) if !(d.is_finite() && d > 0.0) => bail!("--duration {d}: a positive number of seconds"),
+        Some(d) => Some(std::time::Duration::from_secs_f64(d)),
+        None => None,
+    };
+    let corpus = match &a.corpus {
+        Some(p) => fuzzer::finding::read_corpus_dir(p)?,
+        None if Path::new("corpus/fuzz").is_dir() => {
+            fuzzer::finding::read_corpus_dir(Path::new("corpus/fuzz"))?
+        }
+        None => Vec::new(),
+    };
+    let mut env = Vec::new();
+    for var in ["POPEK_FUZZ_PLANT_DIFFER", "POPEK_FUZZ_PLANT_CRASH"] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var.to_string(), v));
+        }
+    }
+    // The planted test engine stands in for the second engine in the
+    // fuzzer's own tests (POPEK_FUZZ_PLANTED=1).
+    let mut engines = engines;
+    if std::env::var("POPEK_FUZZ_PLANTED").as_deref() == Ok("1") {
+        engines.push("planted".into());
+    }
+    let opts = fuzzer::campaign::Options {
+        engines,
+        mode: a.mode,
+        config: a.config,
+        gens,
+        seed: a.seed,
+        iterations: a.iterations,
+        duration,
+        jobs,
+        lanes: a.lanes.unwrap_or(jobs as u32),
+        shard,
+        tunnel,
+        corpus,
+        out: a.out.clone(),
+        worker: fuzzer::campaign::WorkerCommand {
+            program: std::env::current_exe().context("cannot find the popek executable for the fuzz workers")?,
+            args: vec!["__fuzz-worker".into()],
+            env,
+        },
+        progress: std::io::stderr().is_terminal(),
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
+    }
+    let summary = fuzzer::campaign::run(&opts, &stop)?;
+    outln!("{}", summary.line());
+    eprintln!("popek: findings in {}", a.out.join("findings.jsonl").display());
+    Ok(if summary.findings == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn cmd_merge(a: MergeArgs) -> Result<ExitCode> {
+    let n = fuzzer::campaign::merge(&a.dirs, &a.out)?;
+    outln!("merge: {n} findings from {} directories", a.dirs.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_vectors(a: VectorsArgs) -> Result<ExitCode> {

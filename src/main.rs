@@ -8,7 +8,21 @@ mod cli;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// The hidden first argument that makes this process a fuzz worker (a
+/// child of `popek fuzz`), not a command line.
+const FUZZ_WORKER: &str = "__fuzz-worker";
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(FUZZ_WORKER) {
+        // Ctrl-C is for the campaign, which stops its workers itself.
+        let _ = signal_hook::flag::register(
+            signal_hook::consts::SIGINT,
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
+        let code = fuzzer::worker::main(&argv[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(2));
+    }
     let args = match cli::Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -44,7 +58,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    cli::install_signal_cleanup();
+    // A campaign stops cleanly on a signal and writes what it found; every
+    // other command removes its temporary files and exits.
+    if !matches!(args.command, cli::Command::Fuzz(_)) {
+        cli::install_signal_cleanup();
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,617 @@
+//! A campaign: lanes of inputs run by worker processes, findings
+//! deduplicated and minimized, written as `findings.jsonl` and
+//! `corpus.txt`. What a campaign finds depends only on its seed, its
+//! iterations and its lanes (by default one per job): the same give a
+//! byte-identical `findings.jsonl`, and the lanes of `--shard K/N` runs,
+//! merged ([`merge`]), give the unsharded run's.
+
+use crate::finding::{self, CorpusEntry, Decoded, Finding, FindingsError, Kind};
+use crate::gen::{self, Generators};
+use crate::worker::{input_at, tunnel_after, Job, LaneJob, Reply};
+use analyzer::mode::{Config, Mode};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a worker may take over one input before it counts as hung
+/// (the engines' own watchdogs end a run far sooner; this catches a worker
+/// that no longer answers at all).
+pub const WORKER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How to start a worker: the program and the arguments before the
+/// worker's own (`popek __fuzz-worker`).
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Extra environment (the planted engine's settings, in tests).
+    pub env: Vec<(String, String)>,
+}
+
+/// A campaign's settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub engines: Vec<String>,
+    pub mode: Mode,
+    pub config: Config,
+    pub gens: Generators,
+    pub seed: u64,
+    pub iterations: Option<u64>,
+    pub duration: Option<Duration>,
+    /// Lanes run at once.
+    pub jobs: usize,
+    /// Lanes of the whole campaign (what the inputs depend on).
+    pub lanes: u32,
+    /// This shard: `(k, n)` runs the lanes `l` with `l % n == k`.
+    pub shard: (u32, u32),
+    /// First bytes the tunnel walks, inclusive.
+    pub tunnel: (u8, u8),
+    pub corpus: Vec<CorpusEntry>,
+    pub out: PathBuf,
+    pub worker: WorkerCommand,
+    pub progress: bool,
+}
+
+/// What a campaign did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub inputs: u64,
+    pub distinct: u64,
+    pub findings: usize,
+    pub restarts: u64,
+    pub secs: f64,
+}
+
+impl Summary {
+    /// `fuzz: N inputs, D distinct, F findings, W worker restarts, T s, R distinct/s`.
+    pub fn line(&self) -> String {
+        let rate = if self.secs > 0.0 {
+            (self.distinct as f64 / self.secs).round() as u64
+        } else {
+            0
+        };
+        format!(
+            "fuzz: {} inputs, {} distinct, {} findings, {} worker restarts, {:.1} s, {} distinct/s",
+            self.inputs, self.distinct, self.findings, self.restarts, self.secs, rate
+        )
+    }
+}
+
+/// Why a campaign could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum FuzzError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("start a fuzz worker ({program}): {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a fuzz worker cannot start: {0}")]
+    WorkerFailed(String),
+    #[error(transparent)]
+    Findings(#[from] FindingsError),
+}
+
+/// A running worker: its process, its stdin, and its replies.
+struct Worker {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    replies: mpsc::Receiver<Option<Reply>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Worker {
+    fn start(opts: &Options) -> Result<Worker, FuzzError> {
+        let w = &opts.worker;
+        let mut cmd = Command::new(&w.program);
+        cmd.args(&w.args)
+            .args(["--engine", &opts.engines.join(",")])
+            .args(["--mode", opts.mode.name()])
+            .args(["--config", &opts.config.name()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &w.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|source| FuzzError::Spawn {
+            program: w.program.display().to_string(),
+            source,
+        })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            return Err(FuzzError::WorkerFailed("no pipes".into()));
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Reply>(&line) {
+                    Ok(r) => {
+                        if tx.send(Some(r)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(None);
+        });
+        let err = Arc::new(Mutex::new(String::new()));
+        let e2 = Arc::clone(&err);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut s) = e2.lock() {
+                    if s.len() < 4096 {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            }
+        });
+        Ok(Worker {
+            child,
+            stdin,
+            replies: rx,
+            stderr: err,
+        })
+    }
+
+    fn send(&mut self, job: &Job) -> bool {
+        let Ok(mut s) = serde_json::to_string(job) else {
+            return false;
+        };
+        s.push('\n');
+        self.stdin.write_all(s.as_bytes()).is_ok() && self.stdin.flush().is_ok()
+    }
+
+    /// The next reply; `Err(true)` when the worker died or went silent
+    /// (it is killed), `Err(false)` when the campaign is stopping.
+    fn next(&mut self, stop: &AtomicBool) -> Result<Reply, bool> {
+        let since = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Err(false);
+            }
+            match self.replies.recv_timeout(Duration::from_millis(100)) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => return Err(true),
+                Err(mpsc::RecvTimeoutError::Timeout) if since.elapsed() > WORKER_PATIENCE => {
+                    let _ = self.child.kill();
+                    return Err(true);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// How the worker ended (after it died).
+    fn ending(&mut self) -> String {
+        let _ = self.child.kill();
+        let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+        let err = self.stderr.lock().map(|s| s.trim().to_string()).unwrap_or_default();
+        if err.is_empty() {
+            status
+        } else {
+            format!("{status}: {}", analyzer::input::clip(&err))
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first bytes lane `lane` of `lanes` tunnels over, inclusive (`None`
+/// when the range has fewer first bytes than there are lanes).
+fn tunnel_range(lane: u32, lanes: u32, (lo, hi): (u8, u8)) -> Option<(u8, u8)> {
+    let span = u32::from(hi) - u32::from(lo) + 1;
+    let a = u32::from(lo) + span * lane / lanes;
+    let b = u32::from(lo) + span * (lane + 1) / lanes;
+    (b > a).then(|| (a as u8, (b - 1) as u8))
+}
+
+/// A lane's results.
+#[derive(Default)]
+struct LaneResult {
+    inputs: u64,
+    distinct: HashSet<Vec<u8>>,
+    findings: Vec<Finding>,
+    restarts: u64,
+}
+
+/// The finding of an input a worker died on.
+fn crash_finding(opts: &Options, bytes: &[u8], how: &str) -> Finding {
+    let (len, valid) = gen::decode_len(opts.mode, bytes);
+    let entry = analyzer::explain::raw_entry(&bytes[..len], opts.mode);
+    let hex = analyzer::observe::hex(bytes);
+    let how_sig: String = how.split(':').next().unwrap_or("").to_string();
+    let position = analyzer::opmap::position(opts.mode, &bytes[..len])
+        .map(|p| format!("{:?}/{:02x}", p.map, p.opcode))
+        .unwrap_or_else(|| "none".into());
+    Finding {
+        kind: Kind::EngineFailure,
+        mode: opts.mode.name().into(),
+        cpl: None,
+        config: opts.config.name(),
+        bytes: hex.clone(),
+        input: hex.clone(),
+        decoder: Decoded {
+            valid,
+            length: len,
+            code: entry.code,
+            form: entry.form,
+        },
+        engines: BTreeMap::new(),
+        observed_length: None,
+        detail: format!("the worker died on this input ({how})"),
+        signature: format!("engine-failure|worker|{position}|{how_sig}"),
+        reproduce: format!(
+            "popek explain {hex} --hex --raw --mode {} --engine {}",
+            opts.mode.name(),
+            opts.engines.join(",")
+        ),
+    }
+}
+
+struct Shared<'a> {
+    opts: &'a Options,
+    templates: &'a [Vec<u8>],
+    corpus: Vec<Vec<u8>>,
+    stop: &'a AtomicBool,
+    bar: indicatif::ProgressBar,
+    found: AtomicU64,
+}
+
+fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzError> {
+    let opts = sh.opts;
+    let range = tunnel_range(lane, opts.lanes, opts.tunnel);
+    let mut job = LaneJob {
+        gens: opts.gens,
+        lane,
+        seed: opts.seed,
+        start: 0,
+        count,
+        tunnel: range.map(|(lo, _)| analyzer::observe::hex(&gen::tunnel_start(lo))),
+        tunnel_hi: range.map(|(_, hi)| hi).unwrap_or(0),
+        corpus: sh.corpus.iter().map(|b| analyzer::observe::hex(b)).collect(),
+    };
+    let mut res = LaneResult::default();
+    let mut next = 0u64;
+    let mut cursor: Option<Vec<u8>> = job
+        .tunnel
+        .as_deref()
+        .and_then(|h| analyzer::explain::parse_hex(h).ok());
+    'lane: while next < count && !sh.stop.load(Ordering::Relaxed) {
+        job.start = next;
+        job.count = count - next;
+        job.tunnel = cursor.as_deref().map(analyzer::observe::hex);
+        let mut w = Worker::start(opts)?;
+        if !w.send(&Job::Lane(job.clone())) {
+            let how = w.ending();
+            if next == 0 && res.restarts == 0 {
+                return Err(FuzzError::WorkerFailed(how));
+            }
+        }
+        loop {
+            match w.next(sh.stop) {
+                Ok(Reply::Done) => break 'lane,
+                Ok(Reply::Input { i, g, ran, adv, f }) => {
+                    res.inputs += 1;
+                    if let Ok(b) = analyzer::explain::parse_hex(&ran) {
+                        res.distinct.insert(b);
+                    }
+                    if g == gen::GenKind::Tunnel {
+                        cursor = cursor
+                            .as_deref()
+                            .and_then(|c| tunnel_after(c, adv, job.tunnel_hi));
+                    }
+                    sh.found.fetch_add(f.len() as u64, Ordering::Relaxed);
+                    res.findings.extend(f);
+                    next = i + 1;
+                    sh.bar.inc(1);
+                    sh.bar
+                        .set_message(format!("{} findings", sh.found.load(Ordering::Relaxed)));
+                }
+                Err(false) => break 'lane,
+                Err(true) => {
+                    let how = w.ending();
+                    // A worker that never answered is broken, not crashed.
+                    if res.inputs == 0 && res.restarts == 0 && next == 0 && !how.contains("signal") {
+                        return Err(FuzzError::WorkerFailed(how));
+                    }
+                    res.restarts += 1;
+                    let Some((g, bytes)) =
+                        input_at(&job_at(&job, next), next, cursor.as_deref(), opts.mode, sh.templates, &sh.corpus)
+                    else {
+                        break 'lane;
+                    };
+                    res.inputs += 1;
+                    res.distinct.insert(bytes.clone());
+                    res.findings.push(crash_finding(opts, &bytes, &how));
+                    sh.found.fetch_add(1, Ordering::Relaxed);
+                    sh.bar.inc(1);
+                    if g == gen::GenKind::Tunnel {
+                        let (len, _) = gen::decode_len(opts.mode, &bytes);
+                        cursor = tunnel_after(&bytes, len, job.tunnel_hi);
+                    }
+                    next += 1;
+                    continue 'lane;
+                }
+            }
+        }
+    }
+    Ok(res)
+}
+
+fn job_at(job: &LaneJob, start: u64) -> LaneJob {
+    LaneJob {
+        start,
+        ..job.clone()
+    }
+}
+
+/// Minimizes a finding: drops bytes (prefixes first) while an input still
+/// gives a finding of the same signature; the finding of the least input
+/// found. `w` evaluates candidates (restarted when it dies).
+fn minimize(opts: &Options, f: Finding, w: &mut Option<Worker>, stop: &AtomicBool) -> Result<Finding, FuzzError> {
+    if f.signature.starts_with("engine-failure|worker") {
+        return Ok(f);
+    }
+    let Ok(mut cur) = analyzer::explain::parse_hex(&f.input) else {
+        return Ok(f);
+    };
+    let mut best = f.clone();
+    let mut changed = true;
+    while changed && cur.len() > 1 {
+        changed = false;
+        for i in 0..cur.len() {
+            let mut cand = cur.clone();
+            cand.remove(i);
+            if w.is_none() {
+                *w = Some(Worker::start(opts)?);
+            }
+            let Some(worker) = w.as_mut() else { break };
+            if !worker.send(&Job::Eval(vec![analyzer::observe::hex(&cand)])) {
+                *w = None;
+                continue;
+            }
+            let mut got = None;
+            loop {
+                match worker.next(stop) {
+                    Ok(Reply::Input { f, .. }) => got = Some(f),
+                    Ok(Reply::Done) => break,
+                    Err(_) => {
+                        *w = None;
+                        break;
+                    }
+                }
+            }
+            if let Some(same) = got
+                .unwrap_or_default()
+                .into_iter()
+                .find(|g| g.signature == f.signature)
+            {
+                cur = cand;
+                best = same;
+                changed = true;
+                break;
+            }
+        }
+    }
+    best.input = f.input;
+    Ok(best)
+}
+
+/// Runs a campaign (until its iterations are done, its time is up, or
+/// `stop` is set) and writes its findings and corpus into `opts.out`.
+pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
+    if opts.iterations.is_none() && opts.duration.is_none() {
+        return Err(FuzzError::Usage("give --iterations N or --duration SECS (or both)".into()));
+    }
+    let (k, n) = opts.shard;
+    if n == 0 || k >= n {
+        return Err(FuzzError::Usage(format!("--shard {k}/{n}: K must be below N")));
+    }
+    if opts.lanes == 0 || opts.jobs == 0 {
+        return Err(FuzzError::Usage("--lanes and --jobs must be at least 1".into()));
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|source| FindingsError::Io {
+        path: opts.out.clone(),
+        source,
+    })?;
+    let start = Instant::now();
+    let catalog = analyzer::catalog::build(opts.mode);
+    let templates: Vec<Vec<u8>> = catalog.entries.iter().map(|e| e.bytes.clone()).collect();
+    let total = opts.iterations.unwrap_or(u64::MAX);
+    let per_lane = |l: u32| {
+        let n = u64::from(opts.lanes);
+        total / n + u64::from(u64::from(l) < total % n)
+    };
+    let lanes: VecDeque<u32> = (0..opts.lanes).filter(|l| l % n == k).collect();
+    let bar = if opts.progress {
+        let len = opts
+            .iterations
+            .map(|_| lanes.iter().map(|&l| per_lane(l)).sum::<u64>());
+        let b = indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} inputs, {per_sec}, {msg} [{elapsed}]",
+        ) {
+            b.set_style(style);
+        }
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    // Lanes stop on `halt`: set by Ctrl-C (`stop`), by --duration, or by a
+    // lane that failed.
+    let halt = AtomicBool::new(false);
+    let sh = Shared {
+        opts,
+        templates: &templates,
+        corpus: opts
+            .corpus
+            .iter()
+            .filter(|c| c.mode == opts.mode.name())
+            .map(|c| c.bytes.clone())
+            .collect(),
+        stop: &halt,
+        bar: bar.clone(),
+        found: AtomicU64::new(0),
+    };
+    let queue = Mutex::new(lanes);
+    let results: Mutex<Vec<(u32, LaneResult)>> = Mutex::new(Vec::new());
+    let error: Mutex<Option<FuzzError>> = Mutex::new(None);
+    let active = AtomicU64::new(opts.jobs as u64);
+    let deadline = opts.duration.map(|d| start + d);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while active.load(Ordering::Relaxed) > 0 {
+                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    halt.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        for _ in 0..opts.jobs {
+            s.spawn(|| {
+                loop {
+                    let lane = match queue.lock() {
+                        Ok(mut q) => q.pop_front(),
+                        Err(_) => None,
+                    };
+                    let Some(lane) = lane else { break };
+                    match run_lane(&sh, lane, per_lane(lane)) {
+                        Ok(r) => {
+                            if let Ok(mut v) = results.lock() {
+                                v.push((lane, r));
+                            }
+                        }
+                        Err(e) => {
+                            halt.store(true, Ordering::Relaxed);
+                            if let Ok(mut slot) = error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            break;
+                        }
+                    }
+                }
+                active.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    if let Some(e) = error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|(l, _)| *l);
+    let mut inputs = 0;
+    let mut restarts = 0;
+    let mut distinct: HashSet<Vec<u8>> = HashSet::new();
+    let mut all = Vec::new();
+    for (_, r) in results {
+        inputs += r.inputs;
+        restarts += r.restarts;
+        distinct.extend(r.distinct);
+        all.extend(r.findings);
+    }
+    let deduped = finding::dedupe(all);
+    // Minimization runs to its end even after a stop: it is short.
+    let no_stop = AtomicBool::new(false);
+    let mut w = None;
+    let mut minimized = Vec::with_capacity(deduped.len());
+    for f in deduped {
+        minimized.push(minimize(opts, f, &mut w, &no_stop)?);
+    }
+    drop(w);
+    let findings = finding::dedupe(minimized);
+    write_outputs(&opts.out, &findings)?;
+    Ok(Summary {
+        inputs,
+        distinct: distinct.len() as u64,
+        findings: findings.len(),
+        restarts,
+        secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes `findings.jsonl` and `corpus.txt` (each atomically).
+fn write_outputs(out: &Path, findings: &[Finding]) -> Result<(), FuzzError> {
+    finding::write_atomic(&out.join("findings.jsonl"), finding::to_jsonl(findings).as_bytes())?;
+    let mut corpus: Vec<CorpusEntry> = findings
+        .iter()
+        .filter_map(|f| {
+            Some(CorpusEntry {
+                bytes: analyzer::explain::parse_hex(&f.bytes).ok()?,
+                mode: f.mode.clone(),
+                note: f.signature.clone(),
+            })
+        })
+        .collect();
+    corpus.sort();
+    corpus.dedup();
+    finding::write_atomic(&out.join("corpus.txt"), finding::corpus_text(&corpus).as_bytes())?;
+    Ok(())
+}
+
+/// Merges the findings of shard directories into `out`: the same rule as
+/// one campaign's (one finding per signature, the least input), so merged
+/// shards equal the unsharded run. Returns the number of findings.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<usize, FuzzError> {
+    let mut all = Vec::new();
+    for d in dirs {
+        all.extend(finding::read_jsonl(&d.join("findings.jsonl"))?);
+    }
+    let findings = finding::dedupe(all);
+    std::fs::create_dir_all(out).map_err(|source| FindingsError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    write_outputs(out, &findings)?;
+    Ok(findings.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_split_the_tunnel_range_without_gaps() {
+        let mut seen = Vec::new();
+        for l in 0..3 {
+            let (a, b) = tunnel_range(l, 3, (0x00, 0xff)).expect("range");
+            seen.extend(a..=b);
+        }
+        assert_eq!(seen, (0u8..=0xff).collect::<Vec<_>>());
+        assert_eq!(tunnel_range(0, 1, (0x01, 0x01)), Some((0x01, 0x01)));
+        assert_eq!(tunnel_range(1, 4, (0x01, 0x01)), None);
+    }
+
+    #[test]
+    fn the_summary_line_has_its_fixed_form() {
+        let s = Summary {
+            inputs: 10,
+            distinct: 8,
+            findings: 2,
+            restarts: 1,
+            secs: 2.0,
+        };
+        assert_eq!(
+            s.line(),
+            "fuzz: 10 inputs, 8 distinct, 2 findings, 1 worker restarts, 2.0 s, 4 distinct/s"
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! One input through the probe layer and the oracles: the bytes become an
+//! entry ([`analyzer::explain::raw_entry`]), every engine's [`Prober`] runs
+//! it in the base state at both CPLs (a quick look), and the oracles turn
+//! the runs into findings; an input that looks sensitive at CPL 3 is run
+//! through the whole matrix and judged as `scan` judges ([`Prober::judge`]).
+//! No engine or observation code of its own.
+
+use crate::finding::{Decoded, Finding, Kind};
+use crate::gen;
+use analyzer::catalog::{self, Catalog, Entry};
+use analyzer::machine::{Variant, TEST_RIP};
+use analyzer::mode::{Config, Mode};
+use analyzer::observe::{Outcome, Side};
+use analyzer::probe::{diff_results, GuestHarness, Matrix, Opener, ProbeError, Prober, Run};
+use std::collections::{BTreeMap, HashMap};
+
+/// An input as it ran, and what the oracles found.
+#[derive(Clone, Debug)]
+pub struct Evaluated {
+    /// The bytes that ran: the decoder's first instruction of the input.
+    pub ran: Vec<u8>,
+    /// The length the tunnel advances by (the decoder's).
+    pub advance: usize,
+    pub findings: Vec<Finding>,
+}
+
+/// The engines, the states, and what was judged already.
+pub struct Evaluator {
+    mode: Mode,
+    config: Config,
+    probers: Vec<Prober>,
+    quick: Matrix,
+    full: Option<Matrix>,
+    catalog: Catalog,
+    /// The catalog's encodings of the mode (the generators' templates).
+    pub templates: Vec<Vec<u8>>,
+    /// (engine, code, quick-look signature) to the whole matrix's verdict:
+    /// whether it violates, its class and first evidence.
+    escalated: HashMap<(usize, String, String), (bool, String, String)>,
+    /// (engine, code) to whether the catalog's scan of that code reports a
+    /// violator (`None`: the catalog has no such code).
+    catalog_pg: HashMap<(usize, String), Option<(bool, String)>>,
+}
+
+/// Digits and hex numbers written `#`, so that outcomes differing only in
+/// an address or a count share a signature.
+fn normalize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_num = false;
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i] as char;
+        if c == '0' && b.get(i + 1) == Some(&b'x') {
+            if !in_num {
+                out.push('#');
+            }
+            in_num = true;
+            i += 2;
+            continue;
+        }
+        if c.is_ascii_digit() || (in_num && c.is_ascii_hexdigit()) {
+            if !in_num {
+                out.push('#');
+            }
+            in_num = true;
+        } else {
+            in_num = false;
+            out.push(c);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn cpl_of(side: Side) -> u8 {
+    match side {
+        Side::Supervisor => 0,
+        Side::User => 3,
+    }
+}
+
+fn engine_level(o: &Outcome) -> bool {
+    matches!(
+        o,
+        Outcome::EngineError(_) | Outcome::NotSupported(_) | Outcome::Hang
+    )
+}
+
+impl Evaluator {
+    /// Opens every engine and builds the base state of `mode` in `config`.
+    pub fn new(engines: Vec<Opener>, mode: Mode, config: Config) -> Result<Evaluator, ProbeError> {
+        let probers = engines
+            .into_iter()
+            .map(Prober::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let base = Variant::base(&config);
+        let image = analyzer::probe::build_one(&GuestHarness, mode, config, base)?;
+        let quick = Matrix {
+            mode,
+            config,
+            images: vec![(base, std::sync::Arc::new(image))],
+        };
+        let catalog = catalog::build(mode);
+        let templates = catalog.entries.iter().map(|e| e.bytes.clone()).collect();
+        Ok(Evaluator {
+            mode,
+            config,
+            probers,
+            quick,
+            full: None,
+            catalog,
+            templates,
+            escalated: HashMap::new(),
+            catalog_pg: HashMap::new(),
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The engines' names, in order.
+    pub fn engines(&self) -> Vec<String> {
+        self.probers.iter().map(|p| p.name().to_string()).collect()
+    }
+
+    fn full(&mut self) -> Result<&Matrix, ProbeError> {
+        if self.full.is_none() {
+            self.full = Some(Matrix::build(&GuestHarness, self.mode, self.config)?);
+        }
+        Ok(self.full.as_ref().expect("built above"))
+    }
+
+    /// A command line that shows a finding of `bytes`.
+    fn reproduce(&self, bytes: &[u8]) -> String {
+        let mut s = format!(
+            "popek explain {} --hex --raw --mode {} --engine {}",
+            analyzer::observe::hex(bytes),
+            self.mode.name(),
+            self.engines().join(",")
+        );
+        if self.config.umip {
+            s.push_str(" --umip on");
+        }
+        if self.config.iopl != 0 {
+            s.push_str(&format!(" --iopl {}", self.config.iopl));
+        }
+        s
+    }
+
+    /// Runs one input and applies every oracle.
+    pub fn eval(&mut self, input: &[u8]) -> Result<Evaluated, ProbeError> {
+        let input = if input.is_empty() { &[0x90][..] } else { input };
+        let (len, valid) = gen::decode_len(self.mode, input);
+        let ran = input[..len].to_vec();
+        // Bytes that end inside an instruction are not run: the engine
+        // would read the harness's bytes after them.
+        if gen::truncated(self.mode, input) {
+            return Ok(Evaluated {
+                ran,
+                advance: len,
+                findings: Vec::new(),
+            });
+        }
+        let entry = analyzer::explain::raw_entry(&ran, self.mode);
+        let mut all_runs = Vec::with_capacity(self.probers.len());
+        for p in &mut self.probers {
+            let runs = p
+                .probe_states(&self.quick, &[&entry], false)?
+                .pop()
+                .unwrap_or_default();
+            all_runs.push(runs);
+        }
+        let decoded = Decoded {
+            valid,
+            length: len,
+            code: entry.code.clone(),
+            form: entry.form.clone(),
+        };
+        let mut outcomes: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (p, runs) in self.probers.iter().zip(&all_runs) {
+            let m = outcomes.entry(p.name().to_string()).or_default();
+            for r in runs {
+                m.insert(format!("cpl{}", cpl_of(r.side)), r.obs.outcome.short());
+            }
+        }
+        let position = analyzer::opmap::position(self.mode, &ran)
+            .map(|p| format!("{:?}/{:02x}", p.map, p.opcode))
+            .unwrap_or_else(|| "none".into());
+        let observed_length = all_runs.first().and_then(|runs| {
+            runs.iter().find_map(|r| match r.obs.outcome {
+                Outcome::Completed { rip, .. } => rip.checked_sub(TEST_RIP),
+                _ => None,
+            })
+        });
+        let base = Finding {
+            kind: Kind::EngineFailure,
+            mode: self.mode.name().into(),
+            cpl: None,
+            config: self.config.name(),
+            bytes: analyzer::observe::hex(&ran),
+            input: analyzer::observe::hex(&ran),
+            decoder: decoded,
+            engines: outcomes,
+            observed_length,
+            detail: String::new(),
+            signature: String::new(),
+            reproduce: self.reproduce(&ran),
+        };
+        let mut found = Vec::new();
+        let names = self.engines();
+        let mut add = |kind: Kind, cpl: Option<u8>, detail: String, sig: String| {
+            found.push(Finding {
+                kind,
+                cpl,
+                detail,
+                signature: format!("{}|{sig}", kind.name()),
+                ..base.clone()
+            });
+        };
+        // Engine failures and the decoder against each engine.
+        for (name, runs) in names.iter().zip(&all_runs) {
+            for r in runs {
+                let c = cpl_of(r.side);
+                let o = &r.obs.outcome;
+                if matches!(o, Outcome::EngineError(_) | Outcome::Hang) {
+                    add(
+                        Kind::EngineFailure,
+                        Some(c),
+                        format!("{name} at CPL {c}: {}", o.short()),
+                        format!("{name}|cpl{c}|{}", normalize(&o.short())),
+                    );
+                    continue;
+                }
+                if engine_level(o) {
+                    continue;
+                }
+                let ud = matches!(o, Outcome::Trap { vector: 6, .. });
+                if !valid && !ud {
+                    add(
+                        Kind::DecoderVsEngine,
+                        Some(c),
+                        format!(
+                            "the decoder finds no instruction; {name} at CPL {c}: {}",
+                            o.short()
+                        ),
+                        format!("{name}|cpl{c}|{position}|invalid|{}", normalize(&o.short())),
+                    );
+                } else if valid && entry.doc.flow_control == "Next" {
+                    if let Outcome::Completed {
+                        rip,
+                        at_sentinel: false,
+                    } = o
+                    {
+                        let stop = rip.wrapping_sub(TEST_RIP) as i64;
+                        add(
+                            Kind::DecoderVsEngine,
+                            Some(c),
+                            format!(
+                                "the decoder reads {len} bytes ({}); {name} at CPL {c} stopped at +{stop}",
+                                entry.form
+                            ),
+                            format!("{name}|cpl{c}|{position}|length|{}", entry.code),
+                        );
+                    }
+                }
+            }
+        }
+        // Engine against engine, side by side.
+        if let Some((first, rest)) = all_runs.split_first() {
+            for (k, runs) in rest.iter().enumerate() {
+                let other = &names[k + 1];
+                for a in first {
+                    let Some(b) = runs.iter().find(|b| b.side == a.side) else {
+                        continue;
+                    };
+                    let (oa, ob) = (&a.obs.outcome, &b.obs.outcome);
+                    if engine_level(oa) || engine_level(ob) {
+                        continue;
+                    }
+                    let c = cpl_of(a.side);
+                    if oa.short() != ob.short() {
+                        add(
+                            Kind::EngineVsEngine,
+                            Some(c),
+                            format!(
+                                "at CPL {c}: {}: {}, {other}: {}",
+                                names[0],
+                                oa.short(),
+                                ob.short()
+                            ),
+                            format!(
+                                "cpl{c}|{position}|{}|{}",
+                                normalize(&oa.short()),
+                                normalize(&ob.short())
+                            ),
+                        );
+                    } else if oa.is_completed() {
+                        let d = diff_results(a, b);
+                        if let Some(first_diff) = d.first() {
+                            let part: String = first_diff
+                                .chars()
+                                .take_while(|ch| ch.is_ascii_alphanumeric())
+                                .collect();
+                            add(
+                                Kind::EngineVsEngine,
+                                Some(c),
+                                format!(
+                                    "at CPL {c} both complete, results differ ({} vs {other}): {first_diff}",
+                                    names[0]
+                                ),
+                                format!("cpl{c}|{position}|results|{part}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // P&G: sensitive at CPL 3 and not trapping there, judged over the
+        // whole matrix, and not what the catalog's scan reports.
+        for (i, runs) in all_runs.iter().enumerate() {
+            let Some(user) = runs.iter().find(|r| r.side == Side::User) else {
+                continue;
+            };
+            let sup = runs.iter().find(|r| r.side == Side::Supervisor);
+            let o = &user.obs.outcome;
+            if o.is_trap_like() || engine_level(o) || o.is_memory_trap() {
+                continue;
+            }
+            let changed = user.changed_r();
+            let differs = sup.is_some_and(|s| s.obs.outcome.is_completed() && !diff_results(s, user).is_empty());
+            if changed.is_empty() && !differs {
+                continue;
+            }
+            let quick_sig = quick_signature(runs);
+            let key = (i, entry.code.clone(), quick_sig);
+            let verdict = match self.escalated.get(&key) {
+                Some(v) => v.clone(),
+                None => {
+                    let v = self.judge_full(i, &entry)?;
+                    self.escalated.insert(key, v.clone());
+                    v
+                }
+            };
+            let (violates, class, evidence) = verdict;
+            if !violates {
+                continue;
+            }
+            let known = self.catalog_verdict(i, &entry.code)?;
+            if let Some((true, _)) = known {
+                continue;
+            }
+            let name = &names[i];
+            let why = match &known {
+                Some((_, cclass)) => format!("the catalog's {} is {cclass}", entry.code),
+                None => format!("{} is not in the catalog", entry.code),
+            };
+            found.push(Finding {
+                kind: Kind::Pg,
+                cpl: Some(3),
+                detail: format!("{name}: {class} over the whole matrix ({why}): {evidence}"),
+                signature: format!("pg|{name}|{}|{class}", entry.code),
+                ..base.clone()
+            });
+        }
+        Ok(Evaluated {
+            ran,
+            advance: len,
+            findings: found,
+        })
+    }
+
+    /// The whole matrix's verdict of an entry on engine `i`.
+    fn judge_full(&mut self, i: usize, entry: &Entry) -> Result<(bool, String, String), ProbeError> {
+        self.full()?;
+        let matrix = self.full.as_ref().expect("built");
+        let p = &mut self.probers[i];
+        let runs = p.probe(matrix, entry)?;
+        let rec = p.judge(matrix, entry, &runs);
+        let evidence = rec
+            .verdict
+            .evidence
+            .iter()
+            .find(|e| e.kind != analyzer::classify::EvidenceKind::NotPrivileged)
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        Ok((
+            rec.verdict.violates_pg,
+            rec.verdict.class.name().to_string(),
+            evidence,
+        ))
+    }
+
+    /// Whether the catalog's scan reports `code` as a violator on engine
+    /// `i`, and its class (`None`: no such code in the catalog).
+    fn catalog_verdict(&mut self, i: usize, code: &str) -> Result<Option<(bool, String)>, ProbeError> {
+        let key = (i, code.to_string());
+        if let Some(v) = self.catalog_pg.get(&key) {
+            return Ok(v.clone());
+        }
+        let entries: Vec<Entry> = self.catalog.find_code(code).into_iter().cloned().collect();
+        let mut result: Option<(bool, String)> = None;
+        for e in &entries {
+            let (v, class, _) = self.judge_full(i, e)?;
+            if v || result.is_none() {
+                result = Some((v, class));
+            }
+            if v {
+                break;
+            }
+        }
+        self.catalog_pg.insert(key, result.clone());
+        Ok(result)
+    }
+}
+
+/// What the quick look saw: outcomes and the changed parts of R.
+fn quick_signature(runs: &[Run]) -> String {
+    runs.iter()
+        .map(|r| {
+            let parts: Vec<&str> = r.changed_r().iter().map(|c| c.part.name()).collect();
+            format!("{}:{}", normalize(&r.obs.outcome.short()), parts.join("+"))
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_normalized_in_signatures() {
+        assert_eq!(normalize("completed@0x7105"), "completed@#");
+        assert_eq!(normalize("#GP(0x10)"), "#GP(#)");
+        assert_eq!(normalize("engine-error: run 12 failed"), "engine-error: run # failed");
+    }
+}

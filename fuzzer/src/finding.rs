@@ -1,0 +1,329 @@
+//! Findings: what an oracle reports about one input, deduplicated by an
+//! outcome signature, kept in `findings.jsonl` (one JSON object per line,
+//! sorted, no timestamps) and merged across shards.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Which oracle found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// The decoder says invalid (or another length) and the engine executes it.
+    DecoderVsEngine,
+    /// Two engines' outcomes or results differ.
+    EngineVsEngine,
+    /// Sensitive and not privileged, and the catalog's scan does not report
+    /// it: a new violator candidate.
+    Pg,
+    /// The engine failed: an engine error, a hang, or its worker died.
+    EngineFailure,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::DecoderVsEngine => "decoder-vs-engine",
+            Kind::EngineVsEngine => "engine-vs-engine",
+            Kind::Pg => "pg",
+            Kind::EngineFailure => "engine-failure",
+        }
+    }
+}
+
+/// The decoder's view of an input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decoded {
+    pub valid: bool,
+    pub length: usize,
+    pub code: String,
+    pub form: String,
+}
+
+/// One finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: Kind,
+    pub mode: String,
+    /// The privilege level the finding is about, where it is about one.
+    pub cpl: Option<u8>,
+    pub config: String,
+    /// The input as minimized (hex).
+    pub bytes: String,
+    /// The input as generated (hex): what deduplication keeps the least of.
+    pub input: String,
+    pub decoder: Decoded,
+    /// Engine name to its outcome per CPL (`cpl0`, `cpl3`).
+    pub engines: BTreeMap<String, BTreeMap<String, String>>,
+    /// Bytes from the first byte to where the first engine's run stopped,
+    /// when it completed.
+    pub observed_length: Option<u64>,
+    pub detail: String,
+    /// What deduplicates: kind, where in the opcode map, and the outcomes.
+    pub signature: String,
+    /// A command line that shows the finding.
+    pub reproduce: String,
+}
+
+impl Finding {
+    /// The order of `findings.jsonl`.
+    fn key(&self) -> (Kind, &str, &str) {
+        (self.kind, &self.signature, &self.input)
+    }
+}
+
+/// One finding per signature, the one of the least input (so that any
+/// split of the same inputs keeps the same one), sorted by kind and
+/// signature.
+pub fn dedupe(findings: impl IntoIterator<Item = Finding>) -> Vec<Finding> {
+    let mut best: BTreeMap<(Kind, String), Finding> = BTreeMap::new();
+    for f in findings {
+        let k = (f.kind, f.signature.clone());
+        match best.get(&k) {
+            Some(b) if (b.input.len(), &b.input) <= (f.input.len(), &f.input) => {}
+            _ => {
+                best.insert(k, f);
+            }
+        }
+    }
+    let mut v: Vec<Finding> = best.into_values().collect();
+    v.sort_by(|a, b| a.key().cmp(&b.key()));
+    v
+}
+
+/// Why findings could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum FindingsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not a popek finding: {msg}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{path}: {size} bytes is more than a findings file may hold ({max})")]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+}
+
+/// The largest findings or corpus file read back.
+pub const MAX_FILE: u64 = 256 << 20;
+
+/// Writes a file atomically: a fresh temporary file in the same directory
+/// (created exclusively, so no planted name is followed), then renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FindingsError> {
+    let io = |source| FindingsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".popek-fuzz-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// `findings.jsonl` text.
+pub fn to_jsonl(findings: &[Finding]) -> String {
+    let mut s = String::new();
+    for f in findings {
+        s.push_str(&serde_json::to_string(f).unwrap_or_default());
+        s.push('\n');
+    }
+    s
+}
+
+fn read_bounded(path: &Path) -> Result<String, FindingsError> {
+    let io = |source| FindingsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > MAX_FILE {
+        return Err(FindingsError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            max: MAX_FILE,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    String::from_utf8(bytes).map_err(|_| FindingsError::Corrupt {
+        path: path.to_path_buf(),
+        line: 0,
+        msg: "not UTF-8".into(),
+    })
+}
+
+/// Reads a `findings.jsonl`.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Finding>, FindingsError> {
+    let text = read_bounded(path)?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| FindingsError::Corrupt {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// A corpus entry: bytes, mode, and a note.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CorpusEntry {
+    pub bytes: Vec<u8>,
+    pub mode: String,
+    pub note: String,
+}
+
+/// Corpus text: `hex mode note` per line, `#` comments.
+pub fn corpus_text(entries: &[CorpusEntry]) -> String {
+    let mut s = String::from("# popek fuzz corpus: hex bytes, mode, note\n");
+    for e in entries {
+        s.push_str(&format!(
+            "{} {} {}\n",
+            analyzer::observe::hex(&e.bytes),
+            e.mode,
+            e.note
+        ));
+    }
+    s
+}
+
+/// Reads a corpus file (see [`corpus_text`]); a malformed line is an error
+/// naming it.
+pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
+    let text = read_bounded(path)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.splitn(3, char::is_whitespace);
+        let (hex, mode) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let bad = |msg: String| FindingsError::Corrupt {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
+        let bytes = analyzer::explain::parse_hex(hex).map_err(|e| bad(e.to_string()))?;
+        if bytes.is_empty() || bytes.len() > crate::gen::MAX_LEN {
+            return Err(bad(format!("{} bytes (1 to 15)", bytes.len())));
+        }
+        mode.parse::<analyzer::mode::Mode>()
+            .map_err(|e| bad(format!("mode: {e}")))?;
+        out.push(CorpusEntry {
+            bytes,
+            mode: mode.to_string(),
+            note: parts.next().unwrap_or("").trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Every corpus entry under `dir` (`*.txt`, sorted by file name), or of
+/// one file.
+pub fn read_corpus_dir(dir: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
+    if dir.is_file() {
+        return read_corpus(dir);
+    }
+    let io = |source| FindingsError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(read_corpus(&f)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn finding(kind: Kind, sig: &str, input: &str) -> Finding {
+        Finding {
+            kind,
+            mode: "64".into(),
+            cpl: Some(3),
+            config: "umip=off".into(),
+            bytes: input.into(),
+            input: input.into(),
+            decoder: Decoded {
+                valid: true,
+                length: input.len() / 2,
+                code: "X".into(),
+                form: "x".into(),
+            },
+            engines: BTreeMap::new(),
+            observed_length: None,
+            detail: String::new(),
+            signature: sig.into(),
+            reproduce: String::new(),
+        }
+    }
+
+    #[test]
+    fn dedupe_keeps_the_least_input_whatever_the_order() {
+        let a = vec![
+            finding(Kind::Pg, "s1", "0102"),
+            finding(Kind::Pg, "s1", "01"),
+            finding(Kind::EngineVsEngine, "s2", "ff"),
+        ];
+        let mut b = a.clone();
+        b.reverse();
+        let da = dedupe(a);
+        assert_eq!(da, dedupe(b));
+        assert_eq!(da.len(), 2);
+        assert_eq!(da[0].kind, Kind::EngineVsEngine);
+        assert_eq!(da[1].input, "01");
+    }
+
+    #[test]
+    fn findings_and_corpus_round_trip_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = vec![finding(Kind::Pg, "s", "0f01c8")];
+        let p = dir.path().join("findings.jsonl");
+        write_atomic(&p, to_jsonl(&f).as_bytes()).expect("write");
+        assert_eq!(read_jsonl(&p).expect("read"), f);
+        std::fs::write(&p, "{}\n").expect("write");
+        let e = read_jsonl(&p).expect_err("corrupt");
+        assert!(e.to_string().contains(":1: not a popek finding"), "{e}");
+        let c = dir.path().join("c.txt");
+        let entries = vec![CorpusEntry {
+            bytes: vec![0x66, 0x01, 0xc8],
+            mode: "64".into(),
+            note: "a note".into(),
+        }];
+        std::fs::write(&c, corpus_text(&entries)).expect("write");
+        assert_eq!(read_corpus_dir(dir.path()).expect("read"), entries);
+        std::fs::write(&c, "zz 64\n").expect("write");
+        assert!(read_corpus(&c).is_err());
+        std::fs::write(&c, "90 65\n").expect("write");
+        assert!(read_corpus(&c).expect_err("mode").to_string().contains(":1:"));
+    }
+}

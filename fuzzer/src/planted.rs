@@ -1,0 +1,62 @@
+//! `planted`: an engine for testing the fuzzer itself. It is Unicorn,
+//! except that a test whose bytes contain `POPEK_FUZZ_PLANT_DIFFER` (hex)
+//! raises #UD, and one whose bytes contain `POPEK_FUZZ_PLANT_CRASH` aborts
+//! the process: a planted disagreement and a planted crash. Only the
+//! fuzzer's own tests name it.
+
+use analyzer::engine::fake::FakeEngine;
+use analyzer::engine::Engine;
+use analyzer::machine::{GuestImage, Prepared};
+use analyzer::observe::{Observation, Outcome, Side};
+
+/// Unicorn with a planted disagreement and a planted crash.
+pub struct Planted {
+    inner: Box<dyn Engine>,
+    differ: Option<Vec<u8>>,
+    crash: Option<Vec<u8>>,
+}
+
+fn from_env(var: &str) -> Option<Vec<u8>> {
+    let v = std::env::var(var).ok()?;
+    analyzer::explain::parse_hex(&v).ok().filter(|b| !b.is_empty())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Planted {
+    pub fn open() -> Result<Planted, analyzer::engine::EngineError> {
+        Ok(Planted {
+            inner: analyzer::engine::open(analyzer::engine::EngineKind::Unicorn)?,
+            differ: from_env("POPEK_FUZZ_PLANT_DIFFER"),
+            crash: from_env("POPEK_FUZZ_PLANT_CRASH"),
+        })
+    }
+}
+
+impl Engine for Planted {
+    fn name(&self) -> &'static str {
+        "planted"
+    }
+    fn version(&self) -> String {
+        format!("planted ({})", self.inner.version())
+    }
+    fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+        let bytes = FakeEngine::test_bytes(test);
+        if self.crash.as_ref().is_some_and(|c| contains(bytes, c)) {
+            std::process::abort();
+        }
+        let mut obs = self.inner.run(image, side, test);
+        if self.differ.as_ref().is_some_and(|d| contains(bytes, d)) {
+            obs.outcome = Outcome::Trap {
+                vector: 6,
+                error_code: None,
+                rip: test.rip,
+            };
+            obs.after = None;
+            obs.user = None;
+        }
+        obs
+    }
+}

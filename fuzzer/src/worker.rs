@@ -1,0 +1,231 @@
+//! The worker: a child process of `popek fuzz` that owns the engines and
+//! evaluates inputs, so that an engine that crashes or hangs takes only the
+//! worker with it. It reads jobs (one JSON line each) on stdin and writes a
+//! reply line per input on stdout, flushed at once, then `Done`.
+//!
+//! Every input is a pure function of the job (see [`input_at`]), so the
+//! parent knows the input a worker died on and resumes after it.
+
+use crate::eval::Evaluator;
+use crate::finding::Finding;
+use crate::gen::{self, GenKind, Generators};
+use crate::rng::Rng;
+use analyzer::mode::{Config, Mode};
+use analyzer::probe::Opener;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+/// What a worker is asked to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Job {
+    /// Inputs `start..start + count` of a lane.
+    Lane(LaneJob),
+    /// These inputs (hex), in order (minimization).
+    Eval(Vec<String>),
+}
+
+/// A lane's inputs from some index on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LaneJob {
+    pub gens: Generators,
+    pub lane: u32,
+    pub seed: u64,
+    pub start: u64,
+    pub count: u64,
+    /// The tunnel's next candidate (hex), `None` once it is done.
+    pub tunnel: Option<String>,
+    /// The last first byte of the lane's tunnel range.
+    pub tunnel_hi: u8,
+    /// Corpus entries of the mode (hex), for `mutate`.
+    pub corpus: Vec<String>,
+}
+
+/// One input's reply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Input {
+        /// Its index in the lane (or in the `Eval` list).
+        i: u64,
+        /// The generator that made it.
+        g: GenKind,
+        /// The bytes that ran (hex).
+        ran: String,
+        /// The length the tunnel advances by.
+        adv: usize,
+        f: Vec<Finding>,
+    },
+    Done,
+}
+
+/// The generator and input of index `index` of a lane, given the tunnel's
+/// next candidate (`None`: done; `all` then uses `structured` instead).
+pub fn input_at(
+    job: &LaneJob,
+    index: u64,
+    tunnel: Option<&[u8]>,
+    mode: Mode,
+    templates: &[Vec<u8>],
+    corpus: &[Vec<u8>],
+) -> Option<(GenKind, Vec<u8>)> {
+    let mut kind = job.gens.kind_of(index);
+    if kind == GenKind::Tunnel && tunnel.is_none() {
+        if job.gens != Generators::All {
+            return None;
+        }
+        kind = GenKind::Structured;
+    }
+    let mut rng = Rng::for_input(job.seed, job.lane, index);
+    let bytes = match kind {
+        GenKind::Tunnel => tunnel.map(<[u8]>::to_vec).unwrap_or_default(),
+        GenKind::Structured => gen::structured(&mut rng, mode, templates),
+        GenKind::Mutate => gen::mutate(&mut rng, corpus, templates),
+    };
+    Some((kind, bytes))
+}
+
+/// The tunnel's next candidate after `cur` ran with advance `adv`.
+pub fn tunnel_after(cur: &[u8], adv: usize, hi: u8) -> Option<Vec<u8>> {
+    gen::tunnel_next(cur, adv, hi)
+}
+
+fn hex_list(v: &[String]) -> Vec<Vec<u8>> {
+    v.iter()
+        .filter_map(|h| analyzer::explain::parse_hex(h).ok())
+        .collect()
+}
+
+/// Serves jobs from `input` until it ends. An engine failure the probe
+/// layer reports is an error (the worker exits and the parent restarts it).
+pub fn serve(
+    ev: &mut Evaluator,
+    input: impl BufRead,
+    mut out: impl Write,
+) -> Result<(), String> {
+    for line in input.lines() {
+        let line = line.map_err(|e| format!("read a job: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let job: Job = serde_json::from_str(&line).map_err(|e| format!("a bad job: {e}"))?;
+        let mut reply = |r: &Reply| -> Result<(), String> {
+            let mut s = serde_json::to_string(r).map_err(|e| e.to_string())?;
+            s.push('\n');
+            out.write_all(s.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("write a reply: {e}"))
+        };
+        match job {
+            Job::Eval(inputs) => {
+                for (i, h) in inputs.iter().enumerate() {
+                    let bytes = analyzer::explain::parse_hex(h).map_err(|e| e.to_string())?;
+                    let e = ev.eval(&bytes).map_err(|e| e.to_string())?;
+                    reply(&Reply::Input {
+                        i: i as u64,
+                        g: GenKind::Mutate,
+                        ran: analyzer::observe::hex(&e.ran),
+                        adv: e.advance,
+                        f: e.findings,
+                    })?;
+                }
+            }
+            Job::Lane(job) => {
+                let corpus = hex_list(&job.corpus);
+                let templates = ev.templates.clone();
+                let mut tunnel = job
+                    .tunnel
+                    .as_deref()
+                    .and_then(|h| analyzer::explain::parse_hex(h).ok());
+                for index in job.start..job.start.saturating_add(job.count) {
+                    let Some((g, bytes)) =
+                        input_at(&job, index, tunnel.as_deref(), ev.mode(), &templates, &corpus)
+                    else {
+                        break;
+                    };
+                    let e = ev.eval(&bytes).map_err(|e| e.to_string())?;
+                    if g == GenKind::Tunnel {
+                        tunnel = tunnel_after(&bytes, e.advance, job.tunnel_hi);
+                    }
+                    reply(&Reply::Input {
+                        i: index,
+                        g,
+                        ran: analyzer::observe::hex(&e.ran),
+                        adv: e.advance,
+                        f: e.findings,
+                    })?;
+                }
+            }
+        }
+        reply(&Reply::Done)?;
+    }
+    Ok(())
+}
+
+/// The openers of engines by name: `unicorn`, `kvm`, and the fuzzer's
+/// test engine `planted`.
+pub fn openers(names: &[String]) -> Result<Vec<Opener>, String> {
+    names
+        .iter()
+        .map(|n| -> Result<Opener, String> {
+            match n.as_str() {
+                "planted" => Ok(Arc::new(|| {
+                    crate::planted::Planted::open()
+                        .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
+                })),
+                other => {
+                    let kind: analyzer::engine::EngineKind =
+                        other.parse().map_err(|e: analyzer::engine::EngineError| e.to_string())?;
+                    Ok(Arc::new(move || analyzer::engine::open(kind)))
+                }
+            }
+        })
+        .collect()
+}
+
+/// The worker's main: `--engine a,b --mode M --config C`, then jobs on
+/// stdin. Returns the process's exit status.
+pub fn main(args: &[String]) -> i32 {
+    let mut engines = Vec::new();
+    let mut mode = None;
+    let mut config = Config::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().cloned().unwrap_or_default();
+        match a.as_str() {
+            "--engine" => engines = v.split(',').map(str::to_string).collect(),
+            "--mode" => mode = v.parse::<Mode>().ok(),
+            "--config" => match v.parse::<Config>() {
+                Ok(c) => config = c,
+                Err(e) => {
+                    eprintln!("popek fuzz worker: --config: {e}");
+                    return 2;
+                }
+            },
+            _ => {
+                eprintln!("popek fuzz worker: unknown argument {a}");
+                return 2;
+            }
+        }
+    }
+    let Some(mode) = mode else {
+        eprintln!("popek fuzz worker: --mode is needed");
+        return 2;
+    };
+    let ev = openers(&engines).and_then(|o| Evaluator::new(o, mode, config).map_err(|e| e.to_string()));
+    let mut ev = match ev {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("popek fuzz worker: {e}");
+            return 2;
+        }
+    };
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    match serve(&mut ev, stdin.lock(), stdout.lock()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("popek fuzz worker: {e}");
+            3
+        }
+    }
+}
