@@ -407,7 +407,9 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
     let gens: fuzzer::gen::Generators = a.generator.parse().map_err(anyhow::Error::msg)?;
     check_jobs(a.jobs)?;
     let jobs = if a.jobs == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         a.jobs
     };
@@ -424,19 +426,25 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
         (k, n)
     };
     let tunnel = {
-        let (lo, hi) = a
-            .tunnel_range
-            .split_once('-')
-            .with_context(|| format!("--tunnel-range {}: LO-HI in hex", analyzer::input::clip(&a.tunnel_range)))?;
-        let lo = u8::from_str_radix(lo.trim(), 16).context("--tunnel-range: LO is not a hex byte")?;
-        let hi = u8::from_str_radix(hi.trim(), 16).context("--tunnel-range: HI is not a hex byte")?;
+        let (lo, hi) = a.tunnel_range.split_once('-').with_context(|| {
+            format!(
+                "--tunnel-range {}: LO-HI in hex",
+                analyzer::input::clip(&a.tunnel_range)
+            )
+        })?;
+        let lo =
+            u8::from_str_radix(lo.trim(), 16).context("--tunnel-range: LO is not a hex byte")?;
+        let hi =
+            u8::from_str_radix(hi.trim(), 16).context("--tunnel-range: HI is not a hex byte")?;
         if lo > hi {
             bail!("--tunnel-range: {lo:02x} is above {hi:02x}");
         }
         (lo, hi)
     };
     let duration = match a.duration {
-        Some(d) if !(d.is_finite() && d > 0.0) => bail!("--duration {d}: a positive number of seconds"),
+        Some(d) if !(d.is_finite() && d > 0.0) => {
+            bail!("--duration {d}: a positive number of seconds")
+        }
         Some(d) => Some(std::time::Duration::from_secs_f64(d)),
         None => None,
     };
@@ -474,19 +482,27 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
         corpus,
         out: a.out.clone(),
         worker: fuzzer::campaign::WorkerCommand {
-            program: std::env::current_exe().context("cannot find the popek executable for the fuzz workers")?,
+            program: std::env::current_exe()
+                .context("cannot find the popek executable for the fuzz workers")?,
             args: vec!["__fuzz-worker".into()],
             env,
         },
         progress: std::io::stderr().is_terminal(),
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
     let summary = fuzzer::campaign::run(&opts, &stop)?;
     outln!("{}", summary.line());
-    eprintln!("popek: findings in {}", a.out.join("findings.jsonl").display());
+    eprintln!(
+        "popek: findings in {}",
+        a.out.join("findings.jsonl").display()
+    );
     Ok(if summary.findings == 0 {
         ExitCode::SUCCESS
     } else {

@@ -7,7 +7,7 @@
 
 use crate::finding::{self, CorpusEntry, Decoded, Finding, FindingsError, Kind};
 use crate::gen::{self, Generators};
-use crate::worker::{input_at, tunnel_after, Job, LaneJob, Reply};
+use crate::worker::{input_at, Job, LaneJob, Reply};
 use analyzer::mode::{Config, Mode};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -198,7 +198,11 @@ impl Worker {
     fn ending(&mut self) -> String {
         let _ = self.child.kill();
         let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-        let err = self.stderr.lock().map(|s| s.trim().to_string()).unwrap_or_default();
+        let err = self
+            .stderr
+            .lock()
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
         if err.is_empty() {
             status
         } else {
@@ -235,10 +239,11 @@ struct LaneResult {
 /// The finding of an input a worker died on.
 fn crash_finding(opts: &Options, bytes: &[u8], how: &str) -> Finding {
     let (len, valid) = gen::decode_len(opts.mode, bytes);
-    let entry = analyzer::explain::raw_entry(&bytes[..len], opts.mode);
+    let bytes = &bytes[..len];
+    let entry = analyzer::explain::raw_entry(bytes, opts.mode);
     let hex = analyzer::observe::hex(bytes);
     let how_sig: String = how.split(':').next().unwrap_or("").to_string();
-    let position = analyzer::opmap::position(opts.mode, &bytes[..len])
+    let position = analyzer::opmap::position(opts.mode, bytes)
         .map(|p| format!("{:?}/{:02x}", p.map, p.opcode))
         .unwrap_or_else(|| "none".into());
     Finding {
@@ -284,20 +289,20 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         seed: opts.seed,
         start: 0,
         count,
-        tunnel: range.map(|(lo, _)| analyzer::observe::hex(&gen::tunnel_start(lo))),
-        tunnel_hi: range.map(|(_, hi)| hi).unwrap_or(0),
-        corpus: sh.corpus.iter().map(|b| analyzer::observe::hex(b)).collect(),
+        tunnel: range.map(|(lo, hi)| gen::Tunnel::start(lo, hi)),
+        corpus: sh
+            .corpus
+            .iter()
+            .map(|b| analyzer::observe::hex(b))
+            .collect(),
     };
     let mut res = LaneResult::default();
     let mut next = 0u64;
-    let mut cursor: Option<Vec<u8>> = job
-        .tunnel
-        .as_deref()
-        .and_then(|h| analyzer::explain::parse_hex(h).ok());
+    let mut cursor = job.tunnel.clone();
     'lane: while next < count && !sh.stop.load(Ordering::Relaxed) {
         job.start = next;
         job.count = count - next;
-        job.tunnel = cursor.as_deref().map(analyzer::observe::hex);
+        job.tunnel = cursor.clone();
         let mut w = Worker::start(opts)?;
         if !w.send(&Job::Lane(job.clone())) {
             let how = w.ending();
@@ -314,9 +319,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                         res.distinct.insert(b);
                     }
                     if g == gen::GenKind::Tunnel {
-                        cursor = cursor
-                            .as_deref()
-                            .and_then(|c| tunnel_after(c, adv, job.tunnel_hi));
+                        cursor = cursor.and_then(|c| c.next(adv));
                     }
                     sh.found.fetch_add(f.len() as u64, Ordering::Relaxed);
                     res.findings.extend(f);
@@ -329,13 +332,19 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                 Err(true) => {
                     let how = w.ending();
                     // A worker that never answered is broken, not crashed.
-                    if res.inputs == 0 && res.restarts == 0 && next == 0 && !how.contains("signal") {
+                    if res.inputs == 0 && res.restarts == 0 && next == 0 && !how.contains("signal")
+                    {
                         return Err(FuzzError::WorkerFailed(how));
                     }
                     res.restarts += 1;
-                    let Some((g, bytes)) =
-                        input_at(&job_at(&job, next), next, cursor.as_deref(), opts.mode, sh.templates, &sh.corpus)
-                    else {
+                    let Some((g, bytes)) = input_at(
+                        &job_at(&job, next),
+                        next,
+                        cursor.as_ref(),
+                        opts.mode,
+                        sh.templates,
+                        &sh.corpus,
+                    ) else {
                         break 'lane;
                     };
                     res.inputs += 1;
@@ -345,7 +354,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                     sh.bar.inc(1);
                     if g == gen::GenKind::Tunnel {
                         let (len, _) = gen::decode_len(opts.mode, &bytes);
-                        cursor = tunnel_after(&bytes, len, job.tunnel_hi);
+                        cursor = cursor.and_then(|c| c.next(len));
                     }
                     next += 1;
                     continue 'lane;
@@ -366,7 +375,12 @@ fn job_at(job: &LaneJob, start: u64) -> LaneJob {
 /// Minimizes a finding: drops bytes (prefixes first) while an input still
 /// gives a finding of the same signature; the finding of the least input
 /// found. `w` evaluates candidates (restarted when it dies).
-fn minimize(opts: &Options, f: Finding, w: &mut Option<Worker>, stop: &AtomicBool) -> Result<Finding, FuzzError> {
+fn minimize(
+    opts: &Options,
+    f: Finding,
+    w: &mut Option<Worker>,
+    stop: &AtomicBool,
+) -> Result<Finding, FuzzError> {
     if f.signature.starts_with("engine-failure|worker") {
         return Ok(f);
     }
@@ -419,14 +433,20 @@ fn minimize(opts: &Options, f: Finding, w: &mut Option<Worker>, stop: &AtomicBoo
 /// `stop` is set) and writes its findings and corpus into `opts.out`.
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     if opts.iterations.is_none() && opts.duration.is_none() {
-        return Err(FuzzError::Usage("give --iterations N or --duration SECS (or both)".into()));
+        return Err(FuzzError::Usage(
+            "give --iterations N or --duration SECS (or both)".into(),
+        ));
     }
     let (k, n) = opts.shard;
     if n == 0 || k >= n {
-        return Err(FuzzError::Usage(format!("--shard {k}/{n}: K must be below N")));
+        return Err(FuzzError::Usage(format!(
+            "--shard {k}/{n}: K must be below N"
+        )));
     }
     if opts.lanes == 0 || opts.jobs == 0 {
-        return Err(FuzzError::Usage("--lanes and --jobs must be at least 1".into()));
+        return Err(FuzzError::Usage(
+            "--lanes and --jobs must be at least 1".into(),
+        ));
     }
     std::fs::create_dir_all(&opts.out).map_err(|source| FindingsError::Io {
         path: opts.out.clone(),
@@ -445,7 +465,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
         let len = opts
             .iterations
             .map(|_| lanes.iter().map(|&l| per_lane(l)).sum::<u64>());
-        let b = indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
+        let b =
+            indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} inputs, {per_sec}, {msg} [{elapsed}]",
         ) {
@@ -550,7 +571,10 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
 
 /// Writes `findings.jsonl` and `corpus.txt` (each atomically).
 fn write_outputs(out: &Path, findings: &[Finding]) -> Result<(), FuzzError> {
-    finding::write_atomic(&out.join("findings.jsonl"), finding::to_jsonl(findings).as_bytes())?;
+    finding::write_atomic(
+        &out.join("findings.jsonl"),
+        finding::to_jsonl(findings).as_bytes(),
+    )?;
     let mut corpus: Vec<CorpusEntry> = findings
         .iter()
         .filter_map(|f| {
@@ -563,7 +587,10 @@ fn write_outputs(out: &Path, findings: &[Finding]) -> Result<(), FuzzError> {
         .collect();
     corpus.sort();
     corpus.dedup();
-    finding::write_atomic(&out.join("corpus.txt"), finding::corpus_text(&corpus).as_bytes())?;
+    finding::write_atomic(
+        &out.join("corpus.txt"),
+        finding::corpus_text(&corpus).as_bytes(),
+    )?;
     Ok(())
 }
 

@@ -329,7 +329,8 @@ impl Evaluator {
                 continue;
             }
             let changed = user.changed_r();
-            let differs = sup.is_some_and(|s| s.obs.outcome.is_completed() && !diff_results(s, user).is_empty());
+            let differs = sup
+                .is_some_and(|s| s.obs.outcome.is_completed() && !diff_results(s, user).is_empty());
             if changed.is_empty() && !differs {
                 continue;
             }
@@ -372,7 +373,11 @@ impl Evaluator {
     }
 
     /// The whole matrix's verdict of an entry on engine `i`.
-    fn judge_full(&mut self, i: usize, entry: &Entry) -> Result<(bool, String, String), ProbeError> {
+    fn judge_full(
+        &mut self,
+        i: usize,
+        entry: &Entry,
+    ) -> Result<(bool, String, String), ProbeError> {
         self.full()?;
         let matrix = self.full.as_ref().expect("built");
         let p = &mut self.probers[i];
@@ -394,7 +399,11 @@ impl Evaluator {
 
     /// Whether the catalog's scan reports `code` as a violator on engine
     /// `i`, and its class (`None`: no such code in the catalog).
-    fn catalog_verdict(&mut self, i: usize, code: &str) -> Result<Option<(bool, String)>, ProbeError> {
+    fn catalog_verdict(
+        &mut self,
+        i: usize,
+        code: &str,
+    ) -> Result<Option<(bool, String)>, ProbeError> {
         let key = (i, code.to_string());
         if let Some(v) = self.catalog_pg.get(&key) {
             return Ok(v.clone());
@@ -434,6 +443,9 @@ mod tests {
     fn numbers_are_normalized_in_signatures() {
         assert_eq!(normalize("completed@0x7105"), "completed@#");
         assert_eq!(normalize("#GP(0x10)"), "#GP(#)");
-        assert_eq!(normalize("engine-error: run 12 failed"), "engine-error: run # failed");
+        assert_eq!(
+            normalize("engine-error: run 12 failed"),
+            "engine-error: run # failed"
+        );
     }
 }

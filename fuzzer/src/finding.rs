@@ -324,6 +324,9 @@ pub(crate) mod tests {
         std::fs::write(&c, "zz 64\n").expect("write");
         assert!(read_corpus(&c).is_err());
         std::fs::write(&c, "90 65\n").expect("write");
-        assert!(read_corpus(&c).expect_err("mode").to_string().contains(":1:"));
+        assert!(read_corpus(&c)
+            .expect_err("mode")
+            .to_string()
+            .contains(":1:"));
     }
 }

@@ -49,8 +49,9 @@ impl Generators {
     pub fn kind_of(self, index: u64) -> GenKind {
         match self {
             Generators::One(k) => k,
-            Generators::All => [GenKind::Structured, GenKind::Tunnel, GenKind::Mutate]
-                [(index % 3) as usize],
+            Generators::All => {
+                [GenKind::Structured, GenKind::Tunnel, GenKind::Mutate][(index % 3) as usize]
+            }
         }
     }
 }
@@ -97,33 +98,66 @@ pub fn truncated(mode: Mode, bytes: &[u8]) -> bool {
     d.last_error() == iced_x86::DecoderError::NoMoreBytes
 }
 
-/// The tunnel's first input of a first-byte range: `lo` then zeros.
-pub fn tunnel_start(lo: u8) -> Vec<u8> {
-    let mut b = vec![0u8; MAX_LEN];
-    b[0] = lo;
-    b
+/// Where the tunnel is: the candidate to run next (`MAX_LEN` bytes), the
+/// byte it advances (the marker), and the length of the input before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub bytes: Vec<u8>,
+    pub marker: usize,
+    pub last_len: usize,
+    /// The last first byte of the walk.
+    pub hi: u8,
 }
 
-/// The tunnel's next candidate after `cur` (a `MAX_LEN`-byte buffer) whose
-/// instruction is `len` bytes long: the last byte of the instruction goes
-/// up by one; a byte that wraps carries into the one before, and every byte
-/// after the one that went up starts again from zero. `None` when the first
-/// byte passes `hi` (the lane's range ends) or wraps.
-pub fn tunnel_next(cur: &[u8], len: usize, hi: u8) -> Option<Vec<u8>> {
-    let mut b = cur.to_vec();
-    b.resize(MAX_LEN, 0);
-    let mut i = len.clamp(1, MAX_LEN) - 1;
-    loop {
-        let (v, wrapped) = b[i].overflowing_add(1);
-        b[i] = v;
-        if !wrapped {
-            b[i + 1..].iter_mut().for_each(|x| *x = 0);
-            return (i > 0 || b[0] <= hi).then_some(b);
+impl Tunnel {
+    /// The walk of the first bytes `lo..=hi`: `lo` then zeros.
+    pub fn start(lo: u8, hi: u8) -> Tunnel {
+        let mut bytes = vec![0u8; MAX_LEN];
+        bytes[0] = lo;
+        Tunnel {
+            bytes,
+            marker: 0,
+            last_len: 0,
+            hi,
         }
-        if i == 0 {
-            return None;
+    }
+
+    /// The walk after the candidate ran as an instruction of `len` bytes
+    /// (sandsifter's tunneling): when the length changed, the marker moves
+    /// to the instruction's last byte; the byte at the marker goes up by
+    /// one, every byte after it starts again from zero, and a byte that
+    /// wraps moves the marker to the byte before. So the bytes that do not
+    /// change the length (a displacement, an immediate) are walked one at
+    /// a time, not in every combination. `None` when the walk is done.
+    pub fn next(&self, len: usize) -> Option<Tunnel> {
+        let len = len.clamp(1, MAX_LEN);
+        let mut b = self.bytes.clone();
+        b.resize(MAX_LEN, 0);
+        let mut m = if len != self.last_len {
+            len - 1
+        } else {
+            self.marker.min(MAX_LEN - 1)
+        };
+        loop {
+            let (v, wrapped) = b[m].overflowing_add(1);
+            b[m] = v;
+            if !wrapped {
+                b[m + 1..].iter_mut().for_each(|x| *x = 0);
+                if m == 0 && b[0] > self.hi {
+                    return None;
+                }
+                return Some(Tunnel {
+                    bytes: b,
+                    marker: m,
+                    last_len: len,
+                    hi: self.hi,
+                });
+            }
+            if m == 0 {
+                return None;
+            }
+            m -= 1;
         }
-        i -= 1;
     }
 }
 
@@ -281,26 +315,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_tunnel_advances_the_last_byte_and_carries() {
-        let mut cur = tunnel_start(0x01);
-        // `01 00` is two bytes: the second byte goes up.
-        cur = tunnel_next(&cur, 2, 0x01).expect("next");
-        assert_eq!(&cur[..3], &[0x01, 0x01, 0x00]);
-        // A wrapped last byte carries into the one before.
-        cur[1] = 0xff;
-        cur[2] = 0x33;
-        cur = tunnel_next(&cur, 2, 0x02).expect("next");
-        assert_eq!(&cur[..3], &[0x02, 0x00, 0x00]);
-        // Past the lane's last first byte: done.
-        assert_eq!(tunnel_next(&cur, 1, 0x02), None);
-        let mut end = tunnel_start(0xff);
-        end[1] = 0xff;
-        assert_eq!(tunnel_next(&end, 2, 0xff), None);
+    fn the_tunnel_walks_the_lengths_of_add_r_m8_by_the_decoder() {
+        // First byte 00 (ADD r/m8, r8) in 32-bit mode, walked with the
+        // decoder's lengths: ModRM alone (2), with SIB (3), disp8 (3 or 4),
+        // disp32 (6 or 7) -- every documented length, each displacement byte
+        // walked on its own, and the walk ends by itself.
+        let mut t = Tunnel::start(0x00, 0x00);
+        let mut lengths = std::collections::BTreeSet::new();
+        let mut steps = 0u64;
+        loop {
+            let (len, valid) = decode_len(Mode::Prot32, &t.bytes);
+            assert!(valid, "{:02x?}", &t.bytes[..len]);
+            lengths.insert(len);
+            steps += 1;
+            match t.next(len) {
+                Some(n) => t = n,
+                None => break,
+            }
+        }
+        assert_eq!(lengths.into_iter().collect::<Vec<_>>(), vec![2, 3, 4, 6, 7]);
+        assert!(steps > 256 * 24 && steps < 1_000_000, "{steps} steps");
+        // A wrapped byte carries into the one before; past `hi`: done.
+        let mut t = Tunnel::start(0x01, 0x02);
+        t.bytes[1] = 0xff;
+        t.last_len = 2;
+        t.marker = 1;
+        let n = t.next(2).expect("next");
+        assert_eq!(&n.bytes[..3], &[0x02, 0x00, 0x00]);
+        assert_eq!(n.marker, 0);
+        let mut end = Tunnel::start(0x02, 0x02);
+        end.bytes[0] = 0x02;
+        assert_eq!(end.next(1).map(|t| t.bytes[0]), None);
     }
 
     #[test]
     fn generators_are_deterministic_and_bounded() {
-        let templates = vec![vec![0x0f, 0x01, 0x05, 0, 0x81, 0, 0], vec![0x48, 0x01, 0xc8]];
+        let templates = vec![
+            vec![0x0f, 0x01, 0x05, 0, 0x81, 0, 0],
+            vec![0x48, 0x01, 0xc8],
+        ];
         let corpus = vec![vec![0x66, 0x01, 0xc8]];
         for i in 0..200 {
             let a = structured(&mut Rng::for_input(3, 0, i), Mode::Long64, &templates);
@@ -313,6 +366,9 @@ mod tests {
         }
         assert_eq!("ALL".parse::<Generators>(), Ok(Generators::All));
         assert!("nope".parse::<Generators>().is_err());
-        assert_eq!(decode_len(Mode::Long64, &[0x48, 0x01, 0xc8, 0xf4]), (3, true));
+        assert_eq!(
+            decode_len(Mode::Long64, &[0x48, 0x01, 0xc8, 0xf4]),
+            (3, true)
+        );
     }
 }

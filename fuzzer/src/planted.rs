@@ -18,7 +18,9 @@ pub struct Planted {
 
 fn from_env(var: &str) -> Option<Vec<u8>> {
     let v = std::env::var(var).ok()?;
-    analyzer::explain::parse_hex(&v).ok().filter(|b| !b.is_empty())
+    analyzer::explain::parse_hex(&v)
+        .ok()
+        .filter(|b| !b.is_empty())
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -14,7 +14,9 @@ impl Rng {
     /// The generator of input `index` of `lane` in a campaign of `seed`.
     pub fn for_input(seed: u64, lane: u32, index: u64) -> Rng {
         let mut r = Rng::new(seed ^ (u64::from(lane) << 48));
-        r.0 ^= r.next_u64().wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        r.0 ^= r
+            .next_u64()
+            .wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         r
     }
 

@@ -33,10 +33,8 @@ pub struct LaneJob {
     pub seed: u64,
     pub start: u64,
     pub count: u64,
-    /// The tunnel's next candidate (hex), `None` once it is done.
-    pub tunnel: Option<String>,
-    /// The last first byte of the lane's tunnel range.
-    pub tunnel_hi: u8,
+    /// Where the lane's tunnel is, `None` once it is done.
+    pub tunnel: Option<gen::Tunnel>,
     /// Corpus entries of the mode (hex), for `mutate`.
     pub corpus: Vec<String>,
 }
@@ -63,7 +61,7 @@ pub enum Reply {
 pub fn input_at(
     job: &LaneJob,
     index: u64,
-    tunnel: Option<&[u8]>,
+    tunnel: Option<&gen::Tunnel>,
     mode: Mode,
     templates: &[Vec<u8>],
     corpus: &[Vec<u8>],
@@ -77,16 +75,11 @@ pub fn input_at(
     }
     let mut rng = Rng::for_input(job.seed, job.lane, index);
     let bytes = match kind {
-        GenKind::Tunnel => tunnel.map(<[u8]>::to_vec).unwrap_or_default(),
+        GenKind::Tunnel => tunnel.map(|t| t.bytes.clone()).unwrap_or_default(),
         GenKind::Structured => gen::structured(&mut rng, mode, templates),
         GenKind::Mutate => gen::mutate(&mut rng, corpus, templates),
     };
     Some((kind, bytes))
-}
-
-/// The tunnel's next candidate after `cur` ran with advance `adv`.
-pub fn tunnel_after(cur: &[u8], adv: usize, hi: u8) -> Option<Vec<u8>> {
-    gen::tunnel_next(cur, adv, hi)
 }
 
 fn hex_list(v: &[String]) -> Vec<Vec<u8>> {
@@ -97,11 +90,7 @@ fn hex_list(v: &[String]) -> Vec<Vec<u8>> {
 
 /// Serves jobs from `input` until it ends. An engine failure the probe
 /// layer reports is an error (the worker exits and the parent restarts it).
-pub fn serve(
-    ev: &mut Evaluator,
-    input: impl BufRead,
-    mut out: impl Write,
-) -> Result<(), String> {
+pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Result<(), String> {
     for line in input.lines() {
         let line = line.map_err(|e| format!("read a job: {e}"))?;
         if line.trim().is_empty() {
@@ -132,19 +121,16 @@ pub fn serve(
             Job::Lane(job) => {
                 let corpus = hex_list(&job.corpus);
                 let templates = ev.templates.clone();
-                let mut tunnel = job
-                    .tunnel
-                    .as_deref()
-                    .and_then(|h| analyzer::explain::parse_hex(h).ok());
+                let mut tunnel = job.tunnel.clone();
                 for index in job.start..job.start.saturating_add(job.count) {
                     let Some((g, bytes)) =
-                        input_at(&job, index, tunnel.as_deref(), ev.mode(), &templates, &corpus)
+                        input_at(&job, index, tunnel.as_ref(), ev.mode(), &templates, &corpus)
                     else {
                         break;
                     };
                     let e = ev.eval(&bytes).map_err(|e| e.to_string())?;
                     if g == GenKind::Tunnel {
-                        tunnel = tunnel_after(&bytes, e.advance, job.tunnel_hi);
+                        tunnel = tunnel.and_then(|t| t.next(e.advance));
                     }
                     reply(&Reply::Input {
                         i: index,
@@ -173,8 +159,9 @@ pub fn openers(names: &[String]) -> Result<Vec<Opener>, String> {
                         .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
                 })),
                 other => {
-                    let kind: analyzer::engine::EngineKind =
-                        other.parse().map_err(|e: analyzer::engine::EngineError| e.to_string())?;
+                    let kind: analyzer::engine::EngineKind = other
+                        .parse()
+                        .map_err(|e: analyzer::engine::EngineError| e.to_string())?;
                     Ok(Arc::new(move || analyzer::engine::open(kind)))
                 }
             }
@@ -211,7 +198,8 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("popek fuzz worker: --mode is needed");
         return 2;
     };
-    let ev = openers(&engines).and_then(|o| Evaluator::new(o, mode, config).map_err(|e| e.to_string()));
+    let ev =
+        openers(&engines).and_then(|o| Evaluator::new(o, mode, config).map_err(|e| e.to_string()));
     let mut ev = match ev {
         Ok(e) => e,
         Err(e) => {

@@ -1,0 +1,281 @@
+//! `popek fuzz` and `popek merge` end to end: reproducible campaigns, the
+//! tunnel's walk, a planted disagreement found and minimized, a planted
+//! crash survived, and shards that merge into the unsharded run.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fuzz(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_popek"));
+    c.arg("fuzz").args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run popek fuzz")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn findings(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("findings.jsonl"))
+        .expect("findings.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The summary line's numbers: inputs, distinct, findings, restarts.
+fn summary(out: &str) -> (u64, u64, u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("fuzz: "))
+        .unwrap_or_else(|| panic!("no summary line in {out:?}"));
+    let n: Vec<u64> = line
+        .split([' ', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(line.ends_with(" distinct/s"), "{line}");
+    (n[0], n[1], n[2], n[3])
+}
+
+#[test]
+fn a_seeded_campaign_is_reproducible_and_reports_its_summary() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let args = |out: &Path| {
+        vec![
+            "--iterations".to_string(),
+            "600".into(),
+            "--seed".into(),
+            "7".into(),
+            "--jobs".into(),
+            "2".into(),
+            "--generator".into(),
+            "all".into(),
+            "--out".into(),
+            out.to_str().expect("utf-8").into(),
+        ]
+    };
+    let run = |out: &Path| {
+        let v = args(out);
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        fuzz(&refs, &[])
+    };
+    let oa = run(&a);
+    let ob = run(&b);
+    let (sa, ea) = text(&oa);
+    assert!(matches!(oa.status.code(), Some(0 | 1)), "{ea}");
+    let (inputs, distinct, found, _) = summary(&sa);
+    assert_eq!(inputs, 600, "{sa}");
+    assert!(distinct > 0 && distinct <= inputs, "{sa}");
+    assert_eq!(found as usize, findings(&a).len());
+    assert_eq!(oa.status.code(), Some(if found > 0 { 1 } else { 0 }));
+    assert_eq!(
+        std::fs::read(a.join("findings.jsonl")).expect("a"),
+        std::fs::read(b.join("findings.jsonl")).expect("b")
+    );
+    assert_eq!(
+        std::fs::read(a.join("corpus.txt")).expect("a"),
+        std::fs::read(b.join("corpus.txt")).expect("b")
+    );
+    let (sb, _) = text(&ob);
+    assert_eq!(summary(&sa).1, summary(&sb).1);
+}
+
+#[test]
+fn the_tunnel_walks_the_space_by_length_and_ends_by_itself() {
+    // First byte 0x00 (ADD r/m8, r8) in 16-bit mode: every length the
+    // decoder documents (a unit test checks them in 32-bit mode) is walked,
+    // each displacement byte on its own, and the walk ends long before the
+    // iterations, having run exactly the steps of the walk.
+    let mut t = fuzzer::gen::Tunnel::start(0x00, 0x00);
+    let mut steps = 0u64;
+    loop {
+        steps += 1;
+        let (len, _) = fuzzer::gen::decode_len(analyzer::mode::Mode::Prot16, &t.bytes);
+        match t.next(len) {
+            Some(n) => t = n,
+            None => break,
+        }
+    }
+    let d = tempfile::tempdir().expect("tmp");
+    let o = fuzz(
+        &[
+            "--mode",
+            "16",
+            "--generator",
+            "tunnel",
+            "--tunnel-range",
+            "00-00",
+            "--iterations",
+            "1000000",
+            "--jobs",
+            "1",
+            "--out",
+            d.path().to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{err}");
+    let (inputs, distinct, _, _) = summary(&out);
+    assert_eq!(inputs, steps, "{out}");
+    assert_eq!(inputs, distinct, "{out}");
+}
+
+#[test]
+fn a_planted_disagreement_is_found_and_minimized() {
+    // The planted engine is Unicorn except that a test holding `01 c8`
+    // (ADD EAX, ECX) raises #UD: mutating a corpus entry `66 01 c8` must
+    // find it, and minimization drops the prefix.
+    let d = tempfile::tempdir().expect("tmp");
+    let corpus = d.path().join("corpus.txt");
+    std::fs::write(&corpus, "6601c8 64 add with an operand-size prefix\n").expect("corpus");
+    let out = d.path().join("out");
+    let o = fuzz(
+        &[
+            "--generator",
+            "mutate",
+            "--iterations",
+            "400",
+            "--jobs",
+            "1",
+            "--corpus",
+            corpus.to_str().expect("utf-8"),
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        &[
+            ("POPEK_FUZZ_PLANTED", "1"),
+            ("POPEK_FUZZ_PLANT_DIFFER", "01c8"),
+        ],
+    );
+    let (stdout, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stdout}{err}");
+    let f = findings(&out);
+    let planted: Vec<&serde_json::Value> = f
+        .iter()
+        .filter(|x| x["kind"] == "engine-vs-engine" && x["engines"]["planted"]["cpl3"] == "#UD")
+        .collect();
+    assert!(!planted.is_empty(), "{f:?}");
+    // Minimized to the planted bytes (with no prefix left in front).
+    assert!(
+        planted.iter().any(|x| x["bytes"] == "01c8"),
+        "{:?}",
+        planted
+            .iter()
+            .map(|x| (&x["input"], &x["bytes"]))
+            .collect::<Vec<_>>()
+    );
+    let r = planted[0]["reproduce"].as_str().expect("reproduce");
+    assert!(
+        r.starts_with("popek explain ") && r.contains("--engine unicorn,planted"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_worker_that_crashes_is_restarted_and_the_campaign_completes() {
+    let d = tempfile::tempdir().expect("tmp");
+    let o = fuzz(
+        &[
+            "--generator",
+            "tunnel",
+            "--tunnel-range",
+            "90-91",
+            "--iterations",
+            "300",
+            "--jobs",
+            "1",
+            "--out",
+            d.path().to_str().expect("utf-8"),
+        ],
+        // 90 is NOP, a one-byte instruction: the tunnel visits it first.
+        &[
+            ("POPEK_FUZZ_PLANTED", "1"),
+            ("POPEK_FUZZ_PLANT_CRASH", "91"),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    let (inputs, _, _, restarts) = summary(&out);
+    assert_eq!(restarts, 1, "{out}");
+    assert_eq!(
+        inputs, 2,
+        "90 and 91: the walk of 90-91 is two one-byte instructions ({out})"
+    );
+    let f = findings(d.path());
+    let crash: Vec<_> = f
+        .iter()
+        .filter(|x| x["kind"] == "engine-failure" && x["input"] == "91")
+        .collect();
+    assert_eq!(crash.len(), 1, "{f:?}");
+    assert!(crash[0]["detail"]
+        .as_str()
+        .expect("detail")
+        .contains("worker died"));
+}
+
+#[test]
+fn shards_merged_equal_the_unsharded_run() {
+    let d = tempfile::tempdir().expect("tmp");
+    let dir = |n: &str| d.path().join(n);
+    let common = [
+        "--iterations",
+        "600",
+        "--seed",
+        "3",
+        "--lanes",
+        "4",
+        "--jobs",
+        "2",
+        "--generator",
+        "all",
+    ];
+    let run = |out: &Path, shard: &str| {
+        let mut a: Vec<&str> = common.to_vec();
+        let o = out.to_str().expect("utf-8");
+        a.extend(["--shard", shard, "--out", o]);
+        let r = fuzz(&a, &[]);
+        assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
+    };
+    run(&dir("all"), "0/1");
+    run(&dir("s0"), "0/2");
+    run(&dir("s1"), "1/2");
+    let o = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["merge"])
+        .arg(dir("s0"))
+        .arg(dir("s1"))
+        .arg("--out")
+        .arg(dir("merged"))
+        .output()
+        .expect("merge");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_eq!(
+        std::fs::read(dir("all").join("findings.jsonl")).expect("all"),
+        std::fs::read(dir("merged").join("findings.jsonl")).expect("merged")
+    );
+    assert_eq!(
+        std::fs::read(dir("all").join("corpus.txt")).expect("all"),
+        std::fs::read(dir("merged").join("corpus.txt")).expect("merged")
+    );
+}
+
+#[test]
+fn bad_fuzz_options_exit_2() {
+    for args in [
+        &["--iterations", "10", "--shard", "2/2"][..],
+        &["--iterations", "10", "--generator", "nope"],
+        &["--iterations", "10", "--tunnel-range", "zz-00"],
+        &["--duration", "-1"],
+        &["--mode", "64"],
+    ] {
+        let o = fuzz(args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o).1);
+    }
+}
