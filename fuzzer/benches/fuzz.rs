@@ -11,8 +11,17 @@ fn bench(c: &mut Criterion) {
     let openers = fuzzer::worker::openers(&["unicorn".to_string()]).expect("unicorn");
     let mut ev = Evaluator::new(openers, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
     let templates = ev.templates.clone();
-    let inputs: Vec<Vec<u8>> = (0..1000)
+    // Without LOCK prefixes: Unicorn 2.1 aborts the process on LOCK BT,
+    // BTS, BTR and BTC with a register operand (a finding of the fuzzer;
+    // a campaign's worker dies and is restarted, a benchmark would not).
+    let inputs: Vec<Vec<u8>> = (0..)
         .map(|i| fuzzer::gen::structured(&mut Rng::for_input(1, 0, i), Mode::Long64, &templates))
+        .filter(|b| {
+            !b.iter()
+                .take_while(|x| fuzzer::gen::PREFIXES.contains(x))
+                .any(|&x| x == 0xf0)
+        })
+        .take(1000)
         .collect();
     // The escalations of these inputs once, as a campaign caches them.
     for b in &inputs {
