@@ -12,6 +12,7 @@ use analyzer::machine::{Variant, TEST_RIP};
 use analyzer::mode::{Config, Mode};
 use analyzer::observe::{Outcome, Side};
 use analyzer::probe::{diff_results, GuestHarness, Matrix, Opener, ProbeError, Prober, Run};
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 
 /// An input as it ran, and what the oracles found.
@@ -162,23 +163,6 @@ impl Evaluator {
         Ok(self.full.as_ref().expect("built above"))
     }
 
-    /// A command line that shows a finding of `bytes`.
-    fn reproduce(&self, bytes: &[u8]) -> String {
-        let mut s = format!(
-            "popek explain {} --hex --raw --mode {} --engine {}",
-            analyzer::observe::hex(bytes),
-            self.mode.name(),
-            self.engines().join(",")
-        );
-        if self.config.umip {
-            s.push_str(" --umip on");
-        }
-        if self.config.iopl != 0 {
-            s.push_str(&format!(" --iopl {}", self.config.iopl));
-        }
-        s
-    }
-
     /// Runs one input and applies every oracle.
     pub fn eval(&mut self, input: &[u8]) -> Result<Evaluated, ProbeError> {
         let input = if input.is_empty() { &[0x90][..] } else { input };
@@ -202,51 +186,66 @@ impl Evaluator {
                 .unwrap_or_default();
             all_runs.push(runs);
         }
-        let decoded = Decoded {
-            valid,
-            length: len,
-            code: entry.code.clone(),
-            form: entry.form.clone(),
+        // What a finding carries is made only when an oracle finds one.
+        let names = self.engines();
+        let (mode, config) = (self.mode, self.config);
+        let position_cell = OnceCell::new();
+        let position = || {
+            position_cell
+                .get_or_init(|| {
+                    analyzer::opmap::position(mode, &ran)
+                        .map(|p| format!("{:?}/{:02x}", p.map, p.opcode))
+                        .unwrap_or_else(|| "none".into())
+                })
+                .clone()
         };
-        let mut outcomes: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for (p, runs) in self.probers.iter().zip(&all_runs) {
-            let m = outcomes.entry(p.name().to_string()).or_default();
-            for r in runs {
-                m.insert(format!("cpl{}", cpl_of(r.side)), r.obs.outcome.short());
-            }
-        }
-        let position = analyzer::opmap::position(self.mode, &ran)
-            .map(|p| format!("{:?}/{:02x}", p.map, p.opcode))
-            .unwrap_or_else(|| "none".into());
-        let observed_length = all_runs.first().and_then(|runs| {
-            runs.iter().find_map(|r| match r.obs.outcome {
-                Outcome::Completed { rip, .. } => rip.checked_sub(TEST_RIP),
-                _ => None,
-            })
-        });
-        let base = Finding {
-            kind: Kind::EngineFailure,
-            mode: self.mode.name().into(),
-            cpl: None,
-            config: self.config.name(),
-            bytes: analyzer::observe::hex(&ran),
-            input: analyzer::observe::hex(&ran),
-            decoder: decoded,
-            engines: outcomes,
-            observed_length,
-            detail: String::new(),
-            signature: String::new(),
-            reproduce: self.reproduce(&ran),
+        let base_cell = OnceCell::new();
+        let base = || {
+            base_cell
+                .get_or_init(|| {
+                    let mut outcomes: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+                    for (name, runs) in names.iter().zip(&all_runs) {
+                        let m = outcomes.entry(name.clone()).or_default();
+                        for r in runs {
+                            m.insert(format!("cpl{}", cpl_of(r.side)), r.obs.outcome.short());
+                        }
+                    }
+                    let observed_length = all_runs.first().and_then(|runs| {
+                        runs.iter().find_map(|r| match r.obs.outcome {
+                            Outcome::Completed { rip, .. } => rip.checked_sub(TEST_RIP),
+                            _ => None,
+                        })
+                    });
+                    Finding {
+                        kind: Kind::EngineFailure,
+                        mode: mode.name().into(),
+                        cpl: None,
+                        config: config.name(),
+                        bytes: analyzer::observe::hex(&ran),
+                        input: analyzer::observe::hex(&ran),
+                        decoder: Decoded {
+                            valid,
+                            length: len,
+                            code: entry.code.clone(),
+                            form: entry.form.clone(),
+                        },
+                        engines: outcomes,
+                        observed_length,
+                        detail: String::new(),
+                        signature: String::new(),
+                        reproduce: reproduce(mode, &config, &names, &ran),
+                    }
+                })
+                .clone()
         };
         let mut found = Vec::new();
-        let names = self.engines();
         let mut add = |kind: Kind, cpl: Option<u8>, detail: String, sig: String| {
             found.push(Finding {
                 kind,
                 cpl,
                 detail,
                 signature: format!("{}|{sig}", kind.name()),
-                ..base.clone()
+                ..base()
             });
         };
         // Engine failures and the decoder against each engine.
@@ -275,7 +274,11 @@ impl Evaluator {
                             "the decoder finds no instruction; {name} at CPL {c}: {}",
                             o.short()
                         ),
-                        format!("{name}|cpl{c}|{position}|invalid|{}", normalize(&o.short())),
+                        format!(
+                            "{name}|cpl{c}|{}|invalid|{}",
+                            position(),
+                            normalize(&o.short())
+                        ),
                     );
                 } else if valid && entry.doc.flow_control == "Next" {
                     if let Outcome::Completed {
@@ -291,7 +294,7 @@ impl Evaluator {
                                 "the decoder reads {len} bytes ({}); {name} at CPL {c} stopped at +{stop}",
                                 entry.form
                             ),
-                            format!("{name}|cpl{c}|{position}|length|{}", entry.code),
+                            format!("{name}|cpl{c}|{}|length|{}", position(), entry.code),
                         );
                     }
                 }
@@ -321,7 +324,8 @@ impl Evaluator {
                                 ob.short()
                             ),
                             format!(
-                                "cpl{c}|{position}|{}|{}",
+                                "cpl{c}|{}|{}|{}",
+                                position(),
                                 normalize(&oa.short()),
                                 normalize(&ob.short())
                             ),
@@ -340,7 +344,7 @@ impl Evaluator {
                                     "at CPL {c} both complete, results differ ({} vs {other}): {first_diff}",
                                     names[0]
                                 ),
-                                format!("cpl{c}|{position}|results|{part}"),
+                                format!("cpl{c}|{}|results|{part}", position()),
                             );
                         }
                     }
@@ -392,7 +396,7 @@ impl Evaluator {
                 cpl: Some(3),
                 detail: format!("{name}: {class} over the whole matrix ({why}): {evidence}"),
                 signature: format!("pg|{name}|{}|{class}", entry.code),
-                ..base.clone()
+                ..base()
             });
         }
         Ok(Evaluated {
@@ -452,6 +456,23 @@ impl Evaluator {
         self.catalog_pg.insert(key, result.clone());
         Ok(result)
     }
+}
+
+/// A command line that shows a finding of `bytes`.
+fn reproduce(mode: Mode, config: &Config, engines: &[String], bytes: &[u8]) -> String {
+    let mut s = format!(
+        "popek explain {} --hex --raw --mode {} --engine {}",
+        analyzer::observe::hex(bytes),
+        mode.name(),
+        engines.join(",")
+    );
+    if config.umip {
+        s.push_str(" --umip on");
+    }
+    if config.iopl != 0 {
+        s.push_str(&format!(" --iopl {}", config.iopl));
+    }
+    s
 }
 
 /// What the quick look saw: outcomes and the changed parts of R.
