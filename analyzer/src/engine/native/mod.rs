@@ -47,9 +47,9 @@
 
 mod process;
 mod seccomp;
-mod worker;
 #[cfg(test)]
 mod tests;
+mod worker;
 
 use super::{Engine, EngineError};
 use crate::machine::image::msr;
@@ -216,9 +216,7 @@ impl NativeEngine {
     /// Why this engine cannot run `side` of `image`, if it cannot.
     fn unsupported(&self, image: &GuestImage, side: Side, test: &Prepared) -> Option<String> {
         if side == Side::Supervisor {
-            return Some(
-                "native: runs at cpl 3 only (the host's supervisor is its kernel)".into(),
-            );
+            return Some("native: runs at cpl 3 only (the host's supervisor is its kernel)".into());
         }
         if image.mode != Mode::Long64 {
             return Some(format!(
@@ -274,7 +272,10 @@ impl NativeEngine {
     }
 
     fn run_user(&mut self, image: &GuestImage, test: &Prepared) -> Observation {
-        let entry = image.user.as_ref().expect("checked: 64-bit mode has a user side");
+        let entry = image
+            .user
+            .as_ref()
+            .expect("checked: 64-bit mode has a user side");
         let base = |m: u32| {
             image
                 .sys
@@ -388,7 +389,10 @@ fn outcome(test: &Prepared, r: &Response) -> Outcome {
             r.rip
                 .checked_sub(n)
                 .filter(|a| (CODE..CODE + PAGE).contains(a))
-                .and_then(|a| test.code_page.get((a - CODE) as usize..(a - CODE + 2) as usize))
+                .and_then(|a| {
+                    test.code_page
+                        .get((a - CODE) as usize..(a - CODE + 2) as usize)
+                })
         };
         let kind = if r.sys_arch == u64::from(seccomp::AUDIT_ARCH_X86_64) {
             TransferKind::Syscall

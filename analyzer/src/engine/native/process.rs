@@ -149,7 +149,8 @@ impl Worker {
             return Err(NativeError::Os("create the worker's socket", last()));
         }
         // SAFETY: both descriptors are new and owned here.
-        let (mine, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (mine, theirs) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         shared.clear_response();
         let filter = filter_for(theirs.as_raw_fd() as u32);
         let setup = worker::Setup {
@@ -181,13 +182,19 @@ impl Worker {
         };
         match w.wait(limit) {
             Wait::Answered => {}
-            Wait::TimedOut => return Err(NativeError::Setup("the worker did not start in time".into())),
+            Wait::TimedOut => {
+                return Err(NativeError::Setup(
+                    "the worker did not start in time".into(),
+                ))
+            }
             Wait::Died(how) => {
                 let r = shared.response();
                 if r.kind == SETUP_FAILED {
                     return Err(setup_error(&r));
                 }
-                return Err(NativeError::Setup(format!("the worker {how} during its setup")));
+                return Err(NativeError::Setup(format!(
+                    "the worker {how} during its setup"
+                )));
             }
         }
         let r = shared.response();
@@ -197,7 +204,9 @@ impl Worker {
                 Ok(w)
             }
             SETUP_FAILED => Err(setup_error(&r)),
-            k => Err(NativeError::Setup(format!("the worker answered {k} to its setup"))),
+            k => Err(NativeError::Setup(format!(
+                "the worker answered {k} to its setup"
+            ))),
         }
     }
 

@@ -25,7 +25,8 @@ pub(crate) struct SockFilter {
     pub k: u32,
 }
 
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+/// BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20).
+const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
 const BPF_RET_K: u16 = 0x06;
 
@@ -109,7 +110,8 @@ pub(crate) fn program(a: &Allowed) -> Vec<SockFilter> {
         /* 16 */ jeq(libc::SYS_read as u32, 1, 0), // -> 18 fd?
         /* 17 */ jeq(libc::SYS_write as u32, 0, 4), // -> 22 kill
         // read and write take an unsigned int: the low half is the fd.
-        /* 18 */ ld(ARG0_LO),
+        /* 18 */
+        ld(ARG0_LO),
         /* 19 */ jeq(a.fd, 0, 2), // -> 22 kill
         /* 20 */ ret(RET_ALLOW),
         /* 21 */ ret(RET_TRAP),
@@ -199,7 +201,11 @@ mod tests {
             (1, AUDIT_ARCH_I386, A.stub),
             (252, AUDIT_ARCH_I386, 0x7102),
         ] {
-            assert_eq!(eval(&p, nr, arch, ip, 7), RET_TRAP, "{nr} {arch:#x} {ip:#x}");
+            assert_eq!(
+                eval(&p, nr, arch, ip, 7),
+                RET_TRAP,
+                "{nr} {arch:#x} {ip:#x}"
+            );
         }
     }
 }

@@ -385,11 +385,7 @@ extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_
     // handler's own accesses cannot raise #AC; touches only the flags
     // through the handler's own (alternate) stack.
     unsafe {
-        std::arch::asm!(
-            "pushfq",
-            "and dword ptr [rsp], 0xfffbffff",
-            "popfq"
-        );
+        std::arch::asm!("pushfq", "and dword ptr [rsp], 0xfffbffff", "popfq");
     }
     if !IN_TEST.swap(false, Ordering::SeqCst) {
         // The worker's own fault, not a test's: end, the engine says so.
@@ -412,12 +408,12 @@ extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_
         let r = |i: i32| g[i as usize] as u64;
         use libc::{
             REG_CSGSFS, REG_EFL, REG_ERR, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15,
-            REG_R8, REG_R9, REG_RAX, REG_RBP, REG_RBX, REG_RCX, REG_RDI, REG_RDX, REG_RIP,
-            REG_RSI, REG_RSP, REG_TRAPNO,
+            REG_R8, REG_R9, REG_RAX, REG_RBP, REG_RBX, REG_RCX, REG_RDI, REG_RDX, REG_RIP, REG_RSI,
+            REG_RSP, REG_TRAPNO,
         };
         let order = [
-            REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI, REG_R8,
-            REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15,
+            REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI, REG_R8, REG_R9,
+            REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15,
         ];
         let csgsfs = r(REG_CSGSFS);
         let mut segs = selectors();
