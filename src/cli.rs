@@ -634,7 +634,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
 }
 
 fn cmd_engines() -> Result<ExitCode> {
-    for kind in EngineKind::ALL {
+    for kind in EngineKind::KNOWN {
         match engine::open(kind) {
             Ok(e) => outln!("{kind}: available, {}", e.version()),
             Err(err) => outln!("{kind}: not available: {err}"),

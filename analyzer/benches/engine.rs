@@ -87,5 +87,39 @@ fn kvm_run(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, one_run, one_matrix, kvm_run);
+/// The native engine: the host CPU at CPL 3 in its worker process (64-bit
+/// base state in the host's own UMIP configuration).
+fn native_run(c: &mut Criterion) {
+    let mut e = match engine::open(EngineKind::Native) {
+        Ok(e) => e,
+        Err(reason) => {
+            println!("skipped: native_run: {reason}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("native_run");
+    g.throughput(Throughput::Elements(1));
+    let umip = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|t| t.split_whitespace().any(|f| f == "umip"))
+        .unwrap_or(false);
+    let cfg = if umip {
+        Config::UMIP_ON
+    } else {
+        Config::UMIP_OFF
+    };
+    let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+    for (name, bytes) in [
+        ("nop_64_cpl3", &[0x90u8][..]),
+        ("add_64_cpl3", &[0x48, 0x01, 0xC8][..]),
+        ("ud2_64_cpl3_trap", &[0x0F, 0x0B][..]),
+    ] {
+        let Some(p) = img.prepare(Side::User, bytes, &Setup::default()) else {
+            return;
+        };
+        g.bench_function(name, |b| b.iter(|| black_box(e.run(&img, Side::User, &p))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, one_run, one_matrix, kvm_run, native_run);
 criterion_main!(benches);

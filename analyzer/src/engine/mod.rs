@@ -12,6 +12,7 @@ pub(crate) mod conformance;
 pub mod fake;
 pub mod features;
 pub mod kvm;
+pub mod native;
 pub(crate) mod shadow;
 pub mod unicorn;
 pub(crate) mod watchdog;
@@ -33,14 +34,20 @@ pub trait Engine {
 pub enum EngineKind {
     Unicorn,
     Kvm,
+    Native,
 }
 
 impl EngineKind {
+    /// The engines `--engine all` runs. `native` is not among them: it runs
+    /// the user side of the 64-bit base state only, so name it to use it.
     pub const ALL: [EngineKind; 2] = [EngineKind::Unicorn, EngineKind::Kvm];
+    /// Every engine popek knows (what `popek engines` lists).
+    pub const KNOWN: [EngineKind; 3] = [EngineKind::Unicorn, EngineKind::Kvm, EngineKind::Native];
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Unicorn => "unicorn",
             EngineKind::Kvm => "kvm",
+            EngineKind::Native => "native",
         }
     }
 }
@@ -57,6 +64,7 @@ impl FromStr for EngineKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "unicorn" => Ok(EngineKind::Unicorn),
             "kvm" => Ok(EngineKind::Kvm),
+            "native" => Ok(EngineKind::Native),
             other => Err(EngineError::UnknownEngine(crate::input::clip(other))),
         }
     }
@@ -65,9 +73,11 @@ impl FromStr for EngineKind {
 /// Why an engine could not be opened or driven.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("unknown engine '{0}': expected unicorn, kvm or all")]
+    #[error("unknown engine '{0}': expected unicorn, kvm, native or all")]
     UnknownEngine(String),
     /// As for `Kvm`: the message carries the action and its cause.
+    #[error("native: {0}")]
+    Native(#[from] native::NativeError),
     #[error("unicorn: {0}")]
     Unicorn(unicorn::UnicornError),
     #[error("kvm is not available: {0}")]
@@ -108,6 +118,7 @@ pub fn unmodeled(engine: &str, config: &str) -> Option<String> {
         "unicorn" if cfg.pce => {
             Some("not modeled: Unicorn has no CR4.PCE (RDPMC is always #UD)".to_string())
         }
+        "native" => native::unmodeled(&cfg),
         _ => None,
     }
 }
@@ -117,6 +128,7 @@ pub fn open(kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
     match kind {
         EngineKind::Unicorn => Ok(Box::new(unicorn::UnicornEngine::new()?)),
         EngineKind::Kvm => Ok(Box::new(kvm::KvmEngine::new().map_err(name_the_device)?)),
+        EngineKind::Native => Ok(Box::new(native::NativeEngine::new()?)),
     }
 }
 

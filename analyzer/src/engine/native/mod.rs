@@ -1,0 +1,470 @@
+//! The native engine: the test bytes run on the host CPU, at CPL 3, in
+//! 64-bit mode, in a worker process (the one hardware truth available
+//! without VT-x; see `design/engines.md`, "The host CPU").
+//!
+//! The worker is forked (without exec) once per engine and serves runs
+//! until the engine is dropped; one that dies or hangs is killed, reaped
+//! and forked again at the next run. It maps the engine's shared memory
+//! at the harness's linear addresses (`CODE`, `DATA`, `STACK`), so a test
+//! sees the same addresses and registers as on every other engine, and it
+//! runs under a seccomp filter that lets it use its socket and nothing
+//! else ([`seccomp`]). See [`worker`] for how a run enters and leaves the
+//! test.
+//!
+//! What comes back is the signal that ended the test, with the CPU's
+//! vector and error code as the kernel saved them (`trapno`, `err`):
+//! - the sentinel (HLT) raises #GP(0) at CPL 3: a #GP(0) at a landing of
+//!   [`crate::machine::landing`] is a completion, and the registers,
+//!   flags, data and stack page there are the after-state;
+//! - any other vector is a trap (SIGILL #UD, SIGSEGV #GP or #PF, SIGBUS
+//!   #AC/#SS/#NP, SIGFPE #DE/#MF/#XM, SIGTRAP #DB/#BP), with the error code
+//!   for the vectors that have one. The #PF address (`si_addr`) has no place
+//!   in `Outcome::Trap` and is not recorded;
+//! - a system call from the test (SYSCALL, SYSENTER, INT 0x80) is stopped
+//!   by the filter (SIGSYS; the call is not made) and is a transfer that
+//!   reached no harness entry point (`cpl: None`, like Unicorn's): SYSCALL
+//!   by its 64-bit audit architecture, INT 0x80 by the bytes `cd 80`
+//!   before the reported RIP, SYSENTER otherwise;
+//! - no answer within [`TIME_LIMIT`] is a hang; a worker that dies is an
+//!   engine error naming how it ended.
+//!
+//! What the engine runs: the user side (CPL 3) of 64-bit mode, in the base
+//! state, in a configuration the host has (CR4.UMIP as the kernel set it,
+//! IOPL 0, no CR4.TSD or CR4.PCE). Everything else is `NotSupported`, so
+//! coverage marks it "not run" and the engine never claims a privilege
+//! verdict: the supervisor side (the host's supervisor is its kernel),
+//! 16-bit, 32-bit and real mode (32-bit compatibility mode is not
+//! implemented), and every variant that changes R or the system flags
+//! (moved tables and pages, ring compression, IF, IOPL, CR0 bits), which a
+//! user process cannot set.
+//!
+//! The before- and after-state hold what a user process can know: CPL 3
+//! (from CS), the six selectors (CS and SS from the signal frame, the data
+//! selectors read in the handler), IF/IOPL/AC from RFLAGS, and FS/GS base
+//! where the kernel allows RDFSBASE. Descriptor caches, GDTR, IDTR, LDTR,
+//! TR, CR0, CR3, CR4, EFER and the other MSRs are not observed (left at
+//! their defaults, so they never differ).
+//!
+//! Measured on a 6.18 kernel with CR4.UMIP (AMD EPYC): SGDT, SIDT, SLDT,
+//! SMSW and STR complete, with dummy values, because the kernel catches
+//! their #GP and emulates them for user processes: the kernel's behaviour,
+//! not the CPU's, and invisible to the worker.
+
+mod process;
+mod seccomp;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use super::{Engine, EngineError};
+use crate::machine::image::msr;
+use crate::machine::landing::{landing, Landing, Stop};
+use crate::machine::{GuestImage, Prepared, Variant, CODE, PAGE, TEST_RIP};
+use crate::mode::{Config, Mode};
+use crate::observe::{
+    Observation, Outcome, Page, Segment, Side, SystemState, TransferKind, UserState,
+    SYS_FLAGS_MASK, USER_FLAGS_MASK,
+};
+use process::{Shared, Wait, Worker};
+use std::time::Duration;
+use worker::{Request, Response, SIGNALLED};
+
+/// Wall-clock limit of one run; a worker that has not answered then is
+/// killed and the run is a `Hang`.
+pub const TIME_LIMIT: Duration = Duration::from_millis(200);
+/// How long a new worker may take to set up.
+const START_LIMIT: Duration = Duration::from_secs(5);
+
+/// What failed while starting or driving the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    #[error("{0} failed: {1}")]
+    Os(&'static str, #[source] std::io::Error),
+    #[error("start the worker failed: {0}")]
+    Setup(String),
+}
+
+/// Facts about the host CPU and kernel, for the engine's version text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFacts {
+    pub vendor: String,
+    pub family: String,
+    pub model: String,
+    pub stepping: String,
+    pub microcode: String,
+    pub model_name: String,
+    /// The kernel runs with CR4.UMIP (the `umip` flag in /proc/cpuinfo).
+    pub umip: bool,
+    /// The kernel lets user code use RDFSBASE/WRFSBASE (AT_HWCAP2).
+    pub fsgsbase: bool,
+    pub kernel: String,
+}
+
+impl HostFacts {
+    /// Reads /proc/cpuinfo (first CPU), AT_HWCAP2 and the kernel release.
+    pub fn read() -> HostFacts {
+        let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let mut f = HostFacts::parse(&text);
+        // SAFETY: getauxval only reads the process's auxiliary vector.
+        let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
+        f.fsgsbase = hwcap2 & 2 != 0;
+        f.kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        f
+    }
+
+    /// The facts of the first CPU of a /proc/cpuinfo text (pure).
+    pub fn parse(cpuinfo: &str) -> HostFacts {
+        let first = cpuinfo.split("\n\n").next().unwrap_or("");
+        let get = |key: &str| {
+            first
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let umip = get("flags").split_whitespace().any(|f| f == "umip");
+        HostFacts {
+            vendor: get("vendor_id"),
+            family: get("cpu family"),
+            model: get("model"),
+            stepping: get("stepping"),
+            microcode: get("microcode"),
+            model_name: get("model name"),
+            umip,
+            fsgsbase: false,
+            kernel: "unknown".into(),
+        }
+    }
+
+    /// `AuthenticAMD family 25 model 1 stepping 1 (AMD EPYC), microcode
+    /// 0x..., UMIP on in the kernel, linux 6.1`.
+    pub fn text(&self) -> String {
+        format!(
+            "{} family {} model {} stepping {} ({}), microcode {}, UMIP {} in the kernel, linux {}",
+            self.vendor,
+            self.family,
+            self.model,
+            self.stepping,
+            self.model_name,
+            self.microcode,
+            if self.umip { "on" } else { "off" },
+            self.kernel
+        )
+    }
+}
+
+/// Why the native engine does not model `config` on this host, if it does
+/// not (then no theorem verdict is drawn from its records there).
+pub fn unmodeled(config: &Config) -> Option<String> {
+    let umip = HostFacts::read().umip;
+    config_unsupported(config, umip)
+}
+
+fn config_unsupported(config: &Config, host_umip: bool) -> Option<String> {
+    if config.umip != host_umip {
+        let on = |b: bool| if b { "on" } else { "off" };
+        return Some(format!(
+            "not modeled: the host kernel runs with UMIP {}, the configuration asks for {}",
+            on(host_umip),
+            on(config.umip)
+        ));
+    }
+    if config.iopl != 0 {
+        return Some("not modeled: a user process runs with IOPL 0".into());
+    }
+    if config.tsd {
+        return Some("not modeled: CR4.TSD is not set for the worker".into());
+    }
+    if config.pce {
+        return Some("not modeled: CR4.PCE is the kernel's choice, not set for the worker".into());
+    }
+    None
+}
+
+/// The native engine.
+pub struct NativeEngine {
+    shared: Shared,
+    worker: Option<Worker>,
+    facts: HostFacts,
+    /// The selectors of the last worker (CS, SS, DS, ES, FS, GS).
+    segs: [u64; 6],
+}
+
+impl NativeEngine {
+    /// Forks the worker and waits until it is set up.
+    pub fn new() -> Result<NativeEngine, EngineError> {
+        let facts = HostFacts::read();
+        let mut shared = Shared::new()?;
+        let worker = Worker::spawn(&mut shared, facts.fsgsbase, START_LIMIT)?;
+        let segs = worker.segs;
+        Ok(NativeEngine {
+            shared,
+            worker: Some(worker),
+            facts,
+            segs,
+        })
+    }
+
+    /// The host facts this engine reports.
+    pub fn facts(&self) -> &HostFacts {
+        &self.facts
+    }
+
+    /// The worker's process id, if one is running (for tests).
+    pub fn worker_pid(&self) -> Option<i32> {
+        self.worker.as_ref().map(|w| w.pid())
+    }
+
+    /// Why this engine cannot run `side` of `image`, if it cannot.
+    fn unsupported(&self, image: &GuestImage, side: Side, test: &Prepared) -> Option<String> {
+        if side == Side::Supervisor {
+            return Some("native: runs at cpl 3 only (the host's supervisor is its kernel)".into());
+        }
+        if image.mode != Mode::Long64 {
+            return Some(format!(
+                "native: runs 64-bit code only (mode {} is not implemented)",
+                image.mode
+            ));
+        }
+        if let Some(why) = config_unsupported(&image.config, self.facts.umip) {
+            return Some(format!("native: {why}"));
+        }
+        if image.variant != Variant::base(&image.config) {
+            return Some(format!(
+                "native: the variant {} changes state a user process cannot set",
+                image.variant.name(&image.config)
+            ));
+        }
+        if test.rip != TEST_RIP {
+            return Some(format!("native: tests start at {TEST_RIP:#x} only"));
+        }
+        None
+    }
+
+    fn before(&self, rflags: u64, fs_base: u64, gs_base: u64) -> SystemState {
+        SystemState {
+            cpl: (self.segs[0] & 3) as u8,
+            segs: self.segs.map(|s| Segment {
+                selector: s as u16,
+                cache: None,
+            }),
+            sys_flags: rflags & SYS_FLAGS_MASK,
+            msrs: self.bases(fs_base, gs_base),
+            ..SystemState::default()
+        }
+    }
+
+    fn bases(&self, fs_base: u64, gs_base: u64) -> Vec<(u32, u64)> {
+        if self.facts.fsgsbase {
+            vec![(msr::FS_BASE, fs_base), (msr::GS_BASE, gs_base)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A page of the worker's after-state: the test's own page where the
+    /// run did not change it.
+    fn page_after(&self, i: usize, start: &Page) -> Page {
+        let now = self.shared.page(i);
+        if now == &start[..] {
+            start.clone()
+        } else {
+            Page::from(now)
+        }
+    }
+
+    fn run_user(&mut self, image: &GuestImage, test: &Prepared) -> Observation {
+        let entry = image
+            .user
+            .as_ref()
+            .expect("checked: 64-bit mode has a user side");
+        let base = |m: u32| {
+            image
+                .sys
+                .msrs
+                .iter()
+                .find(|(i, _)| *i == m)
+                .map_or(0, |(_, v)| *v)
+        };
+        let (fs_base, gs_base) = (base(msr::FS_BASE), base(msr::GS_BASE));
+        let before = self.before(entry.rflags, fs_base, gs_base);
+        let fail = |why: String, before: SystemState| {
+            Observation::outcome_only(Outcome::EngineError(format!("native: {why}")), before)
+        };
+        if self.worker.is_none() {
+            match Worker::spawn(&mut self.shared, self.facts.fsgsbase, START_LIMIT) {
+                Ok(w) => {
+                    self.segs = w.segs;
+                    self.worker = Some(w);
+                }
+                Err(e) => return fail(format!("restart the worker: {e}"), before),
+            }
+        }
+        for (i, page) in [&test.code_page, &test.data_page, &test.stack_page]
+            .into_iter()
+            .enumerate()
+        {
+            self.shared.write_page(i, page);
+        }
+        self.shared.set_request(Request {
+            gprs: test.gprs,
+            rflags: entry.rflags,
+            fs_base,
+            gs_base,
+        });
+        let Some(w) = self.worker.as_mut() else {
+            return fail("no worker".into(), before);
+        };
+        if w.start().is_err() {
+            let how = w.kill();
+            self.worker = None;
+            return fail(format!("the worker {how} before the run"), before);
+        }
+        match w.wait(TIME_LIMIT) {
+            Wait::Answered => {}
+            Wait::TimedOut => {
+                self.worker = None;
+                return Observation::outcome_only(Outcome::Hang, before);
+            }
+            Wait::Died(how) => {
+                self.worker = None;
+                return fail(format!("the worker {how} during the run"), before);
+            }
+        }
+        let r = self.shared.response();
+        if r.kind != SIGNALLED {
+            return fail(format!("the worker answered {} to a run", r.kind), before);
+        }
+        let outcome = outcome(test, &r);
+        let (after, user) = match outcome {
+            Outcome::Completed { rip, .. } => {
+                let after = SystemState {
+                    cpl: (r.segs[0] & 3) as u8,
+                    segs: r.segs.map(|s| Segment {
+                        selector: s as u16,
+                        cache: None,
+                    }),
+                    sys_flags: r.rflags & SYS_FLAGS_MASK,
+                    msrs: self.bases(r.fs_base, r.gs_base),
+                    ..SystemState::default()
+                };
+                let user = UserState {
+                    gprs: r.gprs,
+                    rip,
+                    flags: r.rflags & USER_FLAGS_MASK,
+                    data: self.page_after(1, &test.data_page),
+                    stack: self.page_after(2, &test.stack_page),
+                };
+                (Some(after), Some(user))
+            }
+            _ => (None, None),
+        };
+        Observation {
+            outcome,
+            before,
+            after,
+            user,
+        }
+    }
+}
+
+/// Vectors that push an error code.
+fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21)
+}
+
+const SI_KERNEL: i64 = 0x80;
+const SYS_SECCOMP: i64 = 1;
+
+/// What a worker's answer means for `test` (pure).
+fn outcome(test: &Prepared, r: &Response) -> Outcome {
+    let sig = r.signo as i32;
+    let name = process::signal_name(sig);
+    if sig == libc::SIGSYS {
+        if r.si_code != SYS_SECCOMP {
+            return Outcome::EngineError(format!(
+                "native: SIGSYS with si_code {} (not the filter's)",
+                r.si_code
+            ));
+        }
+        let before = |n: u64| {
+            r.rip
+                .checked_sub(n)
+                .filter(|a| (CODE..CODE + PAGE).contains(a))
+                .and_then(|a| {
+                    test.code_page
+                        .get((a - CODE) as usize..(a - CODE + 2) as usize)
+                })
+        };
+        let kind = if r.sys_arch == u64::from(seccomp::AUDIT_ARCH_X86_64) {
+            TransferKind::Syscall
+        } else if before(2) == Some(&[0xCD, 0x80][..]) {
+            TransferKind::Interrupt(0x80)
+        } else {
+            TransferKind::Sysenter
+        };
+        return Outcome::Transfer {
+            kind,
+            rip: r.rip,
+            cpl: None,
+        };
+    }
+    if r.si_code <= 0 && r.si_code != SI_KERNEL {
+        return Outcome::EngineError(format!(
+            "native: the worker got {name} from a process (si_code {})",
+            r.si_code
+        ));
+    }
+    let expected: &[u64] = match sig {
+        libc::SIGILL => &[6],
+        libc::SIGFPE => &[0, 16, 19],
+        libc::SIGSEGV => &[4, 5, 13, 14],
+        libc::SIGBUS => &[11, 12, 17],
+        libc::SIGTRAP => &[1, 3],
+        _ => &[],
+    };
+    if !expected.contains(&r.trapno) {
+        return Outcome::EngineError(format!(
+            "native: {name} (si_code {}) with vector {} at {:#x}: not a vector that signal reports",
+            r.si_code, r.trapno, r.rip
+        ));
+    }
+    let vector = r.trapno as u8;
+    if vector == 13 && r.err == 0 {
+        if let Some(l) = landing(test, Stop::Faulted { at: r.rip }) {
+            return match l {
+                Landing::Completed { rip, at_sentinel } => Outcome::Completed { rip, at_sentinel },
+                Landing::Transfer(kind, rip) => Outcome::Transfer {
+                    kind,
+                    rip,
+                    cpl: Some(3),
+                },
+            };
+        }
+    }
+    Outcome::Trap {
+        vector,
+        error_code: has_error_code(vector).then_some(r.err as u32),
+        rip: r.rip,
+    }
+}
+
+impl Engine for NativeEngine {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn version(&self) -> String {
+        format!("native cpl3 on {}", self.facts.text())
+    }
+
+    fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+        if let Some(why) = self.unsupported(image, side, test) {
+            return Observation::outcome_only(Outcome::NotSupported(why), SystemState::default());
+        }
+        self.run_user(image, test)
+    }
+}
