@@ -198,7 +198,7 @@ pub struct VectorsArgs {
 
 #[derive(Debug, Args)]
 pub struct FuzzArgs {
-    /// Engines, comma-separated: unicorn, kvm (two or more add the engine-vs-engine oracle).
+    /// Engines, comma-separated: unicorn, kvm, native (two or more add the engine-vs-engine oracle).
     #[arg(long, default_value = "unicorn")]
     pub engine: String,
     /// Processor mode: real, 16, 32 or 64.
