@@ -486,3 +486,28 @@ fn vectors_replay_clean_and_a_tampered_vector_is_caught() {
     assert!(err.contains("not a popek vector directory"), "{err}");
     assert!(empty.join("mine.txt").exists());
 }
+
+#[test]
+fn explain_sgdt_leads_with_its_verdict() {
+    let o = popek(&["explain", "sgdt", "--mode", "32", "--facts", "none"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    // Each form: its header line, then the verdict, then why.
+    let heads: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("sgdt "))
+        .collect();
+    assert!(heads.len() >= 2, "{out}");
+    for i in heads {
+        assert!(
+            lines[i + 1].starts_with("  verdict: sensitive-unprivileged"),
+            "{}",
+            lines[i + 1]
+        );
+        assert!(
+            lines[i + 2].trim_start().starts_with("because "),
+            "{}",
+            lines[i + 2]
+        );
+    }
+}
