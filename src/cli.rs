@@ -715,14 +715,27 @@ pub fn scan_records(
     jobs: usize,
 ) -> Result<Vec<Record>> {
     let progress = std::io::stderr().is_terminal();
-    let records = scan::run_scan(
+    let runs = std::sync::atomic::AtomicU64::new(0);
+    let start = std::time::Instant::now();
+    let records = scan::run_scan_counted(
         selected,
         &plan.configs,
         move || engine::open(kind),
         jobs,
         progress,
+        &runs,
     )
     .with_context(|| format!("scan on {kind} failed"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let n = runs.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "popek: {kind}: {n} runs in {secs:.1} s, {} runs/s",
+        if secs > 0.0 {
+            (n as f64 / secs).round() as u64
+        } else {
+            0
+        }
+    );
     Ok(records)
 }
 

@@ -94,6 +94,30 @@ pub(crate) fn progress_bar(len: u64, progress: bool) -> ProgressBar {
     bar
 }
 
+/// [`run_scan`] that also counts the runs it made (the tests' runs, not
+/// the NOP baselines) into `runs`.
+pub fn run_scan_counted<F>(
+    entries: &[Entry],
+    configs: &[Config],
+    make_engine: F,
+    jobs: usize,
+    progress: bool,
+    runs: &AtomicU64,
+) -> Result<Vec<Record>, ScanError>
+where
+    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
+{
+    scan_inner(
+        &GuestHarness,
+        entries,
+        configs,
+        make_engine,
+        jobs,
+        progress,
+        runs,
+    )
+}
+
 /// [`run_scan`] with a chosen harness.
 pub fn run_scan_with<H, F>(
     harness: &H,
@@ -102,6 +126,30 @@ pub fn run_scan_with<H, F>(
     make_engine: F,
     jobs: usize,
     progress: bool,
+) -> Result<Vec<Record>, ScanError>
+where
+    H: Harness,
+    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
+{
+    scan_inner(
+        harness,
+        entries,
+        configs,
+        make_engine,
+        jobs,
+        progress,
+        &AtomicU64::new(0),
+    )
+}
+
+fn scan_inner<H, F>(
+    harness: &H,
+    entries: &[Entry],
+    configs: &[Config],
+    make_engine: F,
+    jobs: usize,
+    progress: bool,
+    run_count: &AtomicU64,
 ) -> Result<Vec<Record>, ScanError>
 where
     H: Harness,
@@ -208,6 +256,10 @@ where
                             .map_err(|e| ScanError::OpenWorkerEngine(e.to_string()))?,
                     };
                     let runs = prober.probe_all(matrix, &chunk_entries);
+                    if let Ok(r) = &runs {
+                        let n: usize = r.iter().map(Vec::len).sum();
+                        run_count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                     let records = runs.map(|runs| {
                         chunk_entries
                             .iter()

@@ -343,8 +343,22 @@ impl Engine for KvmEngine {
         "kvm"
     }
 
+    /// The API, the flavor and the host CPU; on PVM also where each side
+    /// runs (the CPL 0 side in KVM's instruction emulator, the CPL 3 side
+    /// on the CPU), so that every report says which results are whose.
     fn version(&self) -> String {
-        format!("kvm api {}, flavor {}", self.api, self.flavor)
+        let cpu = format!(
+            "{} {}",
+            crate::host::cpu_vendor().name(),
+            crate::host::cpu_model()
+        );
+        match self.flavor {
+            Flavor::Pvm => format!(
+                "kvm api {}, flavor {} on {cpu}: CPL 0 runs in KVM's instruction emulator, CPL 3 on the CPU",
+                self.api, self.flavor
+            ),
+            _ => format!("kvm api {}, flavor {} on {cpu}", self.api, self.flavor),
+        }
     }
 
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
