@@ -516,16 +516,22 @@ fn cmd_merge(a: MergeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The scan plan of `--mode`, `--config` and `--only`; a mode or
+/// configuration given twice is refused.
+fn scan_plan(modes: &[Mode], configs: &[Config], only: &[String]) -> Result<ScanPlan> {
+    no_repeats("--mode", modes)?;
+    let config_names: Vec<String> = configs.iter().map(Config::name).collect();
+    no_repeats("--config", &config_names)?;
+    Ok(ScanPlan {
+        modes: modes.to_vec(),
+        configs: configs.to_vec(),
+        only: only.to_vec(),
+    })
+}
+
 fn cmd_vectors(a: VectorsArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
-    no_repeats("--mode", &a.mode)?;
-    let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
-    no_repeats("--config", &config_names)?;
-    let plan = ScanPlan {
-        modes: a.mode.clone(),
-        configs: a.config.clone(),
-        only: a.only.clone(),
-    };
+    let plan = scan_plan(&a.mode, &a.config, &a.only)?;
     let selected = select_entries(&plan)?;
     let mut probers = Vec::new();
     for kind in kinds {
@@ -784,16 +790,9 @@ pub fn load_facts(arg: Option<&str>, entries: &[catalog::Entry]) -> Result<Optio
 fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
     let all = is_all(&a.engine);
-    no_repeats("--mode", &a.mode)?;
-    let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
-    no_repeats("--config", &config_names)?;
+    let plan = scan_plan(&a.mode, &a.config, &a.only)?;
     no_repeats("--format", &a.format)?;
     check_jobs(a.jobs)?;
-    let plan = ScanPlan {
-        modes: a.mode.clone(),
-        configs: a.config.clone(),
-        only: a.only.clone(),
-    };
     // The catalog is built once: the selection comes from it, and the facts
     // are checked against all of it, not only the `--only` selection.
     let cat = catalog::build_all(&plan.modes);
@@ -1065,9 +1064,8 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>>>()?;
     let subjects = if a.report.is_empty() {
         let kinds = parse_engines(&a.engine)?;
-        no_repeats("--mode", &a.mode)?;
+        let plan = scan_plan(&a.mode, &a.config, &a.only)?;
         let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
-        no_repeats("--config", &config_names)?;
         check_jobs(a.jobs)?;
         let scopes: Vec<check::Scope> = kinds
             .iter()
@@ -1075,11 +1073,6 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
             .collect();
         // A baseline that cannot be checked is refused before the scan.
         check::preflight(&baselines, &scopes)?;
-        let plan = ScanPlan {
-            modes: a.mode.clone(),
-            configs: a.config.clone(),
-            only: a.only.clone(),
-        };
         let cat = catalog::build_all(&plan.modes);
         let selected = select_from(&cat, &plan)?;
         let facts = load_facts(a.facts.as_deref(), &cat.entries)?;
