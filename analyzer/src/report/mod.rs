@@ -39,7 +39,9 @@ pub struct Header {
     pub tool_version: String,
     pub engine: String,
     pub engine_version: String,
-    /// Model name from /proc/cpuinfo, or `unknown`.
+    /// The host: CPU vendor, family, model, stepping and name, microcode,
+    /// whether the kernel runs with UMIP, and the kernel release
+    /// ([`crate::host::HostFacts::text`]).
     pub host_cpu: String,
     /// Modes in report order (`16`, `32`, ...).
     pub modes: Vec<String>,
@@ -132,9 +134,9 @@ impl Report {
     }
 }
 
-/// The CPU model name from /proc/cpuinfo, or `unknown`.
+/// The host facts every report header carries.
 pub fn host_cpu() -> String {
-    crate::host::cpu_model()
+    crate::host::HostFacts::read().text()
 }
 
 /// Why a report could not be written or read.
