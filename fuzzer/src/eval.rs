@@ -280,7 +280,10 @@ impl Evaluator {
                             normalize(&o.short())
                         ),
                     );
-                } else if valid && entry.doc.flow_control == "Next" {
+                } else if valid
+                    && entry.doc.flow_control == "Next"
+                    && !writes_memory(self.mode, &ran)
+                {
                     if let Outcome::Completed {
                         rip,
                         at_sentinel: false,
@@ -458,6 +461,29 @@ impl Evaluator {
     }
 }
 
+/// Whether the instruction may write memory: then where a run stopped says
+/// nothing about its length (it may have rewritten the bytes after itself,
+/// as `add [rip], al` does).
+fn writes_memory(mode: Mode, bytes: &[u8]) -> bool {
+    let mut d = iced_x86::Decoder::with_ip(
+        mode.bitness(),
+        bytes,
+        TEST_RIP,
+        iced_x86::DecoderOptions::NONE,
+    );
+    let insn = d.decode();
+    let mut info = iced_x86::InstructionInfoFactory::new();
+    info.info(&insn).used_memory().iter().any(|m| {
+        matches!(
+            m.access(),
+            iced_x86::OpAccess::Write
+                | iced_x86::OpAccess::CondWrite
+                | iced_x86::OpAccess::ReadWrite
+                | iced_x86::OpAccess::ReadCondWrite
+        )
+    })
+}
+
 /// A command line that shows a finding of `bytes`.
 fn reproduce(mode: Mode, config: &Config, engines: &[String], bytes: &[u8]) -> String {
     let mut s = format!(
@@ -505,6 +531,13 @@ mod tests {
             rip: 0x7100,
         };
         assert!(!same_outcome(&trap(None), &gp));
+    }
+
+    #[test]
+    fn a_store_is_told_from_a_load() {
+        // add [rip+0], al rewrites the byte after it; mov al, [rip] does not.
+        assert!(writes_memory(Mode::Long64, &[0x00, 0x05, 0, 0, 0, 0]));
+        assert!(!writes_memory(Mode::Long64, &[0x8a, 0x05, 0, 0, 0, 0]));
     }
 
     #[test]
