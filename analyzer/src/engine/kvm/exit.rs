@@ -2,10 +2,11 @@
 //! watchdog's deadline, and what each exit means (pure: [`step`]).
 
 use super::frame::{self, End, Halt};
+use super::hostsegs;
 use super::vcpu::{system_state_now, user_state};
-use super::{Ending, KvmEngine, KvmError, TIME_LIMIT};
+use super::{Ending, Flavor, KvmEngine, KvmError, TIME_LIMIT};
 use crate::machine::{GuestImage, Prepared};
-use crate::observe::Outcome;
+use crate::observe::{Outcome, Side};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::time::Instant;
 
@@ -94,16 +95,34 @@ fn run_loop(vcpu: &mut VcpuFd, deadline: Instant) -> Result<Exit, KvmError> {
 }
 
 impl KvmEngine {
-    /// Runs the vCPU, under the watchdog, until the run ends.
+    /// Runs the vCPU, under the watchdog, until the run ends. On PVM the
+    /// vCPU thread holds the side's DS/ES/FS/GS selectors while it runs
+    /// ([`hostsegs`]); where they cannot be loaded the run is not run.
     pub(super) fn execute(
         &mut self,
         image: &GuestImage,
+        side: Side,
         test: &Prepared,
     ) -> Result<Ending, KvmError> {
+        let loaded = match thread_selectors(self.flavor, image, side) {
+            None => None,
+            Some(want) => match hostsegs::load(want) {
+                Ok(l) => Some(l),
+                Err(why) => {
+                    return Ok(Ending::only(Outcome::NotSupported(format!(
+                        "{}: {why}",
+                        self.flavor
+                    ))))
+                }
+            },
+        };
         let start = Instant::now();
         let deadline = start + TIME_LIMIT;
         let vcpu = &mut self.guest.vcpu;
         let result = self.watchdog.run(deadline, || run_loop(vcpu, deadline));
+        if let Some(l) = loaded {
+            l.restore();
+        }
         match result? {
             Exit::Hlt => self.on_hlt(image, test),
             Exit::Ended(o) => Ok(Ending::only(o)),
@@ -147,6 +166,17 @@ impl KvmEngine {
             }
         }
     }
+}
+
+/// The DS, ES, FS and GS selectors the vCPU thread must hold during a run
+/// of `side`: the side's entry selectors on PVM in a protected mode (where
+/// the guest's CPL-3 code reads the thread's own), none elsewhere.
+fn thread_selectors(flavor: Flavor, image: &GuestImage, side: Side) -> Option<hostsegs::Selectors> {
+    if flavor != Flavor::Pvm || !image.mode.is_protected() {
+        return None;
+    }
+    let e = image.entry(side)?;
+    Some([2, 3, 4, 5].map(|i| e.segs[i].selector))
 }
 
 #[cfg(test)]
