@@ -6,7 +6,8 @@ use super::hostsegs;
 use super::vcpu::{system_state_now, user_state};
 use super::{Ending, Flavor, KvmEngine, KvmError, TIME_LIMIT};
 use crate::machine::{GuestImage, Prepared};
-use crate::observe::{Outcome, Side};
+use crate::mode::Mode;
+use crate::observe::{Outcome, Segment, Side};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::time::Instant;
 
@@ -104,7 +105,8 @@ impl KvmEngine {
         side: Side,
         test: &Prepared,
     ) -> Result<Ending, KvmError> {
-        let loaded = match thread_selectors(self.flavor, image, side) {
+        let want = thread_selectors(self.flavor, image, side);
+        let loaded = match want {
             None => None,
             Some(want) => match hostsegs::load(want) {
                 Ok(l) => Some(l),
@@ -120,17 +122,35 @@ impl KvmEngine {
         let deadline = start + TIME_LIMIT;
         let vcpu = &mut self.guest.vcpu;
         let result = self.watchdog.run(deadline, || run_loop(vcpu, deadline));
-        if let Some(l) = loaded {
+        // What the guest's hardware code left in the thread.
+        let held = loaded.map(|l| {
+            let held = hostsegs::current();
             l.restore();
-        }
+            held
+        });
+        // Only 64-bit CPL-3 code runs in hardware: there a selector the
+        // thread holds and the run did not start with was loaded by the guest.
+        let loads = match (want, held) {
+            (Some(want), Some(held)) if image.mode == Mode::Long64 && side == Side::User => {
+                Some([0, 1, 2, 3].map(|i| (held[i] != want[i]).then_some(held[i])))
+            }
+            _ => None,
+        };
         match result? {
-            Exit::Hlt => self.on_hlt(image, test),
+            Exit::Hlt => self.on_hlt(image, test, loads),
             Exit::Ended(o) => Ok(Ending::only(o)),
         }
     }
 
     /// A HLT at CPL 0 exited: decode it, then read the state it asks for.
-    fn on_hlt(&mut self, image: &GuestImage, test: &Prepared) -> Result<Ending, KvmError> {
+    /// `loads`: the DS/ES/FS/GS selectors the guest's hardware code loaded
+    /// into the vCPU thread, which KVM's state does not show (PVM).
+    fn on_hlt(
+        &mut self,
+        image: &GuestImage,
+        test: &Prepared,
+        loads: Option<[Option<u16>; 4]>,
+    ) -> Result<Ending, KvmError> {
         let vcpu = &self.guest.vcpu;
         let regs = vcpu.get_regs().map_err(KvmError::GetRegs)?;
         let sregs = vcpu.get_sregs().map_err(KvmError::GetSregs)?;
@@ -153,6 +173,19 @@ impl KvmEngine {
                 for (seg, uncached) in after.segs.iter_mut().zip(at.uncached) {
                     if uncached {
                         seg.cache = None;
+                    }
+                }
+                for (seg, load) in after.segs[2..].iter_mut().zip(loads.unwrap_or_default()) {
+                    match load {
+                        Some(sel) if sel != seg.selector => {
+                            // The hardware's selector; its cache is the
+                            // host's descriptor, which KVM does not report.
+                            *seg = Segment {
+                                selector: sel,
+                                cache: None,
+                            };
+                        }
+                        _ => {}
                     }
                 }
                 let user = user_rip

@@ -57,6 +57,10 @@
 //!   an earlier run left (0x33, or 0), and a scan's evidence depended on
 //!   the order of runs. A selector the host cannot load at CPL 3 (or a
 //!   kernel without FSGSBASE for user space) makes the run `NotSupported`.
+//!   KVM's state after a 64-bit CPL-3 run does not show what the guest
+//!   loaded (after LFS it still held 0x23): a selector the thread holds
+//!   when KVM_RUN returns and the run did not start with replaces KVM's,
+//!   without a descriptor cache (the hardware holds the host's descriptor).
 //!
 //! There was a batch path (many CPL-3 cases per KVM_RUN through a ring-0
 //! runtime in a second memory slot; removed, git history keeps it): on

@@ -324,8 +324,9 @@ fn measured_pvm_deviations_are_recorded_as_they_are() {
 
 /// `mov cx, ds` (fs, gs) at CPL 3 in 64-bit mode reads the harness's user
 /// data selector, whatever ran before: also after runs that loaded other
-/// selectors into DS, FS and GS. (On PVM the vCPU thread holds the run's
-/// selectors during KVM_RUN; afterwards it has its own back.)
+/// selectors into DS, FS and GS, whose after-states show those loads. (On
+/// PVM the vCPU thread holds the run's selectors during KVM_RUN; afterwards
+/// it has its own back.)
 #[test]
 fn data_segment_selectors_at_cpl3_are_the_harness_s_whatever_ran_before() {
     let Some(mut e) = engine() else { return };
@@ -348,7 +349,15 @@ fn data_segment_selectors_at_cpl3_are_the_harness_s_whatever_ran_before() {
     for round in 0..3 {
         for load in loads {
             for side in Side::BOTH {
-                let _ = base(&mut e, Mode::Long64, side, load, &NONE);
+                let o = base(&mut e, Mode::Long64, side, load, &NONE);
+                if let (Side::User, Some(after)) = (side, &o.after) {
+                    // The after-state shows the loads (PVM: from the thread).
+                    let sel = u16::from_le_bytes([load[2], load[3]]);
+                    for i in [2, 4, 5] {
+                        assert_eq!(after.segs[i].selector, sel, "{load:02x?} seg {i}");
+                    }
+                    assert_eq!(after.segs[3].selector, want, "{load:02x?} es");
+                }
             }
             for (name, bytes) in reads {
                 let o = base(&mut e, Mode::Long64, Side::User, bytes, &NONE);
