@@ -2,10 +2,12 @@
 //! watchdog's deadline, and what each exit means (pure: [`step`]).
 
 use super::frame::{self, End, Halt};
+use super::hostsegs;
 use super::vcpu::{system_state_now, user_state};
-use super::{Ending, KvmEngine, KvmError, TIME_LIMIT};
+use super::{Ending, Flavor, KvmEngine, KvmError, TIME_LIMIT};
 use crate::machine::{GuestImage, Prepared};
-use crate::observe::Outcome;
+use crate::mode::Mode;
+use crate::observe::{Outcome, Segment, Side};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::time::Instant;
 
@@ -94,24 +96,61 @@ fn run_loop(vcpu: &mut VcpuFd, deadline: Instant) -> Result<Exit, KvmError> {
 }
 
 impl KvmEngine {
-    /// Runs the vCPU, under the watchdog, until the run ends.
+    /// Runs the vCPU, under the watchdog, until the run ends. On PVM the
+    /// vCPU thread holds the side's DS/ES/FS/GS selectors while it runs
+    /// ([`hostsegs`]); where they cannot be loaded the run is not run.
     pub(super) fn execute(
         &mut self,
         image: &GuestImage,
+        side: Side,
         test: &Prepared,
     ) -> Result<Ending, KvmError> {
+        let want = thread_selectors(self.flavor, image, side);
+        let loaded = match want {
+            None => None,
+            Some(want) => match hostsegs::load(want) {
+                Ok(l) => Some(l),
+                Err(why) => {
+                    return Ok(Ending::only(Outcome::NotSupported(format!(
+                        "{}: {why}",
+                        self.flavor
+                    ))))
+                }
+            },
+        };
         let start = Instant::now();
         let deadline = start + TIME_LIMIT;
         let vcpu = &mut self.guest.vcpu;
         let result = self.watchdog.run(deadline, || run_loop(vcpu, deadline));
+        // What the guest's hardware code left in the thread.
+        let held = loaded.map(|l| {
+            let held = hostsegs::current();
+            l.restore();
+            held
+        });
+        // Only 64-bit CPL-3 code runs in hardware: there a selector the
+        // thread holds and the run did not start with was loaded by the guest.
+        let loads = match (want, held) {
+            (Some(want), Some(held)) if image.mode == Mode::Long64 && side == Side::User => {
+                Some([0, 1, 2, 3].map(|i| (held[i] != want[i]).then_some(held[i])))
+            }
+            _ => None,
+        };
         match result? {
-            Exit::Hlt => self.on_hlt(image, test),
+            Exit::Hlt => self.on_hlt(image, test, loads),
             Exit::Ended(o) => Ok(Ending::only(o)),
         }
     }
 
     /// A HLT at CPL 0 exited: decode it, then read the state it asks for.
-    fn on_hlt(&mut self, image: &GuestImage, test: &Prepared) -> Result<Ending, KvmError> {
+    /// `loads`: the DS/ES/FS/GS selectors the guest's hardware code loaded
+    /// into the vCPU thread, which KVM's state does not show (PVM).
+    fn on_hlt(
+        &mut self,
+        image: &GuestImage,
+        test: &Prepared,
+        loads: Option<[Option<u16>; 4]>,
+    ) -> Result<Ending, KvmError> {
         let vcpu = &self.guest.vcpu;
         let regs = vcpu.get_regs().map_err(KvmError::GetRegs)?;
         let sregs = vcpu.get_sregs().map_err(KvmError::GetSregs)?;
@@ -136,6 +175,19 @@ impl KvmEngine {
                         seg.cache = None;
                     }
                 }
+                for (seg, load) in after.segs[2..].iter_mut().zip(loads.unwrap_or_default()) {
+                    match load {
+                        Some(sel) if sel != seg.selector => {
+                            // The hardware's selector; its cache is the
+                            // host's descriptor, which KVM does not report.
+                            *seg = Segment {
+                                selector: sel,
+                                cache: None,
+                            };
+                        }
+                        _ => {}
+                    }
+                }
                 let user = user_rip
                     .map(|rip| user_state(self.guest.mem(), image, &at.regs, rip))
                     .transpose()?;
@@ -147,6 +199,17 @@ impl KvmEngine {
             }
         }
     }
+}
+
+/// The DS, ES, FS and GS selectors the vCPU thread must hold during a run
+/// of `side`: the side's entry selectors on PVM in a protected mode (where
+/// the guest's CPL-3 code reads the thread's own), none elsewhere.
+fn thread_selectors(flavor: Flavor, image: &GuestImage, side: Side) -> Option<hostsegs::Selectors> {
+    if flavor != Flavor::Pvm || !image.mode.is_protected() {
+        return None;
+    }
+    let e = image.entry(side)?;
+    Some([2, 3, 4, 5].map(|i| e.segs[i].selector))
 }
 
 #[cfg(test)]

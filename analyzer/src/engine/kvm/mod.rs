@@ -48,10 +48,19 @@
 //!   supervisor does not follow the PVM ABI and KVM emulates it, in which
 //!   case the CPL-0 observations are those of KVM's instruction emulator
 //!   (inferred, not proven).
-//! - Some results depend on the run before: `mov r, ds` (es, fs, gs) at
-//!   CPL 3 reads the hardware selector, which KVM_SET_SREGS does not reset;
-//!   the same scan with the runs in another order (image by image) makes 24
-//!   of these records of the 64-bit catalog `nondeterministic`.
+//! - The guest's CPL-3 code reads the vCPU thread's own hardware DS, ES,
+//!   FS and GS selectors (KVM_SET_SREGS values never reach the hardware),
+//!   and what it loads stays in the thread. So in protected modes the
+//!   engine loads the side's entry selectors into the thread just before
+//!   KVM_RUN and puts the thread's own (and its FS/GS bases) back after it
+//!   (`hostsegs`); without that `mov r, ds` (es, fs, gs) at CPL 3 read what
+//!   an earlier run left (0x33, or 0), and a scan's evidence depended on
+//!   the order of runs. A selector the host cannot load at CPL 3 (or a
+//!   kernel without FSGSBASE for user space) makes the run `NotSupported`.
+//!   KVM's state after a 64-bit CPL-3 run does not show what the guest
+//!   loaded (after LFS it still held 0x23): a selector the thread holds
+//!   when KVM_RUN returns and the run did not start with replaces KVM's,
+//!   without a descriptor cache (the hardware holds the host's descriptor).
 //!
 //! There was a batch path (many CPL-3 cases per KVM_RUN through a ring-0
 //! runtime in a second memory slot; removed, git history keeps it): on
@@ -61,12 +70,15 @@
 //!
 //! Modules, one job each: `flavor` (which KVM, the device), `memory` (the
 //! VM, its vCPU and guest memory; the memory `unsafe`), `watchdog` (the
-//! deadline signal; the signal `unsafe`), `vcpu` (register state in and
-//! out), `exit` (the KVM_RUN loop) and `frame` (what a HLT exit means, pure).
+//! deadline signal; the signal `unsafe`), `hostsegs` (the vCPU thread's
+//! segment selectors on PVM; the segment-register `unsafe`), `vcpu`
+//! (register state in and out), `exit` (the KVM_RUN loop) and `frame` (what
+//! a HLT exit means, pure).
 
 mod exit;
 mod flavor;
 mod frame;
+mod hostsegs;
 mod memory;
 mod vcpu;
 mod watchdog;
@@ -277,7 +289,7 @@ impl KvmEngine {
                 Err(e) => return fail(e, SystemState::default()),
             },
         };
-        let result = self.execute(image, test);
+        let result = self.execute(image, side, test);
         if !matches!(&result, Ok(end) if !end.outcome.is_engine_level()) {
             self.reset_events = true;
         }

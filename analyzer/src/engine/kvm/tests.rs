@@ -331,6 +331,64 @@ fn measured_pvm_deviations_are_recorded_as_they_are() {
     );
 }
 
+/// `mov cx, ds` (fs, gs) at CPL 3 in 64-bit mode reads the harness's user
+/// data selector, whatever ran before: also after runs that loaded other
+/// selectors into DS, FS and GS, whose after-states show those loads. (On
+/// PVM the vCPU thread holds the run's selectors during KVM_RUN; afterwards
+/// it has its own back.)
+#[test]
+fn data_segment_selectors_at_cpl3_are_the_harness_s_whatever_ran_before() {
+    let Some(mut e) = engine() else { return };
+    let cfg = Config::UMIP_OFF;
+    let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+    let want = img.entry(Side::User).unwrap().segs[2].selector;
+    assert_eq!(want, crate::machine::sel::UDATA);
+    // mov ax, 0x33 / 0x2b; mov ds, ax; mov fs, ax; mov gs, ax
+    let loads: [&[u8]; 2] = [
+        &[0x66, 0xB8, 0x33, 0x00, 0x8E, 0xD8, 0x8E, 0xE0, 0x8E, 0xE8],
+        &[0x66, 0xB8, 0x2B, 0x00, 0x8E, 0xD8, 0x8E, 0xE0, 0x8E, 0xE8],
+    ];
+    // mov cx, ds / fs / gs
+    let reads: [(&str, &[u8]); 3] = [
+        ("ds", &[0x66, 0x8C, 0xD9]),
+        ("fs", &[0x66, 0x8C, 0xE1]),
+        ("gs", &[0x66, 0x8C, 0xE9]),
+    ];
+    let own = hostsegs::current();
+    for round in 0..3 {
+        for load in loads {
+            for side in Side::BOTH {
+                let o = base(&mut e, Mode::Long64, side, load, &NONE);
+                if let (Side::User, Some(after)) = (side, &o.after) {
+                    // The after-state shows the loads (PVM: from the thread).
+                    let sel = u16::from_le_bytes([load[2], load[3]]);
+                    for i in [2, 4, 5] {
+                        assert_eq!(after.segs[i].selector, sel, "{load:02x?} seg {i}");
+                    }
+                    assert_eq!(after.segs[3].selector, want, "{load:02x?} es");
+                }
+            }
+            for (name, bytes) in reads {
+                let o = base(&mut e, Mode::Long64, Side::User, bytes, &NONE);
+                if let Outcome::NotSupported(why) = &o.outcome {
+                    assert!(flavor_is_pvm(&e) && why.contains("FSGSBASE"), "{why}");
+                    println!("skipped: {why}");
+                    return;
+                }
+                assert!(completed(&o), "{name}: {:?}", o.outcome);
+                assert_eq!(o.before.segs[2].selector, want);
+                let got = o.user.unwrap().gprs[1] & 0xFFFF;
+                assert_eq!(
+                    got, want as u64,
+                    "round {round}, after {load:02x?}: mov cx, {name} read {got:#x}"
+                );
+            }
+        }
+    }
+    // The vCPU thread has its own selectors back.
+    assert_eq!(hostsegs::current(), own);
+}
+
 #[test]
 fn every_variant_boots_on_both_sides_and_runs_a_nop() {
     use crate::engine::conformance::{check_every_state_runs_a_nop, NopRun};
