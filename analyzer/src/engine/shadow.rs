@@ -73,6 +73,12 @@ impl Shadow {
             old.copy_from_slice(bytes);
             return Ok(());
         }
+        // One comparison of the whole page first: most pages put back are
+        // equal (one memcmp), and a page that differs is then written in
+        // the pieces that differ.
+        if old == bytes {
+            return Ok(());
+        }
         for (k, (new, was)) in bytes.chunks(chunk).zip(old.chunks_mut(chunk)).enumerate() {
             if new != was {
                 write(phys + (k * chunk) as u64, new)?;
