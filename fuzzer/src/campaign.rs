@@ -263,11 +263,7 @@ fn crash_finding(opts: &Options, bytes: &[u8], how: &str) -> Finding {
         observed_length: None,
         detail: format!("the worker died on this input ({how})"),
         signature: format!("engine-failure|worker|{position}|{how_sig}"),
-        reproduce: format!(
-            "popek explain {hex} --hex --raw --mode {} --engine {}",
-            opts.mode.name(),
-            opts.engines.join(",")
-        ),
+        reproduce: crate::eval::reproduce(opts.mode, &opts.config, &opts.engines, bytes),
     }
 }
 

@@ -166,11 +166,12 @@ impl Evaluator {
     /// Runs one input and applies every oracle.
     pub fn eval(&mut self, input: &[u8]) -> Result<Evaluated, ProbeError> {
         let input = if input.is_empty() { &[0x90][..] } else { input };
-        let (len, valid) = gen::decode_len(self.mode, input);
+        let first = gen::decode(self.mode, input);
+        let (len, valid) = (first.len, first.valid);
         let ran = input[..len].to_vec();
         // Bytes that end inside an instruction are not run: the engine
         // would read the harness's bytes after them.
-        if gen::truncated(self.mode, input) {
+        if first.truncated {
             return Ok(Evaluated {
                 ran,
                 advance: len,
@@ -485,7 +486,7 @@ fn writes_memory(mode: Mode, bytes: &[u8]) -> bool {
 }
 
 /// A command line that shows a finding of `bytes`.
-fn reproduce(mode: Mode, config: &Config, engines: &[String], bytes: &[u8]) -> String {
+pub(crate) fn reproduce(mode: Mode, config: &Config, engines: &[String], bytes: &[u8]) -> String {
     let mut s = format!(
         "popek explain {} --hex --raw --mode {} --engine {}",
         analyzer::observe::hex(bytes),

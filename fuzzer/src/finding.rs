@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Which oracle found it.
@@ -115,25 +114,14 @@ pub enum FindingsError {
 /// The largest findings or corpus file read back.
 pub const MAX_FILE: u64 = 256 << 20;
 
-/// Writes a file atomically: a fresh temporary file in the same directory
-/// (created exclusively, so no planted name is followed), then renamed.
+/// Writes a file atomically through the reports' writer
+/// ([`analyzer::report::write_atomic`]: a fresh temporary file beside it,
+/// synced, then renamed; removed on an interrupt).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FindingsError> {
-    let io = |source| FindingsError::Io {
+    analyzer::report::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| FindingsError::Io {
         path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".popek-fuzz-")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// `findings.jsonl` text.

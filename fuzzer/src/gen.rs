@@ -85,17 +85,30 @@ impl fmt::Display for GenKind {
 /// The first instruction of `bytes` in `mode`: its length (at least 1, at
 /// most the bytes given) and whether the decoder knows it.
 pub fn decode_len(mode: Mode, bytes: &[u8]) -> (usize, bool) {
-    let mut d = Decoder::with_ip(mode.bitness(), bytes, 0, DecoderOptions::NONE);
-    let insn = d.decode();
-    (insn.len().clamp(1, bytes.len().max(1)), !insn.is_invalid())
+    let d = decode(mode, bytes);
+    (d.len, d.valid)
 }
 
-/// Whether the bytes end inside an instruction (the decoder needs more):
-/// run as they are, the engine would read the harness's bytes after them.
-pub fn truncated(mode: Mode, bytes: &[u8]) -> bool {
+/// The decoder's view of the first instruction of some bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstInsn {
+    /// At least 1, at most the bytes given.
+    pub len: usize,
+    pub valid: bool,
+    /// The bytes end inside the instruction (the decoder needs more): run
+    /// as they are, the engine would read the harness's bytes after them.
+    pub truncated: bool,
+}
+
+/// The first instruction of `bytes` in `mode`, decoded once.
+pub fn decode(mode: Mode, bytes: &[u8]) -> FirstInsn {
     let mut d = Decoder::with_ip(mode.bitness(), bytes, 0, DecoderOptions::NONE);
-    let _ = d.decode();
-    d.last_error() == iced_x86::DecoderError::NoMoreBytes
+    let insn = d.decode();
+    FirstInsn {
+        len: insn.len().clamp(1, bytes.len().max(1)),
+        valid: !insn.is_invalid(),
+        truncated: d.last_error() == iced_x86::DecoderError::NoMoreBytes,
+    }
 }
 
 /// Where the tunnel is: the candidate to run next (`MAX_LEN` bytes), the
