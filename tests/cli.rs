@@ -53,6 +53,40 @@ fn explain_bytes_and_json() {
         .expect("written");
     assert!(!written.is_empty() && written.len() <= 6, "{written:?}");
     assert!(out.len() < 1_000_000, "{} bytes", out.len());
+    // The length as the engine fetches it, on each side.
+    assert_eq!(v[0]["decoder_length"], 7);
+    assert_eq!(
+        v[0]["fetch_lengths"],
+        serde_json::json!([["base@cpl0", {"Bytes": 7}], ["base@cpl3", {"Bytes": 7}]])
+    );
+}
+
+#[test]
+fn explain_prints_the_page_boundary_length_beside_the_decoders() {
+    let o = popek(&["explain", "48 01 c8", "--mode", "64"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains(
+            "length: 3 by the decoder; length 3 (page boundary) at base@cpl0, \
+             length 3 (page boundary) at base@cpl3\n"
+        ),
+        "{out}"
+    );
+    // 16-bit protected mode has no paging to fence the page with.
+    let o = popek(&["explain", "01 c8", "--mode", "16"]);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("length: 2 by the decoder; length not measured: mode 16 has no paging"),
+        "{out}"
+    );
+    // Bytes the decoder finds no instruction in: the engine's length only.
+    let o = popek(&["explain", "0f ff", "--raw", "--mode", "64"]);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("length: the decoder finds no instruction; length "),
+        "{out}"
+    );
 }
 
 #[test]

@@ -65,6 +65,25 @@ fn explain_on_native_runs_the_user_side_only() {
         "{out}"
     );
     assert!(out.contains("changed rax 0x11 vs 0x13"), "{out}");
+    // Its length on the CPU, by the page-boundary method, beside the
+    // decoder's; the supervisor side it does not run is not measured.
+    assert!(
+        out.contains("length: 3 by the decoder; length 3 (page boundary) at base@cpl3\n"),
+        "{out}"
+    );
+    // A load from the unmapped null page: #PF with its address.
+    let o = popek(&[
+        "explain",
+        "--engine",
+        "native",
+        "--mode",
+        "64",
+        &umip,
+        "--hex",
+        "8b042523010000",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("#PF(0x4) at 0x123"), "{out}");
     assert!(
         out.contains("not-supported: native: runs at cpl 3 only"),
         "{out}"

@@ -3,11 +3,11 @@
 //! `scan` does, and say what the verdict is, why, and what each run did.
 
 use crate::catalog::{self, Catalog, Entry};
-use crate::machine::Setup;
-use crate::machine::Variant;
+use crate::length::FetchLength;
+use crate::machine::{GuestImage, Setup, Variant};
 use crate::mode::{Config, Mode};
 use crate::observe::{diff_user, hex, Outcome, Side, SystemState, UserState};
-use crate::probe::{Diff, GuestHarness, Matrix, ProbeError, Prober, Run};
+use crate::probe::{fenced_image, Diff, GuestHarness, Matrix, ProbeError, Prober, Run};
 use crate::record::Record;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use serde::Serialize;
@@ -264,6 +264,39 @@ pub struct Explained {
     /// States where the other engine of a two-engine explain ended
     /// otherwise: `state: this vs other`.
     pub engines_differ: Vec<String>,
+    /// The instruction's length as the decoder reads it (`None`: the
+    /// decoder finds no instruction in the bytes).
+    pub decoder_length: Option<usize>,
+    /// Its length as this engine fetches it, by the page-boundary method
+    /// ([`crate::length`]), in the base state on each side: `(state, length)`.
+    pub fetch_lengths: Vec<(String, FetchLength)>,
+}
+
+/// The page-boundary length of `entry` on each side of the base state.
+fn fetch_lengths(
+    p: &mut Prober,
+    fenced: Option<&GuestImage>,
+    entry: &Entry,
+    config: &Config,
+) -> Result<Vec<(String, FetchLength)>, ProbeError> {
+    let mut out = Vec::new();
+    for side in Side::BOTH {
+        let state = format!("{}@{side}", Variant::base(config).name(config));
+        let length = match fenced {
+            Some(image) => {
+                if image.entry(side).is_none() {
+                    continue;
+                }
+                p.fetch_length(image, side, entry, entry.bytes.len())?
+            }
+            None => FetchLength::NotMeasured(format!(
+                "mode {} has no paging to fence the code page with",
+                entry.mode
+            )),
+        };
+        out.push((state, length));
+    }
+    Ok(out)
 }
 
 /// The entries a target names in a mode: catalog forms of a mnemonic, or the
@@ -398,15 +431,18 @@ pub fn explain(
     } else {
         None
     };
+    let mut fenced: Vec<Option<GuestImage>> = Vec::new();
     for e in entries {
         let k = match matrices.iter().position(|m| m.mode == e.mode) {
             Some(k) => k,
             None => {
                 matrices.push(Matrix::build(&GuestHarness, e.mode, config)?);
+                fenced.push(fenced_image(&GuestHarness, e.mode, config)?);
                 matrices.len() - 1
             }
         };
         let matrix = &matrices[k];
+        let fence = fenced[k].as_ref();
         if let Some(d) = diff.as_mut() {
             let x = d.probe(matrix, e)?;
             let (mut ra, mut rb) = (Vec::new(), Vec::new());
@@ -424,13 +460,16 @@ pub fn explain(
                 ra.extend(case.a);
                 rb.extend(case.b);
             }
-            out.push(explained(x.a, ra, &config, da));
-            second.push(explained(x.b, rb, &config, db));
+            let la = fetch_lengths(&mut d.a, fence, e, &config)?;
+            let lb = fetch_lengths(&mut d.b, fence, e, &config)?;
+            out.push(explained(x.a, ra, &config, da, e, la));
+            second.push(explained(x.b, rb, &config, db, e, lb));
         } else {
             for p in probers.iter_mut() {
                 let runs = p.probe(matrix, e)?;
                 let record = p.judge(matrix, e, &runs);
-                out.push(explained(record, runs, &config, Vec::new()));
+                let lengths = fetch_lengths(p, fence, e, &config)?;
+                out.push(explained(record, runs, &config, Vec::new(), e, lengths));
             }
         }
     }
@@ -453,6 +492,8 @@ fn explained(
     runs: Vec<Run>,
     config: &Config,
     engines_differ: Vec<String>,
+    entry: &Entry,
+    fetch_lengths: Vec<(String, FetchLength)>,
 ) -> Explained {
     let runs = runs
         .into_iter()
@@ -463,7 +504,7 @@ fn explained(
             };
             ExplainedRun {
                 state: state_text(&run, config),
-                outcome: run.obs.outcome.short(),
+                outcome: run.obs.outcome.long(),
                 system_changes: run.changed_r().iter().map(|c| c.to_string()).collect(),
                 user_changes,
                 detail: RunDetail::of(run),
@@ -474,6 +515,11 @@ fn explained(
         record,
         runs,
         engines_differ,
+        decoder_length: {
+            let insn = decode_first(&entry.bytes, entry.mode);
+            (!insn.is_invalid()).then_some(insn.len())
+        },
+        fetch_lengths,
     }
 }
 
@@ -536,6 +582,20 @@ pub fn render_text(items: &[Explained]) -> String {
         ));
         for e in &x.engines_differ {
             s.push_str(&format!("  engines differ at {e}\n"));
+        }
+        // The states the engine does not run show as such among the runs.
+        let measured: Vec<String> = x
+            .fetch_lengths
+            .iter()
+            .filter(|(_, l)| !matches!(l, FetchLength::NotRun(_)))
+            .map(|(state, l)| format!("{l} at {state}"))
+            .collect();
+        if !measured.is_empty() {
+            let decoder = match x.decoder_length {
+                Some(n) => format!("{n} by the decoder"),
+                None => "the decoder finds no instruction".into(),
+            };
+            s.push_str(&format!("  length: {decoder}; {}\n", measured.join(", ")));
         }
         // Runs with the same outcome and changes share a line, in matrix order.
         let mut groups: Vec<(String, Vec<&str>)> = Vec::new();

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod explain;
 pub mod host;
 pub mod input;
+pub mod length;
 pub mod machine;
 pub mod mode;
 pub mod observe;

@@ -58,6 +58,10 @@ pub enum Outcome {
         error_code: Option<u32>,
         /// RIP of the faulting instruction as the engine reports it.
         rip: u64,
+        /// The linear address a #PF reports (CR2), where the engine
+        /// reports it; `None` for every other vector.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<u64>,
     },
     /// Control reached a supervisor entry point the harness installed.
     /// `cpl` is the CPL at arrival, `None` where the engine reports the event
@@ -106,6 +110,17 @@ impl Outcome {
             }
         )
     }
+    /// [`Outcome::short`] with the #PF address where the engine reports
+    /// it (`#PF(0x4) at 0x0`), for `explain`.
+    pub fn long(&self) -> String {
+        match self {
+            Outcome::Trap {
+                address: Some(a), ..
+            } => format!("{} at {a:#x}", self.short()),
+            _ => self.short(),
+        }
+    }
+
     /// Short text for reports: `completed`, `#GP(0)`, `#UD`, `int 0x80 -> cpl0`, ...
     pub fn short(&self) -> String {
         match self {
@@ -645,14 +660,23 @@ mod tests {
             vector: 13,
             error_code: Some(0),
             rip: 0,
+            address: None,
         };
         assert_eq!(t.short(), "#GP(0x0)");
-        assert!(Outcome::Trap {
+        assert_eq!(t.long(), "#GP(0x0)");
+        let pf = Outcome::Trap {
             vector: 14,
-            error_code: None,
-            rip: 0
-        }
-        .is_memory_trap());
+            error_code: Some(6),
+            rip: 0,
+            address: Some(0x8000),
+        };
+        assert!(pf.is_memory_trap());
+        assert_eq!(
+            pf.short(),
+            "#PF(0x6)",
+            "the address is not part of the report text"
+        );
+        assert_eq!(pf.long(), "#PF(0x6) at 0x8000");
         assert!(!t.is_memory_trap());
     }
 }

@@ -13,6 +13,7 @@ use crate::catalog::Entry;
 use crate::classify::verdict;
 use crate::engine::features::{self, EngineFeatures};
 use crate::engine::{Engine, EngineError};
+use crate::length::FetchLength;
 use crate::machine::{GuestImage, Prepared, Variant};
 use crate::mode::{Config, Mode};
 use crate::observe::{
@@ -158,6 +159,19 @@ pub fn build_one<H: Harness + ?Sized>(
             msg: panic_text(p.as_ref()),
         }
     })
+}
+
+/// The image the page-boundary method runs in ([`crate::length`]): the
+/// base state of `config` with the page after the code page not
+/// executable. `None` where the mode has no paging.
+pub fn fenced_image<H: Harness + ?Sized>(
+    harness: &H,
+    mode: Mode,
+    config: Config,
+) -> Result<Option<GuestImage>, ProbeError> {
+    crate::length::fenced_variant(mode, &config)
+        .map(|v| build_one(harness, mode, config, v))
+        .transpose()
 }
 
 /// Opens an engine: the first time a [`Prober`] needs one, and again after
@@ -306,6 +320,28 @@ impl Prober {
             self.features.get(&matrix.mode).and_then(Option::as_ref)
         };
         judge(&self.name, &self.version, matrix, entry, runs, f)
+    }
+
+    /// The length of `entry` on `side` as this engine fetches it, by the
+    /// page-boundary method ([`crate::length`]), in `fenced` (the image of
+    /// [`fenced_image`]); `hint` is the decoder's length.
+    pub fn fetch_length(
+        &mut self,
+        fenced: &GuestImage,
+        side: Side,
+        entry: &Entry,
+        hint: usize,
+    ) -> Result<FetchLength, ProbeError> {
+        let Some(test) = fenced.prepare(side, &entry.bytes, &entry.setup) else {
+            return Ok(FetchLength::NotMeasured(format!(
+                "mode {} has no {} side",
+                fenced.mode,
+                side.name()
+            )));
+        };
+        crate::length::measure(fenced, &test, hint, |t| {
+            self.run_guarded(fenced, side, t).map(|o| o.outcome)
+        })
     }
 
     /// Runs a NOP in the state once, keeping its after-state when it completed.

@@ -100,6 +100,9 @@ pub struct Exception {
     pub error_code: Option<String>,
     /// RIP of the faulting instruction as the engine reports it.
     pub rip: String,
+    /// The linear address of a #PF, where the engine reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 fn hx(v: u64) -> String {
@@ -256,11 +259,13 @@ pub fn case_view(run: &Run, image: &GuestImage, entry: &Entry) -> (BTreeMap<Stri
             vector,
             error_code,
             rip,
+            address,
         } => Some(Exception {
             vector: *vector,
             name: vector_name(*vector),
             error_code: error_code.map(|e| hx(e.into())),
             rip: hx(*rip),
+            address: address.map(hx),
         }),
         _ => None,
     };

@@ -523,6 +523,7 @@ mod tests {
             vector: 14,
             error_code: ec,
             rip: 0x7100,
+            address: None,
         };
         assert!(same_outcome(&trap(None), &trap(Some(2))));
         assert!(!same_outcome(&trap(Some(6)), &trap(Some(2))));
@@ -530,6 +531,7 @@ mod tests {
             vector: 13,
             error_code: None,
             rip: 0x7100,
+            address: None,
         };
         assert!(!same_outcome(&trap(None), &gp));
     }

@@ -55,6 +55,7 @@ impl Engine for Planted {
                 vector: 6,
                 error_code: None,
                 rip: test.rip,
+                address: None,
             };
             obs.after = None;
             obs.user = None;

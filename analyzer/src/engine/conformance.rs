@@ -4,6 +4,7 @@
 
 use crate::machine::{MemInit, Region, Setup, Sym, SysValue};
 use crate::mode::Mode;
+use crate::observe::Side;
 
 /// CPL-0-only instructions (#GP(0) at CPL 3 by the Intel SDM) with the
 /// setups that let them complete at CPL 0: HLT, CLI (IOPL 0), LGDT of the
@@ -249,4 +250,70 @@ pub(crate) fn check_every_state_runs_a_nop(
             }
         }
     }
+}
+
+/// Encodings whose length every engine fetches as the manuals give it,
+/// with that length: an ALU instruction, UD2 (#UD), HLT (#GP at CPL 3),
+/// INT3 (a transfer), a load with a 32-bit displacement, and the longest
+/// instruction there is (14 operand-size prefixes and NOP). For the
+/// page-boundary method ([`crate::length`]).
+pub(crate) fn length_cases(mode: Mode) -> Vec<(&'static str, Vec<u8>, usize)> {
+    let mut nop15 = vec![0x66; 14];
+    nop15.push(0x90);
+    let mut cases = vec![
+        ("ud2", vec![0x0F, 0x0B], 2),
+        ("hlt", vec![0xF4], 1),
+        ("int3", vec![0xCC], 1),
+        ("15-byte nop", nop15, 15),
+    ];
+    match mode {
+        Mode::Long64 => cases.extend([
+            ("add rax, rcx", vec![0x48, 0x01, 0xC8], 3),
+            (
+                "mov eax, [disp32]",
+                vec![0x8B, 0x04, 0x25, 0, 0x81, 0, 0],
+                7,
+            ),
+        ]),
+        _ => cases.extend([
+            ("add eax, ecx", vec![0x01, 0xC8], 2),
+            ("mov eax, [disp32]", vec![0x8B, 0x05, 0, 0x81, 0, 0], 6),
+        ]),
+    }
+    cases
+}
+
+/// Checks [`length_cases`] on `engine` in `mode` on `sides`: each is
+/// measured at its length, or, on the sides in `may_fail`, not measured
+/// because the engine failed (never another length). Returns what was
+/// not measured.
+pub(crate) fn check_lengths(
+    engine: &mut dyn crate::engine::Engine,
+    mode: Mode,
+    cfg: crate::mode::Config,
+    sides: &[Side],
+    may_fail: &[Side],
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    use crate::length::{measure, FetchLength};
+    let v = crate::length::fenced_variant(mode, &cfg).expect("a mode with paging");
+    let image = crate::machine::GuestImage::build(mode, cfg, v);
+    for &side in sides {
+        for (name, bytes, len) in length_cases(mode) {
+            let test = image.prepare(side, &bytes, &Setup::default()).unwrap();
+            for hint in [len, 1, 15] {
+                let got = measure(&image, &test, hint, |t| {
+                    Ok::<_, ()>(engine.run(&image, side, t).outcome)
+                })
+                .unwrap();
+                let what = format!("{} {mode} {side} {name} (hint {hint})", engine.name());
+                if let (FetchLength::NotMeasured(why), true) = (&got, may_fail.contains(&side)) {
+                    failed.push(format!("{what}: {why}"));
+                    continue;
+                }
+                assert_eq!(got, FetchLength::Bytes(len as u8), "{what}");
+            }
+        }
+    }
+    failed
 }

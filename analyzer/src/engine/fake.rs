@@ -103,6 +103,7 @@ pub mod obs {
                 vector,
                 error_code,
                 rip: 0x7100,
+                address: None,
             },
             before,
         )

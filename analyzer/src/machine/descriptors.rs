@@ -83,6 +83,8 @@ pub const PTE_P: u64 = 1;
 pub const PTE_RW: u64 = 2;
 pub const PTE_US: u64 = 4;
 pub const PTE_ALL: u64 = PTE_P | PTE_RW | PTE_US;
+/// Execute-disable (PAE and 4-level entries, with EFER.NXE).
+pub const PTE_NX: u64 = 1 << 63;
 
 /// The paging structures a mode uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +139,17 @@ pub fn page_tables(kind: Paging, base: u64, pages: &[(u64, u64)]) -> Vec<(u64, V
         }
     }
     tables
+}
+
+/// The physical address of the last-level entry that maps `lin` in the
+/// tables [`page_tables`] builds at `base` (PAE and 4-level paging).
+pub fn pte_address(kind: Paging, base: u64, lin: u64) -> Option<u64> {
+    let levels = match kind {
+        Paging::Legacy => return None,
+        Paging::Pae => 3,
+        Paging::Long => 4,
+    };
+    (lin < 0x20_0000).then(|| base + (levels - 1) * 0x1000 + ((lin >> 12) & 511) * 8)
 }
 
 /// Walks page tables in `mem` (physical memory from 0) for a linear address.

@@ -88,6 +88,34 @@ pub struct Prepared {
     pub soft_interrupt: Option<u8>,
 }
 
+impl Prepared {
+    /// The test with only its first `k` bytes (1 to 15) in place, moved to
+    /// end the code page: a fetch of byte `k` crosses into the next page,
+    /// which a fenced image ([`GuestImage::is_fenced`]) makes not
+    /// executable. Registers and pages are the test's own (so a register
+    /// that held the sentinel still points after the instruction in its
+    /// usual place).
+    pub fn at_page_end(&self, k: usize) -> Prepared {
+        let len = (self.sentinel - self.rip) as usize;
+        let k = k.clamp(1, 15);
+        let from = (self.rip - CODE) as usize;
+        let mut bytes = self.code_page[from..from + len.min(k)].to_vec();
+        // Past the encoding: what the page held after it (the sentinel).
+        bytes.extend_from_slice(&self.code_page[from + bytes.len()..from + k]);
+        let at = PAGE as usize - k;
+        static TEMPLATE: LazyLock<Page> = LazyLock::new(|| Page::filled(SENTINEL, PAGE as usize));
+        let code_page = Page::with_bytes_at(&TEMPLATE, at, &bytes);
+        Prepared {
+            code_page,
+            rip: CODE + at as u64,
+            // Where the instruction ends when it fits (HLTs follow it, as
+            // they follow a test in its usual place).
+            sentinel: CODE + (at + len.min(k)) as u64,
+            ..self.clone()
+        }
+    }
+}
+
 /// Base CR4 bits: OSFXSR | OSXMMEXCPT (SSE works) | OSXSAVE, plus PAE and FSGSBASE in long mode (PAE in 32-bit mode too).
 const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
@@ -399,6 +427,15 @@ impl GuestImage {
             for (addr, page) in page_tables(kind, pt_base, &pages) {
                 mem[addr as usize..addr as usize + page.len()].copy_from_slice(&page);
             }
+            if variant.fetch_fence {
+                // The page after the code page: readable and writable, not
+                // executable.
+                let at = pte_address(kind, pt_base, seg_base + CODE + PAGE)
+                    .expect("the code page is mapped by the harness's tables")
+                    as usize;
+                let pte = u64::from_le_bytes(mem[at..at + 8].try_into().expect("8 bytes"));
+                mem[at..at + 8].copy_from_slice(&(pte | PTE_NX).to_le_bytes());
+            }
         }
 
         let mut cr0 = match mode {
@@ -453,6 +490,8 @@ impl GuestImage {
                 cr4,
                 efer: if long {
                     EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+                } else if variant.fetch_fence && paging {
+                    EFER_NXE
                 } else {
                     0
                 },
@@ -661,6 +700,13 @@ impl GuestImage {
             data: p.data_page,
             stack: p.stack_page,
         })
+    }
+
+    /// Whether tests of this image can be measured by the page-boundary
+    /// method ([`Prepared::at_page_end`]): the image is fenced and has
+    /// paging (the fence is an NX page).
+    pub fn is_fenced(&self) -> bool {
+        self.variant.fetch_fence && self.mode.has_paging()
     }
 
     /// Resolves a test for a side: the code page with the encoding (patched)

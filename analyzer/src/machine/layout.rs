@@ -330,6 +330,12 @@ pub struct Variant {
     pub iopl: u8,
     /// CR0 bits XORed into the base CR0 (TS, MP, WP, AM).
     pub cr0_xor: u64,
+    /// The page after the code page (the data page) is not executable: the
+    /// fence of the page-boundary length measurement
+    /// ([`crate::probe::Prober::fetch_length`]). Never part of the matrix;
+    /// needs paging (NX).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fetch_fence: bool,
 }
 
 pub const CR0_PE: u64 = 1;
@@ -352,6 +358,7 @@ impl Variant {
             if_flag: true,
             iopl: config.iopl,
             cr0_xor: 0,
+            fetch_fence: false,
         }
     }
 
@@ -400,6 +407,9 @@ impl Variant {
             if self.cr0_xor & bit != 0 {
                 part(format_args!("cr0^{n}"));
             }
+        }
+        if self.fetch_fence {
+            part(format_args!("fetch-fence"));
         }
         if name.is_empty() {
             name.push_str("base");
@@ -566,6 +576,7 @@ mod tests {
                 if_flag: bits & 32 != 0,
                 iopl: ((bits >> 6) & 1) as u8 * 3,
                 cr0_xor: [0, CR0_TS, CR0_MP | CR0_AM, CR0_WP | CR0_TS][(bits >> 7) as usize & 3],
+                fetch_fence: false,
             };
             assert_eq!(v.name(&cfg), reference(&v, &cfg), "{v:?}");
         }

@@ -176,6 +176,8 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
             vector,
             error_code,
             rip: frame_rip,
+            // CR2 is cleared before every run; the handler leaves it alone.
+            address: (vector == 14).then_some(sregs.cr2),
         });
     };
     // Rebuild the state at the HLT: the frame has RIP, CS, RFLAGS and
@@ -322,7 +324,8 @@ mod tests {
             End::Only(Outcome::Trap {
                 vector: 13,
                 error_code: Some(0),
-                rip: TEST_RIP
+                rip: TEST_RIP,
+                address: None,
             })
         );
     }
@@ -336,7 +339,8 @@ mod tests {
             End::Only(Outcome::Trap {
                 vector: 14,
                 error_code: Some(4),
-                rip: TEST_RIP
+                rip: TEST_RIP,
+                address: Some(0),
             })
         );
     }

@@ -465,7 +465,8 @@ fn entry_points_port_io_and_page_faults() {
         Outcome::Trap {
             vector: 14,
             error_code: Some(4),
-            rip: crate::machine::TEST_RIP
+            rip: crate::machine::TEST_RIP,
+            address: Some(0),
         }
     );
     // A far call through the call gate at CPL 3 (16-bit mode, call
@@ -491,7 +492,8 @@ fn entry_points_port_io_and_page_faults() {
             Outcome::Trap {
                 vector: 6,
                 error_code: None,
-                rip: crate::machine::TEST_RIP
+                rip: crate::machine::TEST_RIP,
+                address: None,
             }
         );
     } else {
@@ -571,4 +573,24 @@ fn errors_name_the_failed_action_and_keep_their_source() {
         EngineError::from(KvmError::MsrRefused(0xC000_0080)).to_string(),
         "kvm: set msrs failed: KVM refused MSR 0xc0000080"
     );
+}
+
+#[test]
+fn lengths_by_the_page_boundary_are_the_manuals() {
+    let Some(mut e) = engine() else { return };
+    // On PVM CPL 0 runs in KVM's instruction emulator, which fails on
+    // some of these at the end of a page (not measured, never another
+    // length); CPL 3 runs on the CPU.
+    let pvm = flavor_is_pvm(&e);
+    let may_fail: &[Side] = if pvm { &[Side::Supervisor] } else { &[] };
+    let failed = crate::engine::conformance::check_lengths(
+        &mut e,
+        Mode::Long64,
+        Config::UMIP_OFF,
+        &Side::BOTH,
+        may_fail,
+    );
+    for f in &failed {
+        println!("not measured on PVM's emulator: {f}");
+    }
 }

@@ -18,8 +18,7 @@
 //!   flags, data and stack page there are the after-state;
 //! - any other vector is a trap (SIGILL #UD, SIGSEGV #GP or #PF, SIGBUS
 //!   #AC/#SS/#NP, SIGFPE #DE/#MF/#XM, SIGTRAP #DB/#BP), with the error code
-//!   for the vectors that have one. The #PF address (`si_addr`) has no place
-//!   in `Outcome::Trap` and is not recorded;
+//!   for the vectors that have one, and the #PF address (`si_addr`);
 //! - a system call from the test (SYSCALL, SYSENTER, INT 0x80) is stopped
 //!   by the filter (SIGSYS; the call is not made) and is a transfer that
 //!   reached no harness entry point (`cpl: None`, like Unicorn's): SYSCALL
@@ -59,7 +58,7 @@ mod worker;
 use super::{Engine, EngineError};
 use crate::machine::image::msr;
 use crate::machine::landing::{landing, Landing, Stop};
-use crate::machine::{GuestImage, Prepared, Variant, CODE, PAGE, TEST_RIP};
+use crate::machine::{GuestImage, Prepared, Variant, CODE, PAGE};
 use crate::mode::{Config, Mode};
 use crate::observe::{
     Observation, Outcome, Page, Segment, Side, SystemState, TransferKind, UserState,
@@ -162,14 +161,23 @@ impl NativeEngine {
         if let Some(why) = config_unsupported(&image.config, self.facts.umip) {
             return Some(format!("native: {why}"));
         }
-        if image.variant != Variant::base(&image.config) {
+        // The fetch fence is what this engine has anyway: the data page is
+        // not executable.
+        let variant = Variant {
+            fetch_fence: false,
+            ..image.variant
+        };
+        if variant != Variant::base(&image.config) {
             return Some(format!(
                 "native: the variant {} changes state a user process cannot set",
                 image.variant.name(&image.config)
             ));
         }
-        if test.rip != TEST_RIP {
-            return Some(format!("native: tests start at {TEST_RIP:#x} only"));
+        if !(CODE..CODE + PAGE).contains(&test.rip) {
+            return Some(format!(
+                "native: tests start in the code page only (not at {:#x})",
+                test.rip
+            ));
         }
         None
     }
@@ -244,6 +252,7 @@ impl NativeEngine {
             rflags: entry.rflags,
             fs_base,
             gs_base,
+            rip: test.rip,
         });
         let Some(w) = self.worker.as_mut() else {
             return fail("no worker".into(), before);
@@ -379,6 +388,7 @@ fn outcome(test: &Prepared, r: &Response) -> Outcome {
         vector,
         error_code: has_error_code(vector).then_some(r.err as u32),
         rip: r.rip,
+        address: (vector == 14).then_some(r.si_addr),
     }
 }
 

@@ -6,7 +6,7 @@
 use super::*;
 use crate::catalog;
 use crate::engine::unicorn::UnicornEngine;
-use crate::machine::{Gpr, Setup, Sym, DATA, STACK};
+use crate::machine::{Gpr, Setup, Sym, DATA, STACK, TEST_RIP};
 use crate::observe::USER_FLAGS_MASK;
 
 /// The configuration the host has (UMIP as the kernel set it).
@@ -48,6 +48,7 @@ fn trap(vector: u8, error_code: Option<u32>, rip: u64) -> Outcome {
         vector,
         error_code,
         rip,
+        address: None,
     }
 }
 
@@ -73,7 +74,7 @@ fn faults_are_outcomes_and_add_completes() {
     // mov rax, [0]: no page there.
     let o = run(&mut e, &[0x48, 0x8B, 0x04, 0x25, 0, 0, 0, 0]);
     assert!(
-        matches!(o.outcome, Outcome::Trap { vector: 14, error_code: Some(ec), rip: TEST_RIP } if ec & 4 != 0),
+        matches!(o.outcome, Outcome::Trap { vector: 14, error_code: Some(ec), rip: TEST_RIP, address: Some(0) } if ec & 4 != 0),
         "{o:?}"
     );
     // add rax, rcx: 0x11 + 2.
@@ -382,9 +383,16 @@ fn answers_become_outcomes() {
         outcome(&t, &answer(libc::SIGSEGV, SI_KERNEL, 13, 0, TEST_RIP)),
         trap(13, Some(0), TEST_RIP)
     );
+    let mut pf = answer(libc::SIGSEGV, 1, 14, 6, TEST_RIP);
+    pf.si_addr = 0x1234;
     assert_eq!(
-        outcome(&t, &answer(libc::SIGSEGV, 1, 14, 6, TEST_RIP)),
-        trap(14, Some(6), TEST_RIP)
+        outcome(&t, &pf),
+        Outcome::Trap {
+            vector: 14,
+            error_code: Some(6),
+            rip: TEST_RIP,
+            address: Some(0x1234),
+        }
     );
     assert_eq!(
         outcome(&t, &answer(libc::SIGBUS, 1, 17, 0, TEST_RIP)),
@@ -442,4 +450,19 @@ fn host_facts_and_configurations() {
     assert_eq!(config_unsupported(&Config::UMIP_ON, true), None);
     assert!(config_unsupported(&Config::UMIP_OFF, true).is_some());
     assert!(config_unsupported(&Config::UMIP_ON, false).is_some());
+}
+
+#[test]
+fn lengths_by_the_page_boundary_are_the_manuals() {
+    let Some(mut e) = engine("lengths_by_the_page_boundary_are_the_manuals") else {
+        return;
+    };
+    let failed = crate::engine::conformance::check_lengths(
+        &mut e,
+        Mode::Long64,
+        host_config(),
+        &[Side::User],
+        &[],
+    );
+    assert!(failed.is_empty());
 }

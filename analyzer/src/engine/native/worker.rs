@@ -45,6 +45,8 @@ pub(super) struct Request {
     /// FS and GS base (offsets 136, 144).
     pub fs_base: u64,
     pub gs_base: u64,
+    /// Where the test starts, in the code page (offset 152).
+    pub rip: u64,
 }
 
 /// What the worker answers.
@@ -228,6 +230,8 @@ global_asm!(
     "    mov rax, [rdi + 144]",
     "    wrgsbase rax",
     "2:",
+    "    mov rax, [rdi + 152]",
+    "    mov [rip + {target}], rax",
     "    push qword ptr [rdi + 128]",
     "    popfq",
     "    mov rax, [rdi + 0]",

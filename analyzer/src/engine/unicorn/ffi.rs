@@ -21,6 +21,8 @@ pub(super) type Uc = Unicorn<'static, Events>;
 pub(super) struct Events {
     /// (vector, RIP at the hook).
     pub(super) intr: Option<(u32, u64)>,
+    /// CR2 when the interrupt was a #PF (the faulting linear address).
+    pub(super) fault_address: Option<u64>,
     pub(super) syscall: bool,
     pub(super) sysenter: bool,
     /// Linear addresses of the pages a run writes as a matter of course
@@ -54,9 +56,12 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
         .map_err(uc_err("map guest memory"))?;
     uc.add_intr_hook(|uc, intno| {
         let rip = uc.reg_read(R::EIP).unwrap_or(0);
+        // The emulated CPU has set CR2 before it raises the #PF.
+        let cr2 = (intno == 14).then(|| uc.reg_read(R::CR2).ok()).flatten();
         let ev = uc.get_data_mut();
         if ev.intr.is_none() {
             ev.intr = Some((intno, rip));
+            ev.fault_address = cr2;
         }
         let _ = uc.emu_stop();
     })

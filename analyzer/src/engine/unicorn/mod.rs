@@ -581,6 +581,7 @@ fn outcome(test: &Prepared, stopped: &Stopped) -> (Outcome, bool) {
                 vector,
                 error_code: None,
                 rip: at,
+                address: ev.fault_address,
             },
             false,
         );
@@ -615,6 +616,7 @@ fn outcome(test: &Prepared, stopped: &Stopped) -> (Outcome, bool) {
                 vector: 6,
                 error_code: None,
                 rip,
+                address: None,
             },
             false,
         ),

@@ -428,7 +428,8 @@ mod outcomes {
                 Outcome::Trap {
                     vector: 13,
                     error_code: None,
-                    rip: filler
+                    rip: filler,
+                    address: None,
                 },
                 false
             )
@@ -444,10 +445,49 @@ mod outcomes {
                 Outcome::Trap {
                     vector: 13,
                     error_code: None,
-                    rip: t.rip
+                    rip: t.rip,
+                    address: None,
                 },
                 false
             )
         );
     }
+}
+
+#[test]
+fn lengths_by_the_page_boundary_are_the_manuals() {
+    let mut e = UnicornEngine::new().unwrap();
+    for mode in [Mode::Prot32, Mode::Long64] {
+        let failed = crate::engine::conformance::check_lengths(
+            &mut e,
+            mode,
+            Config::UMIP_OFF,
+            &Side::BOTH,
+            &[],
+        );
+        assert!(failed.is_empty());
+    }
+}
+
+#[test]
+fn a_page_fault_reports_its_address() {
+    // mov eax, [0x123]: the null page is not mapped.
+    let o = base(
+        Mode::Long64,
+        Side::User,
+        &[0x8B, 0x04, 0x25, 0x23, 1, 0, 0],
+        &NONE,
+    );
+    assert!(
+        matches!(
+            o.outcome,
+            Outcome::Trap {
+                vector: 14,
+                address: Some(0x123),
+                ..
+            }
+        ),
+        "{:?}",
+        o.outcome
+    );
 }
