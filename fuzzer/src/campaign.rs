@@ -261,6 +261,7 @@ fn crash_finding(opts: &Options, bytes: &[u8], how: &str) -> Finding {
         },
         engines: BTreeMap::new(),
         observed_length: None,
+        observed_by: None,
         detail: format!("the worker died on this input ({how})"),
         signature: format!("engine-failure|worker|{position}|{how_sig}"),
         reproduce: crate::eval::reproduce(opts.mode, &opts.config, &opts.engines, bytes),

@@ -1,6 +1,8 @@
 //! One input through the probe layer and the oracles: the bytes become an
 //! entry ([`analyzer::explain::raw_entry`]), every engine's [`Prober`] runs
-//! it in the base state at both CPLs (a quick look), and the oracles turn
+//! it in the base state at both CPLs (a quick look; where the mode has
+//! paging, the base state with the data page not executable, in which the
+//! page-boundary length is measured too), and the oracles turn
 //! the runs into findings; an input that looks sensitive at CPL 3 is run
 //! through the whole matrix and judged as `scan` judges ([`Prober::judge`]).
 //! No engine or observation code of its own.
@@ -8,19 +10,21 @@
 use crate::finding::{Decoded, Finding, Kind};
 use crate::gen;
 use analyzer::catalog::{self, Catalog, Entry};
-use analyzer::machine::{Variant, TEST_RIP};
+use analyzer::machine::{GuestImage, Variant, TEST_RIP};
 use analyzer::mode::{Config, Mode};
 use analyzer::observe::{Outcome, Side};
 use analyzer::probe::{diff_results, GuestHarness, Matrix, Opener, ProbeError, Prober, Run};
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// An input as it ran, and what the oracles found.
 #[derive(Clone, Debug)]
 pub struct Evaluated {
     /// The bytes that ran: the decoder's first instruction of the input.
     pub ran: Vec<u8>,
-    /// The length the tunnel advances by (the decoder's).
+    /// The length the tunnel advances by: the first engine's observed
+    /// length, else the decoder's.
     pub advance: usize,
     pub findings: Vec<Finding>,
 }
@@ -31,6 +35,9 @@ pub struct Evaluator {
     config: Config,
     probers: Vec<Prober>,
     quick: Matrix,
+    /// The quick look's image where it is fenced for the page-boundary
+    /// length (`None`: the mode has no paging).
+    fenced: Option<Arc<GuestImage>>,
     full: Option<Matrix>,
     catalog: Catalog,
     /// The catalog's encodings of the mode (the generators' templates).
@@ -125,12 +132,23 @@ impl Evaluator {
             .into_iter()
             .map(Prober::open)
             .collect::<Result<Vec<_>, _>>()?;
-        let base = Variant::base(&config);
-        let image = analyzer::probe::build_one(&GuestHarness, mode, config, base)?;
+        // The quick look runs in the fenced base state where the mode has
+        // paging: the base state with the data page not executable, so
+        // that the length measurement runs in the same image (an engine
+        // switching images is slower: Unicorn flushes its translations).
+        let state = analyzer::length::fenced_variant(mode, &config)
+            .unwrap_or_else(|| Variant::base(&config));
+        let image = Arc::new(analyzer::probe::build_one(
+            &GuestHarness,
+            mode,
+            config,
+            state,
+        )?);
+        let fenced = image.is_fenced().then(|| image.clone());
         let quick = Matrix {
             mode,
             config,
-            images: vec![(base, std::sync::Arc::new(image))],
+            images: vec![(state, image)],
         };
         let catalog = catalog::build(mode);
         let templates = catalog.entries.iter().map(|e| e.bytes.clone()).collect();
@@ -139,6 +157,7 @@ impl Evaluator {
             config,
             probers,
             quick,
+            fenced,
             full: None,
             catalog,
             templates,
@@ -187,6 +206,15 @@ impl Evaluator {
                 .unwrap_or_default();
             all_runs.push(runs);
         }
+        // Each engine's length of the instruction, on the side sandsifter
+        // looks at (CPL 3; CPL 0 in real mode).
+        let straight = valid && entry.doc.flow_control == "Next" && !writes_memory(self.mode, &ran);
+        let mut lengths: Vec<Option<(usize, &'static str)>> = Vec::with_capacity(all_runs.len());
+        for (i, runs) in all_runs.iter().enumerate() {
+            let measured = self.observed_length(i, input, len, straight, runs)?;
+            lengths.push(measured);
+        }
+        let observed = lengths.first().copied().flatten();
         // What a finding carries is made only when an oracle finds one.
         let names = self.engines();
         let (mode, config) = (self.mode, self.config);
@@ -211,12 +239,6 @@ impl Evaluator {
                             m.insert(format!("cpl{}", cpl_of(r.side)), r.obs.outcome.short());
                         }
                     }
-                    let observed_length = all_runs.first().and_then(|runs| {
-                        runs.iter().find_map(|r| match r.obs.outcome {
-                            Outcome::Completed { rip, .. } => rip.checked_sub(TEST_RIP),
-                            _ => None,
-                        })
-                    });
                     Finding {
                         kind: Kind::EngineFailure,
                         mode: mode.name().into(),
@@ -231,7 +253,8 @@ impl Evaluator {
                             form: entry.form.clone(),
                         },
                         engines: outcomes,
-                        observed_length,
+                        observed_length: observed.map(|(n, _)| n as u64),
+                        observed_by: observed.map(|(_, by)| by.to_string()),
                         detail: String::new(),
                         signature: String::new(),
                         reproduce: reproduce(mode, &config, &names, &ran),
@@ -281,27 +304,23 @@ impl Evaluator {
                             normalize(&o.short())
                         ),
                     );
-                } else if valid
-                    && entry.doc.flow_control == "Next"
-                    && !writes_memory(self.mode, &ran)
-                {
-                    if let Outcome::Completed {
-                        rip,
-                        at_sentinel: false,
-                    } = o
-                    {
-                        let stop = rip.wrapping_sub(TEST_RIP) as i64;
-                        add(
-                            Kind::DecoderVsEngine,
-                            Some(c),
-                            format!(
-                                "the decoder reads {len} bytes ({}); {name} at CPL {c} stopped at +{stop}",
-                                entry.form
-                            ),
-                            format!("{name}|cpl{c}|{}|length|{}", position(), entry.code),
-                        );
-                    }
                 }
+            }
+        }
+        // The decoder's length against each engine's.
+        for (name, measured) in names.iter().zip(&lengths) {
+            let Some((n, by)) = *measured else { continue };
+            if valid && n != len {
+                let c = cpl_of(self.length_side());
+                add(
+                    Kind::DecoderVsEngine,
+                    Some(c),
+                    format!(
+                        "the decoder reads {len} bytes ({}); {name} at CPL {c} fetches {n} ({by})",
+                        entry.form
+                    ),
+                    format!("{name}|cpl{c}|{}|length|{}", position(), entry.code),
+                );
             }
         }
         // Engine against engine, side by side.
@@ -405,9 +424,57 @@ impl Evaluator {
         }
         Ok(Evaluated {
             ran,
-            advance: len,
+            advance: observed.map_or(len, |(n, _)| n),
             findings: found,
         })
+    }
+
+    /// The side lengths are measured on: CPL 3, or CPL 0 in real mode.
+    fn length_side(&self) -> Side {
+        if self.quick.images[0].1.user.is_some() {
+            Side::User
+        } else {
+            Side::Supervisor
+        }
+    }
+
+    /// Engine `i`'s length of the instruction at the start of `input`
+    /// (`len` by the decoder): shown by its run where a straight-line
+    /// instruction completed at the sentinel right after it, else measured
+    /// by the page-boundary method on the whole input. `None` where
+    /// neither tells.
+    fn observed_length(
+        &mut self,
+        i: usize,
+        input: &[u8],
+        len: usize,
+        straight: bool,
+        runs: &[Run],
+    ) -> Result<Option<(usize, &'static str)>, ProbeError> {
+        let side = self.length_side();
+        let run = runs.iter().find(|r| r.side == side);
+        if let Some(r) = run {
+            if straight
+                && matches!(
+                    r.obs.outcome,
+                    Outcome::Completed {
+                        at_sentinel: true,
+                        ..
+                    }
+                )
+            {
+                return Ok(Some((len, "run")));
+            }
+            if r.obs.outcome.is_engine_level() {
+                return Ok(None);
+            }
+        }
+        let Some(fenced) = &self.fenced else {
+            return Ok(None);
+        };
+        let whole = analyzer::explain::raw_entry(input, self.mode);
+        let l = self.probers[i].fetch_length(fenced, side, &whole, len)?;
+        Ok(l.bytes().map(|n| (n, "page-boundary")))
     }
 
     /// The whole matrix's verdict of an entry on engine `i`.

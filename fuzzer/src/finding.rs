@@ -56,9 +56,14 @@ pub struct Finding {
     pub decoder: Decoded,
     /// Engine name to its outcome per CPL (`cpl0`, `cpl3`).
     pub engines: BTreeMap<String, BTreeMap<String, String>>,
-    /// Bytes from the first byte to where the first engine's run stopped,
-    /// when it completed.
+    /// The instruction's length as the first engine fetched it at CPL 3
+    /// (CPL 0 in real mode), when known: by the page-boundary method, or
+    /// where its run stopped at the sentinel right after the decoder's
+    /// length (see `observed_by`).
     pub observed_length: Option<u64>,
+    /// How `observed_length` was measured: `page-boundary` or `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_by: Option<String>,
     pub detail: String,
     /// What deduplicates: kind, where in the opcode map, and the outcomes.
     pub signature: String,
@@ -269,6 +274,7 @@ pub(crate) mod tests {
             },
             engines: BTreeMap::new(),
             observed_length: None,
+            observed_by: None,
             detail: String::new(),
             signature: sig.into(),
             reproduce: String::new(),
