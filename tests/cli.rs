@@ -545,3 +545,29 @@ fn explain_sgdt_leads_with_its_verdict() {
         );
     }
 }
+
+#[test]
+fn explain_on_kvm_measures_lengths_after_the_whole_matrix() {
+    // The fence is one page-table entry the engine changes after the
+    // matrix's images ran; KVM must see it (measured on PVM before the
+    // fix: "length 1" at CPL 3, the data page still executable there).
+    if !kvm_or_skip("explain_on_kvm_measures_lengths_after_the_whole_matrix") {
+        return;
+    }
+    let o = popek(&[
+        "explain",
+        "0f38f005f80f0000",
+        "--mode",
+        "64",
+        "--umip",
+        "on",
+        "--engine",
+        "kvm",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("length 8 (page boundary) at base@cpl3"),
+        "{out}"
+    );
+}

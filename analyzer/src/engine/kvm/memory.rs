@@ -9,7 +9,7 @@
 
 use super::KvmError;
 use crate::engine::shadow::Shadow;
-use crate::machine::{GuestImage, Prepared, MEM_SIZE, PAGE};
+use crate::machine::{GuestImage, Prepared, MEM_SIZE, MOVED_PAGE_TABLES, PAGE, PAGE_TABLES};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::convert::Infallible;
@@ -92,6 +92,26 @@ pub(super) struct Guest {
     /// Whether KVM logs the pages the guest dirties (then every one of them
     /// is restored, not only the image's `restore_pages`).
     pub(super) dirty_log: bool,
+    /// The flags memory slot 0 was made with.
+    slot_flags: u32,
+    /// The XSAVE-managed state every run starts from ([`super::vcpu::reset_xsave`]).
+    pub(super) xsave_reset: Option<kvm_bindings::kvm_xsave>,
+    /// The engine changed a page that may hold page tables since KVM last
+    /// built its translations: under shadow paging (PVM; any host without
+    /// EPT or NPT) KVM tracks only the guest's own writes to page tables,
+    /// so its translations may still follow the old entries (measured on
+    /// PVM: a data page made not executable stayed executable at CPL 3).
+    translations_stale: bool,
+}
+
+/// Whether a physical page may hold the harness's page tables (at
+/// `PAGE_TABLES`, or `MOVED_PAGE_TABLES` in the moved-pages variant; four
+/// levels at most).
+fn holds_page_tables(phys: u64) -> bool {
+    let page = phys & !(PAGE - 1);
+    [PAGE_TABLES, MOVED_PAGE_TABLES]
+        .iter()
+        .any(|&base| (base..base + 4 * PAGE).contains(&page))
 }
 
 impl Guest {
@@ -122,13 +142,41 @@ impl Guest {
         }
         dirty_log = dirty_log && vm.get_dirty_log(0, MEM_SIZE as usize).is_ok();
         let vcpu = vm.create_vcpu(0).map_err(KvmError::CreateVcpu)?;
+        let xsave_reset = super::vcpu::reset_xsave(&vcpu);
         Ok(Guest {
+            xsave_reset,
             vcpu,
             vm,
             mem,
             shadow: Shadow::new(),
             dirty_log,
+            slot_flags: region.flags,
+            translations_stale: false,
         })
+    }
+
+    /// Makes KVM drop every translation it built from guest memory, where
+    /// the engine changed a page-table page since the last run: memory slot
+    /// 0 is deleted and made again (which zaps KVM's shadow pages and
+    /// flushes the guest's TLB, with or without shadow paging).
+    pub(super) fn sync_translations(&mut self) -> Result<(), KvmError> {
+        if !std::mem::take(&mut self.translations_stale) {
+            return Ok(());
+        }
+        let mut region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: self.slot_flags,
+            guest_phys_addr: 0,
+            memory_size: 0,
+            userspace_addr: self.mem.ptr as u64,
+        };
+        // SAFETY: size 0 deletes the slot; KVM stops using the mapping.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(KvmError::SetMemoryRegion)?;
+        region.memory_size = MEM_SIZE;
+        // SAFETY: the region is the live mapping `mem` of `MEM_SIZE` bytes,
+        // unmapped only after the VM and its vCPU are closed (as in `new`).
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(KvmError::SetMemoryRegion)?;
+        Ok(())
     }
 
     /// Guest physical memory.
@@ -158,6 +206,11 @@ impl Guest {
                 let end = (start + host_page).min(guest.len());
                 if start < end {
                     guest[start..end].copy_from_slice(self.shadow.bytes(start, end));
+                    // The guest's write to its page tables was seen by
+                    // KVM; putting the old bytes back is not.
+                    self.translations_stale |= (start..end)
+                        .step_by(PAGE as usize)
+                        .any(|a| holds_page_tables(a as u64));
                 }
             }
         }
@@ -169,7 +222,17 @@ impl Guest {
             return;
         }
         let guest = self.mem.slice_mut();
-        let _ = self.shadow.load(image, |_| false, write_into(guest));
+        let mut write = write_into(guest);
+        let mut tables_changed = false;
+        let _ = self.shadow.load(
+            image,
+            |_| false,
+            |at, bytes| {
+                tables_changed |= holds_page_tables(at);
+                write(at, bytes)
+            },
+        );
+        self.translations_stale |= tables_changed;
     }
 
     /// Restores the pages an instruction may dirty and writes the test's own.

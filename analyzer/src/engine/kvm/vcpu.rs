@@ -10,7 +10,8 @@ use crate::mode::Mode;
 use crate::observe::{Segment, Side, SystemState, TableReg, UserState};
 use crate::observe::{SYS_FLAGS_MASK, USER_FLAGS_MASK};
 use kvm_bindings::{
-    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events, Msrs,
+    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events,
+    kvm_xsave, Msrs,
 };
 use kvm_ioctls::VcpuFd;
 
@@ -20,23 +21,45 @@ pub(super) fn clear_events(vcpu: &VcpuFd) -> Result<(), KvmError> {
         .map_err(KvmError::ClearEvents)
 }
 
+/// x87 and SSE state at reset.
+fn reset_fpu() -> kvm_fpu {
+    kvm_fpu {
+        fcw: 0x37F,
+        mxcsr: 0x1F80,
+        ..Default::default()
+    }
+}
+
+/// The XSAVE-managed state a run starts from: a new vCPU's (every
+/// component in its initial state: x87/SSE at reset, AVX upper halves,
+/// AVX-512 and PKRU zero), read once. `None` where KVM has no XSAVE.
+pub(super) fn reset_xsave(vcpu: &VcpuFd) -> Option<kvm_xsave> {
+    vcpu.set_fpu(&reset_fpu()).ok()?;
+    vcpu.get_xsave().ok()
+}
+
 /// Sets every register for the start of a run of `test` on `side`.
 pub(super) fn set_state(
     vcpu: &VcpuFd,
+    xsave: Option<&kvm_xsave>,
     image: &GuestImage,
     side: Side,
     test: &Prepared,
 ) -> Result<(), KvmError> {
     let e = image.entry(side).ok_or(KvmError::NoSuchSide)?;
     let sys = &image.sys;
-    // State no outcome records but an instruction may change: x87/SSE
-    // and the debug registers start from their reset values.
-    let fpu = kvm_fpu {
-        fcw: 0x37F,
-        mxcsr: 0x1F80,
-        ..Default::default()
-    };
-    vcpu.set_fpu(&fpu).map_err(KvmError::SetFpu)?;
+    // State no outcome records but an instruction may change: the
+    // XSAVE-managed registers (x87, SSE, AVX, AVX-512, PKRU: a WRPKRU at
+    // CPL 3 on PVM runs on the CPU, and its PKRU would make the next runs'
+    // data accesses fault) and the debug registers start from their reset
+    // values; without XSAVE, x87 and SSE.
+    match xsave {
+        // SAFETY: popek enables no dynamically enabled XSTATE feature
+        // (no arch_prctl(ARCH_REQ_XCOMP_PERM)), so the state KVM copies
+        // fits the 4096-byte `kvm_xsave` it was read into.
+        Some(x) => unsafe { vcpu.set_xsave(x) }.map_err(KvmError::SetFpu)?,
+        None => vcpu.set_fpu(&reset_fpu()).map_err(KvmError::SetFpu)?,
+    }
     let dregs = kvm_debugregs {
         dr6: 0xFFFF_0FF0,
         dr7: 0x400,
