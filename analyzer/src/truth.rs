@@ -8,11 +8,19 @@
 //! | column | meaning |
 //! |---|---|
 //! | `instruction` | a lower-case mnemonic (`sgdt`: every entry with that mnemonic) or an iced `Code` name, told apart by containing an upper-case letter (`Mov_Sreg_rm16`: entries of that code); optionally followed by ` unless TEXT`, which leaves out entries whose form contains TEXT (`Call_ptr1632 unless call gate`), or any of several texts separated by `|` (`Mov_rm16_Sreg unless ,ds|,es`) |
-//! | `modes` | `16,32,64`, a subset, or `*` (16, 32 and 64) |
+//! | `modes` | `16,32,64,32c`, a subset, or `*` (16, 32, 64 and 32c); `32` names 32-bit code in both 32-bit protected mode and 32-bit compatibility mode (`32c`), see below |
 //! | `config` | configuration names (`umip=off`, `umip=on`, comma-separated) or `*` (both) |
 //! | `expect` | `privileged` (the verdict's `privileged`), `violator` (`violates_pg`), `innocuous`, `nondeterministic` (the class), `not-privileged` (`privileged` false) |
 //! | `source` | where the fact is documented |
 //! | `known_deviation` | empty, or `engine: reason` entries separated by `;` for engines known to get it wrong |
+//!
+//! 32-bit compatibility mode (`32c`) runs the 32-bit catalog, and what the
+//! manuals document for 32-bit code holds there unless they say otherwise.
+//! So a row naming `32` (or `*`) covers `32c` too, and a row may name `32c`
+//! on its own: such a row replaces, for `32c`, every row of the same
+//! instruction (and `unless`) that covers `32c` only through `32` or `*`.
+//! Where the manuals document a difference between compatibility mode and
+//! 32-bit protected mode, the table says so in an explicit `32c` row.
 //!
 //! The table is the oracle the measured verdicts are put beside, never the
 //! answer: [`check`] compares, [`annotate`] writes the comparison into the
@@ -135,7 +143,11 @@ pub struct Fact {
     /// Leave out entries whose form contains this text (or any of its
     /// `|`-separated texts).
     pub unless: Option<String>,
+    /// The modes the row covers (`32` and `*` include 32c, unless an
+    /// explicit 32c row of the same instruction replaces it there).
     pub modes: Vec<Mode>,
+    /// The row names 32c itself (not only through `32` or `*`).
+    pub names_compat: bool,
     /// Configuration names (`umip=off`, ...).
     pub configs: Vec<String>,
     pub expect: Expect,
@@ -222,7 +234,9 @@ impl Facts {
             column,
             msg,
         };
-        let mut facts = Vec::new();
+        let mut facts: Vec<Fact> = Vec::new();
+        // (instruction, unless) of the rows that name 32c explicitly.
+        let mut compat_rows: Vec<(String, Option<String>)> = Vec::new();
         let mut header_seen = false;
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
@@ -298,22 +312,33 @@ impl Facts {
                     ),
                 ));
             }
+            let mut names_compat = false;
             let modes = if modes == "*" {
-                Mode::DEFAULT_SCAN.to_vec()
+                let mut all = Mode::DEFAULT_SCAN.to_vec();
+                all.push(Mode::Compat32);
+                all
             } else {
                 let mut out = Vec::new();
                 for m in modes.split(',').map(str::trim) {
-                    out.push(m.parse::<Mode>().map_err(|_| {
+                    let mode = m.parse::<Mode>().map_err(|_| {
                         err(
                             line,
                             c_modes,
                             format!(
-                                "unknown mode '{}' (16, 32, 64, real or *)",
+                                "unknown mode '{}' (16, 32, 64, 32c, real or *)",
                                 crate::input::clip(m)
                             ),
                         )
-                    })?);
+                    })?;
+                    names_compat |= mode == Mode::Compat32;
+                    out.push(mode);
+                    if mode == Mode::Prot32 {
+                        // 32-bit code: in compatibility mode too.
+                        out.push(Mode::Compat32);
+                    }
                 }
+                out.sort();
+                out.dedup();
                 out
             };
             let configs = if cfg == "*" {
@@ -354,7 +379,11 @@ impl Facts {
                     }
                 }
             }
+            if names_compat {
+                compat_rows.push((name.to_string(), unless.clone()));
+            }
             facts.push(Fact {
+                names_compat,
                 line,
                 instruction: name.to_string(),
                 is_code: name.chars().any(|c| c.is_ascii_uppercase()),
@@ -372,6 +401,16 @@ impl Facts {
                 1,
                 format!("no header line '{}'", COLUMNS.join("\\t")),
             ));
+        }
+        // An explicit 32c row replaces, for 32c, the rows of the same
+        // instruction that cover 32c only through 32 or *.
+        for f in facts.iter_mut().filter(|f| !f.names_compat) {
+            if compat_rows
+                .iter()
+                .any(|(i, u)| *i == f.instruction && *u == f.unless)
+            {
+                f.modes.retain(|&m| m != Mode::Compat32);
+            }
         }
         Ok(Facts {
             path: path.to_path_buf(),

@@ -12,7 +12,7 @@ pub(crate) fn cpl0_only_cases(mode: Mode) -> Vec<(&'static str, Vec<u8>, Setup)>
     let lgdt: Vec<u8> = match mode {
         Mode::Long64 => vec![0x0F, 0x01, 0x14, 0x25, 0x00, 0x81, 0, 0],
         Mode::Real | Mode::Prot16 => vec![0x66, 0x0F, 0x01, 0x16, 0x00, 0x81],
-        Mode::Prot32 => vec![0x0F, 0x01, 0x15, 0x00, 0x81, 0, 0],
+        Mode::Prot32 | Mode::Compat32 => vec![0x0F, 0x01, 0x15, 0x00, 0x81, 0, 0],
     };
     let base_size = if mode == Mode::Long64 { 8 } else { 4 };
     let lgdt_setup = Setup {
@@ -49,7 +49,7 @@ pub(crate) fn cpl0_only_cases(mode: Mode) -> Vec<(&'static str, Vec<u8>, Setup)>
 pub(crate) fn popf_case(mode: Mode) -> (Vec<u8>, Setup) {
     let size = match mode {
         Mode::Real | Mode::Prot16 => 2,
-        Mode::Prot32 => 4,
+        Mode::Prot32 | Mode::Compat32 => 4,
         Mode::Long64 => 8,
     };
     let setup = Setup {
