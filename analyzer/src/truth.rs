@@ -8,7 +8,7 @@
 //! | column | meaning |
 //! |---|---|
 //! | `instruction` | a lower-case mnemonic (`sgdt`: every entry with that mnemonic) or an iced `Code` name, told apart by containing an upper-case letter (`Mov_Sreg_rm16`: entries of that code); optionally followed by ` unless TEXT`, which leaves out entries whose form contains TEXT (`Call_ptr1632 unless call gate`), or any of several texts separated by `|` (`Mov_rm16_Sreg unless ,ds|,es`) |
-//! | `modes` | `16,32,64,32c`, a subset, or `*` (16, 32, 64 and 32c); `32` names 32-bit code in both 32-bit protected mode and 32-bit compatibility mode (`32c`), see below |
+//! | `modes` | `16,32,64`, a subset, or `*` (16, 32, 64 and 32c); `32` names both 32-bit modes (32-bit protected mode and 32-bit compatibility mode), `32p` the protected mode alone, `32c` compatibility mode alone (see below) |
 //! | `config` | configuration names (`umip=off`, `umip=on`, comma-separated) or `*` (both) |
 //! | `expect` | `privileged` (the verdict's `privileged`), `violator` (`violates_pg`), `innocuous`, `nondeterministic` (the class), `not-privileged` (`privileged` false) |
 //! | `source` | where the fact is documented |
@@ -16,11 +16,11 @@
 //!
 //! 32-bit compatibility mode (`32c`) runs the 32-bit catalog, and what the
 //! manuals document for 32-bit code holds there unless they say otherwise.
-//! So a row naming `32` (or `*`) covers `32c` too, and a row may name `32c`
-//! on its own: such a row replaces, for `32c`, every row of the same
-//! instruction (and `unless`) that covers `32c` only through `32` or `*`.
-//! Where the manuals document a difference between compatibility mode and
-//! 32-bit protected mode, the table says so in an explicit `32c` row.
+//! So `32` (and `*`) names both 32-bit modes, `32p` names 32-bit protected
+//! mode alone and `32c` compatibility mode alone. A fact the manuals state
+//! differently for compatibility mode is split: a `32p` row, and a `32c`
+//! row where Intel and AMD agree on what compatibility mode does (none
+//! where they do not, as for SYSCALL, SYSRET and SYSENTER).
 //!
 //! The table is the oracle the measured verdicts are put beside, never the
 //! answer: [`check`] compares, [`annotate`] writes the comparison into the
@@ -143,11 +143,8 @@ pub struct Fact {
     /// Leave out entries whose form contains this text (or any of its
     /// `|`-separated texts).
     pub unless: Option<String>,
-    /// The modes the row covers (`32` and `*` include 32c, unless an
-    /// explicit 32c row of the same instruction replaces it there).
+    /// The modes the row covers (`32` and `*` include 32c, `32p` does not).
     pub modes: Vec<Mode>,
-    /// The row names 32c itself (not only through `32` or `*`).
-    pub names_compat: bool,
     /// Configuration names (`umip=off`, ...).
     pub configs: Vec<String>,
     pub expect: Expect,
@@ -234,9 +231,7 @@ impl Facts {
             column,
             msg,
         };
-        let mut facts: Vec<Fact> = Vec::new();
-        // (instruction, unless) of the rows that name 32c explicitly.
-        let mut compat_rows: Vec<(String, Option<String>)> = Vec::new();
+        let mut facts = Vec::new();
         let mut header_seen = false;
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
@@ -312,7 +307,6 @@ impl Facts {
                     ),
                 ));
             }
-            let mut names_compat = false;
             let modes = if modes == "*" {
                 let mut all = Mode::DEFAULT_SCAN.to_vec();
                 all.push(Mode::Compat32);
@@ -320,21 +314,22 @@ impl Facts {
             } else {
                 let mut out = Vec::new();
                 for m in modes.split(',').map(str::trim) {
-                    let mode = m.parse::<Mode>().map_err(|_| {
-                        err(
-                            line,
-                            c_modes,
-                            format!(
-                                "unknown mode '{}' (16, 32, 64, 32c, real or *)",
-                                crate::input::clip(m)
-                            ),
-                        )
-                    })?;
-                    names_compat |= mode == Mode::Compat32;
-                    out.push(mode);
-                    if mode == Mode::Prot32 {
-                        // 32-bit code: in compatibility mode too.
-                        out.push(Mode::Compat32);
+                    match m {
+                        // 32-bit code: in 32-bit protected mode and in
+                        // compatibility mode.
+                        "32" => out.extend([Mode::Prot32, Mode::Compat32]),
+                        // 32-bit protected mode only.
+                        "32p" => out.push(Mode::Prot32),
+                        _ => out.push(m.parse::<Mode>().map_err(|_| {
+                            err(
+                                line,
+                                c_modes,
+                                format!(
+                                    "unknown mode '{}' (16, 32, 32p, 32c, 64, real or *)",
+                                    crate::input::clip(m)
+                                ),
+                            )
+                        })?),
                     }
                 }
                 out.sort();
@@ -379,11 +374,7 @@ impl Facts {
                     }
                 }
             }
-            if names_compat {
-                compat_rows.push((name.to_string(), unless.clone()));
-            }
             facts.push(Fact {
-                names_compat,
                 line,
                 instruction: name.to_string(),
                 is_code: name.chars().any(|c| c.is_ascii_uppercase()),
@@ -401,16 +392,6 @@ impl Facts {
                 1,
                 format!("no header line '{}'", COLUMNS.join("\\t")),
             ));
-        }
-        // An explicit 32c row replaces, for 32c, the rows of the same
-        // instruction that cover 32c only through 32 or *.
-        for f in facts.iter_mut().filter(|f| !f.names_compat) {
-            if compat_rows
-                .iter()
-                .any(|(i, u)| *i == f.instruction && *u == f.unless)
-            {
-                f.modes.retain(|&m| m != Mode::Compat32);
-            }
         }
         Ok(Facts {
             path: path.to_path_buf(),

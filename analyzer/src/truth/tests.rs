@@ -59,21 +59,17 @@ fn parses_a_good_table() {
 }
 
 #[test]
-fn an_explicit_32c_row_replaces_32_there() {
+fn mode_32_names_both_32_bit_modes() {
     let facts = parse(
-        "sysenter\t*\t*\tnot-privileged\tSDM\t\n\
-         sysenter\t32c\t*\talways-traps\tAMD APM\t\n\
-         sysexit\t32\t*\tprivileged\tSDM\t\n\
-         sysexit unless x\t32c\t*\tprivileged\tSDM\t\n",
+        "sysret\t16,32p\t*\tnot-privileged\tSDM\t\n\
+         sysexit\t32c\t*\tprivileged\tSDM\t\n\
+         hlt\t32,64\t*\tprivileged\tSDM\t\n",
     )
     .expect("parses");
     let f = &facts.facts;
-    assert_eq!(f[0].modes, Mode::DEFAULT_SCAN.to_vec());
-    assert!(!f[0].names_compat);
+    assert_eq!(f[0].modes, vec![Mode::Prot16, Mode::Prot32]);
     assert_eq!(f[1].modes, vec![Mode::Compat32]);
-    assert!(f[1].names_compat);
-    // Another `unless`: another row, not replaced.
-    assert_eq!(f[2].modes, vec![Mode::Prot32, Mode::Compat32]);
+    assert_eq!(f[2].modes, vec![Mode::Prot32, Mode::Long64, Mode::Compat32]);
 }
 
 #[test]
