@@ -153,6 +153,13 @@ impl NativeEngine {
         if side == Side::Supervisor {
             return Some("native: runs at cpl 3 only (the host's supervisor is its kernel)".into());
         }
+        if image.mode == Mode::Compat32 {
+            return Some(
+                "native: 32-bit compatibility mode (entering the test through the \
+                 kernel's 32-bit user code segment) is not implemented"
+                    .into(),
+            );
+        }
         if image.mode != Mode::Long64 {
             return Some(format!(
                 "native: runs 64-bit code only (mode {} is not implemented)",
