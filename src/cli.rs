@@ -90,7 +90,8 @@ pub enum OnOff {
 pub struct ExplainArgs {
     /// A mnemonic (`sgdt`) or the instruction's bytes in hex (`0f 01 05 00 81 00 00`, `0xf4`).
     pub target: String,
-    /// Processor mode: real, 16, 32 or 64.
+    /// Processor mode: real, 16, 32, 64 or 32c (32-bit compatibility mode:
+    /// 32-bit code in a long-mode guest, its own mode, never run for 32).
     #[arg(long, default_value = "64", value_parser = parse_mode)]
     pub mode: Mode,
     /// CR4.UMIP.
@@ -124,7 +125,8 @@ pub struct ScanArgs {
     /// Engine: unicorn, kvm or all (all adds an engine-comparison report).
     #[arg(long, default_value = "unicorn")]
     pub engine: String,
-    /// Modes, comma-separated: real, 16, 32, 64.
+    /// Modes, comma-separated: real, 16, 32, 64, 32c (32-bit compatibility
+    /// mode: 32-bit code in a long-mode guest, its own mode, not a default).
     #[arg(long, value_delimiter = ',', default_value = "16,32,64", value_parser = parse_mode)]
     pub mode: Vec<Mode>,
     /// Configurations, comma-separated (settings joined by ':'): umip=off, umip=on, umip=on:iopl=3, ...
@@ -178,7 +180,8 @@ pub struct VectorsArgs {
     /// Engine: unicorn, kvm, a comma-separated list, or all (each engine's view goes into every vector).
     #[arg(long, default_value = "unicorn")]
     pub engine: String,
-    /// Modes, comma-separated: real, 16, 32, 64.
+    /// Modes, comma-separated: real, 16, 32, 64, 32c (32-bit compatibility
+    /// mode: 32-bit code in a long-mode guest, its own mode, not a default).
     #[arg(long, value_delimiter = ',', default_value = "16,32,64", value_parser = parse_mode)]
     pub mode: Vec<Mode>,
     /// Configurations, comma-separated (settings joined by ':').
@@ -201,7 +204,8 @@ pub struct FuzzArgs {
     /// Engines, comma-separated: unicorn, kvm, native (two or more add the engine-vs-engine oracle).
     #[arg(long, default_value = "unicorn")]
     pub engine: String,
-    /// Processor mode: real, 16, 32 or 64.
+    /// Processor mode: real, 16, 32, 64 or 32c (32-bit compatibility mode:
+    /// 32-bit code in a long-mode guest, its own mode, never run for 32).
     #[arg(long, default_value = "64", value_parser = parse_mode)]
     pub mode: Mode,
     /// The configuration (settings joined by ':').
@@ -403,6 +407,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
+    note_mode_32_on_pvm(&kinds, &[a.mode]);
     let engines: Vec<String> = kinds.iter().map(|k| k.name().to_string()).collect();
     let gens: fuzzer::gen::Generators = a.generator.parse().map_err(anyhow::Error::msg)?;
     check_jobs(a.jobs)?;
@@ -529,8 +534,27 @@ fn scan_plan(modes: &[Mode], configs: &[Config], only: &[String]) -> Result<Scan
     })
 }
 
+/// On KVM's PVM flavor 32-bit protected mode cannot run (every 32-bit paged
+/// guest shuts down): says so for `--mode 32` and points at `--mode 32c`,
+/// which runs 32-bit code in compatibility mode, as its own mode (32 is
+/// never silently replaced: its runs stay "not run").
+fn note_mode_32_on_pvm(kinds: &[EngineKind], modes: &[Mode]) {
+    if kinds.contains(&EngineKind::Kvm)
+        && modes.contains(&Mode::Prot32)
+        && analyzer::engine::kvm::Flavor::detect() == analyzer::engine::kvm::Flavor::Pvm
+    {
+        eprintln!("{}", PVM_MODE_32_NOTE);
+    }
+}
+
+/// What [`note_mode_32_on_pvm`] prints.
+const PVM_MODE_32_NOTE: &str = "popek: kvm on kvm_pvm cannot run 32-bit protected mode \
+(--mode 32: every 32-bit paged guest shuts down), so its mode-32 runs are reported as not run; \
+--mode 32c runs 32-bit code there as 32-bit compatibility mode (a long-mode guest), reported as its own mode 32c";
+
 fn cmd_vectors(a: VectorsArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
+    note_mode_32_on_pvm(&kinds, &a.mode);
     let plan = scan_plan(&a.mode, &a.config, &a.only)?;
     let selected = select_entries(&plan)?;
     let mut probers = Vec::new();
@@ -605,6 +629,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
         ..Config::default()
     };
     let kinds = parse_engines(&a.engine)?;
+    note_mode_32_on_pvm(&kinds, &[a.mode]);
     let cat = catalog::build(a.mode);
     let entries = match (&target, a.raw) {
         (explain::Target::Bytes(b), true) => vec![explain::raw_entry(b, a.mode)],
@@ -791,6 +816,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
     let all = is_all(&a.engine);
     let plan = scan_plan(&a.mode, &a.config, &a.only)?;
+    note_mode_32_on_pvm(&kinds, &plan.modes);
     no_repeats("--format", &a.format)?;
     check_jobs(a.jobs)?;
     // The catalog is built once: the selection comes from it, and the facts
@@ -1065,6 +1091,7 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
     let subjects = if a.report.is_empty() {
         let kinds = parse_engines(&a.engine)?;
         let plan = scan_plan(&a.mode, &a.config, &a.only)?;
+        note_mode_32_on_pvm(&kinds, &plan.modes);
         let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
         check_jobs(a.jobs)?;
         let scopes: Vec<check::Scope> = kinds

@@ -571,3 +571,97 @@ fn explain_on_kvm_measures_lengths_after_the_whole_matrix() {
         "{out}"
     );
 }
+
+/// `--mode 32c`: 32-bit compatibility mode, its own mode: SGDT stores the
+/// 32c GDTR at both CPLs (a violator), PUSHFD reveals IF, MOV r32, CR0 is
+/// #GP at CPL 3 (privileged), on Unicorn and, where it is usable, on KVM.
+#[test]
+fn explain_in_compatibility_mode() {
+    let mut engines = vec!["unicorn"];
+    if kvm_or_skip("explain_in_compatibility_mode (kvm part)") {
+        engines.push("kvm");
+    }
+    for engine in engines {
+        // The catalog's forms, whose setups point the operands at the
+        // harness's pages (sgdt [8100h], mov ecx,cr0).
+        for (target, verdict, evidence) in [
+            (
+                "sgdt",
+                "verdict: sensitive-unprivileged",
+                "base@cpl0 completed vs base@cpl3 completed",
+            ),
+            (
+                "pushfd",
+                "verdict: sensitive-unprivileged",
+                "base@cpl0 completed vs if=0@cpl0 completed",
+            ),
+            (
+                "mov ecx,cr0",
+                "verdict: privileged",
+                "base@cpl0 completed vs base@cpl3 #GP",
+            ),
+        ] {
+            let o = popek(&[
+                "explain", target, "--mode", "32c", "--engine", engine, "--facts", "none",
+            ]);
+            let (out, err) = text(&o);
+            assert!(o.status.success(), "{engine} {target}: {err}");
+            assert!(out.contains("mode 32c"), "{engine} {target}: {out}");
+            assert!(out.contains(verdict), "{engine} {target}: {out}");
+            assert!(out.contains(evidence), "{engine} {target}: {out}");
+        }
+    }
+    // The mode is named in words where the target does not fit it.
+    let o = popek(&["explain", "sgtd", "--mode", "32c"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("in 32-bit compatibility mode"), "{err}");
+}
+
+/// The default scan covers 16, 32 and 64, never 32c; `--help` lists 32c.
+#[test]
+fn the_default_scan_leaves_out_32c_and_help_lists_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = popek(&[
+        "scan",
+        "--only",
+        "nop",
+        "--format",
+        "json",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let json = std::fs::read_to_string(dir.path().join("popek-unicorn.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["header"]["modes"], serde_json::json!(["16", "32", "64"]));
+    for cmd in ["scan", "explain", "fuzz", "vectors"] {
+        let o = popek(&[cmd, "--help"]);
+        let (out, _) = text(&o);
+        assert!(out.contains("32c (32-bit compatibility"), "{cmd}: {out}");
+    }
+}
+
+/// On kvm_pvm, `--mode 32` cannot run (32-bit paged guests shut down):
+/// popek says so and points at `--mode 32c`, and never runs 32c instead.
+#[test]
+fn mode_32_on_pvm_points_at_32c() {
+    if !kvm_or_skip("mode_32_on_pvm_points_at_32c") {
+        return;
+    }
+    use analyzer::engine::kvm::Flavor;
+    if Flavor::detect() != Flavor::Pvm {
+        println!("skipped: mode_32_on_pvm_points_at_32c: the flavor is not kvm_pvm");
+        return;
+    }
+    let o = popek(&["explain", "nop", "--mode", "32", "--engine", "kvm"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("cannot run 32-bit protected mode"), "{err}");
+    assert!(err.contains("--mode 32c"), "{err}");
+    assert!(out.contains("mode 32 "), "{out}");
+    // No 32c run in place of 32 (the header of a 32c explanation).
+    assert!(!out.contains("mode 32c  umip"), "{out}");
+    assert!(out.contains("not run on this engine"), "{out}");
+}

@@ -38,7 +38,7 @@ pub enum ExplainError {
     NameTooLong(String),
     #[error("more than 15 bytes, longer than any x86 instruction (15 bytes at most)")]
     TooLong { len: usize },
-    #[error("the bytes {bytes} do not decode as an instruction in {mode}-bit mode")]
+    #[error("the bytes {bytes} do not decode as an instruction in {mode}")]
     Invalid { bytes: String, mode: String },
     #[error("the bytes hold more than one instruction: the first, '{first}', is {len} of the {total} bytes")]
     Trailing {
@@ -46,13 +46,13 @@ pub enum ExplainError {
         len: usize,
         total: usize,
     },
-    #[error("unknown mnemonic '{name}' in {mode}-bit mode{}{}", suggestions(.suggest), hex_hint(.name))]
+    #[error("unknown mnemonic '{name}' in {mode}{}{}", suggestions(.suggest), hex_hint(.name))]
     UnknownMnemonic {
         name: String,
         mode: String,
         suggest: Vec<String>,
     },
-    #[error("no form of '{name}' in {mode}-bit mode contains '{filter}'; its forms are: {}", .forms.join(" | "))]
+    #[error("no form of '{name}' in {mode} contains '{filter}'; its forms are: {}", .forms.join(" | "))]
     NoSuchForm {
         name: String,
         filter: String,
@@ -308,7 +308,7 @@ pub fn entries_for(target: &Target, mode: Mode, cat: &Catalog) -> Result<Vec<Ent
             if found.is_empty() {
                 return Err(ExplainError::UnknownMnemonic {
                     name: m.clone(),
-                    mode: mode.name().to_string(),
+                    mode: mode.description().to_string(),
                     suggest: cat.suggest(m, 5),
                 });
             }
@@ -328,7 +328,7 @@ pub fn entries_for(target: &Target, mode: Mode, cat: &Catalog) -> Result<Vec<Ent
                 return Err(ExplainError::NoSuchForm {
                     name: m.clone(),
                     filter: crate::input::clip(f),
-                    mode: mode.name().to_string(),
+                    mode: mode.description().to_string(),
                     forms: found.iter().map(|e| e.form.clone()).collect(),
                 });
             }
@@ -395,7 +395,7 @@ pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError>
     if insn.is_invalid() {
         return Err(ExplainError::Invalid {
             bytes: hex(bytes),
-            mode: mode.name().to_string(),
+            mode: mode.description().to_string(),
         });
     }
     if insn.len() != bytes.len() {

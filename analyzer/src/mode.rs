@@ -18,30 +18,56 @@ pub enum Mode {
     Prot32,
     /// 64-bit long mode with 4-level paging.
     Long64,
+    /// 32-bit compatibility mode: 32-bit code (CS.L = 0, CS.D = 1) inside a
+    /// long-mode guest (4-level paging, EFER.LMA, 64-bit IDT, TSS and
+    /// handlers). Its own mode, never a stand-in for [`Mode::Prot32`]: where
+    /// 32-bit protected mode cannot run (KVM on PVM) it is how 32-bit code
+    /// runs. Its catalog is the 32-bit catalog.
+    Compat32,
 }
 
 impl Mode {
     /// Every mode, in report order.
-    pub const ALL: [Mode; 4] = [Mode::Real, Mode::Prot16, Mode::Prot32, Mode::Long64];
-    /// The modes a default scan covers.
+    pub const ALL: [Mode; 5] = [
+        Mode::Real,
+        Mode::Prot16,
+        Mode::Prot32,
+        Mode::Long64,
+        Mode::Compat32,
+    ];
+    /// The modes a default scan covers (not compatibility mode: it is asked
+    /// for with `--mode 32c`).
     pub const DEFAULT_SCAN: [Mode; 3] = [Mode::Prot16, Mode::Prot32, Mode::Long64];
 
     /// Code size in bits, as a decoder needs it.
     pub fn bitness(self) -> u32 {
         match self {
             Mode::Real | Mode::Prot16 => 16,
-            Mode::Prot32 => 32,
+            Mode::Prot32 | Mode::Compat32 => 32,
             Mode::Long64 => 64,
         }
     }
 
-    /// The name used on the command line and in reports: `real`, `16`, `32`, `64`.
+    /// The name used on the command line and in reports: `real`, `16`,
+    /// `32`, `64`, `32c`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Real => "real",
             Mode::Prot16 => "16",
             Mode::Prot32 => "32",
             Mode::Long64 => "64",
+            Mode::Compat32 => "32c",
+        }
+    }
+
+    /// What the mode is, in words (help text, reports).
+    pub fn description(self) -> &'static str {
+        match self {
+            Mode::Real => "real-address mode",
+            Mode::Prot16 => "16-bit protected mode",
+            Mode::Prot32 => "32-bit protected mode",
+            Mode::Long64 => "64-bit mode",
+            Mode::Compat32 => "32-bit compatibility mode",
         }
     }
 
@@ -52,7 +78,13 @@ impl Mode {
 
     /// Whether the harness enables paging in this mode.
     pub fn has_paging(self) -> bool {
-        matches!(self, Mode::Prot32 | Mode::Long64)
+        matches!(self, Mode::Prot32 | Mode::Long64 | Mode::Compat32)
+    }
+
+    /// Whether the guest is in long mode (EFER.LMA: 4-level paging, 64-bit
+    /// IDT, TSS and exception handlers): 64-bit and compatibility mode.
+    pub fn is_long(self) -> bool {
+        matches!(self, Mode::Long64 | Mode::Compat32)
     }
 }
 
@@ -65,7 +97,7 @@ impl fmt::Display for Mode {
 /// Error for a mode or configuration name that does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
-    #[error("unknown mode '{0}': expected one of real, 16, 32, 64")]
+    #[error("unknown mode '{0}': expected one of real, 16, 32, 64, 32c")]
     Mode(String),
     #[error("bad configuration '{0}': {1}")]
     Config(String, String),
@@ -79,6 +111,7 @@ impl FromStr for Mode {
             "16" | "prot16" => Ok(Mode::Prot16),
             "32" | "prot32" => Ok(Mode::Prot32),
             "64" | "long64" | "long" => Ok(Mode::Long64),
+            "32c" | "compat32" | "compat" => Ok(Mode::Compat32),
             other => Err(ParseError::Mode(crate::input::clip(other))),
         }
     }
@@ -238,6 +271,10 @@ mod tests {
     fn modes_parse() {
         assert_eq!("64".parse::<Mode>().unwrap(), Mode::Long64);
         assert_eq!("real".parse::<Mode>().unwrap(), Mode::Real);
+        assert_eq!("32c".parse::<Mode>().unwrap(), Mode::Compat32);
+        assert_eq!("compat32".parse::<Mode>().unwrap(), Mode::Compat32);
+        assert_eq!(Mode::Compat32.bitness(), 32);
+        assert!(!Mode::DEFAULT_SCAN.contains(&Mode::Compat32));
         assert!("128".parse::<Mode>().is_err());
         for m in Mode::ALL {
             assert_eq!(m.name().parse::<Mode>().unwrap(), m);

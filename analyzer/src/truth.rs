@@ -8,11 +8,19 @@
 //! | column | meaning |
 //! |---|---|
 //! | `instruction` | a lower-case mnemonic (`sgdt`: every entry with that mnemonic) or an iced `Code` name, told apart by containing an upper-case letter (`Mov_Sreg_rm16`: entries of that code); optionally followed by ` unless TEXT`, which leaves out entries whose form contains TEXT (`Call_ptr1632 unless call gate`), or any of several texts separated by `|` (`Mov_rm16_Sreg unless ,ds|,es`) |
-//! | `modes` | `16,32,64`, a subset, or `*` (16, 32 and 64) |
+//! | `modes` | `16,32,64`, a subset, or `*` (16, 32, 64 and 32c); `32` names both 32-bit modes (32-bit protected mode and 32-bit compatibility mode), `32p` the protected mode alone, `32c` compatibility mode alone (see below) |
 //! | `config` | configuration names (`umip=off`, `umip=on`, comma-separated) or `*` (both) |
 //! | `expect` | `privileged` (the verdict's `privileged`), `violator` (`violates_pg`), `innocuous`, `nondeterministic` (the class), `not-privileged` (`privileged` false) |
 //! | `source` | where the fact is documented |
 //! | `known_deviation` | empty, or `engine: reason` entries separated by `;` for engines known to get it wrong |
+//!
+//! 32-bit compatibility mode (`32c`) runs the 32-bit catalog, and what the
+//! manuals document for 32-bit code holds there unless they say otherwise.
+//! So `32` (and `*`) names both 32-bit modes, `32p` names 32-bit protected
+//! mode alone and `32c` compatibility mode alone. A fact the manuals state
+//! differently for compatibility mode is split: a `32p` row, and a `32c`
+//! row where Intel and AMD agree on what compatibility mode does (none
+//! where they do not, as for SYSCALL, SYSRET and SYSENTER).
 //!
 //! The table is the oracle the measured verdicts are put beside, never the
 //! answer: [`check`] compares, [`annotate`] writes the comparison into the
@@ -135,6 +143,7 @@ pub struct Fact {
     /// Leave out entries whose form contains this text (or any of its
     /// `|`-separated texts).
     pub unless: Option<String>,
+    /// The modes the row covers (`32` and `*` include 32c, `32p` does not).
     pub modes: Vec<Mode>,
     /// Configuration names (`umip=off`, ...).
     pub configs: Vec<String>,
@@ -299,21 +308,32 @@ impl Facts {
                 ));
             }
             let modes = if modes == "*" {
-                Mode::DEFAULT_SCAN.to_vec()
+                let mut all = Mode::DEFAULT_SCAN.to_vec();
+                all.push(Mode::Compat32);
+                all
             } else {
                 let mut out = Vec::new();
                 for m in modes.split(',').map(str::trim) {
-                    out.push(m.parse::<Mode>().map_err(|_| {
-                        err(
-                            line,
-                            c_modes,
-                            format!(
-                                "unknown mode '{}' (16, 32, 64, real or *)",
-                                crate::input::clip(m)
-                            ),
-                        )
-                    })?);
+                    match m {
+                        // 32-bit code: in 32-bit protected mode and in
+                        // compatibility mode.
+                        "32" => out.extend([Mode::Prot32, Mode::Compat32]),
+                        // 32-bit protected mode only.
+                        "32p" => out.push(Mode::Prot32),
+                        _ => out.push(m.parse::<Mode>().map_err(|_| {
+                            err(
+                                line,
+                                c_modes,
+                                format!(
+                                    "unknown mode '{}' (16, 32, 32p, 32c, 64, real or *)",
+                                    crate::input::clip(m)
+                                ),
+                            )
+                        })?),
+                    }
                 }
+                out.sort();
+                out.dedup();
                 out
             };
             let configs = if cfg == "*" {

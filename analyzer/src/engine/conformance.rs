@@ -13,7 +13,7 @@ pub(crate) fn cpl0_only_cases(mode: Mode) -> Vec<(&'static str, Vec<u8>, Setup)>
     let lgdt: Vec<u8> = match mode {
         Mode::Long64 => vec![0x0F, 0x01, 0x14, 0x25, 0x00, 0x81, 0, 0],
         Mode::Real | Mode::Prot16 => vec![0x66, 0x0F, 0x01, 0x16, 0x00, 0x81],
-        Mode::Prot32 => vec![0x0F, 0x01, 0x15, 0x00, 0x81, 0, 0],
+        Mode::Prot32 | Mode::Compat32 => vec![0x0F, 0x01, 0x15, 0x00, 0x81, 0, 0],
     };
     let base_size = if mode == Mode::Long64 { 8 } else { 4 };
     let lgdt_setup = Setup {
@@ -50,7 +50,7 @@ pub(crate) fn cpl0_only_cases(mode: Mode) -> Vec<(&'static str, Vec<u8>, Setup)>
 pub(crate) fn popf_case(mode: Mode) -> (Vec<u8>, Setup) {
     let size = match mode {
         Mode::Real | Mode::Prot16 => 2,
-        Mode::Prot32 => 4,
+        Mode::Prot32 | Mode::Compat32 => 4,
         Mode::Long64 => 8,
     };
     let setup = Setup {
@@ -316,4 +316,93 @@ pub(crate) fn check_lengths(
         }
     }
     failed
+}
+
+/// 32-bit compatibility mode (32c) is what it says, at both CPLs: 32-bit
+/// code (PUSH CS pushes 4 bytes, the 32-bit code selector of the side) in a
+/// long-mode guest (EFER.LMA); SGDT stores the guest's own GDTR (6 bytes:
+/// the 32c limit and the 32-bit base); PUSHFD shows IF and IOPL as they are
+/// (IOPL 3 and IF 1 in the iopl=3 state); MOV EAX, CR0 is #GP at CPL 3
+/// and reads CR0 at CPL 0. With `umip` (the engine models CR4.UMIP), SGDT
+/// is #GP at CPL 3 and completes at CPL 0. Every engine that runs 32c
+/// passes this.
+pub(crate) fn check_compat_mode_facts(e: &mut dyn super::Engine, umip: bool) {
+    use crate::machine::{sel, GuestImage, Variant, STACK, STACK_PTR, TEST_RIP};
+    use crate::mode::Config;
+    use crate::observe::{Outcome, Side};
+    let mode = Mode::Compat32;
+    let cfg = Config::UMIP_OFF;
+    let img = GuestImage::build(mode, cfg, Variant::base(&cfg));
+    let run = |e: &mut dyn super::Engine, img: &GuestImage, side, bytes: &[u8], setup: &Setup| {
+        let p = img
+            .prepare(side, bytes, setup)
+            .expect("a side of the image");
+        e.run(img, side, &p)
+    };
+    let efer_lma = 1 << 10;
+    for (side, cs) in [(Side::Supervisor, sel::KCODE32), (Side::User, sel::UCODE32)] {
+        // push cs: 4 bytes (32-bit code), the side's 32-bit code selector.
+        let o = run(e, &img, side, &[0x0E], &NONE);
+        assert!(completed(&o), "{side} push cs: {:?}", o.outcome);
+        assert_ne!(o.before.efer & efer_lma, 0, "{side}: long mode");
+        assert_eq!(o.before.segs[0].selector, cs, "{side}: cs");
+        let u = o.user.as_ref().expect("user state");
+        assert_eq!(u.gprs[4], STACK_PTR - 4, "{side}: push cs pushes 4 bytes");
+        let at = (STACK_PTR - 4 - STACK) as usize;
+        assert_eq!(
+            u16::from_le_bytes([u.stack[at], u.stack[at + 1]]),
+            cs,
+            "{side}: pushed cs"
+        );
+
+        // sgdt [0x8100]: the guest's GDTR, 6 bytes.
+        let o = run(e, &img, side, &[0x0F, 0x01, 0x05, 0x00, 0x81, 0, 0], &NONE);
+        assert!(completed(&o), "{side} sgdt: {:?}", o.outcome);
+        let u = o.user.as_ref().expect("user state");
+        let stored = &u.data[0x100..0x106];
+        let mut want = sel::GDT_LIMIT_COMPAT.to_le_bytes().to_vec();
+        want.extend_from_slice(&(img.sys.gdtr.0 as u32).to_le_bytes());
+        assert_eq!(stored, &want[..], "{side}: sgdt stores the guest's GDTR");
+        assert_eq!(
+            u.data[0x106],
+            crate::machine::data_fill(0x106),
+            "{side}: 6 bytes only"
+        );
+
+        // pushfd in the iopl=3 state: IF and IOPL as they are.
+        let v = Variant {
+            iopl: 3,
+            ..Variant::base(&cfg)
+        };
+        let iopl3 = GuestImage::build(mode, cfg, v);
+        let o = run(e, &iopl3, side, &[0x9C], &NONE);
+        assert!(completed(&o), "{side} pushfd: {:?}", o.outcome);
+        let u = o.user.as_ref().expect("user state");
+        let pushed = u32::from_le_bytes(u.stack[at..at + 4].try_into().unwrap());
+        assert_eq!(pushed & 0x3200, 0x3200, "{side}: pushfd shows IF=1 IOPL=3");
+
+        // mov eax, cr0.
+        let o = run(e, &img, side, &[0x0F, 0x20, 0xC0], &NONE);
+        match side {
+            Side::User => assert!(
+                matches!(o.outcome, Outcome::Trap { vector: 13, rip, .. } if rip == TEST_RIP),
+                "mov eax, cr0 at cpl3: {:?}",
+                o.outcome
+            ),
+            Side::Supervisor => {
+                assert!(completed(&o), "mov eax, cr0 at cpl0: {:?}", o.outcome);
+                let u = o.user.as_ref().expect("user state");
+                assert_eq!(u.gprs[0], img.sys.cr0 & 0xFFFF_FFFF, "cr0 read");
+            }
+        }
+    }
+    if umip {
+        let cfg = Config::UMIP_ON;
+        let img = GuestImage::build(mode, cfg, Variant::base(&cfg));
+        let sgdt = [0x0F, 0x01, 0x05, 0x00, 0x81, 0, 0];
+        let u = run(e, &img, Side::User, &sgdt, &NONE);
+        assert!(is_gp(&u), "sgdt at cpl3 with UMIP: {:?}", u.outcome);
+        let s = run(e, &img, Side::Supervisor, &sgdt, &NONE);
+        assert!(completed(&s), "sgdt at cpl0 with UMIP: {:?}", s.outcome);
+    }
 }

@@ -182,7 +182,7 @@ impl GuestImage {
         } else {
             0
         };
-        let seg_base = if variant.seg_shifted && mode != Mode::Long64 {
+        let seg_base = if variant.seg_shifted && !mode.is_long() {
             SEG_SHIFT
         } else {
             0
@@ -199,7 +199,8 @@ impl GuestImage {
             (sel::TSS, sel::LDT)
         };
         let paging = mode.has_paging();
-        let long = mode == Mode::Long64;
+        let long = mode.is_long();
+        let compat = mode == Mode::Compat32;
         // Where the program's pages live physically. Without paging a segment
         // shift moves them physically; with paging the page tables alias them.
         let phys_moved = variant.phys_moved && paging;
@@ -216,16 +217,18 @@ impl GuestImage {
         let (code_limit, code_flags, data_limit, data_flags) = match mode {
             Mode::Real | Mode::Prot16 => (0xFFFF, 0, 0xFFFF, 0),
             Mode::Prot32 => (0xF_FFFF, FLAG_G | FLAG_DB, 0xF_FFFF, FLAG_G | FLAG_DB),
-            Mode::Long64 => (0xF_FFFF, FLAG_G | FLAG_L, 0xF_FFFF, FLAG_G | FLAG_DB),
+            // 32c: KCODE, UCODE and KALTCODE are 64-bit code as in 64-bit
+            // mode; the test's own code segments are 32-bit (below).
+            Mode::Long64 | Mode::Compat32 => {
+                (0xF_FFFF, FLAG_G | FLAG_L, 0xF_FFFF, FLAG_G | FLAG_DB)
+            }
         };
         let b = seg_base as u32;
         let code = |d: u8| descriptor(b, code_limit, with_dpl(CODE_ACCESS, d), code_flags);
         let data = |d: u8| descriptor(b, data_limit, with_dpl(DATA_ACCESS, d), data_flags);
-        let ucode32 = if long {
-            descriptor(0, 0xF_FFFF, with_dpl(CODE_ACCESS, 3), FLAG_G | FLAG_DB)
-        } else {
-            code(3)
-        };
+        // 32-bit code in long mode (compatibility mode), DPL d.
+        let code32 = |d: u8| descriptor(0, 0xF_FFFF, with_dpl(CODE_ACCESS, d), FLAG_G | FLAG_DB);
+        let ucode32 = if long { code32(3) } else { code(3) };
         if mode.is_protected() {
             let g = &mut mem[gdt as usize..(gdt + PAGE) as usize];
             put64(g, sel::KCODE as usize, code(dpl));
@@ -236,6 +239,9 @@ impl GuestImage {
             put64(g, (sel::ALTDATA & !7) as usize, data(3));
             put64(g, sel::KALTDATA as usize, data(dpl));
             put64(g, sel::KALTCODE as usize, code(dpl));
+            if compat {
+                put64(g, sel::KCODE32 as usize, code32(dpl));
+            }
             let (tss_d, ldt_d, gate) = if long {
                 (
                     system_descriptor64(tss, 0x67, TYPE_TSS_AVAILABLE),
@@ -326,16 +332,29 @@ impl GuestImage {
             // variant, and a difference between them is a result.
             let ks = seg(sel::KDATA | dpl as u16, data(dpl));
             let us = seg(sel::UDATA, data(3));
+            // In 32c the test runs in the 32-bit code segments: KCODE32 on
+            // the supervisor side, UCODE32 on the user side.
+            let (kcs, ucs) = if compat {
+                (
+                    seg(sel::KCODE32 | dpl as u16, code32(dpl)),
+                    seg(sel::UCODE32, ucode32),
+                )
+            } else {
+                (
+                    seg(sel::KCODE | dpl as u16, code(dpl)),
+                    seg(sel::UCODE, code(3)),
+                )
+            };
             let sup = EntryState {
                 cpl: dpl,
-                segs: [seg(sel::KCODE | dpl as u16, code(dpl)), ks, us, us, us, us],
+                segs: [kcs, ks, us, us, us, us],
                 rflags,
                 rip: TEST_RIP,
                 rsp: STACK_PTR,
             };
             let usr = EntryState {
                 cpl: 3,
-                segs: [seg(sel::UCODE, code(3)), us, us, us, us, us],
+                segs: [ucs, us, us, us, us, us],
                 rflags,
                 rip: TEST_RIP,
                 rsp: STACK_PTR,
@@ -441,7 +460,7 @@ impl GuestImage {
         let mut cr0 = match mode {
             Mode::Real => CR0_ET,
             Mode::Prot16 => CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM,
-            Mode::Prot32 | Mode::Long64 => {
+            Mode::Prot32 | Mode::Long64 | Mode::Compat32 => {
                 CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG
             }
         };
@@ -495,7 +514,14 @@ impl GuestImage {
                 } else {
                     0
                 },
-                gdtr: (gdt, sel::GDT_LIMIT),
+                gdtr: (
+                    gdt,
+                    if compat {
+                        sel::GDT_LIMIT_COMPAT
+                    } else {
+                        sel::GDT_LIMIT
+                    },
+                ),
                 idtr: (idt, if long { 0xFFF } else { 0x7FF }),
                 ldtr: SegDesc {
                     selector: ldt_sel,
@@ -656,7 +682,14 @@ impl GuestImage {
         }
         let k = self.supervisor.cpl as u16;
         let user = side == Side::User;
+        let compat = self.mode == Mode::Compat32;
         match role {
+            // 32c: the own code segments are the 32-bit ones the test runs
+            // in; the other code segment of the same level (far transfers)
+            // is the 64-bit one, as UCODE32 is in 64-bit mode.
+            SelRole::OwnCode if user && compat => sel::UCODE32,
+            SelRole::OwnAltCode if user && compat => sel::UCODE,
+            SelRole::OwnCode | SelRole::SupervisorCode if compat => sel::KCODE32 | k,
             SelRole::OwnCode if user => sel::UCODE,
             SelRole::OwnStack | SelRole::OwnData if user => sel::UDATA,
             SelRole::OwnAltStack if user => sel::ALTDATA,

@@ -92,8 +92,14 @@ pub mod sel {
     /// A second supervisor code descriptor (DPL as KCODE), the target of far
     /// transfers at the supervisor's level (a far JMP's work is changing CS).
     pub const KALTCODE: u16 = 0x90;
-    /// GDTR limit (the same in every variant).
+    /// GDTR limit (the same in every variant) of every mode but 32c.
     pub const GDT_LIMIT: u16 = 0x97;
+    /// Supervisor 32-bit code (L = 0, D = 1, DPL as KCODE): the code segment
+    /// of the supervisor side in 32-bit compatibility mode, whose KCODE is
+    /// the 64-bit code of the handlers. Only the 32c GDT has this slot.
+    pub const KCODE32: u16 = 0x98;
+    /// GDTR limit of the 32c GDT (one slot more: KCODE32).
+    pub const GDT_LIMIT_COMPAT: u16 = 0x9F;
 }
 
 /// Offsets of the ring-0 entry points inside the HANDLERS page.

@@ -25,7 +25,7 @@ pub fn boot_stub(mode: Mode, t: &BootTarget) -> Vec<u8> {
     // Operand-size prefix for 16-bit immediates / 32-bit ones, by mode.
     let (imm16_prefix, wide): (&[u8], bool) = match mode {
         Mode::Real | Mode::Prot16 => (&[], false),
-        Mode::Prot32 | Mode::Long64 => (&[0x66], true),
+        Mode::Prot32 | Mode::Long64 | Mode::Compat32 => (&[0x66], true),
     };
     let mov_ax = |c: &mut Vec<u8>, v: u16| {
         c.extend_from_slice(imm16_prefix);
@@ -44,7 +44,9 @@ pub fn boot_stub(mode: Mode, t: &BootTarget) -> Vec<u8> {
     for modrm in [0xD8u8, 0xC0, 0xE0, 0xE8] {
         c.extend_from_slice(&[0x8E, modrm]); // mov ds/es/fs/gs, ax
     }
-    let long = mode == Mode::Long64;
+    // The stub of a 32c image is 64-bit code like every handler: its IRETQ
+    // enters the 32-bit code segment of `t.cs`.
+    let long = mode.is_long();
     if t.cpl == 0 && !long {
         // Same-privilege IRET pops no stack: load SS:ESP here.
         mov_ax(&mut c, t.ss);
@@ -76,7 +78,9 @@ mod tests {
     use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
     fn mnemonics(mode: Mode, bytes: &[u8]) -> Vec<Mnemonic> {
-        let mut d = Decoder::with_ip(mode.bitness(), bytes, 0x5800, DecoderOptions::NONE);
+        // The 32c stub is 64-bit code (it runs before the IRETQ to 32-bit code).
+        let bits = if mode.is_long() { 64 } else { mode.bitness() };
+        let mut d = Decoder::with_ip(bits, bytes, 0x5800, DecoderOptions::NONE);
         let mut out = Vec::new();
         while d.can_decode() {
             let i = d.decode();
@@ -97,22 +101,18 @@ mod tests {
             rsp: 0x9800,
             rflags: 0x202,
         };
-        for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+        for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64, Mode::Compat32] {
             for cpl in [0u8, 3] {
                 let m = mnemonics(mode, &boot_stub(mode, &BootTarget { cpl, ..t }));
                 let last = *m.last().unwrap();
                 let want = match mode {
-                    Mode::Long64 => Mnemonic::Iretq,
+                    Mode::Long64 | Mode::Compat32 => Mnemonic::Iretq,
                     Mode::Prot32 => Mnemonic::Iretd,
                     _ => Mnemonic::Iret,
                 };
                 assert_eq!(last, want, "{mode} cpl {cpl}");
                 let pushes = m.iter().filter(|x| **x == Mnemonic::Push).count();
-                let frame = if cpl == 0 && mode != Mode::Long64 {
-                    3
-                } else {
-                    5
-                };
+                let frame = if cpl == 0 && !mode.is_long() { 3 } else { 5 };
                 assert_eq!(pushes, frame, "{mode} cpl {cpl}: IRET frame size");
             }
         }

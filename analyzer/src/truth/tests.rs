@@ -31,7 +31,10 @@ fn parses_a_good_table() {
     let f = &facts.facts[0];
     assert_eq!(f.line, 4);
     assert!(!f.is_code);
-    assert_eq!(f.modes, Mode::DEFAULT_SCAN.to_vec());
+    assert_eq!(
+        f.modes,
+        vec![Mode::Prot16, Mode::Prot32, Mode::Long64, Mode::Compat32]
+    );
     assert_eq!(f.configs, vec!["umip=on".to_string()]);
     assert_eq!(f.expect, Expect::Privileged);
     assert_eq!(f.known_reason("unicorn"), Some("no CR4.UMIP"));
@@ -39,7 +42,8 @@ fn parses_a_good_table() {
     assert_eq!(f.known_reason("fake"), None);
     let g = &facts.facts[1];
     assert!(g.is_code);
-    assert_eq!(g.modes, vec![Mode::Prot16, Mode::Prot32]);
+    // 32 names 32-bit code: 32c as well.
+    assert_eq!(g.modes, vec![Mode::Prot16, Mode::Prot32, Mode::Compat32]);
     assert_eq!(
         g.configs,
         vec!["umip=off".to_string(), "umip=on".to_string()]
@@ -52,6 +56,20 @@ fn parses_a_good_table() {
         facts.instructions(),
         vec!["Call_ptr1632", "Mov_Sreg_rm16", "sgdt"]
     );
+}
+
+#[test]
+fn mode_32_names_both_32_bit_modes() {
+    let facts = parse(
+        "sysret\t16,32p\t*\tnot-privileged\tSDM\t\n\
+         sysexit\t32c\t*\tprivileged\tSDM\t\n\
+         hlt\t32,64\t*\tprivileged\tSDM\t\n",
+    )
+    .expect("parses");
+    let f = &facts.facts;
+    assert_eq!(f[0].modes, vec![Mode::Prot16, Mode::Prot32]);
+    assert_eq!(f[1].modes, vec![Mode::Compat32]);
+    assert_eq!(f[2].modes, vec![Mode::Prot32, Mode::Long64, Mode::Compat32]);
 }
 
 #[test]

@@ -102,7 +102,8 @@ pub(super) fn decode(h: &Halt) -> End {
 fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
     let (image, test, regs, sregs) = (h.image, h.test, &h.regs, &h.sregs);
     let (size, stack_mask) = match image.mode {
-        Mode::Long64 => (8usize, u64::MAX),
+        // 32c: the handlers are 64-bit; the frame is a 64-bit one.
+        Mode::Long64 | Mode::Compat32 => (8usize, u64::MAX),
         Mode::Real => (2, 0xFFFF),
         Mode::Prot16 | Mode::Prot32 => (
             4,
@@ -182,7 +183,7 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
     };
     // Rebuild the state at the HLT: the frame has RIP, CS, RFLAGS and
     // (with a privilege change, always here) RSP and SS.
-    let cs_changed = (frame_cs as u16) & 3 != cpl_now as u16 || image.mode == Mode::Long64;
+    let cs_changed = (frame_cs as u16) & 3 != cpl_now as u16 || image.mode.is_long();
     let (frame_rsp, frame_ss) = if cs_changed {
         (slot(first + 3), slot(first + 4))
     } else {

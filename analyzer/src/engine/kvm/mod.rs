@@ -232,10 +232,13 @@ impl KvmEngine {
             .map_err(|e| EngineError::KvmUnavailable(format!("bad device path: {e}")))?;
         let kvm = Kvm::new_with_path(&path).map_err(KvmError::OpenDevice)?;
         let api = kvm.get_api_version();
+        // The VM first: a device that is not KVM fails here, and the
+        // error names the device.
+        let guest = Guest::new(&kvm)?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(KvmError::GetSupportedCpuid)?;
-        let guest = new_guest(&kvm, &cpuid)?;
+        guest.vcpu.set_cpuid2(&cpuid).map_err(KvmError::SetCpuid)?;
         let umip = cpuid
             .as_slice()
             .iter()
@@ -377,7 +380,8 @@ impl KvmEngine {
                 } else {
                     let hint = if mode == Mode::Prot32 && self.flavor == Flavor::Pvm {
                         " (measured: PVM runs this 32-bit guest without paging, \
-                         but neither with 2-level nor with PAE paging)"
+                         but neither with 2-level nor with PAE paging; \
+                         mode 32c runs 32-bit code as compatibility mode in a long-mode guest)"
                     } else {
                         ""
                     };
@@ -401,7 +405,9 @@ impl Engine for KvmEngine {
 
     /// The API, the flavor and the host CPU; on PVM also where each side
     /// runs (the CPL 0 side in KVM's instruction emulator, the CPL 3 side
-    /// on the CPU), so that every report says which results are whose.
+    /// on the CPU but in 32c, where it is emulated too: measured, VERR is
+    /// #UD at CPL 3 in 32c and completes in 64), so that every report says
+    /// which results are whose.
     fn version(&self) -> String {
         let cpu = format!(
             "{} {}",
@@ -410,7 +416,8 @@ impl Engine for KvmEngine {
         );
         match self.flavor {
             Flavor::Pvm => format!(
-                "kvm api {}, flavor {} on {cpu}: CPL 0 runs in KVM's instruction emulator, CPL 3 on the CPU",
+                "kvm api {}, flavor {} on {cpu}: CPL 0 runs in KVM's instruction emulator, CPL 3 on the CPU \
+                 (32-bit compatibility mode at CPL 3 in the emulator too)",
                 self.api, self.flavor
             ),
             _ => format!("kvm api {}, flavor {} on {cpu}", self.api, self.flavor),

@@ -89,7 +89,7 @@ fn open_gives_the_kvm_engine_with_its_flavor() {
 #[test]
 fn privileged_instructions_trap_at_cpl3_and_complete_at_cpl0() {
     let Some(mut e) = engine() else { return };
-    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64, Mode::Compat32] {
         for (name, bytes, setup) in super::super::conformance::cpl0_only_cases(mode) {
             let bytes = bytes.as_slice();
             let u = base(&mut e, mode, Side::User, bytes, &setup);
@@ -119,9 +119,18 @@ fn privileged_instructions_trap_at_cpl3_and_complete_at_cpl0() {
 #[test]
 fn popf_at_cpl3_leaves_if_and_iopl_alone() {
     let Some(mut e) = engine() else { return };
-    for mode in [Mode::Prot16, Mode::Long64] {
+    for mode in [Mode::Prot16, Mode::Long64, Mode::Compat32] {
         super::super::conformance::check_popf(&mut e, mode);
     }
+}
+
+#[test]
+fn compatibility_mode_is_32_bit_code_in_a_long_mode_guest() {
+    // Where 32-bit protected mode cannot run (PVM), this is how 32-bit code
+    // runs; on VT-x and SVM it runs beside mode 32.
+    let Some(mut e) = engine() else { return };
+    let umip = e.offers_umip();
+    super::super::conformance::check_compat_mode_facts(&mut e, umip);
 }
 
 #[test]
@@ -166,7 +175,7 @@ fn umip_makes_descriptor_table_stores_trap_at_cpl3() {
 #[test]
 fn add_gives_identical_results_at_both_cpls() {
     let Some(mut e) = engine() else { return };
-    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64, Mode::Compat32] {
         if mode == Mode::Prot32 && flavor_is_pvm(&e) {
             // Measured on PVM: every 32-bit paged guest shuts down.
             let s = base(&mut e, mode, Side::Supervisor, &[0x01, 0xD8], &NONE);

@@ -22,18 +22,22 @@
 //! - a system call from the test (SYSCALL, SYSENTER, INT 0x80) is stopped
 //!   by the filter (SIGSYS; the call is not made) and is a transfer that
 //!   reached no harness entry point (`cpl: None`, like Unicorn's): SYSCALL
-//!   by its 64-bit audit architecture, INT 0x80 by the bytes `cd 80`
-//!   before the reported RIP, SYSENTER otherwise;
+//!   by its 64-bit audit architecture or (from 32-bit code) its bytes
+//!   `0f 05`, INT 0x80 by the bytes `cd 80` before the reported RIP,
+//!   SYSENTER otherwise; a RIP the kernel moved to its vDSO (32-bit fast
+//!   system calls) is recorded as the sentinel;
 //! - no answer within [`TIME_LIMIT`] is a hang; a worker that dies is an
 //!   engine error naming how it ended.
 //!
-//! What the engine runs: the user side (CPL 3) of 64-bit mode, in the base
+//! What the engine runs: the user side (CPL 3) of 64-bit mode and of
+//! 32-bit compatibility mode (entered by IRETQ in the kernel's 32-bit user
+//! code segment, [`USER32_CS`], where the kernel has one; signals come back
+//! to the 64-bit handler with that CS in the frame), in the base
 //! state, in a configuration the host has (CR4.UMIP as the kernel set it,
 //! IOPL 0, no CR4.TSD or CR4.PCE). Everything else is `NotSupported`, so
 //! coverage marks it "not run" and the engine never claims a privilege
 //! verdict: the supervisor side (the host's supervisor is its kernel),
-//! 16-bit, 32-bit and real mode (32-bit compatibility mode is not
-//! implemented), and every variant that changes R or the system flags
+//! 16-bit, 32-bit protected and real mode, and every variant that changes R or the system flags
 //! (moved tables and pages, ring compression, IF, IOPL, CR0 bits), which a
 //! user process cannot set.
 //!
@@ -67,6 +71,10 @@ use crate::observe::{
 use process::{Shared, Wait, Worker};
 use std::time::Duration;
 use worker::{Request, Response, SIGNALLED};
+
+/// Linux x86-64's 32-bit user code segment (`__USER32_CS`): the test runs
+/// in it in 32-bit compatibility mode.
+pub const USER32_CS: u64 = 0x23;
 
 /// Wall-clock limit of one run; a worker that has not answered then is
 /// killed and the run is a `Hang`.
@@ -120,6 +128,31 @@ pub struct NativeEngine {
     facts: HostFacts,
     /// The selectors of the last worker (CS, SS, DS, ES, FS, GS).
     segs: [u64; 6],
+    /// The kernel has its 32-bit user code segment ([`user32_cs_present`]).
+    user32_cs: bool,
+}
+
+/// Whether the kernel's 32-bit user code segment is there (a kernel
+/// without IA-32 emulation has none): LAR of [`USER32_CS`] at CPL 3 finds
+/// a present DPL-3 code segment with D = 1 and L = 0.
+fn user32_cs_present() -> bool {
+    let ar: u64;
+    let ok: u8;
+    // SAFETY: LAR only reads the descriptor of the selector (it faults
+    // on none: an unusable selector clears ZF); SETE reads ZF. No memory
+    // or stack is touched.
+    unsafe {
+        std::arch::asm!(
+            "lar {ar}, {sel:e}",
+            "sete {ok}",
+            sel = in(reg) USER32_CS,
+            ar = out(reg) ar,
+            ok = out(reg_byte) ok,
+            options(nomem, nostack),
+        );
+    }
+    let bit = |n: u32| (ar >> n) & 1 == 1;
+    ok == 1 && bit(11) && bit(12) && bit(15) && (ar >> 13) & 3 == 3 && !bit(21) && bit(22)
 }
 
 impl NativeEngine {
@@ -134,6 +167,7 @@ impl NativeEngine {
             worker: Some(worker),
             facts,
             segs,
+            user32_cs: user32_cs_present(),
         })
     }
 
@@ -152,7 +186,13 @@ impl NativeEngine {
         if side == Side::Supervisor {
             return Some("native: runs at cpl 3 only (the host's supervisor is its kernel)".into());
         }
-        if image.mode != Mode::Long64 {
+        if image.mode == Mode::Compat32 && !self.user32_cs {
+            return Some(format!(
+                "native: the kernel offers no 32-bit user code segment {USER32_CS:#x} \
+                 (no IA-32 emulation): 32-bit compatibility mode cannot be entered"
+            ));
+        }
+        if !image.mode.is_long() {
             return Some(format!(
                 "native: runs 64-bit code only (mode {} is not implemented)",
                 image.mode
@@ -218,7 +258,7 @@ impl NativeEngine {
         let entry = image
             .user
             .as_ref()
-            .expect("checked: 64-bit mode has a user side");
+            .expect("checked: long mode has a user side");
         let base = |m: u32| {
             image
                 .sys
@@ -228,7 +268,16 @@ impl NativeEngine {
                 .map_or(0, |(_, v)| *v)
         };
         let (fs_base, gs_base) = (base(msr::FS_BASE), base(msr::GS_BASE));
-        let before = self.before(entry.rflags, fs_base, gs_base);
+        let compat = image.mode == Mode::Compat32;
+        let mut before = self.before(entry.rflags, fs_base, gs_base);
+        if compat {
+            // The worker enters the test in USER32_CS with its stack
+            // segment's selector in DS, ES, FS and GS.
+            before.segs[0].selector = USER32_CS as u16;
+            for s in &mut before.segs[2..] {
+                s.selector = self.segs[1] as u16;
+            }
+        }
         let fail = |why: String, before: SystemState| {
             Observation::outcome_only(Outcome::EngineError(format!("native: {why}")), before)
         };
@@ -252,6 +301,8 @@ impl NativeEngine {
             rflags: entry.rflags,
             fs_base,
             gs_base,
+            cs: if compat { USER32_CS } else { 0 },
+            ss: self.segs[1],
             rip: test.rip,
         });
         let Some(w) = self.worker.as_mut() else {
@@ -290,8 +341,16 @@ impl NativeEngine {
                     msrs: self.bases(r.fs_base, r.gs_base),
                     ..SystemState::default()
                 };
+                let mut gprs = r.gprs;
+                if compat {
+                    // As the mode sees them (as on KVM): 32-bit registers,
+                    // no R8-R15.
+                    for (i, g) in gprs.iter_mut().enumerate() {
+                        *g = if i < 8 { *g & 0xFFFF_FFFF } else { 0 };
+                    }
+                }
                 let user = UserState {
-                    gprs: r.gprs,
+                    gprs,
                     rip,
                     flags: r.rflags & USER_FLAGS_MASK,
                     data: self.page_after(1, &test.data_page),
@@ -329,25 +388,32 @@ fn outcome(test: &Prepared, r: &Response) -> Outcome {
                 r.si_code
             ));
         }
-        let before = |n: u64| {
-            r.rip
-                .checked_sub(n)
-                .filter(|a| (CODE..CODE + PAGE).contains(a))
-                .and_then(|a| {
-                    test.code_page
-                        .get((a - CODE) as usize..(a - CODE + 2) as usize)
-                })
-        };
-        let kind = if r.sys_arch == u64::from(seccomp::AUDIT_ARCH_X86_64) {
+        // The kernel returns a 32-bit fast system call (SYSCALL from
+        // compatibility mode, SYSENTER) to its vDSO landing pad, not after
+        // the instruction: there the bytes before the sentinel tell the
+        // instruction, and the sentinel is the RIP recorded (the address
+        // the CPU saved; the landing pad moves with ASLR).
+        let in_code = (CODE + 2..=CODE + PAGE).contains(&r.rip);
+        let rip = if in_code { r.rip } else { test.sentinel };
+        let before2 = rip
+            .checked_sub(2)
+            .filter(|a| (CODE..CODE + PAGE - 1).contains(a))
+            .and_then(|a| {
+                test.code_page
+                    .get((a - CODE) as usize..(a - CODE + 2) as usize)
+            });
+        let kind = if r.sys_arch == u64::from(seccomp::AUDIT_ARCH_X86_64)
+            || before2 == Some(&[0x0F, 0x05][..])
+        {
             TransferKind::Syscall
-        } else if before(2) == Some(&[0xCD, 0x80][..]) {
+        } else if before2 == Some(&[0xCD, 0x80][..]) {
             TransferKind::Interrupt(0x80)
         } else {
             TransferKind::Sysenter
         };
         return Outcome::Transfer {
             kind,
-            rip: r.rip,
+            rip,
             cpl: None,
         };
     }

@@ -239,6 +239,11 @@ fn what_the_engine_cannot_set_is_not_supported() {
         .prepare(Side::User, &[0x90], &Setup::default())
         .unwrap();
     assert!(not(e.run(&img32, Side::User, &p)));
+    let c32 = GuestImage::build(Mode::Compat32, cfg, Variant::base(&cfg));
+    let p = c32
+        .prepare(Side::Supervisor, &[0x90], &Setup::default())
+        .unwrap();
+    assert!(not(e.run(&c32, Side::Supervisor, &p)));
     for v in Variant::matrix(Mode::Long64, &cfg).into_iter().skip(1) {
         let img = GuestImage::build(Mode::Long64, cfg, v);
         let p = img.prepare(Side::User, &[0x90], &Setup::default()).unwrap();
@@ -465,4 +470,78 @@ fn lengths_by_the_page_boundary_are_the_manuals() {
         &[],
     );
     assert!(failed.is_empty());
+}
+
+/// 32-bit compatibility mode on the host CPU, entered in the kernel's
+/// 32-bit user code segment (where the kernel has one): PUSH CS pushes 4
+/// bytes of that selector and ends at the sentinel, a 32-bit write zeroes
+/// nothing above (the registers are read as the mode sees them), MOV EAX,
+/// CR0 is #GP(0) at the instruction, SYSCALL and INT 0x80 are transfers
+/// recorded at the sentinel, and the results match Unicorn's where both
+/// model the instruction.
+#[test]
+fn compatibility_mode_runs_in_the_kernel_s_32_bit_code_segment() {
+    let test = "compatibility_mode_runs_in_the_kernel_s_32_bit_code_segment";
+    let Some(mut e) = engine(test) else {
+        return;
+    };
+    if !e.user32_cs {
+        println!("skipped: {test}: the kernel has no 32-bit user code segment");
+        return;
+    }
+    let cfg = host_config();
+    let img = GuestImage::build(Mode::Compat32, cfg, Variant::base(&cfg));
+    let run32 = |e: &mut dyn Engine, bytes: &[u8]| {
+        let p = img.prepare(Side::User, bytes, &Setup::default()).unwrap();
+        e.run(&img, Side::User, &p)
+    };
+    let o = run32(&mut e, &[0x0E]);
+    assert!(
+        matches!(
+            o.outcome,
+            Outcome::Completed {
+                at_sentinel: true,
+                ..
+            }
+        ),
+        "{:?}",
+        o.outcome
+    );
+    assert_eq!(o.before.segs[0].selector, USER32_CS as u16);
+    let u = o.user.as_ref().expect("user state");
+    let at = (crate::machine::STACK_PTR - 4 - STACK) as usize;
+    assert_eq!(u.gprs[4], crate::machine::STACK_PTR - 4);
+    assert_eq!(
+        u32::from_le_bytes(u.stack[at..at + 4].try_into().unwrap()),
+        USER32_CS as u32
+    );
+    assert!(u.gprs[8..].iter().all(|&g| g == 0));
+    let o = run32(&mut e, &[0x0F, 0x20, 0xC0]);
+    assert_eq!(o.outcome, trap(13, Some(0), TEST_RIP));
+    for (bytes, kind) in [
+        (&[0x0F, 0x05][..], TransferKind::Syscall),
+        (&[0xCD, 0x80][..], TransferKind::Interrupt(0x80)),
+    ] {
+        let o = run32(&mut e, bytes);
+        assert_eq!(
+            o.outcome,
+            Outcome::Transfer {
+                kind,
+                rip: TEST_RIP + 2,
+                cpl: None
+            },
+            "{bytes:02x?}"
+        );
+    }
+    // add eax, ebx and a store: as on Unicorn.
+    let mut uc = UnicornEngine::new().unwrap();
+    for bytes in [&[0x01, 0xD8][..], &[0x89, 0x03][..], &[0x9C][..]] {
+        let n = run32(&mut e, bytes);
+        let u = run32(&mut uc, bytes);
+        assert_eq!(n.outcome, u.outcome, "{bytes:02x?}");
+        let (n, u) = (n.user.unwrap(), u.user.unwrap());
+        assert_eq!(n.gprs, u.gprs, "{bytes:02x?}");
+        assert_eq!(n.data, u.data, "{bytes:02x?}");
+        assert_eq!(n.stack, u.stack, "{bytes:02x?}");
+    }
 }

@@ -45,7 +45,13 @@ pub(super) struct Request {
     /// FS and GS base (offsets 136, 144).
     pub fs_base: u64,
     pub gs_base: u64,
-    /// Where the test starts, in the code page (offset 152).
+    /// 0: enter the test by a near jump, in the worker's 64-bit code
+    /// segment. Otherwise the code segment to enter it in by IRETQ (the
+    /// kernel's 32-bit user code segment for 32-bit compatibility mode),
+    /// with `ss` as the stack segment (offsets 152, 160).
+    pub cs: u64,
+    pub ss: u64,
+    /// Where the test starts, in the code page (offset 168).
     pub rip: u64,
 }
 
@@ -194,7 +200,8 @@ global_asm!(
     // void popek_native_enter(const Request *): saves the callee-saved
     // registers and RSP, resets x87/SSE state, loads FS/GS base (with
     // FSGSBASE), RFLAGS and every general register, and jumps to the
-    // test. The signal handler resumes at popek_native_resume.
+    // test (or IRETQs to it in the request's code segment). The signal
+    // handler resumes at popek_native_resume.
     ".globl popek_native_enter",
     ".p2align 4",
     "popek_native_enter:",
@@ -223,6 +230,17 @@ global_asm!(
     "    pxor xmm13, xmm13",
     "    pxor xmm14, xmm14",
     "    pxor xmm15, xmm15",
+    // 32-bit compatibility mode uses DS, ES, FS and GS (a null one
+    // faults there): load the stack segment's selector into all four
+    // before the FS and GS bases are set.
+    "    cmp qword ptr [rdi + 152], 0",
+    "    je 4f",
+    "    mov eax, [rdi + 160]",
+    "    mov ds, eax",
+    "    mov es, eax",
+    "    mov fs, eax",
+    "    mov gs, eax",
+    "4:",
     "    cmp qword ptr [rip + {fsgs}], 0",
     "    je 2f",
     "    mov rax, [rdi + 136]",
@@ -230,8 +248,10 @@ global_asm!(
     "    mov rax, [rdi + 144]",
     "    wrgsbase rax",
     "2:",
-    "    mov rax, [rdi + 152]",
+    "    mov rax, [rdi + 168]",
     "    mov [rip + {target}], rax",
+    "    cmp qword ptr [rdi + 152], 0",
+    "    jne 3f",
     "    push qword ptr [rdi + 128]",
     "    popfq",
     "    mov rax, [rdi + 0]",
@@ -251,9 +271,43 @@ global_asm!(
     "    mov rsp, [rdi + 32]",
     "    mov rdi, [rdi + 56]",
     "    jmp qword ptr [rip + {target}]",
+    // Another code segment (32-bit compatibility mode): an IRETQ frame on
+    // the worker's stack (SS, RSP, RFLAGS, CS, RIP), so that the test's
+    // stack is not written, then the registers, RDI last.
+    "3:",
+    "    push qword ptr [rdi + 160]",
+    "    push qword ptr [rdi + 32]",
+    "    push qword ptr [rdi + 128]",
+    "    push qword ptr [rdi + 152]",
+    "    push qword ptr [rip + {target}]",
+    "    mov rax, [rdi + 0]",
+    "    mov rcx, [rdi + 8]",
+    "    mov rdx, [rdi + 16]",
+    "    mov rbx, [rdi + 24]",
+    "    mov rbp, [rdi + 40]",
+    "    mov rsi, [rdi + 48]",
+    "    mov r8, [rdi + 64]",
+    "    mov r9, [rdi + 72]",
+    "    mov r10, [rdi + 80]",
+    "    mov r11, [rdi + 88]",
+    "    mov r12, [rdi + 96]",
+    "    mov r13, [rdi + 104]",
+    "    mov r14, [rdi + 112]",
+    "    mov r15, [rdi + 120]",
+    "    mov rdi, [rdi + 56]",
+    "    iretq",
     ".globl popek_native_resume",
     ".p2align 4",
     "popek_native_resume:",
+    // The worker's own data selectors back (a 32c run loaded others).
+    "    mov rax, [rip + {dsegs}]",
+    "    mov ds, eax",
+    "    shr rax, 16",
+    "    mov es, eax",
+    "    shr rax, 16",
+    "    mov fs, eax",
+    "    shr rax, 16",
+    "    mov gs, eax",
     "    fninit",
     "    ldmxcsr [rip + {mxcsr}]",
     "    cld",
@@ -269,6 +323,7 @@ global_asm!(
     mxcsr = sym MXCSR,
     fsgs = sym FSGSBASE,
     target = sym TARGET,
+    dsegs = sym DATA_SEGS,
 );
 
 extern "C" {
@@ -456,6 +511,9 @@ extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_
 
 /// The worker's own CS (bits 0-15) and SS (bits 16-31).
 static WORKER_SEGS: AtomicU64 = AtomicU64::new(0);
+/// The worker's own DS, ES, FS and GS (16 bits each, from bit 0), which
+/// the resume path loads back.
+static DATA_SEGS: AtomicU64 = AtomicU64::new(0);
 
 /// The child's life after the fork: set up, then serve runs until the
 /// engine closes its end of the socket. Never returns.
@@ -467,6 +525,10 @@ static WORKER_SEGS: AtomicU64 = AtomicU64::new(0);
 pub(super) unsafe fn serve(setup: &Setup) -> ! {
     let s = selectors();
     WORKER_SEGS.store(s[0] | (s[1] << 16), Ordering::Relaxed);
+    DATA_SEGS.store(
+        s[2] | (s[3] << 16) | (s[4] << 32) | (s[5] << 48),
+        Ordering::Relaxed,
+    );
     CONTROL.store(setup.control as usize, Ordering::Relaxed);
     FSGSBASE.store(setup.fsgsbase as u64, Ordering::Relaxed);
 

@@ -84,7 +84,7 @@ impl Machine {
     /// stack the boot stub runs on.
     fn load_system_registers(&mut self, image: &GuestImage) -> Result<(), UnicornError> {
         let sys = &image.sys;
-        let long = image.mode == Mode::Long64;
+        let long = image.mode.is_long();
         let uc = &mut self.uc;
         if image.mode == Mode::Prot16 {
             // Still in real mode: give CS the base the boot stub runs at

@@ -45,7 +45,9 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
     let uc_mode = match mode {
         Mode::Real | Mode::Prot16 => UcMode::MODE_16,
         Mode::Prot32 => UcMode::MODE_32,
-        Mode::Long64 => UcMode::MODE_64,
+        // 32c: a long-mode guest; the 32-bit code segment (CS.L = 0) makes
+        // the CPU decode 32-bit code.
+        Mode::Long64 | Mode::Compat32 => UcMode::MODE_64,
     };
     let mut uc = Unicorn::new_with_data(Arch::X86, uc_mode, Events::default())
         .map_err(uc_err("create a Unicorn instance"))?;

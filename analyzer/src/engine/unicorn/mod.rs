@@ -211,7 +211,7 @@ impl Machine {
 
     fn system_state(&self, image: &GuestImage) -> SystemState {
         let rd = |r: R| self.uc.reg_read(r).unwrap_or(0);
-        let long = image.mode == Mode::Long64;
+        let long = image.mode.is_long();
         let mut segs = [Segment::default(); 6];
         for (s, r) in segs
             .iter_mut()
@@ -448,7 +448,7 @@ impl Machine {
         self.uc
             .ctl_remove_cache(code_lin, code_lin + PAGE)
             .map_err(uc_err("remove cached code"))?;
-        let long = image.mode == Mode::Long64;
+        let long = image.mode.is_long();
         for (r, v) in gpr_registers(image.mode).iter().zip(test.gprs) {
             self.uc
                 .reg_write(*r, v)

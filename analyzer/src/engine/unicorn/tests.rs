@@ -28,7 +28,7 @@ use crate::engine::conformance::{completed, is_gp, NONE};
 
 #[test]
 fn privileged_instructions_trap_at_cpl3_and_complete_at_cpl0() {
-    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64, Mode::Compat32] {
         for (name, bytes, setup) in crate::engine::conformance::cpl0_only_cases(mode) {
             let u = base(mode, Side::User, &bytes, &setup);
             let s = base(mode, Side::Supervisor, &bytes, &setup);
@@ -40,7 +40,15 @@ fn privileged_instructions_trap_at_cpl3_and_complete_at_cpl0() {
 
 #[test]
 fn popfd_at_cpl3_leaves_if_and_iopl_alone() {
-    crate::engine::conformance::check_popf(&mut UnicornEngine::new().unwrap(), Mode::Prot32);
+    let mut e = UnicornEngine::new().unwrap();
+    crate::engine::conformance::check_popf(&mut e, Mode::Prot32);
+    crate::engine::conformance::check_popf(&mut e, Mode::Compat32);
+}
+
+#[test]
+fn compatibility_mode_is_32_bit_code_in_a_long_mode_guest() {
+    // Unicorn has no CR4.UMIP: the UMIP fact is not checked here.
+    crate::engine::conformance::check_compat_mode_facts(&mut UnicornEngine::new().unwrap(), false);
 }
 
 #[test]
@@ -81,7 +89,7 @@ fn sgdt_stores_the_gdt_base_and_sees_relocation() {
 #[test]
 fn add_gives_identical_results_at_both_cpls() {
     let mut e = UnicornEngine::new().unwrap();
-    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64] {
+    for mode in [Mode::Prot16, Mode::Prot32, Mode::Long64, Mode::Compat32] {
         crate::engine::conformance::check_add_is_the_same_at_both_cpls(&mut e, mode);
     }
 }
