@@ -182,8 +182,16 @@ impl Evaluator {
         Ok(self.full.as_ref().expect("built above"))
     }
 
-    /// Runs one input and applies every oracle.
+    /// Runs one input and applies every oracle, measuring its length by
+    /// the page boundary where the decoder and the engine may part:
+    /// where the decoder finds no instruction or the engine raised #UD.
     pub fn eval(&mut self, input: &[u8]) -> Result<Evaluated, ProbeError> {
+        self.eval_with(input, false)
+    }
+
+    /// [`Evaluator::eval`], measuring every input's length the run does
+    /// not show when `all_lengths` (the tunnel advances by it).
+    pub fn eval_with(&mut self, input: &[u8], all_lengths: bool) -> Result<Evaluated, ProbeError> {
         let input = if input.is_empty() { &[0x90][..] } else { input };
         let first = gen::decode(self.mode, input);
         let (len, valid) = (first.len, first.valid);
@@ -211,7 +219,8 @@ impl Evaluator {
         let straight = valid && entry.doc.flow_control == "Next" && !writes_memory(self.mode, &ran);
         let mut lengths: Vec<Option<(usize, &'static str)>> = Vec::with_capacity(all_runs.len());
         for (i, runs) in all_runs.iter().enumerate() {
-            let measured = self.observed_length(i, input, len, straight, runs)?;
+            let measured =
+                self.observed_length(i, input, (len, valid), straight, all_lengths, runs)?;
             lengths.push(measured);
         }
         let observed = lengths.first().copied().flatten();
@@ -439,16 +448,18 @@ impl Evaluator {
     }
 
     /// Engine `i`'s length of the instruction at the start of `input`
-    /// (`len` by the decoder): shown by its run where a straight-line
-    /// instruction completed at the sentinel right after it, else measured
-    /// by the page-boundary method on the whole input. `None` where
-    /// neither tells.
+    /// (`len` by the decoder, which finds it `valid` or not): shown by its
+    /// run where a straight-line instruction completed at the sentinel
+    /// right after it, else measured by the page-boundary method on the
+    /// whole input, when `all` or where the decoder finds no instruction
+    /// or the run raised #UD. `None` where neither tells.
     fn observed_length(
         &mut self,
         i: usize,
         input: &[u8],
-        len: usize,
+        (len, valid): (usize, bool),
         straight: bool,
+        all: bool,
         runs: &[Run],
     ) -> Result<Option<(usize, &'static str)>, ProbeError> {
         let side = self.length_side();
@@ -466,6 +477,10 @@ impl Evaluator {
                 return Ok(Some((len, "run")));
             }
             if r.obs.outcome.is_engine_level() {
+                return Ok(None);
+            }
+            let ud = matches!(r.obs.outcome, Outcome::Trap { vector: 6, .. });
+            if !(all || !valid || ud) {
                 return Ok(None);
             }
         }
@@ -608,6 +623,42 @@ mod tests {
         // add [rip+0], al rewrites the byte after it; mov al, [rip] does not.
         assert!(writes_memory(Mode::Long64, &[0x00, 0x05, 0, 0, 0, 0]));
         assert!(!writes_memory(Mode::Long64, &[0x8a, 0x05, 0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn lengths_are_the_engines_by_run_or_page_boundary() {
+        let openers = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
+        let mut ev = Evaluator::new(openers, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
+        let pad = |b: &[u8]| {
+            let mut v = b.to_vec();
+            v.resize(15, 0);
+            v
+        };
+        // The run shows it (ADD completes at the sentinel); UD2 is
+        // measured at the page boundary.
+        assert_eq!(
+            ev.eval_with(&pad(&[0x48, 0x01, 0xC8]), true)
+                .unwrap()
+                .advance,
+            3
+        );
+        assert_eq!(ev.eval_with(&pad(&[0x0F, 0x0B]), true).unwrap().advance, 2);
+        // Unicorn 2.1 has no AVX: it raises #UD for VBROADCASTSS xmm0,
+        // [rip+0] after its ModRM, 5 of the decoder's 9 bytes.
+        let vbroadcast = [0xC4, 0xE2, 0x79, 0x18, 0x05, 0, 0, 0, 0];
+        let e = ev.eval(&vbroadcast).unwrap();
+        assert_eq!(e.advance, 5);
+        let f = e
+            .findings
+            .iter()
+            .find(|f| f.signature.contains("|length|"))
+            .expect("a length finding");
+        assert_eq!(f.kind, Kind::DecoderVsEngine);
+        assert_eq!(
+            (f.observed_length, f.observed_by.as_deref()),
+            (Some(5), Some("page-boundary"))
+        );
+        assert_eq!(f.decoder.length, 9);
     }
 
     #[test]

@@ -128,7 +128,9 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                     else {
                         break;
                     };
-                    let e = ev.eval(&bytes).map_err(|e| e.to_string())?;
+                    let e = ev
+                        .eval_with(&bytes, g == GenKind::Tunnel)
+                        .map_err(|e| e.to_string())?;
                     if g == GenKind::Tunnel {
                         tunnel = tunnel.and_then(|t| t.next(e.advance));
                     }
