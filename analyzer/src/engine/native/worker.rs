@@ -173,6 +173,29 @@ static FSGSBASE: AtomicU64 = AtomicU64::new(0);
 static IN_TEST: AtomicBool = AtomicBool::new(false);
 static CONTROL: AtomicUsize = AtomicUsize::new(0);
 
+/// The general registers from a `Request` at RDI, all but RSP and RDI
+/// (the entry code loads those last, as its two paths need).
+macro_rules! load_gprs {
+    () => {
+        concat!(
+            "    mov rax, [rdi + 0]\n",
+            "    mov rcx, [rdi + 8]\n",
+            "    mov rdx, [rdi + 16]\n",
+            "    mov rbx, [rdi + 24]\n",
+            "    mov rbp, [rdi + 40]\n",
+            "    mov rsi, [rdi + 48]\n",
+            "    mov r8, [rdi + 64]\n",
+            "    mov r9, [rdi + 72]\n",
+            "    mov r10, [rdi + 80]\n",
+            "    mov r11, [rdi + 88]\n",
+            "    mov r12, [rdi + 96]\n",
+            "    mov r13, [rdi + 104]\n",
+            "    mov r14, [rdi + 112]\n",
+            "    mov r15, [rdi + 120]",
+        )
+    };
+}
+
 global_asm!(
     ".pushsection .text.popek_native,\"ax\",@progbits",
     // u64 popek_native_syscall(nr, a0, a1, a2): the worker's one
@@ -254,20 +277,7 @@ global_asm!(
     "    jne 3f",
     "    push qword ptr [rdi + 128]",
     "    popfq",
-    "    mov rax, [rdi + 0]",
-    "    mov rcx, [rdi + 8]",
-    "    mov rdx, [rdi + 16]",
-    "    mov rbx, [rdi + 24]",
-    "    mov rbp, [rdi + 40]",
-    "    mov rsi, [rdi + 48]",
-    "    mov r8, [rdi + 64]",
-    "    mov r9, [rdi + 72]",
-    "    mov r10, [rdi + 80]",
-    "    mov r11, [rdi + 88]",
-    "    mov r12, [rdi + 96]",
-    "    mov r13, [rdi + 104]",
-    "    mov r14, [rdi + 112]",
-    "    mov r15, [rdi + 120]",
+    load_gprs!(),
     "    mov rsp, [rdi + 32]",
     "    mov rdi, [rdi + 56]",
     "    jmp qword ptr [rip + {target}]",
@@ -280,20 +290,7 @@ global_asm!(
     "    push qword ptr [rdi + 128]",
     "    push qword ptr [rdi + 152]",
     "    push qword ptr [rip + {target}]",
-    "    mov rax, [rdi + 0]",
-    "    mov rcx, [rdi + 8]",
-    "    mov rdx, [rdi + 16]",
-    "    mov rbx, [rdi + 24]",
-    "    mov rbp, [rdi + 40]",
-    "    mov rsi, [rdi + 48]",
-    "    mov r8, [rdi + 64]",
-    "    mov r9, [rdi + 72]",
-    "    mov r10, [rdi + 80]",
-    "    mov r11, [rdi + 88]",
-    "    mov r12, [rdi + 96]",
-    "    mov r13, [rdi + 104]",
-    "    mov r14, [rdi + 112]",
-    "    mov r15, [rdi + 120]",
+    load_gprs!(),
     "    mov rdi, [rdi + 56]",
     "    iretq",
     ".globl popek_native_resume",
