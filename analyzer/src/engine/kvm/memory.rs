@@ -104,6 +104,17 @@ pub(super) struct Guest {
     translations_stale: bool,
 }
 
+/// Whether two pages of page-table entries are the same but for their
+/// accessed and dirty bits (5 and 6 of every 8-byte entry).
+fn same_but_ad(a: &[u8], b: &[u8]) -> bool {
+    const AD: u64 = 0x60;
+    a.len() == b.len()
+        && a.chunks_exact(8).zip(b.chunks_exact(8)).all(|(x, y)| {
+            let e = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes")) & !AD;
+            e(x) == e(y)
+        })
+}
+
 /// Whether a physical page may hold the harness's page tables (at
 /// `PAGE_TABLES`, or `MOVED_PAGE_TABLES` in the moved-pages variant; four
 /// levels at most).
@@ -205,12 +216,15 @@ impl Guest {
                 let start = (w * 64 + b) * host_page;
                 let end = (start + host_page).min(guest.len());
                 if start < end {
-                    guest[start..end].copy_from_slice(self.shadow.bytes(start, end));
+                    let old = self.shadow.bytes(start, end);
                     // The guest's write to its page tables was seen by
-                    // KVM; putting the old bytes back is not.
-                    self.translations_stale |= (start..end)
-                        .step_by(PAGE as usize)
-                        .any(|a| holds_page_tables(a as u64));
+                    // KVM; putting the old bytes back is not. The accessed
+                    // and dirty bits the page walks set do not count: they
+                    // change no translation (and are set in every run).
+                    if holds_page_tables(start as u64) && !same_but_ad(&guest[start..end], old) {
+                        self.translations_stale = true;
+                    }
+                    guest[start..end].copy_from_slice(old);
                 }
             }
         }
@@ -271,6 +285,17 @@ mod tests {
     use crate::machine::{Gpr, Setup, Sym, Variant};
     use crate::mode::{Config, Mode};
     use crate::observe::Side;
+
+    #[test]
+    fn accessed_and_dirty_bits_change_no_translation() {
+        let entry = |v: u64| v.to_le_bytes().repeat(2);
+        assert!(same_but_ad(&entry(0x8007), &entry(0x8067)));
+        assert!(!same_but_ad(&entry(0x8007), &entry(0x8005)), "RW");
+        assert!(!same_but_ad(&entry(0x8007), &entry(0x8000_0000_0000_8007)), "NX");
+        assert!(holds_page_tables(PAGE_TABLES + 3 * PAGE + 8));
+        assert!(holds_page_tables(MOVED_PAGE_TABLES));
+        assert!(!holds_page_tables(PAGE_TABLES + 4 * PAGE));
+    }
 
     #[test]
     fn bytes_at_stays_inside_guest_memory() {
