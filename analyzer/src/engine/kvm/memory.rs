@@ -291,7 +291,10 @@ mod tests {
         let entry = |v: u64| v.to_le_bytes().repeat(2);
         assert!(same_but_ad(&entry(0x8007), &entry(0x8067)));
         assert!(!same_but_ad(&entry(0x8007), &entry(0x8005)), "RW");
-        assert!(!same_but_ad(&entry(0x8007), &entry(0x8000_0000_0000_8007)), "NX");
+        assert!(
+            !same_but_ad(&entry(0x8007), &entry(0x8000_0000_0000_8007)),
+            "NX"
+        );
         assert!(holds_page_tables(PAGE_TABLES + 3 * PAGE + 8));
         assert!(holds_page_tables(MOVED_PAGE_TABLES));
         assert!(!holds_page_tables(PAGE_TABLES + 4 * PAGE));
