@@ -194,7 +194,8 @@ impl NativeEngine {
         }
         if !image.mode.is_long() {
             return Some(format!(
-                "native: runs 64-bit code only (mode {} is not implemented)",
+                "native: runs 64-bit and 32-bit compatibility-mode code only \
+                 (mode {} is not one a user process of this kernel runs in)",
                 image.mode
             ));
         }
