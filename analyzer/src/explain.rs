@@ -289,10 +289,7 @@ fn fetch_lengths(
                 }
                 p.fetch_length(image, side, entry, entry.bytes.len())?
             }
-            None => FetchLength::NotMeasured(format!(
-                "mode {} has no paging to fence the code page with",
-                entry.mode
-            )),
+            None => crate::length::not_fenced(entry.mode),
         };
         out.push((state, length));
     }

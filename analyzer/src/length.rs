@@ -67,6 +67,13 @@ pub fn fenced_variant(mode: Mode, config: &Config) -> Option<Variant> {
     })
 }
 
+/// What the method says where `mode` cannot be fenced.
+pub fn not_fenced(mode: Mode) -> FetchLength {
+    FetchLength::NotMeasured(format!(
+        "mode {mode} has no paging to fence the code page with"
+    ))
+}
+
 /// Whether a run of `test` (moved by [`Prepared::at_page_end`]) in the
 /// fenced `image` fetched across the page boundary: a #PF at the
 /// instruction whose address, where the engine reports one, is the next
@@ -98,10 +105,7 @@ pub fn measure<E>(
     mut run: impl FnMut(&Prepared) -> Result<Outcome, E>,
 ) -> Result<FetchLength, E> {
     if !image.is_fenced() {
-        return Ok(FetchLength::NotMeasured(format!(
-            "mode {} has no paging to fence the code page with",
-            image.mode
-        )));
+        return Ok(not_fenced(image.mode));
     }
     let mut step = |k: usize| -> Result<Result<bool, FetchLength>, E> {
         let moved = test.at_page_end(k);

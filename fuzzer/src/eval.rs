@@ -221,9 +221,17 @@ impl Evaluator {
         // that rewrote the bytes after it would not end there).
         let straight = valid && entry.doc.flow_control == "Next";
         let mut lengths: Vec<Option<(usize, &'static str)>> = Vec::with_capacity(all_runs.len());
+        // The whole input as an entry, made once, when an engine measures.
+        let mut whole = None;
         for (i, runs) in all_runs.iter().enumerate() {
-            let measured =
-                self.observed_length(i, input, (len, valid), straight, all_lengths, runs)?;
+            let measured = self.observed_length(
+                i,
+                (input, &mut whole),
+                (len, valid),
+                straight,
+                all_lengths,
+                runs,
+            )?;
             lengths.push(measured);
         }
         let observed = lengths.first().copied().flatten();
@@ -459,7 +467,7 @@ impl Evaluator {
     fn observed_length(
         &mut self,
         i: usize,
-        input: &[u8],
+        (input, whole): (&[u8], &mut Option<Entry>),
         (len, valid): (usize, bool),
         straight: bool,
         all: bool,
@@ -490,8 +498,9 @@ impl Evaluator {
         let Some(fenced) = &self.fenced else {
             return Ok(None);
         };
-        let whole = analyzer::explain::raw_entry(input, self.mode);
-        let l = self.probers[i].fetch_length(fenced, side, &whole, len)?;
+        let mode = self.mode;
+        let whole = whole.get_or_insert_with(|| analyzer::explain::raw_entry(input, mode));
+        let l = self.probers[i].fetch_length(fenced, side, whole, len)?;
         Ok(l.bytes().map(|n| (n, "page-boundary")))
     }
 
