@@ -100,7 +100,8 @@ pub struct ExplainArgs {
     /// EFLAGS.IOPL of the start state (0-3).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
     pub iopl: u8,
-    /// Engine: unicorn, kvm or all.
+    /// Engine: unicorn, kvm, native, a comma-separated list, or all (every
+    /// available engine; two or more are compared state by state).
     #[arg(long, default_value = "unicorn")]
     pub engine: String,
     /// Read the target as hex bytes even if it looks like a mnemonic (`cc`).
@@ -122,7 +123,8 @@ pub struct ExplainArgs {
 
 #[derive(Debug, Args)]
 pub struct ScanArgs {
-    /// Engine: unicorn, kvm or all (all adds an engine-comparison report).
+    /// Engine: unicorn, kvm, native, a comma-separated list, or all (every
+    /// available engine); two or more add the engine comparisons.
     #[arg(long, default_value = "unicorn")]
     pub engine: String,
     /// Modes, comma-separated: real, 16, 32, 64, 32c (32-bit compatibility
@@ -177,7 +179,7 @@ pub struct ViolatorsArgs {
 
 #[derive(Debug, Args)]
 pub struct VectorsArgs {
-    /// Engine: unicorn, kvm, a comma-separated list, or all (each engine's view goes into every vector).
+    /// Engine: unicorn, kvm, native, a comma-separated list, or all (each engine's view goes into every vector).
     #[arg(long, default_value = "unicorn")]
     pub engine: String,
     /// Modes, comma-separated: real, 16, 32, 64, 32c (32-bit compatibility
@@ -284,7 +286,8 @@ pub struct CheckArgs {
     /// scan options other than --only do not apply.
     #[arg(long, conflicts_with_all = ["engine", "mode", "config", "jobs", "facts"])]
     pub report: Vec<PathBuf>,
-    /// Engine: unicorn, kvm or all, as for `scan` (each needs its baseline).
+    /// Engine: unicorn, kvm, native, a comma-separated list, or all (every
+    /// engine a baseline is given for); each needs its baseline.
     #[arg(long, default_value = "unicorn")]
     pub engine: String,
     /// Modes, comma-separated, as for `scan`; the baseline must have the same.
@@ -745,17 +748,37 @@ pub fn scan_records(
     selected: &[catalog::Entry],
     jobs: usize,
 ) -> Result<Vec<Record>> {
+    Ok(scan_kept(kind, plan, selected, jobs, false)?
+        .into_iter()
+        .map(|s| s.record)
+        .collect())
+}
+
+/// [`scan_records`], with each state's outcome kept beside its record when
+/// `outcomes` (for the comparison run by run).
+fn scan_kept(
+    kind: EngineKind,
+    plan: &ScanPlan,
+    selected: &[catalog::Entry],
+    jobs: usize,
+    outcomes: bool,
+) -> Result<Vec<scan::Scanned>> {
     let progress = std::io::stderr().is_terminal();
     let runs = std::sync::atomic::AtomicU64::new(0);
     let start = std::time::Instant::now();
-    let records = scan::run_scan_counted(
-        selected,
-        &plan.configs,
-        move || engine::open(kind),
-        jobs,
-        progress,
-        &runs,
-    )
+    let open = move || engine::open(kind);
+    let scanned = if outcomes {
+        scan::run_scan_with_outcomes(selected, &plan.configs, open, jobs, progress, &runs)
+    } else {
+        scan::run_scan_counted(selected, &plan.configs, open, jobs, progress, &runs).map(|r| {
+            r.into_iter()
+                .map(|record| scan::Scanned {
+                    record,
+                    outcomes: Vec::new(),
+                })
+                .collect()
+        })
+    }
     .with_context(|| format!("scan on {kind} failed"))?;
     let secs = start.elapsed().as_secs_f64();
     let n = runs.load(std::sync::atomic::Ordering::Relaxed);
@@ -767,25 +790,39 @@ pub fn scan_records(
             0
         }
     );
-    Ok(records)
+    Ok(scanned)
 }
 
 /// The report of a scan of `selected` on one engine, its records put
-/// beside `facts`, with the findings of that comparison.
+/// beside `facts`, with the findings of that comparison; with `outcomes`,
+/// also each record's outcomes state by state.
 fn scan_report(
     kind: EngineKind,
     plan: &ScanPlan,
     selected: &[catalog::Entry],
     jobs: usize,
     facts: Option<&Facts>,
-) -> Result<(Report, Option<Vec<truth::Finding>>)> {
-    let mut records = scan_records(kind, plan, selected, jobs)?;
+    outcomes: bool,
+) -> Result<(Report, Option<Vec<truth::Finding>>, Vec<scan::Scanned>)> {
+    let mut scanned = scan_kept(kind, plan, selected, jobs, outcomes)?;
+    let mut records: Vec<Record> = if outcomes {
+        scanned.iter().map(|s| s.record.clone()).collect()
+    } else {
+        std::mem::take(&mut scanned)
+            .into_iter()
+            .map(|s| s.record)
+            .collect()
+    };
     let findings = facts.map(|f| truth::annotate(&mut records, f));
     let version = records
         .first()
         .map(|r| r.engine_version.clone())
         .unwrap_or_default();
-    Ok((Report::new(kind.name(), &version, records), findings))
+    Ok((
+        Report::new(kind.name(), &version, records),
+        findings,
+        scanned,
+    ))
 }
 
 /// The documented facts a scan uses: `--facts none` none, `--facts PATH`
@@ -836,10 +873,15 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create the report directory {}", a.out.display()))?;
     let mut set = report::ReportSet::new(&a.out);
+    // Two or more engines: every pair is compared (see `write_comparisons`),
+    // so each engine's outcomes are kept state by state.
+    let compare = kinds.len() > 1;
     let mut reports: Vec<Report> = Vec::new();
+    let mut ran: Vec<(EngineKind, Vec<scan::Scanned>, Executors)> = Vec::new();
     for kind in kinds {
-        if all {
-            if let Err(e) = engine::open(kind) {
+        let opened = match engine::open(kind) {
+            Ok(e) => Some(e),
+            Err(e) if all => {
                 eprintln!("popek: engine {kind} is not available, scanning without it: {e}");
                 // Its reports of an earlier scan would read as current.
                 for f in Format::ALL {
@@ -847,8 +889,13 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
                 }
                 continue;
             }
-        }
-        let (rep, findings) = scan_report(kind, &plan, &selected, a.jobs, facts.as_ref())?;
+            // The scan reports why, in its own words.
+            Err(_) => None,
+        };
+        let executors = Executors::of(opened.as_deref(), &plan.modes);
+        drop(opened);
+        let (rep, findings, scanned) =
+            scan_report(kind, &plan, &selected, a.jobs, facts.as_ref(), compare)?;
         set.add_report_with_facts(&a.format, &rep, facts.as_ref())?;
         out!("{}", summary(&rep));
         if let Some(findings) = &findings {
@@ -860,40 +907,10 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             outln!("{} {tally}", kind.name());
         }
         reports.push(rep);
+        ran.push((kind, scanned, executors));
     }
-    const COMPARISON: [&str; 3] = [
-        "popek-comparison.md",
-        "popek-comparison.json",
-        "popek-comparison.html",
-    ];
-    if all && reports.len() == 2 {
-        let diffs = compare::compare(&reports[0].records, &reports[1].records);
-        set.add(COMPARISON[0], |w| {
-            compare::write_differences_md(
-                w,
-                &reports[0].header.engine,
-                &reports[1].header.engine,
-                &diffs,
-            )
-        })?;
-        set.add(COMPARISON[1], |w| {
-            serde_json::to_writer_pretty(&mut *w, &diffs).map_err(std::io::Error::from)?;
-            w.write_all(b"\n")
-        })?;
-        if a.format.contains(&Format::Html) {
-            let page = report::html::Page {
-                reports: &reports,
-                facts: facts.as_ref(),
-                diffs: Some(&diffs),
-            };
-            set.add(COMPARISON[2], |w| report::html::write_html(w, &page))?;
-        }
-        eprintln!("popek: {} differences between the engines", diffs.len());
-    } else if all {
-        eprintln!("popek: only one engine ran; no engine comparison written");
-        for name in COMPARISON {
-            set.remove_stale(name);
-        }
+    if compare {
+        write_comparisons(&mut set, &a.format, &reports, &ran, facts.as_ref())?;
     }
     for path in set.commit()? {
         eprintln!("popek: wrote {}", path.display());
@@ -905,6 +922,168 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What executed an engine's runs, per mode and side (asked of the engine
+/// once, before its scan).
+struct Executors(std::collections::BTreeMap<(Mode, analyzer::observe::Side), engine::Executor>);
+
+impl Executors {
+    fn of(e: Option<&dyn engine::Engine>, modes: &[Mode]) -> Executors {
+        use analyzer::observe::Side;
+        let mut m = std::collections::BTreeMap::new();
+        if let Some(e) = e {
+            for &mode in modes {
+                for side in [Side::Supervisor, Side::User] {
+                    m.insert((mode, side), e.executor(mode, side));
+                }
+            }
+        }
+        Executors(m)
+    }
+
+    fn get(&self, mode: Mode, side: analyzer::observe::Side) -> engine::Executor {
+        self.0
+            .get(&(mode, side))
+            .copied()
+            .unwrap_or(engine::Executor::Emulator)
+    }
+}
+
+/// The engine comparison files: verdict by verdict between the engines that
+/// judge privilege (they run the supervisor side too; native does not).
+const COMPARISON: [&str; 3] = [
+    "popek-comparison.md",
+    "popek-comparison.json",
+    "popek-comparison.html",
+];
+/// The comparison run by run, between every two engines that ran.
+const RUNS_COMPARISON: [&str; 2] = ["popek-runs.md", "popek-runs.json"];
+
+/// Every pair `(i, j)`, `i < j`, of `idx`.
+fn pairs_of(idx: &[usize]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (n, &i) in idx.iter().enumerate() {
+        for &j in &idx[n + 1..] {
+            out.push((i, j));
+        }
+    }
+    out
+}
+
+/// Adds the engine comparisons of a scan on several engines to `set`: the
+/// verdict differences of every two engines that judge privilege
+/// (`popek-comparison.*`), and the outcome differences state by state of
+/// every two engines that ran (`popek-runs.*`), each marked with what
+/// executed it. A comparison with fewer than two engines is removed, so an
+/// earlier one does not read as current.
+fn write_comparisons(
+    set: &mut report::ReportSet,
+    formats: &[Format],
+    reports: &[Report],
+    ran: &[(EngineKind, Vec<scan::Scanned>, Executors)],
+    facts: Option<&Facts>,
+) -> Result<()> {
+    if ran.len() < 2 {
+        eprintln!("popek: only one engine ran; no engine comparison written");
+        for name in COMPARISON.iter().chain(&RUNS_COMPARISON) {
+            set.remove_stale(name);
+        }
+        return Ok(());
+    }
+    let judges: Vec<usize> = (0..ran.len())
+        .filter(|&i| ran[i].0.runs_supervisor())
+        .collect();
+    let verdict_pairs = pairs_of(&judges);
+    if verdict_pairs.is_empty() {
+        eprintln!(
+            "popek: fewer than two engines that run the supervisor side ran; no verdict comparison written"
+        );
+        for name in COMPARISON {
+            set.remove_stale(name);
+        }
+    } else {
+        let compared: Vec<(usize, usize, Vec<compare::Difference>)> = verdict_pairs
+            .iter()
+            .map(|&(i, j)| {
+                (
+                    i,
+                    j,
+                    compare::compare(&reports[i].records, &reports[j].records),
+                )
+            })
+            .collect();
+        set.add(COMPARISON[0], |w| {
+            for (i, j, diffs) in &compared {
+                compare::write_differences_md(
+                    &mut *w,
+                    &reports[*i].header.engine,
+                    &reports[*j].header.engine,
+                    diffs,
+                )?;
+            }
+            Ok(())
+        })?;
+        set.add(COMPARISON[1], |w| {
+            let all: Vec<&compare::Difference> = compared.iter().flat_map(|(_, _, d)| d).collect();
+            serde_json::to_writer_pretty(&mut *w, &all).map_err(std::io::Error::from)?;
+            w.write_all(b"\n")
+        })?;
+        // The page shows two engines side by side: written for one pair.
+        match compared.as_slice() {
+            [(i, j, diffs)] if formats.contains(&Format::Html) => {
+                let two = [reports[*i].clone(), reports[*j].clone()];
+                let page = report::html::Page {
+                    reports: &two,
+                    facts,
+                    diffs: Some(diffs),
+                };
+                set.add(COMPARISON[2], |w| report::html::write_html(w, &page))?;
+            }
+            _ => set.remove_stale(COMPARISON[2]),
+        }
+        let n: usize = compared.iter().map(|(_, _, d)| d.len()).sum();
+        eprintln!("popek: {n} differences between the engines");
+    }
+    let run_pairs = pairs_of(&(0..ran.len()).collect::<Vec<_>>());
+    let by_runs: Vec<(String, String, Vec<compare::RunDifference>)> = run_pairs
+        .iter()
+        .map(|&(i, j)| {
+            let side = |k: usize| {
+                let (kind, scanned, ex) = &ran[k];
+                (kind.name(), scanned.as_slice(), ex)
+            };
+            let ((na, sa, ea), (nb, sb, eb)) = (side(i), side(j));
+            let (fa, fb) = (
+                move |m: Mode, s: analyzer::observe::Side| ea.get(m, s),
+                move |m: Mode, s: analyzer::observe::Side| eb.get(m, s),
+            );
+            let diffs = compare::compare_runs(
+                &compare::EngineRuns {
+                    engine: na,
+                    scanned: sa,
+                    executor: &fa,
+                },
+                &compare::EngineRuns {
+                    engine: nb,
+                    scanned: sb,
+                    executor: &fb,
+                },
+            );
+            (na.to_string(), nb.to_string(), diffs)
+        })
+        .collect();
+    set.add(RUNS_COMPARISON[0], |w| {
+        compare::write_run_differences_md(&mut *w, &by_runs)
+    })?;
+    set.add(RUNS_COMPARISON[1], |w| {
+        let all: Vec<&compare::RunDifference> = by_runs.iter().flat_map(|(_, _, d)| d).collect();
+        serde_json::to_writer_pretty(&mut *w, &all).map_err(std::io::Error::from)?;
+        w.write_all(b"\n")
+    })?;
+    let n: usize = by_runs.iter().map(|(_, _, d)| d.len()).sum();
+    eprintln!("popek: {n} states where the engines' outcomes differ, run by run");
+    Ok(())
 }
 
 /// One line per (mode, configuration): the theorem verdicts and the class counts.
@@ -1089,7 +1268,19 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
         })
         .collect::<Result<Vec<_>>>()?;
     let subjects = if a.report.is_empty() {
-        let kinds = parse_engines(&a.engine)?;
+        let mut kinds = parse_engines(&a.engine)?;
+        // `all`: every engine a baseline is given for (each must run: a
+        // check that skipped an engine would pass unseen).
+        if is_all(&a.engine) {
+            let given: Vec<EngineKind> = kinds
+                .iter()
+                .copied()
+                .filter(|k| baselines.iter().any(|b| b.report.header.engine == k.name()))
+                .collect();
+            if !given.is_empty() {
+                kinds = given;
+            }
+        }
         let plan = scan_plan(&a.mode, &a.config, &a.only)?;
         note_mode_32_on_pvm(&kinds, &plan.modes);
         let config_names: Vec<String> = a.config.iter().map(Config::name).collect();
@@ -1105,7 +1296,8 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
         let facts = load_facts(a.facts.as_deref(), &cat.entries)?;
         let mut subjects = Vec::new();
         for (kind, scope) in kinds.into_iter().zip(scopes) {
-            let (report, _) = scan_report(kind, &plan, &selected, a.jobs, facts.as_ref())?;
+            let (report, _, _) =
+                scan_report(kind, &plan, &selected, a.jobs, facts.as_ref(), false)?;
             subjects.push(check::Subject { scope, report });
         }
         subjects

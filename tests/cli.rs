@@ -351,6 +351,36 @@ fn scan_all_engines_reports_the_umip_disagreement() {
         md.contains("# popek: unicorn vs kvm") && md.contains("sgdt"),
         "{md}"
     );
+    // Run by run: SGDT under umip=on completes on Unicorn at CPL 3 and is
+    // #GP on KVM, whose CPL-3 side the CPU runs (on every flavor).
+    let runs: Vec<analyzer::compare::RunDifference> = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("popek-runs.json")).expect("read"),
+    )
+    .expect("runs JSON");
+    let sgdt = runs
+        .iter()
+        .find(|x| {
+            x.config == "umip=on"
+                && x.code == "Sgdt_m1664"
+                && x.a.engine == "unicorn"
+                && x.b.engine == "kvm"
+        })
+        .expect("SGDT differs at CPL 3 run by run");
+    assert_eq!(
+        (sgdt.a.outcome.as_str(), sgdt.b.outcome.as_str()),
+        ("completed", "#GP(0x0)")
+    );
+    assert!(sgdt.states.iter().any(|s| s == "base@cpl3"), "{sgdt:?}");
+    assert_eq!(sgdt.b.executor, analyzer::engine::Executor::Hardware);
+    // The host CPU is in `all` where it runs, for the CPL-3 side.
+    if analyzer::engine::availability(analyzer::engine::EngineKind::Native).is_ok() {
+        assert!(d.path().join("popek-native.json").exists());
+        let md = std::fs::read_to_string(d.path().join("popek-runs.md")).expect("read");
+        assert!(
+            md.contains("## unicorn vs native") && md.contains("## kvm vs native"),
+            "{md}"
+        );
+    }
     // HLT is privileged on both: not a difference.
     assert!(!diffs
         .as_array()
@@ -665,4 +695,84 @@ fn mode_32_on_pvm_points_at_32c() {
     // No 32c run in place of 32 (the header of a 32c explanation).
     assert!(!out.contains("mode 32c  umip"), "{out}");
     assert!(out.contains("not run on this engine"), "{out}");
+}
+
+#[test]
+fn check_all_checks_every_engine_a_baseline_is_given_for() {
+    let d = tempfile::tempdir().expect("temp dir");
+    let base = d.path().join("base");
+    let o = popek(&[
+        "scan",
+        "--engine",
+        "unicorn",
+        "--only",
+        "hlt,sgdt",
+        "--mode",
+        "64",
+        "--format",
+        "json",
+        "--out",
+        base.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let baseline = base.join("popek-unicorn.json");
+    let o = popek(&[
+        "check",
+        "--engine",
+        "all",
+        "--baseline",
+        baseline.to_str().expect("utf-8"),
+        "--only",
+        "hlt,sgdt",
+        "--mode",
+        "64",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(
+        err.contains("4 records compared") && err.contains("0 changed"),
+        "{err}"
+    );
+    // Naming an engine without a baseline is still refused.
+    let o = popek(&[
+        "check",
+        "--engine",
+        "unicorn,native",
+        "--baseline",
+        baseline.to_str().expect("utf-8"),
+        "--only",
+        "hlt",
+        "--mode",
+        "64",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+}
+
+#[test]
+fn explain_all_gives_every_available_engine_its_view() {
+    let o = popek(&["explain", "hlt", "--engine", "all", "--json"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let engines: Vec<&str> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|x| x["record"]["engine"].as_str().expect("engine"))
+        .collect();
+    let mut want = vec!["unicorn"];
+    for (kind, name) in [
+        (analyzer::engine::EngineKind::Kvm, "kvm"),
+        (analyzer::engine::EngineKind::Native, "native"),
+    ] {
+        if analyzer::engine::availability(kind).is_ok() {
+            want.push(name);
+        }
+    }
+    assert_eq!(engines, want, "{err}");
+    // HLT traps at CPL 3 on each (Unicorn without the error code): no
+    // engine lists a difference for it.
+    for x in v.as_array().expect("a list") {
+        assert_eq!(x["engines_differ"], serde_json::json!([]), "{x}");
+    }
 }

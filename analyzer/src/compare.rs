@@ -1,7 +1,11 @@
 //! Engine comparison: the same scan on two engines (or two reports), and
 //! every record where the verdicts disagree, with both sides' evidence.
 
+use crate::engine::Executor;
+use crate::mode::Mode;
+use crate::observe::Side as ObsSide;
 use crate::record::Record;
+use crate::scan::Scanned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -294,6 +298,163 @@ pub fn write_differences_md<W: Write>(
             }
         }
         writeln!(w)?;
+    }
+    w.flush()
+}
+
+/// One engine's runs for a run-by-run comparison: its name, its scan with
+/// the outcomes kept, and what executed each (mode, side).
+pub struct EngineRuns<'a> {
+    pub engine: &'a str,
+    pub scanned: &'a [Scanned],
+    pub executor: &'a dyn Fn(Mode, ObsSide) -> Executor,
+}
+
+/// One engine's side of a state whose outcomes differ.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSide {
+    pub engine: String,
+    /// What executed the run: `emulator` or `hardware`.
+    pub executor: Executor,
+    pub outcome: String,
+}
+
+/// The states two engines both ran for one record where their outcomes
+/// differ, the same way on every state listed (one difference per record,
+/// pair of outcomes and pair of executors).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDifference {
+    pub mode: String,
+    pub config: String,
+    pub code: String,
+    pub form: String,
+    /// `base@cpl3`, `ring1@cpl0 (repeat 1)`, in the first engine's matrix order.
+    pub states: Vec<String>,
+    pub a: RunSide,
+    pub b: RunSide,
+}
+
+impl RunDifference {
+    /// What executed the two sides: `emulator vs hardware`.
+    pub fn executors(&self) -> String {
+        format!("{} vs {}", self.a.executor, self.b.executor)
+    }
+}
+
+/// For every record both `a` and `b` have (matched by mode, configuration,
+/// code and form), the states both ran where their outcomes differ
+/// ([`crate::observe::Outcome::agrees`]), grouped by the pair of outcomes
+/// and of executors; sorted by that key, then by the first such state in
+/// `a`'s matrix order. A state only one engine ran (the other could not, or
+/// does not run that side) is not a difference.
+pub fn compare_runs(a: &EngineRuns, b: &EngineRuns) -> Vec<RunDifference> {
+    let index = |s: &'_ [Scanned]| -> BTreeMap<Key, usize> {
+        let mut m = BTreeMap::new();
+        for (i, x) in s.iter().enumerate() {
+            m.entry(key(&x.record)).or_insert(i);
+        }
+        m
+    };
+    let (ia, ib) = (index(a.scanned), index(b.scanned));
+    let mut out = Vec::new();
+    for (k, &i) in &ia {
+        let Some(&j) = ib.get(k) else { continue };
+        let (ra, rb) = (&a.scanned[i], &b.scanned[j]);
+        let mode = ra.record.mode;
+        let mut here: Vec<RunDifference> = Vec::new();
+        for sa in &ra.outcomes {
+            let Some(sb) = rb.outcomes.iter().find(|o| o.state == sa.state) else {
+                continue;
+            };
+            if sa.outcome.agrees(&sb.outcome) {
+                continue;
+            }
+            let side_a = RunSide {
+                engine: a.engine.into(),
+                executor: (a.executor)(mode, sa.side),
+                outcome: sa.outcome.short(),
+            };
+            let side_b = RunSide {
+                engine: b.engine.into(),
+                executor: (b.executor)(mode, sb.side),
+                outcome: sb.outcome.short(),
+            };
+            match here.iter_mut().find(|d| d.a == side_a && d.b == side_b) {
+                Some(d) => d.states.push(sa.state.clone()),
+                None => here.push(RunDifference {
+                    mode: mode.name().into(),
+                    config: k.1.clone(),
+                    code: k.2.clone(),
+                    form: k.3.clone(),
+                    states: vec![sa.state.clone()],
+                    a: side_a,
+                    b: side_b,
+                }),
+            }
+        }
+        out.extend(here);
+    }
+    out
+}
+
+/// Renders the run-by-run differences of every pair of engines as Markdown:
+/// per pair, a count by what executed each side, then the states grouped
+/// the same way. `pairs` gives each pair's two engine names and differences.
+pub fn write_run_differences_md<W: Write>(
+    mut w: W,
+    pairs: &[(String, String, Vec<RunDifference>)],
+) -> io::Result<()> {
+    writeln!(w, "# popek: engines run by run\n")?;
+    writeln!(
+        w,
+        "Every state two engines both ran where their outcomes differ, by pair of engines and by what executed each side (an emulator or the CPU).\n"
+    )?;
+    for (a, b, diffs) in pairs {
+        writeln!(w, "## {a} vs {b}\n")?;
+        if diffs.is_empty() {
+            writeln!(w, "No differences.\n")?;
+            continue;
+        }
+        let mut groups: BTreeMap<String, Vec<&RunDifference>> = BTreeMap::new();
+        for d in diffs {
+            groups.entry(d.executors()).or_default().push(d);
+        }
+        writeln!(w, "| executed by ({a} vs {b}) | records | states |")?;
+        writeln!(w, "|---|---|---|")?;
+        for (g, ds) in &groups {
+            let mut records: Vec<(&str, &str, &str, &str)> = ds
+                .iter()
+                .map(|d| {
+                    (
+                        d.mode.as_str(),
+                        d.config.as_str(),
+                        d.code.as_str(),
+                        d.form.as_str(),
+                    )
+                })
+                .collect();
+            records.dedup();
+            let states: usize = ds.iter().map(|d| d.states.len()).sum();
+            writeln!(w, "| {g} | {} | {states} |", records.len())?;
+        }
+        writeln!(w)?;
+        for (g, ds) in &groups {
+            writeln!(w, "### {a} vs {b}: {g}\n")?;
+            for d in ds {
+                writeln!(
+                    w,
+                    "- {} {} `{}` ({}): {} vs {} at {}",
+                    d.mode,
+                    d.config,
+                    d.form,
+                    d.code,
+                    d.a.outcome,
+                    d.b.outcome,
+                    d.states.join(", ")
+                )?;
+            }
+            writeln!(w)?;
+        }
     }
     w.flush()
 }

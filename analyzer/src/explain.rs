@@ -408,26 +408,20 @@ pub fn entry_from_bytes(bytes: &[u8], mode: Mode) -> Result<Entry, ExplainError>
 }
 
 /// Runs every entry through the whole matrix of `config` in its mode on
-/// each prober and judges it as `scan` does ([`Prober::judge`]); with two
-/// probers, their runs are attached state by state ([`Diff`]) and the
-/// states where the engines' outcomes differ are named.
+/// each prober and judges it as `scan` does ([`Prober::judge`]); the
+/// engines' runs are attached state by state ([`Diff`]) and, for each
+/// engine, the states where its outcome differs from another engine's are
+/// named (a state one engine did not run is no difference).
 pub fn explain(
     entries: &[Entry],
     config: Config,
     probers: Vec<Prober>,
 ) -> Result<Vec<Explained>, ProbeError> {
     let mut matrices: Vec<Matrix> = Vec::new();
-    let mut out = Vec::new();
-    let mut second = Vec::new();
-    let mut probers = probers;
-    let two = probers.len() == 2;
-    let mut diff = if two {
-        let b = probers.pop();
-        let a = probers.pop();
-        a.zip(b).map(|(a, b)| Diff { a, b })
-    } else {
-        None
-    };
+    let n = probers.len();
+    // Each engine's forms, in entry order; engines one after another.
+    let mut per_engine: Vec<Vec<Explained>> = (0..n).map(|_| Vec::new()).collect();
+    let mut diff = Diff { probers };
     let mut fenced: Vec<Option<GuestImage>> = Vec::new();
     for e in entries {
         let k = match matrices.iter().position(|m| m.mode == e.mode) {
@@ -440,48 +434,34 @@ pub fn explain(
         };
         let matrix = &matrices[k];
         let fence = fenced[k].as_ref();
-        if let Some(d) = diff.as_mut() {
-            let x = d.probe(matrix, e)?;
-            let (mut ra, mut rb) = (Vec::new(), Vec::new());
-            let mut da = Vec::new();
-            let mut db = Vec::new();
-            for case in x.cases {
-                if let (Some(a), Some(b)) = (&case.a, &case.b) {
-                    if case.outcomes_differ() {
-                        let st = state_text(a, &config);
+        let x = diff.probe(matrix, e)?;
+        let names: Vec<String> = x.records.iter().map(|r| r.engine.clone()).collect();
+        let mut runs: Vec<Vec<Run>> = (0..n).map(|_| Vec::new()).collect();
+        let mut differ: Vec<Vec<String>> = (0..n).map(|_| Vec::new()).collect();
+        for case in x.cases {
+            for (i, list) in differ.iter_mut().enumerate() {
+                for (j, name) in names.iter().enumerate().filter(|&(j, _)| j != i) {
+                    if !case.outcomes_differ(i, j) {
+                        continue;
+                    }
+                    if let (Some(Some(a)), Some(Some(b))) = (case.runs.get(i), case.runs.get(j)) {
                         let (oa, ob) = (a.obs.outcome.short(), b.obs.outcome.short());
-                        da.push(format!("{st}: {oa} vs {ob} on {}", x.b.engine));
-                        db.push(format!("{st}: {ob} vs {oa} on {}", x.a.engine));
+                        list.push(format!("{}: {oa} vs {ob} on {name}", a.state(&config)));
                     }
                 }
-                ra.extend(case.a);
-                rb.extend(case.b);
             }
-            let la = fetch_lengths(&mut d.a, fence, e, &config)?;
-            let lb = fetch_lengths(&mut d.b, fence, e, &config)?;
-            out.push(explained(x.a, ra, &config, da, e, la));
-            second.push(explained(x.b, rb, &config, db, e, lb));
-        } else {
-            for p in probers.iter_mut() {
-                let runs = p.probe(matrix, e)?;
-                let record = p.judge(matrix, e, &runs);
-                let lengths = fetch_lengths(p, fence, e, &config)?;
-                out.push(explained(record, runs, &config, Vec::new(), e, lengths));
+            for (i, run) in case.runs.into_iter().enumerate() {
+                runs[i].extend(run);
             }
         }
+        for (i, ((record, runs), differ)) in x.records.into_iter().zip(runs).zip(differ).enumerate()
+        {
+            let lengths = fetch_lengths(&mut diff.probers[i], fence, e, &config)?;
+            per_engine[i].push(explained(record, runs, &config, differ, e, lengths));
+        }
     }
-    // Two engines: each engine's forms together, in entry order.
-    out.extend(second);
+    let out: Vec<Explained> = per_engine.into_iter().flatten().collect();
     Ok(out)
-}
-
-fn state_text(r: &Run, config: &Config) -> String {
-    let label = format!("{}@{}", r.variant.name(config), r.side);
-    if r.repeat == 0 {
-        label
-    } else {
-        format!("{label} (repeat {})", r.repeat)
-    }
 }
 
 fn explained(
@@ -500,7 +480,7 @@ fn explained(
                 _ => Vec::new(),
             };
             ExplainedRun {
-                state: state_text(&run, config),
+                state: run.state(config),
                 outcome: run.obs.outcome.long(),
                 system_changes: run.changed_r().iter().map(|c| c.to_string()).collect(),
                 user_changes,
@@ -790,5 +770,54 @@ mod tests {
             |c: crate::classify::Class| scanned.iter().filter(|r| r.verdict.class == c).count();
         assert!(count(crate::classify::Class::SensitiveUnprivileged) > 10);
         assert!(count(crate::classify::Class::Privileged) > 10);
+    }
+
+    #[test]
+    fn every_engine_names_the_states_where_another_engine_differs() {
+        use crate::engine::fake::{obs, FakeEngine};
+        use crate::observe::{Side, SystemState, UserState};
+        // Three engines; the second completes HLT at CPL 3, the others trap.
+        let rule = |user_completes: bool| {
+            move |_: &crate::machine::Variant, side: Side, bytes: &[u8]| {
+                let sys = SystemState {
+                    cpl: if side == Side::User { 3 } else { 0 },
+                    ..Default::default()
+                };
+                if bytes == [0xf4] && side == Side::User && !user_completes {
+                    return obs::trap(13, Some(0), sys);
+                }
+                let user = UserState {
+                    rip: crate::machine::TEST_RIP + bytes.len() as u64,
+                    ..Default::default()
+                };
+                obs::completed(sys, user)
+            }
+        };
+        let prober = |f: FakeEngine| {
+            Prober::open(std::sync::Arc::new(move || {
+                Ok(Box::new(f.clone()) as Box<dyn crate::engine::Engine>)
+            }))
+            .expect("fake")
+        };
+        let probers = vec![
+            prober(FakeEngine::new(rule(false))),
+            prober(FakeEngine::new(rule(true))),
+            prober(FakeEngine::new(rule(false))),
+        ];
+        let e = entry_from_bytes(&[0xf4], Mode::Long64).expect("hlt");
+        let x = explain(&[e], Config::UMIP_OFF, probers).expect("explain");
+        assert_eq!(x.len(), 3);
+        let user_states = x[0]
+            .runs
+            .iter()
+            .filter(|r| r.state.contains("@cpl3"))
+            .count();
+        assert!(user_states > 1);
+        // The first and third differ from the second only; the second from both.
+        assert_eq!(x[0].engines_differ.len(), user_states);
+        assert_eq!(x[1].engines_differ.len(), 2 * user_states);
+        assert_eq!(x[2].engines_differ.len(), user_states);
+        assert!(x[0].engines_differ[0].starts_with("base@cpl3: #GP(0x0) vs completed on fake"));
+        assert!(x[1].engines_differ[0].starts_with("base@cpl3: completed vs #GP(0x0) on fake"));
     }
 }

@@ -47,6 +47,17 @@ pub struct Run {
 
 impl Run {
     /// A run with no baseline and no start state.
+    /// The state the run ran in, as reports name it: `base@cpl3`,
+    /// `ring1@cpl0 (repeat 1)`.
+    pub fn state(&self, config: &Config) -> String {
+        let label = format!("{}@{}", self.variant.name(config), self.side);
+        if self.repeat == 0 {
+            label
+        } else {
+            format!("{label} (repeat {})", self.repeat)
+        }
+    }
+
     pub fn new(variant: Variant, side: Side, repeat: u8, obs: Observation) -> Run {
         Run {
             variant,
@@ -408,78 +419,77 @@ pub fn judge(
     Record::new(name, version, entry, &matrix.config, verdict)
 }
 
-/// The same state of one entry on two engines.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One state of the matrix and each engine's run of it.
+#[derive(Clone, Debug)]
 pub struct Case {
     pub variant: Variant,
     pub side: Side,
     pub repeat: u8,
-    /// The run on the first engine and on the second (`None` where that
+    /// The run on each engine, in the probers' order (`None` where that
     /// engine did not run the state).
-    pub a: Option<Run>,
-    pub b: Option<Run>,
+    pub runs: Vec<Option<Run>>,
 }
 
 impl Case {
-    /// Both engines ran the state and their outcomes differ (a state one
-    /// engine could not run is not a difference: it is not run there).
-    pub fn outcomes_differ(&self) -> bool {
-        match (&self.a, &self.b) {
-            (Some(a), Some(b)) => {
+    /// Engines `i` and `j` both ran the state and their outcomes differ
+    /// ([`Outcome::agrees`]; a state one engine could not run is not a
+    /// difference: it is not run there).
+    pub fn outcomes_differ(&self, i: usize, j: usize) -> bool {
+        match (self.runs.get(i), self.runs.get(j)) {
+            (Some(Some(a)), Some(Some(b))) => {
                 let ran = |r: &Run| !crate::classify::coverage::is_not_run(&r.obs.outcome);
-                ran(a) && ran(b) && a.obs.outcome.short() != b.obs.outcome.short()
+                ran(a) && ran(b) && !a.obs.outcome.agrees(&b.obs.outcome)
             }
             _ => false,
         }
     }
 }
 
-/// Two probers over the same matrix: the differential view of one entry.
+/// Several probers over the same matrix: the differential view of one entry.
 pub struct Diff {
-    pub a: Prober,
-    pub b: Prober,
+    pub probers: Vec<Prober>,
 }
 
-/// Both engines' runs and records of one entry.
+/// Every engine's runs and record of one entry.
 #[derive(Clone, Debug)]
 pub struct Differential {
     pub cases: Vec<Case>,
-    pub a: Record,
-    pub b: Record,
+    /// Each engine's record, in the probers' order.
+    pub records: Vec<Record>,
 }
 
 impl Diff {
-    /// Runs the entry on both engines and attaches the runs state by state,
-    /// in the first engine's order (then any state only the second ran).
+    /// Runs the entry on every engine and attaches the runs state by state,
+    /// in the first engine's order (then any state only a later one ran, in
+    /// that engine's order).
     pub fn probe(&mut self, matrix: &Matrix, entry: &Entry) -> Result<Differential, ProbeError> {
-        let ra = self.a.probe(matrix, entry)?;
-        let rb = self.b.probe(matrix, entry)?;
-        let a = self.a.judge(matrix, entry, &ra);
-        let b = self.b.judge(matrix, entry, &rb);
+        let n = self.probers.len();
+        let mut records = Vec::with_capacity(n);
+        let mut cases: Vec<Case> = Vec::new();
         let key = |r: &Run| (r.variant, r.side, r.repeat);
-        let mut rb: Vec<Option<Run>> = rb.into_iter().map(Some).collect();
-        let mut cases = Vec::with_capacity(ra.len());
-        for run in ra {
-            let other = rb
-                .iter_mut()
-                .find(|o| o.as_ref().is_some_and(|o| key(o) == key(&run)))
-                .and_then(Option::take);
-            cases.push(Case {
-                variant: run.variant,
-                side: run.side,
-                repeat: run.repeat,
-                a: Some(run),
-                b: other,
-            });
+        for (i, p) in self.probers.iter_mut().enumerate() {
+            let runs = p.probe(matrix, entry)?;
+            records.push(p.judge(matrix, entry, &runs));
+            for run in runs {
+                let at = cases.iter().position(|c| {
+                    (c.variant, c.side, c.repeat) == key(&run) && c.runs[i].is_none()
+                });
+                let at = match at {
+                    Some(at) => at,
+                    None => {
+                        cases.push(Case {
+                            variant: run.variant,
+                            side: run.side,
+                            repeat: run.repeat,
+                            runs: vec![None; n],
+                        });
+                        cases.len() - 1
+                    }
+                };
+                cases[at].runs[i] = Some(run);
+            }
         }
-        cases.extend(rb.into_iter().flatten().map(|run| Case {
-            variant: run.variant,
-            side: run.side,
-            repeat: run.repeat,
-            a: None,
-            b: Some(run),
-        }));
-        Ok(Differential { cases, a, b })
+        Ok(Differential { cases, records })
     }
 }
 

@@ -6,6 +6,7 @@ use crate::catalog::Entry;
 use crate::engine::{Engine, EngineError};
 use crate::machine::{GuestImage, Variant};
 use crate::mode::{Config, Mode};
+use crate::observe::Side;
 use crate::probe::{build_one, Matrix, Opener, ProbeError, Prober};
 pub use crate::probe::{GuestHarness, Harness};
 use crate::record::Record;
@@ -107,6 +108,35 @@ pub fn run_scan_counted<F>(
 where
     F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
 {
+    let scanned = scan_inner(
+        &GuestHarness,
+        entries,
+        configs,
+        make_engine,
+        jobs,
+        progress,
+        Keep {
+            runs,
+            outcomes: false,
+        },
+    )?;
+    Ok(scanned.into_iter().map(|s| s.record).collect())
+}
+
+/// [`run_scan_counted`] that keeps, beside each record, the outcome of
+/// every state that ran ([`Scanned::outcomes`]), for an engine comparison
+/// run by run.
+pub fn run_scan_with_outcomes<F>(
+    entries: &[Entry],
+    configs: &[Config],
+    make_engine: F,
+    jobs: usize,
+    progress: bool,
+    runs: &AtomicU64,
+) -> Result<Vec<Scanned>, ScanError>
+where
+    F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
+{
     scan_inner(
         &GuestHarness,
         entries,
@@ -114,8 +144,42 @@ where
         make_engine,
         jobs,
         progress,
-        runs,
+        Keep {
+            runs,
+            outcomes: true,
+        },
     )
+}
+
+/// One record of a scan and, when asked for, the outcome of each state that
+/// ran for it (states the engine could not run are left out), in matrix order.
+#[derive(Clone, Debug)]
+pub struct Scanned {
+    pub record: Record,
+    pub outcomes: Vec<StateOutcome>,
+}
+
+/// The outcome of one run, as the reports name state and outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateOutcome {
+    /// `base@cpl3`, `ring1@cpl0 (repeat 1)`.
+    pub state: String,
+    pub side: Side,
+    pub outcome: crate::observe::Outcome,
+}
+
+impl StateOutcome {
+    /// The states of `runs` that ran, with their outcomes.
+    pub fn of(runs: &[crate::probe::Run], config: &Config) -> Vec<StateOutcome> {
+        runs.iter()
+            .filter(|r| !crate::classify::coverage::is_not_run(&r.obs.outcome))
+            .map(|r| StateOutcome {
+                state: r.state(config),
+                side: r.side,
+                outcome: r.obs.outcome.clone(),
+            })
+            .collect()
+    }
 }
 
 /// [`run_scan`] with a chosen harness.
@@ -131,15 +195,27 @@ where
     H: Harness,
     F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
 {
-    scan_inner(
+    let scanned = scan_inner(
         harness,
         entries,
         configs,
         make_engine,
         jobs,
         progress,
-        &AtomicU64::new(0),
-    )
+        Keep {
+            runs: &AtomicU64::new(0),
+            outcomes: false,
+        },
+    )?;
+    Ok(scanned.into_iter().map(|s| s.record).collect())
+}
+
+/// What a scan keeps besides its records: the count of runs made (the
+/// tests' runs, not the NOP baselines) and, when `outcomes`, each state's
+/// outcome ([`Scanned::outcomes`]).
+struct Keep<'a> {
+    runs: &'a AtomicU64,
+    outcomes: bool,
 }
 
 fn scan_inner<H, F>(
@@ -149,8 +225,8 @@ fn scan_inner<H, F>(
     make_engine: F,
     jobs: usize,
     progress: bool,
-    run_count: &AtomicU64,
-) -> Result<Vec<Record>, ScanError>
+    keep: Keep<'_>,
+) -> Result<Vec<Scanned>, ScanError>
 where
     H: Harness,
     F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
@@ -238,7 +314,7 @@ where
         rest = tail;
     }
 
-    let records: Result<Vec<Vec<Record>>, ScanError> = pool.install(|| {
+    let records: Result<Vec<Vec<Scanned>>, ScanError> = pool.install(|| {
         chunks
             .par_iter()
             .map(|chunk| {
@@ -248,7 +324,7 @@ where
                 let Some(matrix) = matrices.get(&(mode, ci)) else {
                     return Ok(Vec::new());
                 };
-                WORKER.with(|cell| -> Result<Vec<Record>, ScanError> {
+                WORKER.with(|cell| -> Result<Vec<Scanned>, ScanError> {
                     let mut slot = cell.borrow_mut();
                     let mut prober = match slot.take() {
                         Some((id, p)) if id == scan_id => p,
@@ -258,7 +334,7 @@ where
                     let runs = prober.probe_all(matrix, &chunk_entries);
                     if let Ok(r) = &runs {
                         let n: usize = r.iter().map(Vec::len).sum();
-                        run_count.fetch_add(n as u64, Ordering::Relaxed);
+                        keep.runs.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     let records = runs.map(|runs| {
                         chunk_entries
@@ -267,7 +343,14 @@ where
                             .map(|(entry, runs)| {
                                 bar.inc(1);
                                 bar.set_message(entry.code.clone());
-                                prober.judge(matrix, entry, &runs)
+                                Scanned {
+                                    record: prober.judge(matrix, entry, &runs),
+                                    outcomes: if keep.outcomes {
+                                        StateOutcome::of(&runs, &matrix.config)
+                                    } else {
+                                        Vec::new()
+                                    },
+                                }
                             })
                             .collect()
                     });
@@ -379,6 +462,96 @@ pub(crate) mod tests {
             jobs,
             false,
         )
+    }
+
+    #[test]
+    fn two_engines_are_compared_run_by_run_with_what_executed_each_side() {
+        use crate::compare::{compare_runs, write_run_differences_md, EngineRuns};
+        use crate::engine::Executor;
+        let entries = vec![
+            entry(Mode::Long64, "add", &[0x01, 0xc0]),
+            entry(Mode::Long64, "hlt", &[0xf4]),
+        ];
+        // The second engine: HLT completes at CPL 3 in the base state, and
+        // does not run the supervisor side at all.
+        let other = FakeEngine::new(|v: &Variant, side: Side, bytes: &[u8]| {
+            if side == Side::Supervisor {
+                return Observation::outcome_only(
+                    Outcome::NotSupported("user side only".into()),
+                    SystemState::default(),
+                );
+            }
+            if bytes == [0xf4] && !v.tables_moved {
+                let sys = SystemState {
+                    cpl: 3,
+                    ..Default::default()
+                };
+                let user = UserState {
+                    rip: TEST_RIP + 1,
+                    ..Default::default()
+                };
+                return obs::completed(sys, user);
+            }
+            rule(v, side, bytes)
+        });
+        let kept = |fake: FakeEngine| {
+            scan_inner(
+                &TinyHarness,
+                &entries,
+                &[Config::UMIP_OFF],
+                move || Ok(Box::new(fake.clone()) as Box<dyn Engine>),
+                1,
+                false,
+                Keep {
+                    runs: &AtomicU64::new(0),
+                    outcomes: true,
+                },
+            )
+            .expect("scan")
+        };
+        let (a, b) = (kept(FakeEngine::new(rule)), kept(other));
+        // Only states that ran are kept: no supervisor side on the second.
+        assert!(b[0].outcomes.iter().all(|o| o.side == Side::User));
+        assert!(a[0].outcomes.iter().any(|o| o.side == Side::Supervisor));
+        let emu = |_: Mode, _: Side| Executor::Emulator;
+        let cpu = |_: Mode, _: Side| Executor::Hardware;
+        let d = compare_runs(
+            &EngineRuns {
+                engine: "one",
+                scanned: &a,
+                executor: &emu,
+            },
+            &EngineRuns {
+                engine: "two",
+                scanned: &b,
+                executor: &cpu,
+            },
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].code, "HLT");
+        assert_eq!(d[0].a.outcome, "#GP(0x0)");
+        assert_eq!(d[0].b.outcome, "completed");
+        assert_eq!(d[0].executors(), "emulator vs hardware");
+        // Every user-side state but the moved tables, where both trap; one
+        // difference for all of them.
+        assert!(
+            d[0].states.contains(&"base@cpl3".to_string()),
+            "{:?}",
+            d[0].states
+        );
+        assert!(!d[0]
+            .states
+            .iter()
+            .any(|s| s.contains("cpl0") || s.starts_with("tables-moved")));
+        let mut md = Vec::new();
+        write_run_differences_md(&mut md, &[("one".into(), "two".into(), d)]).expect("md");
+        let md = String::from_utf8(md).expect("utf-8");
+        assert!(md.contains("## one vs two"), "{md}");
+        assert!(md.contains("| emulator vs hardware | 1 |"), "{md}");
+        assert!(
+            md.contains("- 64 umip=off `hlt` (HLT): #GP(0x0) vs completed at base@cpl3"),
+            "{md}"
+        );
     }
 
     #[test]

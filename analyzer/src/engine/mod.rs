@@ -2,6 +2,7 @@
 //! reports an [`Observation`]. One module per engine; a fake for unit tests.
 
 use crate::machine::{GuestImage, Prepared};
+use crate::mode::Mode;
 use crate::observe::{Observation, Side};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -27,6 +28,35 @@ pub trait Engine {
     fn version(&self) -> String;
     /// Run `test` in `image` starting on `side`.
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation;
+    /// What executes a test of `mode` on `side`: the engine's software or
+    /// the CPU. Engine comparisons keep the two apart.
+    fn executor(&self, _mode: Mode, _side: Side) -> Executor {
+        Executor::Emulator
+    }
+}
+
+/// What executed a run: software that decodes and carries out the
+/// instruction (Unicorn, KVM's instruction emulator), or the CPU itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    Emulator,
+    Hardware,
+}
+
+impl Executor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Executor::Emulator => "emulator",
+            Executor::Hardware => "hardware",
+        }
+    }
+}
+
+impl fmt::Display for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The engines popek knows.
@@ -38,11 +68,16 @@ pub enum EngineKind {
 }
 
 impl EngineKind {
-    /// The engines `--engine all` runs. `native` is not among them: it runs
-    /// the user side of the 64-bit base state only, so name it to use it.
-    pub const ALL: [EngineKind; 2] = [EngineKind::Unicorn, EngineKind::Kvm];
+    /// The engines `--engine all` runs (each where it is available).
+    pub const ALL: [EngineKind; 3] = [EngineKind::Unicorn, EngineKind::Kvm, EngineKind::Native];
     /// Every engine popek knows (what `popek engines` lists).
     pub const KNOWN: [EngineKind; 3] = [EngineKind::Unicorn, EngineKind::Kvm, EngineKind::Native];
+    /// Whether the engine runs the supervisor side (CPL 0) of the matrix,
+    /// and so can judge privilege: native runs only the user side.
+    pub fn runs_supervisor(self) -> bool {
+        !matches!(self, EngineKind::Native)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Unicorn => "unicorn",

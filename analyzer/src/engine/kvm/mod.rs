@@ -85,7 +85,7 @@ mod watchdog;
 
 pub use flavor::{device_path, Flavor};
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, Executor};
 use crate::machine::{GuestImage, Prepared, Setup, Variant};
 use crate::mode::{Config, Mode};
 use crate::observe::{Observation, Outcome, Side, SystemState, UserState};
@@ -421,6 +421,18 @@ impl Engine for KvmEngine {
                 self.api, self.flavor
             ),
             _ => format!("kvm api {}, flavor {} on {cpu}", self.api, self.flavor),
+        }
+    }
+
+    /// On PVM: CPL 0 in KVM's instruction emulator, CPL 3 on the CPU but in
+    /// 32c (as [`Engine::version`] says); with VT-x or SVM the CPU (where
+    /// KVM emulates an instruction after an exit, that is not told apart).
+    fn executor(&self, mode: Mode, side: Side) -> Executor {
+        match (self.flavor, side, mode) {
+            (Flavor::Pvm, Side::Supervisor, _) | (Flavor::Pvm, Side::User, Mode::Compat32) => {
+                Executor::Emulator
+            }
+            _ => Executor::Hardware,
         }
     }
 

@@ -59,7 +59,7 @@ mod seccomp;
 mod tests;
 mod worker;
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, Executor};
 use crate::machine::image::msr;
 use crate::machine::landing::{landing, Landing, Stop};
 use crate::machine::{GuestImage, Prepared, Variant, CODE, PAGE};
@@ -466,6 +466,10 @@ impl Engine for NativeEngine {
 
     fn version(&self) -> String {
         format!("native cpl3 on {}", self.facts.text())
+    }
+
+    fn executor(&self, _mode: Mode, _side: Side) -> Executor {
+        Executor::Hardware
     }
 
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
