@@ -767,18 +767,15 @@ fn scan_kept(
     let runs = std::sync::atomic::AtomicU64::new(0);
     let start = std::time::Instant::now();
     let open = move || engine::open(kind);
-    let scanned = if outcomes {
-        scan::run_scan_with_outcomes(selected, &plan.configs, open, jobs, progress, &runs)
-    } else {
-        scan::run_scan_counted(selected, &plan.configs, open, jobs, progress, &runs).map(|r| {
-            r.into_iter()
-                .map(|record| scan::Scanned {
-                    record,
-                    outcomes: Vec::new(),
-                })
-                .collect()
-        })
-    }
+    let scanned = scan::run_scan_kept(
+        selected,
+        &plan.configs,
+        open,
+        jobs,
+        progress,
+        &runs,
+        outcomes,
+    )
     .with_context(|| format!("scan on {kind} failed"))?;
     let secs = start.elapsed().as_secs_f64();
     let n = runs.load(std::sync::atomic::Ordering::Relaxed);
@@ -1025,9 +1022,7 @@ fn write_comparisons(
             Ok(())
         })?;
         set.add(COMPARISON[1], |w| {
-            let all: Vec<&compare::Difference> = compared.iter().flat_map(|(_, _, d)| d).collect();
-            serde_json::to_writer_pretty(&mut *w, &all).map_err(std::io::Error::from)?;
-            w.write_all(b"\n")
+            write_json_list(w, compared.iter().flat_map(|(_, _, d)| d))
         })?;
         // The page shows two engines side by side: written for one pair.
         match compared.as_slice() {
@@ -1077,13 +1072,25 @@ fn write_comparisons(
         compare::write_run_differences_md(&mut *w, &by_runs)
     })?;
     set.add(RUNS_COMPARISON[1], |w| {
-        let all: Vec<&compare::RunDifference> = by_runs.iter().flat_map(|(_, _, d)| d).collect();
-        serde_json::to_writer_pretty(&mut *w, &all).map_err(std::io::Error::from)?;
-        w.write_all(b"\n")
+        write_json_list(w, by_runs.iter().flat_map(|(_, _, d)| d))
     })?;
-    let n: usize = by_runs.iter().map(|(_, _, d)| d.len()).sum();
-    eprintln!("popek: {n} states where the engines' outcomes differ, run by run");
+    let states: usize = by_runs
+        .iter()
+        .flat_map(|(_, _, d)| d)
+        .map(|d| d.states.len())
+        .sum();
+    eprintln!("popek: run by run, {states} states where two engines' outcomes differ");
     Ok(())
+}
+
+/// Writes `items` as one pretty-printed JSON list and a newline.
+fn write_json_list<T: serde::Serialize>(
+    w: &mut dyn Write,
+    items: impl Iterator<Item = T>,
+) -> std::io::Result<()> {
+    let all: Vec<T> = items.collect();
+    serde_json::to_writer_pretty(&mut *w, &all).map_err(std::io::Error::from)?;
+    w.write_all(b"\n")
 }
 
 /// One line per (mode, configuration): the theorem verdicts and the class counts.

@@ -108,31 +108,21 @@ pub fn run_scan_counted<F>(
 where
     F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
 {
-    let scanned = scan_inner(
-        &GuestHarness,
-        entries,
-        configs,
-        make_engine,
-        jobs,
-        progress,
-        Keep {
-            runs,
-            outcomes: false,
-        },
-    )?;
+    let scanned = run_scan_kept(entries, configs, make_engine, jobs, progress, runs, false)?;
     Ok(scanned.into_iter().map(|s| s.record).collect())
 }
 
-/// [`run_scan_counted`] that keeps, beside each record, the outcome of
-/// every state that ran ([`Scanned::outcomes`]), for an engine comparison
-/// run by run.
-pub fn run_scan_with_outcomes<F>(
+/// [`run_scan_counted`] that keeps, beside each record and when
+/// `outcomes`, the outcome of every state that ran ([`Scanned::outcomes`]),
+/// for an engine comparison run by run.
+pub fn run_scan_kept<F>(
     entries: &[Entry],
     configs: &[Config],
     make_engine: F,
     jobs: usize,
     progress: bool,
     runs: &AtomicU64,
+    outcomes: bool,
 ) -> Result<Vec<Scanned>, ScanError>
 where
     F: Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync + 'static,
@@ -144,10 +134,7 @@ where
         make_engine,
         jobs,
         progress,
-        Keep {
-            runs,
-            outcomes: true,
-        },
+        Keep { runs, outcomes },
     )
 }
 
