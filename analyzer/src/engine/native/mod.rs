@@ -130,6 +130,9 @@ pub struct NativeEngine {
     segs: [u64; 6],
     /// The kernel has its 32-bit user code segment ([`user32_cs_present`]).
     user32_cs: bool,
+    /// With UMIP on in the kernel: whether it emulates the UMIP
+    /// instructions for user code ([`NativeEngine::kernel_emulates_umip`]).
+    umip_emulated: Option<bool>,
 }
 
 /// Whether the kernel's 32-bit user code segment is there (a kernel
@@ -162,13 +165,35 @@ impl NativeEngine {
         let mut shared = Shared::new()?;
         let worker = Worker::spawn(&mut shared, facts.fsgsbase, START_LIMIT)?;
         let segs = worker.segs;
-        Ok(NativeEngine {
+        let mut engine = NativeEngine {
             shared,
             worker: Some(worker),
             facts,
             segs,
             user32_cs: user32_cs_present(),
-        })
+            umip_emulated: None,
+        };
+        if engine.facts.umip {
+            engine.umip_emulated = engine.kernel_emulates_umip();
+        }
+        Ok(engine)
+    }
+
+    /// Whether the kernel emulates SGDT, SIDT, SLDT, SMSW and STR for user
+    /// code: with CR4.UMIP the CPU raises #GP for them at CPL 3, and a
+    /// kernel that emulates them completes them with dummy values instead
+    /// of sending SIGSEGV. Measured once per engine with SMSW in the 64-bit
+    /// base state; `None` if the probe ended otherwise.
+    fn kernel_emulates_umip(&mut self) -> Option<bool> {
+        let config = Config::UMIP_ON;
+        let image = GuestImage::build(Mode::Long64, config, Variant::base(&config));
+        let smsw_eax = [0x0f, 0x01, 0xe0];
+        let test = image.prepare(Side::User, &smsw_eax, &Default::default())?;
+        match self.run_user(&image, &test).outcome {
+            Outcome::Completed { .. } => Some(true),
+            Outcome::Trap { vector: 13, .. } => Some(false),
+            _ => None,
+        }
     }
 
     /// The host facts this engine reports.
@@ -465,7 +490,15 @@ impl Engine for NativeEngine {
     }
 
     fn version(&self) -> String {
-        format!("native cpl3 on {}", self.facts.text())
+        let umip = match self.umip_emulated {
+            Some(true) => {
+                "; the kernel emulates SGDT, SIDT, SLDT, SMSW and STR at CPL 3 (SMSW completed \
+                 in a probe): their results are the kernel's dummy values, not the CPU's"
+            }
+            Some(false) => "; SGDT, SIDT, SLDT, SMSW and STR raise #GP at CPL 3 (SMSW in a probe)",
+            None => "",
+        };
+        format!("native cpl3 on {}{umip}", self.facts.text())
     }
 
     fn executor(&self, _mode: Mode, _side: Side) -> Executor {

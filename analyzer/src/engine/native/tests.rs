@@ -545,3 +545,29 @@ fn compatibility_mode_runs_in_the_kernel_s_32_bit_code_segment() {
         assert_eq!(n.stack, u.stack, "{bytes:02x?}");
     }
 }
+
+#[test]
+fn the_report_header_says_whether_the_kernel_emulates_the_umip_instructions() {
+    let test = "the_report_header_says_whether_the_kernel_emulates_the_umip_instructions";
+    let Some(mut e) = engine(test) else {
+        return;
+    };
+    let version = e.version();
+    if !e.facts().umip {
+        println!("skipped: {test}: the kernel runs without CR4.UMIP");
+        assert!(!version.contains("SMSW"), "{version}");
+        return;
+    }
+    // What the header says is what SMSW does at CPL 3 here, in every form.
+    for bytes in [&[0x0f, 0x01, 0xe0][..], &[0x48, 0x0f, 0x01, 0xe0]] {
+        match run(&mut e, bytes).outcome {
+            Outcome::Completed { .. } => {
+                assert!(version.contains("the kernel emulates SGDT"), "{version}")
+            }
+            Outcome::Trap { vector: 13, .. } => {
+                assert!(version.contains("raise #GP at CPL 3"), "{version}")
+            }
+            other => panic!("SMSW at CPL 3: {other:?}"),
+        }
+    }
+}
