@@ -118,6 +118,20 @@ fn native_run(c: &mut Criterion) {
         };
         g.bench_function(name, |b| b.iter(|| black_box(e.run(&img, Side::User, &p))));
     }
+    // Distinct instructions: every 64-bit catalog entry once, each laid out
+    // (prepared) and run at CPL 3, as a fuzz worker tries input after input.
+    let entries = analyzer::catalog::build(Mode::Long64).entries;
+    g.throughput(Throughput::Elements(entries.len() as u64));
+    g.sample_size(10);
+    g.bench_function("catalog_64_cpl3_distinct", |b| {
+        b.iter(|| {
+            for x in &entries {
+                if let Some(p) = img.prepare(Side::User, &x.bytes, &x.setup) {
+                    black_box(e.run(&img, Side::User, &p));
+                }
+            }
+        })
+    });
     g.finish();
 }
 
