@@ -100,7 +100,8 @@ struct Machine {
     ran_pages: ffi::RanPages,
     /// Some code since the last flush may have run where `ran_pages` does
     /// not tell (above `ffi::RAN_SPAN`, after a change of paging or CS, in
-    /// a run the watchdog stopped, in a boot).
+    /// a run the watchdog stopped, in a boot, in an image that shifts the
+    /// code page).
     ran_unknown: bool,
 }
 
@@ -506,8 +507,11 @@ impl Machine {
         }
         // Where code ran outside the code page, by the image's mappings
         // (the block where the run stopped may be translated and not run).
+        // The code hooks leave out the linear page at CODE, which is not
+        // the code page where an image shifts it: code there goes unseen.
         let ran_outside = ev.ran_elsewhere || stopped_elsewhere;
-        if fired || ev.ran_high || (ran_outside && (paging_changed || cs_changed)) {
+        let unseen = image.linear(CODE) != CODE;
+        if fired || ev.ran_high || unseen || (ran_outside && (paging_changed || cs_changed)) {
             self.ran_unknown = true;
         } else {
             for (all, run) in self.ran_pages.iter_mut().zip(ev.ran_pages) {
