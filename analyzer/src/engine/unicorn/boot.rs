@@ -41,10 +41,13 @@ impl Machine {
         // Physical pages the guest may have changed since they were last
         // written (bit n: page n).
         let mut stale: u64 = if all { u64::MAX } else { self.dirty };
-        if all && same {
-            let mut guest = vec![0u8; MEM_SIZE as usize];
+        // Only where a flush hangs on it (translations outside the code
+        // page, all of whose pages are known) is memory compared.
+        if all && same && self.translated_elsewhere && !self.ran_unknown {
+            let guest = &mut self.guest_copy;
+            guest.resize(MEM_SIZE as usize, 0);
             self.uc
-                .mem_read(0, &mut guest)
+                .mem_read(0, guest)
                 .map_err(uc_err("read guest memory"))?;
             stale = 0;
             for (i, page) in guest.chunks(PAGE as usize).enumerate() {

@@ -103,6 +103,8 @@ struct Machine {
     /// a run the watchdog stopped, in a boot, in an image that shifts the
     /// code page).
     ran_unknown: bool,
+    /// Guest memory as read back to find the pages the guest changed.
+    guest_copy: Vec<u8>,
 }
 
 /// The general registers of `mode` in hardware order (RAX..RDI, then
@@ -218,6 +220,7 @@ impl Machine {
             translated_elsewhere: true,
             ran_pages: Default::default(),
             ran_unknown: true,
+            guest_copy: Vec::new(),
         })
     }
 
