@@ -102,6 +102,22 @@ pub fn measure<E>(
     image: &GuestImage,
     test: &Prepared,
     hint: usize,
+    run: impl FnMut(&Prepared) -> Result<Outcome, E>,
+) -> Result<FetchLength, E> {
+    measure_guessing(image, test, &[hint], run)
+}
+
+/// [`measure`] trying the lengths `guesses` in turn before the binary
+/// search: a guess `g` still possible costs the runs at `g` and `g - 1`
+/// that are not known yet (so a right first guess costs two, or one for
+/// a guess of 1), a wrong one narrows the search. With the one guess
+/// `[hint]` it is [`measure`], run for run. Where the fetch crosses for
+/// every `k` below the length and for none from it on, every order of
+/// guesses finds the same length.
+pub fn measure_guessing<E>(
+    image: &GuestImage,
+    test: &Prepared,
+    guesses: &[usize],
     mut run: impl FnMut(&Prepared) -> Result<Outcome, E>,
 ) -> Result<FetchLength, E> {
     if !image.is_fenced() {
@@ -129,17 +145,26 @@ pub fn measure<E>(
             }
         };
     }
-    let hint = hint.clamp(1, MAX_LEN);
     // The length L: every k < L crosses, no k >= L does (L = 16: all of
     // 1..=15 cross). Search L in lo..=hi + 1, where every k < lo is known
     // to cross and hi + 1 not to (or is 16).
-    let (mut lo, mut hi) = if cross!(hint) {
-        (hint + 1, MAX_LEN)
-    } else if hint == 1 || cross!(hint - 1) {
-        return Ok(FetchLength::Bytes(hint as u8));
-    } else {
-        (1, hint - 2)
-    };
+    let (mut lo, mut hi) = (1, MAX_LEN);
+    for &guess in guesses {
+        let g = guess.clamp(1, MAX_LEN);
+        if g < lo || g > hi + 1 {
+            continue;
+        }
+        // g = hi + 1 is known not to cross.
+        if g <= hi && cross!(g) {
+            lo = g + 1;
+            continue;
+        }
+        // g does not cross: L is g if g - 1 does (or g is the least left).
+        if g == lo || cross!(g - 1) {
+            return Ok(FetchLength::Bytes(g as u8));
+        }
+        hi = g - 2;
+    }
     while lo <= hi {
         let mid = (lo + hi) / 2;
         if cross!(mid) {
@@ -214,6 +239,109 @@ mod tests {
                     assert_eq!(runs, 2, "a right hint costs two runs");
                 }
                 assert!(runs <= 6, "length {len}, hint {hint}: {runs} runs");
+            }
+        }
+    }
+
+    /// The search before guesses, as it was: the hint and one less, then
+    /// a binary search. The probes it makes for the crossings `f`.
+    fn hint_then_halves(hint: usize, f: impl Fn(usize) -> bool) -> (Vec<usize>, usize) {
+        let mut probes = Vec::new();
+        let mut cross = |k| {
+            probes.push(k);
+            f(k)
+        };
+        let hint = hint.clamp(1, MAX_LEN);
+        let (mut lo, mut hi) = if cross(hint) {
+            (hint + 1, MAX_LEN)
+        } else if hint == 1 || cross(hint - 1) {
+            return (probes, hint);
+        } else {
+            (1, hint - 2)
+        };
+        while lo <= hi {
+            let mid = (lo + hi) / 2;
+            if cross(mid) {
+                lo = mid + 1;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        (probes, lo)
+    }
+
+    #[test]
+    fn one_guess_probes_as_the_hint_did_for_any_crossings() {
+        // Every pattern of crossings over 1..=15, monotone or not (an
+        // engine may cross at a k past the length: Unicorn translates the
+        // bytes after a short instruction and reports their fetch fault at
+        // the instruction), gives the same probes and the same answer.
+        let image = fenced(Mode::Long64);
+        let test = image
+            .prepare(Side::User, &[0x0F, 0x0B], &Setup::default())
+            .unwrap();
+        let boundary = image.linear(CODE + PAGE);
+        for pattern in 0u32..1 << MAX_LEN {
+            let f = |k: usize| pattern & (1 << (k - 1)) != 0;
+            for hint in [1, 2, 5, 9, 15] {
+                let (want_probes, want) = hint_then_halves(hint, f);
+                let mut probes = Vec::new();
+                let got = measure(&image, &test, hint, |t| {
+                    let k = (CODE + PAGE - t.rip) as usize;
+                    probes.push(k);
+                    Ok::<_, ()>(if f(k) {
+                        Outcome::Trap {
+                            vector: 14,
+                            error_code: None,
+                            rip: t.rip,
+                            address: Some(boundary),
+                        }
+                    } else {
+                        Outcome::Hang
+                    })
+                })
+                .unwrap();
+                assert_eq!(probes, want_probes, "pattern {pattern:#x}, hint {hint}");
+                let want = if want <= MAX_LEN {
+                    FetchLength::Bytes(want as u8)
+                } else {
+                    FetchLength::Longer
+                };
+                assert_eq!(got, want, "pattern {pattern:#x}, hint {hint}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_length_is_found_from_any_guesses() {
+        let image = fenced(Mode::Long64);
+        let test = image
+            .prepare(Side::User, &[0x0F, 0x0B], &Setup::default())
+            .unwrap();
+        for len in 1..=16 {
+            for a in 0..=16 {
+                for b in [0, 1, 2, 3, 8, 15, 16] {
+                    let mut runs = 0;
+                    let mut engine = engine_of(&image, len);
+                    let got = measure_guessing(&image, &test, &[a, b], |t| {
+                        runs += 1;
+                        engine(t)
+                    })
+                    .unwrap();
+                    let want = if len <= MAX_LEN {
+                        FetchLength::Bytes(len as u8)
+                    } else {
+                        FetchLength::Longer
+                    };
+                    assert_eq!(got, want, "length {len}, guesses {a} {b}");
+                    if a == len && (2..=MAX_LEN).contains(&len) {
+                        assert_eq!(runs, 2, "a right first guess costs two runs");
+                    }
+                    if a + 1 == len && b == len && (2..=MAX_LEN).contains(&len) {
+                        assert_eq!(runs, 2, "a right second guess after one less");
+                    }
+                    assert!(runs <= 8, "length {len}, guesses {a} {b}: {runs} runs");
+                }
             }
         }
     }

@@ -355,6 +355,42 @@ impl Prober {
         })
     }
 
+    /// [`Prober::fetch_length`] trying the lengths `guesses` first
+    /// ([`crate::length::measure_guessing`]); where `trust` does not accept
+    /// what that found, the length as [`Prober::fetch_length`] finds it from
+    /// `hint`, with the runs already made reused (a run with `k` bytes
+    /// before the boundary is the same test in both searches).
+    pub fn fetch_length_guessing(
+        &mut self,
+        fenced: &GuestImage,
+        side: Side,
+        entry: &Entry,
+        (guesses, hint): (&[usize], usize),
+        trust: impl Fn(&FetchLength) -> bool,
+    ) -> Result<FetchLength, ProbeError> {
+        let Some(test) = fenced.prepare(side, &entry.bytes, &entry.setup) else {
+            return self.fetch_length(fenced, side, entry, hint);
+        };
+        let mut ran: [Option<Outcome>; crate::length::MAX_LEN + 1] = Default::default();
+        let mut run = |p: &mut Prober, t: &Prepared| -> Result<Outcome, ProbeError> {
+            let k = (crate::machine::CODE + crate::machine::PAGE - t.rip) as usize;
+            if let Some(o) = ran.get(k).cloned().flatten() {
+                return Ok(o);
+            }
+            let o = p.run_guarded(fenced, side, t)?.outcome;
+            // An engine failure may not repeat: such a run is made again.
+            if let (Some(slot), false) = (ran.get_mut(k), matches!(o, Outcome::EngineError(_))) {
+                *slot = Some(o.clone());
+            }
+            Ok(o)
+        };
+        let first = crate::length::measure_guessing(fenced, &test, guesses, |t| run(self, t))?;
+        if trust(&first) {
+            return Ok(first);
+        }
+        crate::length::measure(fenced, &test, hint, |t| run(self, t))
+    }
+
     /// Runs a NOP in the state once, keeping its after-state when it completed.
     fn baseline(&mut self, image: &GuestImage, side: Side) -> Result<(), ProbeError> {
         let key = (image.mode, image.config, image.variant, side);

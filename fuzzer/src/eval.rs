@@ -500,7 +500,29 @@ impl Evaluator {
         };
         let mode = self.mode;
         let whole = whole.get_or_insert_with(|| analyzer::explain::raw_entry(input, mode));
-        let l = self.probers[i].fetch_length(fenced, side, whole, len)?;
+        let l = match run.map(|r| &r.obs.outcome) {
+            // The instruction raised #UD itself: its length is most often
+            // where the engine stopped decoding, soon after the prefixes
+            // (Unicorn raises #UD for EVEX at its first byte, for much of
+            // VEX at its second), so those lengths are tried before the
+            // decoder's. A #UD ends the fetch: no k past the length
+            // crosses, so any order of guesses finds the same length as
+            // the decoder's length alone would, provided the length is
+            // within the bytes that ran (beyond them the run saw the
+            // sentinel, not the input's bytes, and another search finds
+            // what the decoder's length alone does).
+            Some(Outcome::Trap { vector: 6, rip, .. }) if *rip == analyzer::machine::TEST_RIP => {
+                let p = gen::prefix_count(mode, input);
+                self.probers[i].fetch_length_guessing(
+                    fenced,
+                    side,
+                    whole,
+                    (&[p + 1, p + 2], len),
+                    |l| l.bytes().is_some_and(|n| n <= len),
+                )?
+            }
+            _ => self.probers[i].fetch_length(fenced, side, whole, len)?,
+        };
         Ok(l.bytes().map(|n| (n, "page-boundary")))
     }
 

@@ -89,6 +89,15 @@ pub fn decode_len(mode: Mode, bytes: &[u8]) -> (usize, bool) {
     (d.len, d.valid)
 }
 
+/// How many of the first bytes are prefixes: legacy prefixes, and REX in
+/// 64-bit mode (where 0x40-0x4F are not INC and DEC).
+pub fn prefix_count(mode: Mode, bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take_while(|&&b| PREFIXES.contains(&b) || (mode == Mode::Long64 && b & 0xF0 == 0x40))
+        .count()
+}
+
 /// The decoder's view of the first instruction of some bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FirstInsn {

@@ -7,7 +7,8 @@
 
 use super::ffi::{self, Events};
 use super::{uc_err, Machine, UnicornError};
-use crate::machine::{EntryState, GuestImage, SegDesc, KSTACK_TOP};
+use crate::machine::descriptors::{translate, Paging};
+use crate::machine::{EntryState, GuestImage, SegDesc, KSTACK_TOP, MEM_SIZE, PAGE};
 use crate::mode::Mode;
 use crate::observe::{Side, SystemState};
 use unicorn_engine::{uc_x86_mmr, Context, RegisterX86 as R};
@@ -20,9 +21,16 @@ pub(super) const EFER: u32 = 0xC000_0080;
 
 impl Machine {
     /// Makes guest memory equal to the image's, writing only changed pages.
-    /// Unicorn's translations are flushed, except when memory is put back
-    /// into the same image and no code was translated outside the code
-    /// page (see `translated_elsewhere`).
+    /// Unicorn's translations are flushed when another image is loaded,
+    /// and when memory is put back into the same image after code was
+    /// translated outside the code page (see `translated_elsewhere`) on a
+    /// page the guest changed. Where memory may differ anywhere (a stray
+    /// write, a change of paging), guest memory is read and compared with
+    /// what was last written to find the pages the guest changed (Unicorn's
+    /// own writes do not invalidate translations; a translation of a page
+    /// the guest did not change is still right). The page walker's
+    /// accessed and dirty bits change the page tables in most runs that
+    /// make memory suspect, and code seldom runs there.
     pub(super) fn load(&mut self, image: &GuestImage) -> Result<(), UnicornError> {
         let same = self.shadow.holds(image);
         if same && !self.memory_suspect {
@@ -30,20 +38,67 @@ impl Machine {
         }
         let all = std::mem::take(&mut self.memory_suspect);
         self.shown = [None, None, None];
-        let (uc, dirty) = (&mut self.uc, self.dirty);
+        // Physical pages the guest may have changed since they were last
+        // written (bit n: page n).
+        let mut stale: u64 = if all { u64::MAX } else { self.dirty };
+        // Only where a flush hangs on it (translations outside the code
+        // page, all of whose pages are known) is memory compared.
+        if all && same && self.translated_elsewhere && !self.ran_unknown {
+            let guest = &mut self.guest_copy;
+            guest.resize(MEM_SIZE as usize, 0);
+            self.uc
+                .mem_read(0, guest)
+                .map_err(uc_err("read guest memory"))?;
+            stale = 0;
+            for (i, page) in guest.chunks(PAGE as usize).enumerate() {
+                let at = i * PAGE as usize;
+                if page != self.shadow.bytes(at, at + PAGE as usize) {
+                    stale |= 1 << i;
+                }
+            }
+        }
+        let uc = &mut self.uc;
         self.shadow.load(
             image,
-            |i| all || dirty & (1 << i) != 0,
+            |i| stale & (1 << i) != 0,
             |at, b| uc.mem_write(at, b).map_err(uc_err("write guest memory")),
         )?;
         // Every dirty page was written.
         self.dirty = 0;
-        if !same || self.translated_elsewhere {
+        if !same || (self.translated_elsewhere && self.ran_on(image, stale)) {
             let _ = self.uc.ctl_flush_tb();
             self.translated_elsewhere = false;
+            self.ran_pages = Default::default();
+            self.ran_unknown = false;
         }
         let _ = self.uc.ctl_flush_tlb();
         Ok(())
+    }
+
+    /// Whether code may have run, since the last flush, on a physical page
+    /// among `stale` (bit n: page n) of `image`, the linear pages it ran on
+    /// mapped by the image's page tables (or as they are without paging).
+    fn ran_on(&self, image: &GuestImage, stale: u64) -> bool {
+        if self.ran_unknown {
+            return true;
+        }
+        let kind = if image.mode.is_long() {
+            Paging::Long
+        } else {
+            Paging::Pae
+        };
+        self.ran_pages.iter().enumerate().any(|(w, &bits)| {
+            (0..64).filter(|b| bits & (1 << b) != 0).any(|b| {
+                let lin = (w as u64 * 64 + b) * PAGE;
+                let phys = if image.mode.has_paging() {
+                    translate(&image.memory, kind, image.sys.cr3, lin)
+                } else {
+                    Some(lin)
+                };
+                // A page that maps nowhere or outside memory: as if changed.
+                phys.is_none_or(|p| p >= MEM_SIZE || stale & (1 << (p / PAGE)) != 0)
+            })
+        })
     }
 
     /// Boots a side of an image and saves the context at the test's first byte.
@@ -149,6 +204,7 @@ impl Machine {
         let r = self.uc.emu_start(start, until, 0, BOOT_INSNS);
         // The boot stub's blocks are translated code outside the code page.
         self.translated_elsewhere = true;
+        self.ran_unknown = true;
         let rip = self.uc.reg_read(R::EIP).unwrap_or(0);
         let intr = self.uc.get_data().intr;
         // The stub's pushes land outside the program's pages (and its

@@ -36,6 +36,33 @@ pub(super) struct Events {
     pub(super) stray_write: bool,
     /// An instruction ran outside the code page (`program_pages[0]`).
     pub(super) ran_elsewhere: bool,
+    /// The linear pages below [`RAN_SPAN`] those instructions are on (bit
+    /// n of word w: page 64 w + n), with the page after each (a block may
+    /// go on there).
+    pub(super) ran_pages: RanPages,
+    /// One of them is at or above [`RAN_SPAN`].
+    pub(super) ran_high: bool,
+}
+
+/// The linear addresses whose pages [`Events::ran_pages`] tells apart: the
+/// 2 MiB every image maps its pages in.
+pub(super) const RAN_SPAN: u64 = 2 << 20;
+
+/// One bit per linear page below [`RAN_SPAN`].
+pub(super) type RanPages = [u64; (RAN_SPAN / PAGE / 64) as usize];
+
+/// Notes the page of `lin` and the one after it in `pages`; false where
+/// either is not below [`RAN_SPAN`].
+pub(super) fn note_page(pages: &mut RanPages, lin: u64) -> bool {
+    let mut fits = true;
+    for page in [lin / PAGE, lin / PAGE + 1] {
+        if page < RAN_SPAN / PAGE {
+            pages[(page / 64) as usize] |= 1 << (page % 64);
+        } else {
+            fits = false;
+        }
+    }
+    fits
 }
 
 /// A Unicorn instance for `mode` with guest memory mapped and the hooks
@@ -93,6 +120,9 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
             let ev = uc.get_data_mut();
             if addr & !(PAGE - 1) != ev.program_pages[0] {
                 ev.ran_elsewhere = true;
+                if !note_page(&mut ev.ran_pages, addr) {
+                    ev.ran_high = true;
+                }
             }
         })
         .map_err(uc_err("add the code hook"))?;

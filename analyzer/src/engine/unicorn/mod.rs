@@ -93,6 +93,18 @@ struct Machine {
     /// it starts, so `load` need not flush when it puts back what a run
     /// wrote into the same image.
     translated_elsewhere: bool,
+    /// The linear pages outside the code page that code ran on since
+    /// Unicorn's translations were last flushed (bit per page below
+    /// `ffi::RAN_SPAN`, with the page after each), so that memory put back
+    /// where no code ran keeps the translations; unless `ran_unknown`.
+    ran_pages: ffi::RanPages,
+    /// Some code since the last flush may have run where `ran_pages` does
+    /// not tell (above `ffi::RAN_SPAN`, after a change of paging or CS, in
+    /// a run the watchdog stopped, in a boot, in an image that shifts the
+    /// code page).
+    ran_unknown: bool,
+    /// Guest memory as read back to find the pages the guest changed.
+    guest_copy: Vec<u8>,
 }
 
 /// The general registers of `mode` in hardware order (RAX..RDI, then
@@ -206,6 +218,9 @@ impl Machine {
             shown: [None, None, None],
             timed_out: false,
             translated_elsewhere: true,
+            ran_pages: Default::default(),
+            ran_unknown: true,
+            guest_copy: Vec::new(),
         })
     }
 
@@ -480,17 +495,34 @@ impl Machine {
             .uc
             .reg_read(if long { R::RIP } else { R::EIP })
             .unwrap_or(u64::MAX);
-        self.translated_elsewhere |= fired
-            || self.uc.get_data().ran_elsewhere
-            || pc & !(PAGE - 1) != CODE
-            || self.uc.reg_read(R::CS).ok() != Some(before.segs[0].selector as u64);
-        self.dirty |= self.uc.get_data().written;
+        let ev = *self.uc.get_data();
+        let cs_changed = self.uc.reg_read(R::CS).ok() != Some(before.segs[0].selector as u64);
+        let stopped_elsewhere = pc & !(PAGE - 1) != CODE;
+        self.translated_elsewhere |= fired || ev.ran_elsewhere || stopped_elsewhere || cs_changed;
+        self.dirty |= ev.written;
         // The write hook tells program pages from others by linear address;
         // with paging changed (CR0, CR3, CR4) a program page's linear
         // address may have reached another physical page.
         let paging = [R::CR0, R::CR3, R::CR4].map(|r| self.uc.reg_read(r).unwrap_or(0));
-        if paging != [before.cr0, before.cr3, before.cr4] {
+        let paging_changed = paging != [before.cr0, before.cr3, before.cr4];
+        if paging_changed {
             self.memory_suspect = true;
+        }
+        // Where code ran outside the code page, by the image's mappings
+        // (the block where the run stopped may be translated and not run).
+        // The code hooks leave out the linear page at CODE, which is not
+        // the code page where an image shifts it: code there goes unseen.
+        let ran_outside = ev.ran_elsewhere || stopped_elsewhere;
+        let unseen = image.linear(CODE) != CODE;
+        if fired || ev.ran_high || unseen || (ran_outside && (paging_changed || cs_changed)) {
+            self.ran_unknown = true;
+        } else {
+            for (all, run) in self.ran_pages.iter_mut().zip(ev.ran_pages) {
+                *all |= run;
+            }
+            if stopped_elsewhere && !ffi::note_page(&mut self.ran_pages, image.linear(pc)) {
+                self.ran_unknown = true;
+            }
         }
         if fired {
             return Ok((Outcome::Hang, false));
