@@ -88,36 +88,6 @@ fn cpl_of(side: Side) -> u8 {
     }
 }
 
-/// Whether two engines' outcomes agree: the same kind of ending at the
-/// same place; an error code or a delivery only one engine reports is not
-/// a difference (Unicorn reports neither).
-fn same_outcome(a: &Outcome, b: &Outcome) -> bool {
-    match (a, b) {
-        (
-            Outcome::Trap {
-                vector: va,
-                error_code: ea,
-                ..
-            },
-            Outcome::Trap {
-                vector: vb,
-                error_code: eb,
-                ..
-            },
-        ) => va == vb && (ea.is_none() || eb.is_none() || ea == eb),
-        (Outcome::Completed { rip: ra, .. }, Outcome::Completed { rip: rb, .. }) => ra == rb,
-        (
-            Outcome::Transfer {
-                kind: ka, cpl: ca, ..
-            },
-            Outcome::Transfer {
-                kind: kb, cpl: cb, ..
-            },
-        ) => ka == kb && (ca.is_none() || cb.is_none() || ca == cb),
-        _ => a.short() == b.short(),
-    }
-}
-
 fn engine_level(o: &Outcome) -> bool {
     matches!(
         o,
@@ -356,7 +326,7 @@ impl Evaluator {
                         continue;
                     }
                     let c = cpl_of(a.side);
-                    if !same_outcome(oa, ob) {
+                    if !oa.agrees(ob) {
                         add(
                             Kind::EngineVsEngine,
                             Some(c),
@@ -609,25 +579,6 @@ fn quick_signature(runs: &[Run]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outcomes_agree_where_one_engine_reports_less() {
-        let trap = |ec| Outcome::Trap {
-            vector: 14,
-            error_code: ec,
-            rip: 0x7100,
-            address: None,
-        };
-        assert!(same_outcome(&trap(None), &trap(Some(2))));
-        assert!(!same_outcome(&trap(Some(6)), &trap(Some(2))));
-        let gp = Outcome::Trap {
-            vector: 13,
-            error_code: None,
-            rip: 0x7100,
-            address: None,
-        };
-        assert!(!same_outcome(&trap(None), &gp));
-    }
 
     #[test]
     fn lengths_are_the_engines_by_run_or_page_boundary() {
