@@ -62,8 +62,9 @@ fn step(exit: VcpuExit<'_>, past_deadline: impl FnOnce() -> bool) -> Step {
     }
 }
 
-/// Runs the vCPU until an exit that ends the run.
-fn run_loop(vcpu: &mut VcpuFd, deadline: Instant) -> Result<Exit, KvmError> {
+/// Runs the vCPU until an exit that ends the run (`synced`: KVM stores the
+/// registers into the sync_regs area when KVM_RUN returns).
+fn run_loop(vcpu: &mut VcpuFd, deadline: Instant, synced: bool) -> Result<Exit, KvmError> {
     let mut io_exits = 0usize;
     loop {
         let exit = match vcpu.run() {
@@ -80,7 +81,11 @@ fn run_loop(vcpu: &mut VcpuFd, deadline: Instant) -> Result<Exit, KvmError> {
         match step(exit, || Instant::now() >= deadline) {
             Step::Hlt => return Ok(Exit::Hlt),
             Step::End(Outcome::EngineError(t)) => {
-                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+                let rip = if synced {
+                    vcpu.sync_regs().regs.rip
+                } else {
+                    vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX)
+                };
                 return Ok(Exit::Ended(Outcome::EngineError(format!(
                     "{t} at rip {rip:#x}"
                 ))));
@@ -99,11 +104,14 @@ impl KvmEngine {
     /// Runs the vCPU, under the watchdog, until the run ends. On PVM the
     /// vCPU thread holds the side's DS/ES/FS/GS selectors while it runs
     /// ([`hostsegs`]); where they cannot be loaded the run is not run.
+    /// `msrs`: the image's MSRs after the run where it cannot have changed
+    /// them (else they are read from the vCPU).
     pub(super) fn execute(
         &mut self,
         image: &GuestImage,
         side: Side,
         test: &Prepared,
+        msrs: Option<&[(u32, u64)]>,
     ) -> Result<Ending, KvmError> {
         let want = thread_selectors(self.flavor, image, side);
         let loaded = match want {
@@ -111,17 +119,26 @@ impl KvmEngine {
             Some(want) => match hostsegs::load(want) {
                 Ok(l) => Some(l),
                 Err(why) => {
+                    // No KVM_RUN: the sync_regs area holds this run's
+                    // registers, not the vCPU's.
+                    self.synced = false;
                     return Ok(Ending::only(Outcome::NotSupported(format!(
                         "{}: {why}",
                         self.flavor
-                    ))))
+                    ))));
                 }
             },
         };
         let start = Instant::now();
         let deadline = start + TIME_LIMIT;
         let vcpu = &mut self.guest.vcpu;
-        let result = self.watchdog.run(deadline, || run_loop(vcpu, deadline));
+        let sync = self.sync;
+        let result = self
+            .watchdog
+            .run(deadline, || run_loop(vcpu, deadline, sync));
+        // Every KVM_RUN that returns stores the registers into the
+        // sync_regs area (asked for where `sync`).
+        self.synced = self.sync && result.is_ok();
         // What the guest's hardware code left in the thread.
         let held = loaded.map(|l| {
             let held = hostsegs::current();
@@ -137,23 +154,33 @@ impl KvmEngine {
             _ => None,
         };
         match result? {
-            Exit::Hlt => self.on_hlt(image, test, loads),
+            Exit::Hlt => self.on_hlt(image, test, loads, msrs),
             Exit::Ended(o) => Ok(Ending::only(o)),
         }
     }
 
     /// A HLT at CPL 0 exited: decode it, then read the state it asks for.
     /// `loads`: the DS/ES/FS/GS selectors the guest's hardware code loaded
-    /// into the vCPU thread, which KVM's state does not show (PVM).
+    /// into the vCPU thread, which KVM's state does not show (PVM). The
+    /// registers are those KVM_RUN stored in the sync_regs area, where it
+    /// does. `msrs`: as in [`KvmEngine::execute`].
     fn on_hlt(
         &mut self,
         image: &GuestImage,
         test: &Prepared,
         loads: Option<[Option<u16>; 4]>,
+        msrs: Option<&[(u32, u64)]>,
     ) -> Result<Ending, KvmError> {
         let vcpu = &self.guest.vcpu;
-        let regs = vcpu.get_regs().map_err(KvmError::GetRegs)?;
-        let sregs = vcpu.get_sregs().map_err(KvmError::GetSregs)?;
+        let (regs, sregs) = if self.synced {
+            let s = vcpu.sync_regs();
+            (s.regs, s.sregs)
+        } else {
+            (
+                vcpu.get_regs().map_err(KvmError::GetRegs)?,
+                vcpu.get_sregs().map_err(KvmError::GetSregs)?,
+            )
+        };
         let halt = Halt {
             image,
             test,
@@ -169,7 +196,7 @@ impl KvmEngine {
                 at,
                 user_rip,
             } => {
-                let mut after = system_state_now(vcpu, image, &at.sregs, at.regs.rflags)?;
+                let mut after = system_state_now(vcpu, image, &at.sregs, at.regs.rflags, msrs)?;
                 for (seg, uncached) in after.segs.iter_mut().zip(at.uncached) {
                     if uncached {
                         seg.cache = None;

@@ -20,6 +20,9 @@ pub(super) fn bytes_at(mem: &[u8], phys: u64, len: usize) -> Option<&[u8]> {
     mem.get(start..start.checked_add(len)?)
 }
 
+/// The pieces a restored page is compared and written in.
+const RESTORE_CHUNK: usize = 256;
+
 /// The host page size (the granule of KVM's dirty log).
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -196,16 +199,19 @@ impl Guest {
     }
 
     /// Undoes the guest's own writes of the last run (pages KVM logged as
-    /// dirty get back what the engine last wrote there).
-    pub(super) fn undo_guest_writes(&mut self) {
+    /// dirty get back what the engine last wrote there). Says whether the
+    /// run wrote only `quiet` pages and page tables (false where KVM keeps
+    /// no dirty log: then the engine cannot tell).
+    pub(super) fn undo_guest_writes(&mut self, quiet: &[u64]) -> bool {
         if !self.dirty_log {
-            return;
+            return false;
         }
         let Ok(bitmap) = self.vm.get_dirty_log(0, MEM_SIZE as usize) else {
             // Without the log, restore_pages still covers the harness pages.
             self.dirty_log = false;
-            return;
+            return false;
         };
+        let mut only_quiet = true;
         let host_page = page_size();
         let guest = self.mem.slice_mut();
         for (w, bits) in bitmap.iter().enumerate() {
@@ -216,6 +222,9 @@ impl Guest {
                 let start = (w * 64 + b) * host_page;
                 let end = (start + host_page).min(guest.len());
                 if start < end {
+                    let page = start as u64 & !(PAGE - 1);
+                    only_quiet &= holds_page_tables(page)
+                        || (host_page == PAGE as usize && quiet.contains(&page));
                     let old = self.shadow.bytes(start, end);
                     // The guest's write to its page tables was seen by
                     // KVM; putting the old bytes back is not. The accessed
@@ -228,6 +237,7 @@ impl Guest {
                 }
             }
         }
+        only_quiet
     }
 
     /// Makes guest memory equal to the image's, writing only changed pages.
@@ -250,15 +260,19 @@ impl Guest {
     }
 
     /// Restores the pages an instruction may dirty and writes the test's own.
+    /// With the dirty log (after [`Guest::undo_guest_writes`]) guest memory
+    /// is what the shadow copy says, so only the pieces that differ are
+    /// written; without it every page is written whole.
     pub(super) fn restore(&mut self, image: &GuestImage, test: &Prepared) {
         let guest = self.mem.slice_mut();
         let mut write = write_into(guest);
+        let stale = !self.dirty_log;
         for &page in &image.restore_pages {
             let _ = self.shadow.put(
                 page,
                 image.page_for(page, test),
-                true,
-                PAGE as usize,
+                stale,
+                RESTORE_CHUNK,
                 &mut write,
             );
         }
