@@ -102,12 +102,26 @@ pub(super) struct Watchdog {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How long the watchdog sleeps after looking at `armed` at `now`: a tick,
+/// or less where the run under way has its deadline sooner (so that a run
+/// is signalled at its deadline, not up to a tick after it: whether a slow
+/// run ends as a hang or reaches its end a few milliseconds later must not
+/// depend on the tick).
+fn nap(armed: Option<Instant>, now: Instant) -> Duration {
+    match armed {
+        Some(deadline) if deadline > now => (deadline - now).min(TICK),
+        _ => TICK,
+    }
+}
+
 fn serve(shared: &Shared) {
+    let mut sleep = TICK;
     while !shared.quit.load(Ordering::Acquire) {
-        std::thread::park_timeout(TICK);
+        std::thread::park_timeout(sleep);
         let armed = shared.armed();
+        let now = Instant::now();
         if let Some(a) = armed.as_ref() {
-            if Instant::now() >= a.deadline {
+            if now >= a.deadline {
                 // SAFETY: the thread is the vCPU thread that armed the
                 // watchdog; it disarms under this lock before it leaves the
                 // run, so it is alive while the lock is held here; the
@@ -118,6 +132,7 @@ fn serve(shared: &Shared) {
                 }
             }
         }
+        sleep = nap(armed.as_ref().map(|a| a.deadline), now);
     }
 }
 
@@ -174,5 +189,21 @@ impl Drop for Watchdog {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_naps_a_tick_or_until_the_deadline() {
+        let now = Instant::now();
+        assert_eq!(nap(None, now), TICK);
+        assert_eq!(nap(Some(now + TICK * 10), now), TICK);
+        let soon = Duration::from_micros(300);
+        assert_eq!(nap(Some(now + soon), now), soon);
+        // Past the deadline: signalled now, again a tick later.
+        assert_eq!(nap(Some(now), now), TICK);
     }
 }
