@@ -287,7 +287,7 @@ pub(super) fn cpl_of(mode: Mode, sregs: &kvm_sregs) -> u8 {
 }
 
 /// The image's MSRs as the vCPU has them now.
-fn read_msrs(vcpu: &VcpuFd, image: &GuestImage) -> Result<Vec<(u32, u64)>, KvmError> {
+pub(super) fn read_msrs(vcpu: &VcpuFd, image: &GuestImage) -> Result<Vec<(u32, u64)>, KvmError> {
     if image.sys.msrs.is_empty() {
         return Ok(Vec::new());
     }

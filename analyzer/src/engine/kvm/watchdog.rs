@@ -73,9 +73,11 @@ fn install_signal_handler() -> Result<(), KvmError> {
 /// KVM_RUN enters the guest is followed by another).
 const TICK: Duration = Duration::from_millis(5);
 
-/// The run under way: its deadline and the vCPU thread running it.
+/// The run under way: its deadline, from when on it is paused every tick
+/// to look for a stall, and the vCPU thread running it.
 struct Armed {
     deadline: Instant,
+    pause_from: Instant,
     thread: libc::pthread_t,
 }
 
@@ -102,16 +104,20 @@ pub(super) struct Watchdog {
     thread: Option<JoinHandle<()>>,
 }
 
-/// How long the watchdog sleeps after looking at `armed` at `now`: a tick,
-/// or less where the run under way has its deadline sooner (so that a run
-/// is signalled at its deadline, not up to a tick after it: whether a slow
-/// run ends as a hang or reaches its end a few milliseconds later must not
-/// depend on the tick).
-fn nap(armed: Option<Instant>, now: Instant) -> Duration {
-    match armed {
-        Some(deadline) if deadline > now => (deadline - now).min(TICK),
-        _ => TICK,
-    }
+/// How long the watchdog sleeps after looking at the run under way (its
+/// deadline and when its pauses start) at `now`: a tick, or less where one
+/// of them comes sooner (so that a run is signalled at its deadline, not up
+/// to a tick after it: whether a slow run ends as a hang or reaches its end
+/// a few milliseconds later must not depend on the tick).
+fn nap(armed: Option<(Instant, Instant)>, now: Instant) -> Duration {
+    let Some((deadline, pause_from)) = armed else {
+        return TICK;
+    };
+    [deadline, pause_from]
+        .into_iter()
+        .filter(|&t| t > now)
+        .map(|t| t - now)
+        .fold(TICK, Duration::min)
 }
 
 fn serve(shared: &Shared) {
@@ -121,7 +127,7 @@ fn serve(shared: &Shared) {
         let armed = shared.armed();
         let now = Instant::now();
         if let Some(a) = armed.as_ref() {
-            if now >= a.deadline {
+            if now >= a.deadline || now >= a.pause_from {
                 // SAFETY: the thread is the vCPU thread that armed the
                 // watchdog; it disarms under this lock before it leaves the
                 // run, so it is alive while the lock is held here; the
@@ -132,7 +138,7 @@ fn serve(shared: &Shared) {
                 }
             }
         }
-        sleep = nap(armed.as_ref().map(|a| a.deadline), now);
+        sleep = nap(armed.as_ref().map(|a| (a.deadline, a.pause_from)), now);
     }
 }
 
@@ -155,8 +161,14 @@ impl Watchdog {
     }
 
     /// Runs `f` on the calling thread (the vCPU thread) under the deadline:
-    /// past it, the thread is signalled until `f` returns.
-    pub(super) fn run<R>(&self, deadline: Instant, f: impl FnOnce() -> R) -> R {
+    /// from `pause_from` on, and past the deadline, the thread is signalled
+    /// every tick until `f` returns.
+    pub(super) fn run<R>(
+        &self,
+        deadline: Instant,
+        pause_from: Instant,
+        f: impl FnOnce() -> R,
+    ) -> R {
         thread_local! {
             static UNBLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         }
@@ -176,7 +188,11 @@ impl Watchdog {
                 *self.0.armed() = None;
             }
         }
-        *self.shared.armed() = Some(Armed { deadline, thread });
+        *self.shared.armed() = Some(Armed {
+            deadline,
+            pause_from,
+            thread,
+        });
         let _disarm = Disarm(&self.shared);
         f()
     }
@@ -199,11 +215,13 @@ mod tests {
     #[test]
     fn the_watchdog_naps_a_tick_or_until_the_deadline() {
         let now = Instant::now();
+        let later = now + TICK * 10;
         assert_eq!(nap(None, now), TICK);
-        assert_eq!(nap(Some(now + TICK * 10), now), TICK);
+        assert_eq!(nap(Some((later, later)), now), TICK);
         let soon = Duration::from_micros(300);
-        assert_eq!(nap(Some(now + soon), now), soon);
-        // Past the deadline: signalled now, again a tick later.
-        assert_eq!(nap(Some(now), now), TICK);
+        assert_eq!(nap(Some((now + soon, later)), now), soon);
+        assert_eq!(nap(Some((later, now + soon)), now), soon);
+        // Past both: signalled now, again a tick later.
+        assert_eq!(nap(Some((now, now)), now), TICK);
     }
 }
