@@ -7,8 +7,9 @@
 //! Where KVM offers it (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2; kvm_pvm does),
 //! reading the dirty log does not write-protect the pages again: the engine
 //! does that itself (KVM_CLEAR_DIRTY_LOG) for every dirty page but the
-//! quiet ones, the harness pages a run writes again and again (the kernel
-//! stack, data and stack pages, descriptor tables). Those stay writable, so
+//! quiet ones, the pages runs write again and again (the kernel stack, data
+//! and stack pages, descriptor tables, and the page tables, whose accessed
+//! and dirty bits every run sets anew). Those stay writable, so
 //! the guest's first write to them in a run costs no fault; they are
 //! compared with the shadow copy after every run instead ("kept" pages).
 //!
@@ -302,24 +303,28 @@ impl Guest {
             let page = start as u64;
             let old = self.shadow.bytes(start, end);
             let now = &mut guest[start..end];
+            let tables = holds_page_tables(page);
             if self.kept & (1 << n) != 0 {
                 if now == old {
                     continue;
+                }
+                if tables && !same_but_ad(now, old) {
+                    self.translations_stale = true;
                 }
                 for (dst, src) in now.chunks_mut(RESTORE_CHUNK).zip(old.chunks(RESTORE_CHUNK)) {
                     if dst != src {
                         dst.copy_from_slice(src);
                     }
                 }
-                only_quiet &= quiet.contains(&page);
+                only_quiet &= tables || quiet.contains(&page);
                 continue;
             }
-            only_quiet &= holds_page_tables(page) || quiet.contains(&page);
-            if holds_page_tables(page) && !same_but_ad(now, old) {
+            only_quiet &= tables || quiet.contains(&page);
+            if tables && !same_but_ad(now, old) {
                 self.translations_stale = true;
             }
             now.copy_from_slice(old);
-            if quiet.contains(&page) && !holds_page_tables(page) {
+            if tables || quiet.contains(&page) {
                 self.kept |= 1 << n;
             } else {
                 protect |= 1 << n;
