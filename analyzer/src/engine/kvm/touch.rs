@@ -288,6 +288,13 @@ mod tests {
             .prepare(Side::User, &[0x48, 0x01, 0xC8], &Setup::default())
             .unwrap();
         assert_eq!(touches(Mode::Long64, &p.at_page_end(2)), Touches::ALL);
-        assert_eq!(Touches::NONE.or(XSTATE).or(MSRS).msrs, true);
+        assert_eq!(
+            Touches::NONE.or(XSTATE).or(MSRS),
+            Touches {
+                xstate: true,
+                msrs: true,
+                debug: false
+            }
+        );
     }
 }
