@@ -85,6 +85,30 @@ fn kvm_run(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| black_box(e.run(&img, side, &p))));
     }
     g.finish();
+    // A scan alternates the CPLs: one run at CPL 0 and one at CPL 3 per
+    // iteration (two runs).
+    let mut g = c.benchmark_group("kvm_mix");
+    g.throughput(Throughput::Elements(2));
+    let Ok(mut e) = engine::open(EngineKind::Kvm) else {
+        return;
+    };
+    let tests: Vec<_> = Side::BOTH
+        .into_iter()
+        .filter_map(|side| {
+            Some((
+                side,
+                img.prepare(side, &[0x48, 0x01, 0xC8], &Setup::default())?,
+            ))
+        })
+        .collect();
+    g.bench_function("add_64_cpl0_then_cpl3", |b| {
+        b.iter(|| {
+            for (side, p) in &tests {
+                black_box(e.run(&img, *side, p));
+            }
+        })
+    });
+    g.finish();
 }
 
 /// The native engine: the host CPU at CPL 3 in its worker process (64-bit

@@ -4,13 +4,26 @@
 //! an image, restore the harness pages, undo the guest's own writes through
 //! KVM's dirty log).
 //!
+//! Where KVM offers it (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2; kvm_pvm does),
+//! reading the dirty log does not write-protect the pages again: the engine
+//! does that itself (KVM_CLEAR_DIRTY_LOG) for every dirty page but the
+//! quiet ones, the pages runs write again and again (the kernel stack, data
+//! and stack pages, descriptor tables, and the page tables, whose accessed
+//! and dirty bits every run sets anew). Those stay writable, so
+//! the guest's first write to them in a run costs no fault; they are
+//! compared with the shadow copy after every run instead ("kept" pages).
+//!
 //! The engine's memory `unsafe` lives here: the mapping, the slices over it,
 //! handing it to KVM, and unmapping it after KVM is done with it.
 
 use super::KvmError;
 use crate::engine::shadow::Shadow;
 use crate::machine::{GuestImage, Prepared, MEM_SIZE, MOVED_PAGE_TABLES, PAGE, PAGE_TABLES};
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_bindings::{
+    kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region, KVMIO,
+    KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+    KVM_MEM_LOG_DIRTY_PAGES,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::convert::Infallible;
 
@@ -19,6 +32,15 @@ pub(super) fn bytes_at(mem: &[u8], phys: u64, len: usize) -> Option<&[u8]> {
     let start = usize::try_from(phys).ok()?;
     mem.get(start..start.checked_add(len)?)
 }
+
+vmm_sys_util::ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+
+/// Pages of guest memory (one bit each in a `u64` dirty-log word).
+const PAGES: usize = (MEM_SIZE / PAGE) as usize;
+const _: () = assert!(PAGES == 64, "the kept-page mask is one u64");
+
+/// The pieces a restored page is compared and written in.
+const RESTORE_CHUNK: usize = 256;
 
 /// The host page size (the granule of KVM's dirty log).
 fn page_size() -> usize {
@@ -102,6 +124,12 @@ pub(super) struct Guest {
     /// so its translations may still follow the old entries (measured on
     /// PVM: a data page made not executable stayed executable at CPL 3).
     translations_stale: bool,
+    /// Whether the engine write-protects dirty pages itself (manual
+    /// dirty-log protection; guest pages are host pages).
+    manual_protect: bool,
+    /// The pages (bit n: page n) left writable and dirty in KVM's log:
+    /// compared with the shadow copy after every run.
+    kept: u64,
 }
 
 /// Whether two pages of page-table entries are the same but for their
@@ -134,6 +162,17 @@ impl Guest {
         // unmapped: locals drop in reverse order.
         let mem = Mapping::new(MEM_SIZE as usize)?;
         let vm = kvm.create_vm().map_err(KvmError::CreateVm)?;
+        let manual_protect = page_size() == PAGE as usize
+            && vm.check_extension_raw(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2.into()) as u32
+                & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+                != 0
+            && vm
+                .enable_cap(&kvm_enable_cap {
+                    cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                    args: [KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE.into(), 0, 0, 0],
+                    ..Default::default()
+                })
+                .is_ok();
         let mut region = kvm_userspace_memory_region {
             slot: 0,
             flags: KVM_MEM_LOG_DIRTY_PAGES,
@@ -163,6 +202,8 @@ impl Guest {
             dirty_log,
             slot_flags: region.flags,
             translations_stale: false,
+            manual_protect,
+            kept: 0,
         })
     }
 
@@ -187,6 +228,8 @@ impl Guest {
         // SAFETY: the region is the live mapping `mem` of `MEM_SIZE` bytes,
         // unmapped only after the VM and its vCPU are closed (as in `new`).
         unsafe { self.vm.set_user_memory_region(region) }.map_err(KvmError::SetMemoryRegion)?;
+        // The new slot's pages are write-protected and clean again.
+        self.kept = 0;
         Ok(())
     }
 
@@ -196,17 +239,24 @@ impl Guest {
     }
 
     /// Undoes the guest's own writes of the last run (pages KVM logged as
-    /// dirty get back what the engine last wrote there).
-    pub(super) fn undo_guest_writes(&mut self) {
+    /// dirty get back what the engine last wrote there). Says whether the
+    /// run wrote only `quiet` pages and page tables (false where KVM keeps
+    /// no dirty log: then the engine cannot tell).
+    pub(super) fn undo_guest_writes(&mut self, quiet: &[u64]) -> bool {
         if !self.dirty_log {
-            return;
+            return false;
         }
         let Ok(bitmap) = self.vm.get_dirty_log(0, MEM_SIZE as usize) else {
             // Without the log, restore_pages still covers the harness pages.
             self.dirty_log = false;
-            return;
+            return false;
         };
+        let mut only_quiet = true;
         let host_page = page_size();
+        if self.manual_protect {
+            let logged = bitmap.first().copied().unwrap_or(0);
+            return self.undo_kept_and_logged(logged, quiet);
+        }
         let guest = self.mem.slice_mut();
         for (w, bits) in bitmap.iter().enumerate() {
             let mut bits = *bits;
@@ -216,6 +266,9 @@ impl Guest {
                 let start = (w * 64 + b) * host_page;
                 let end = (start + host_page).min(guest.len());
                 if start < end {
+                    let page = start as u64 & !(PAGE - 1);
+                    only_quiet &= holds_page_tables(page)
+                        || (host_page == PAGE as usize && quiet.contains(&page));
                     let old = self.shadow.bytes(start, end);
                     // The guest's write to its page tables was seen by
                     // KVM; putting the old bytes back is not. The accessed
@@ -228,6 +281,83 @@ impl Guest {
                 }
             }
         }
+        only_quiet
+    }
+
+    /// [`Guest::undo_guest_writes`] under manual protection: `logged` are
+    /// the pages KVM logged as dirty (kept ones among them, always). A kept
+    /// page counts as written where it differs from the shadow copy, and
+    /// only those pieces are copied back; every other logged page is copied
+    /// back whole and, unless it is quiet, write-protected again (a quiet
+    /// one is kept from now on).
+    fn undo_kept_and_logged(&mut self, logged: u64, quiet: &[u64]) -> bool {
+        let mut only_quiet = true;
+        let mut protect = 0u64;
+        let guest = self.mem.slice_mut();
+        let mut bits = logged | self.kept;
+        while bits != 0 {
+            let n = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let start = n * PAGE as usize;
+            let end = start + PAGE as usize;
+            let page = start as u64;
+            let old = self.shadow.bytes(start, end);
+            let now = &mut guest[start..end];
+            let tables = holds_page_tables(page);
+            if self.kept & (1 << n) != 0 {
+                if now == old {
+                    continue;
+                }
+                if tables && !same_but_ad(now, old) {
+                    self.translations_stale = true;
+                }
+                for (dst, src) in now.chunks_mut(RESTORE_CHUNK).zip(old.chunks(RESTORE_CHUNK)) {
+                    if dst != src {
+                        dst.copy_from_slice(src);
+                    }
+                }
+                only_quiet &= tables || quiet.contains(&page);
+                continue;
+            }
+            only_quiet &= tables || quiet.contains(&page);
+            if tables && !same_but_ad(now, old) {
+                self.translations_stale = true;
+            }
+            now.copy_from_slice(old);
+            if tables || quiet.contains(&page) {
+                self.kept |= 1 << n;
+            } else {
+                protect |= 1 << n;
+            }
+        }
+        if protect != 0 && self.clear_dirty_log(protect).is_err() {
+            // KVM would no longer log those pages' writes: fall back to
+            // restoring every harness page whole (and resetting everything).
+            self.dirty_log = false;
+            return false;
+        }
+        only_quiet
+    }
+
+    /// Clears the log's bits for `pages` and write-protects them again.
+    fn clear_dirty_log(&self, mut pages: u64) -> Result<(), std::io::Error> {
+        let mut clear = kvm_clear_dirty_log {
+            slot: 0,
+            num_pages: PAGES as u32,
+            first_page: 0,
+            ..Default::default()
+        };
+        clear.__bindgen_anon_1.dirty_bitmap = (&raw mut pages).cast();
+        // SAFETY: KVM_CLEAR_DIRTY_LOG on the VM's own fd reads the 24-byte
+        // `kvm_clear_dirty_log` and, through its pointer, `num_pages` bits
+        // (64: one u64, `pages`, alive until the call returns); it writes
+        // no memory of this process.
+        let r =
+            unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.vm, KVM_CLEAR_DIRTY_LOG(), &clear) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Makes guest memory equal to the image's, writing only changed pages.
@@ -250,15 +380,19 @@ impl Guest {
     }
 
     /// Restores the pages an instruction may dirty and writes the test's own.
+    /// With the dirty log (after [`Guest::undo_guest_writes`]) guest memory
+    /// is what the shadow copy says, so only the pieces that differ are
+    /// written; without it every page is written whole.
     pub(super) fn restore(&mut self, image: &GuestImage, test: &Prepared) {
         let guest = self.mem.slice_mut();
         let mut write = write_into(guest);
+        let stale = !self.dirty_log;
         for &page in &image.restore_pages {
             let _ = self.shadow.put(
                 page,
                 image.page_for(page, test),
-                true,
-                PAGE as usize,
+                stale,
+                RESTORE_CHUNK,
                 &mut write,
             );
         }

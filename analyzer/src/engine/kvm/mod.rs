@@ -1,7 +1,18 @@
 //! The KVM engine: one VM with one vCPU per engine (one engine per worker),
-//! reused for every run. Every run sets all registers anew with
-//! KVM_SET_SREGS / KVM_SET_MSRS / KVM_SET_REGS and restores the harness
-//! pages an instruction may dirty; nothing runs the boot stubs.
+//! reused for every run. Every run sets all registers anew and restores the
+//! harness pages an instruction may dirty; nothing runs the boot stubs.
+//!
+//! The lean run path (where KVM offers KVM_CAP_SYNC_REGS; kvm_pvm offers
+//! REGS, SREGS and EVENTS): a run is one KVM_RUN and one KVM_GET_DIRTY_LOG.
+//! The general and special registers (and pending events, when they must be
+//! cleared) go in through `kvm_run`'s sync_regs area and come back out of
+//! it; the XSAVE state, the debug registers and the image's MSRs are reset
+//! only where an earlier run may have changed them, and the MSRs read after
+//! a run only where it may have changed them ([`touch`]: decided from the
+//! test's decoded encoding, everything where in doubt). The first run of an
+//! image and side, and every run after one that may have changed the MSRs,
+//! takes the full path (one ioctl per part), which is what the before-state
+//! is read from. `POPEK_KVM_FULL=1` takes the full path for every run.
 //!
 //! Exits: every HLT at CPL 0 exits with KVM_EXIT_HLT (no in-kernel irqchip),
 //! so the sentinel, the landing pads and every IDT/SYSCALL/SYSENTER/call-gate
@@ -12,14 +23,17 @@
 //! sentinel as the frame's RIP: that is a completion, and the user state is
 //! rebuilt from the registers and the frame.
 //!
-//! A watchdog thread per engine sends a real-time signal to the vCPU thread
-//! when a run overstays [`TIME_LIMIT`]; `KVM_RUN` then returns EINTR and the
-//! run is a `Hang`.
+//! A watchdog thread per engine polls the deadline of the run under way
+//! (no run wakes it) and sends a real-time signal to the vCPU thread when a
+//! run overstays [`TIME_LIMIT`]; `KVM_RUN` then returns EINTR and the run
+//! is a `Hang`. From 10 ms on a run is also paused every 5 ms and its whole
+//! guest state sampled: the same state twice is a cycle, a `Hang` at once
+//! (see `exit`).
 //!
 //! Besides the image's `restore_pages`, every page the guest dirtied (KVM's
 //! dirty log) gets back its last written content before the next run; x87/SSE
-//! state, debug registers, CR8 and (after an engine-level end) pending events
-//! are reset too. The before-state is what KVM reports right after the
+//! state and debug registers (where a run may have changed them), CR8 and
+//! (after an engine-level end) pending events are reset too. The before-state is what KVM reports right after the
 //! registers are set (read once per image and side).
 //!
 //! Not supported: a supervisor at CPL 1 or 3 (ring-compression variants):
@@ -62,6 +76,22 @@
 //!   when KVM_RUN returns and the run did not start with replaces KVM's,
 //!   without a descriptor cache (the hardware holds the host's descriptor).
 //!
+//! Speed of the lean path, side by side with the full path it replaced
+//! (commit fba1d18) on 2026-12-01, AMD EPYC, a machine shared with other
+//! sessions (load 3-8 on 2 cores): the full default scan 617,760 runs in
+//! 15.1-15.9 s (38,800-40,800 runs/s, 15.3-15.6 CPU-s) against 28.8-43.1 s
+//! (14,300-21,400 runs/s, 28.6-29.0 CPU-s), reports byte-identical; the
+//! 64-bit umip=on scan with `--jobs 1` 5.9-7.0 s against 14.0 s. Ioctls per
+//! run in that scan: 2.3 against 8.6 (KVM_SET_XSAVE before most SSE/AVX
+//! runs is most of the rest). Before the stall check, 164 runs of the
+//! default scan (VMCALL, VMMCALL, VMGEXIT at CPL 0, looping inside KVM)
+//! took 100 ms each: 16 of its 29 CPU-seconds. What is left is KVM's: on
+//! PVM every vCPU ioctl costs 2-3 µs (vcpu_load/put), CPL-0 code runs in
+//! the instruction emulator, and a CPL-3 run ends through #GP delivery to
+//! the ring-0 stub. Not done: an MMIO-write sentinel at CPL 3 (measured
+//! 3 µs cheaper than HLT, #GP and the stub), which would change the code
+//! page's bytes after the test, which a test can read.
+//!
 //! There was a batch path (many CPL-3 cases per KVM_RUN through a ring-0
 //! runtime in a second memory slot; removed, git history keeps it): on
 //! `kvm_pvm` guest CPL-0 code runs in KVM's instruction emulator, and
@@ -69,17 +99,19 @@
 //! runs/s (bench `kvm_batch`, 256 NOP cases).
 //!
 //! Modules, one job each: `flavor` (which KVM, the device), `memory` (the
-//! VM, its vCPU and guest memory; the memory `unsafe`), `watchdog` (the
-//! deadline signal; the signal `unsafe`), `hostsegs` (the vCPU thread's
-//! segment selectors on PVM; the segment-register `unsafe`), `vcpu`
-//! (register state in and out), `exit` (the KVM_RUN loop) and `frame` (what
-//! a HLT exit means, pure).
+//! VM, its vCPU and guest memory, the dirty log; the memory `unsafe`),
+//! `watchdog` (the deadline signal; the signal `unsafe`), `hostsegs` (the
+//! vCPU thread's segment selectors on PVM; the segment-register `unsafe`),
+//! `vcpu` (register state in and out), `touch` (what a test may change
+//! beyond the registers, pure), `exit` (the KVM_RUN loop, stalls) and
+//! `frame` (what a HLT exit means, pure).
 
 mod exit;
 mod flavor;
 mod frame;
 mod hostsegs;
 mod memory;
+mod touch;
 mod vcpu;
 mod watchdog;
 
@@ -94,6 +126,7 @@ use kvm_ioctls::Kvm;
 use memory::Guest;
 use std::collections::HashMap;
 use std::time::Duration;
+use touch::Touches;
 use vmm_sys_util::errno::Error as Errno;
 use watchdog::Watchdog;
 
@@ -171,11 +204,25 @@ impl Ending {
     }
 }
 
-/// A VM with its memory and a vCPU with `cpuid`.
-fn new_guest(kvm: &Kvm, cpuid: &kvm_bindings::CpuId) -> Result<Guest, KvmError> {
-    let guest = Guest::new(kvm)?;
+/// A VM with its memory and a vCPU with `cpuid` (whose registers KVM
+/// stores into the sync_regs area after every run where `sync`).
+fn new_guest(kvm: &Kvm, cpuid: &kvm_bindings::CpuId, sync: bool) -> Result<Guest, KvmError> {
+    let mut guest = Guest::new(kvm)?;
     guest.vcpu.set_cpuid2(cpuid).map_err(KvmError::SetCpuid)?;
+    if sync {
+        vcpu::sync_after_every_run(&mut guest.vcpu);
+    }
     Ok(guest)
+}
+
+/// Whether KVM can pass the general and special registers and the pending
+/// events through `kvm_run` (KVM_CAP_SYNC_REGS).
+fn offers_sync_regs(kvm: &Kvm) -> bool {
+    let want = kvm_bindings::KVM_SYNC_X86_REGS
+        | kvm_bindings::KVM_SYNC_X86_SREGS
+        | kvm_bindings::KVM_SYNC_X86_EVENTS;
+    let have = kvm.check_extension_int(kvm_ioctls::Cap::SyncRegs);
+    have > 0 && (have as u32) & want == want
 }
 
 /// Whether a run of `test` may leave state behind that setting the
@@ -216,6 +263,17 @@ pub struct KvmEngine {
     /// Whether KVM offers the guest CR4.UMIP (CPUID.7.0:ECX bit 2 of the
     /// supported CPUID), in hardware or emulated.
     umip: bool,
+    /// Whether KVM offers sync_regs (then runs take the lean way in).
+    sync: bool,
+    /// The sync_regs area holds the vCPU's registers as the last KVM_RUN
+    /// left them (false for a new guest until its first run).
+    synced: bool,
+    /// The parts of the vCPU's state an earlier run may have changed: reset
+    /// before the next run ([`touch`]).
+    dirty: Touches,
+    /// The pages the last run may write without widening `dirty` to all
+    /// (its image's `restore_pages` but the code page).
+    quiet_pages: Vec<u64>,
 }
 
 impl KvmEngine {
@@ -234,11 +292,15 @@ impl KvmEngine {
         let api = kvm.get_api_version();
         // The VM first: a device that is not KVM fails here, and the
         // error names the device.
-        let guest = Guest::new(&kvm)?;
+        let mut guest = Guest::new(&kvm)?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(KvmError::GetSupportedCpuid)?;
         guest.vcpu.set_cpuid2(&cpuid).map_err(KvmError::SetCpuid)?;
+        let sync = offers_sync_regs(&kvm) && std::env::var_os("POPEK_KVM_FULL").is_none();
+        if sync {
+            vcpu::sync_after_every_run(&mut guest.vcpu);
+        }
         let umip = cpuid
             .as_slice()
             .iter()
@@ -256,6 +318,10 @@ impl KvmEngine {
             befores: HashMap::new(),
             reset_events: false,
             umip,
+            sync,
+            synced: false,
+            dirty: Touches::ALL,
+            quiet_pages: Vec::new(),
         })
     }
 
@@ -270,24 +336,46 @@ impl KvmEngine {
     }
 
     /// Sets every register for the start of a run (after clearing pending
-    /// events if the last run ended at engine level).
+    /// events if the last run ended at engine level): the lean way where
+    /// KVM offers sync_regs, the before-state is known (`known_before`)
+    /// and no earlier run may have changed the image's MSRs; else the full
+    /// way, one ioctl per part.
     fn set_state(
         &mut self,
         image: &GuestImage,
         side: Side,
         test: &Prepared,
+        known_before: bool,
+        touches: Touches,
     ) -> Result<(), KvmError> {
-        if self.reset_events {
-            vcpu::clear_events(&self.guest.vcpu)?;
-            self.reset_events = false;
+        // The XSAVE state only where this run may use it (no other
+        // instruction sees it); the debug registers and the MSRs whenever
+        // dirty (DR7 arms breakpoints for every run, and every observation
+        // records the MSRs).
+        let dirty = std::mem::replace(&mut self.dirty, Touches::ALL);
+        let reset = Touches {
+            xstate: dirty.xstate && touches.xstate,
+            ..dirty
+        };
+        let clear_events = std::mem::take(&mut self.reset_events);
+        let lean = self.sync && self.synced && known_before && !reset.msrs;
+        let v = &mut self.guest.vcpu;
+        let xsave = self.guest.xsave_reset.as_ref();
+        if lean {
+            vcpu::set_state_synced(v, xsave, image, side, test, reset, clear_events)?;
+        } else {
+            vcpu::forget_synced_state(v);
+            if clear_events {
+                vcpu::clear_events(v)?;
+            }
+            vcpu::set_state(v, xsave, image, side, test)?;
         }
-        vcpu::set_state(
-            &self.guest.vcpu,
-            self.guest.xsave_reset.as_ref(),
-            image,
-            side,
-            test,
-        )
+        // Left dirty: the XSAVE state this run did not reset.
+        self.dirty = Touches {
+            xstate: lean && dirty.xstate && !touches.xstate,
+            ..Touches::NONE
+        };
+        Ok(())
     }
 
     /// The before-state: what KVM reports right after the state is set.
@@ -295,7 +383,7 @@ impl KvmEngine {
         let v = &self.guest.vcpu;
         let sregs = v.get_sregs().map_err(KvmError::GetSregs)?;
         let regs = v.get_regs().map_err(KvmError::GetRegs)?;
-        vcpu::system_state_now(v, image, &sregs, regs.rflags)
+        vcpu::system_state_now(v, image, &sregs, regs.rflags, None)
     }
 
     /// One run; every failure of KVM itself becomes `Outcome::EngineError`.
@@ -307,25 +395,44 @@ impl KvmEngine {
             )
         };
         if std::mem::take(&mut self.fresh_guest) {
-            match new_guest(&self.kvm, &self.cpuid) {
-                Ok(g) => self.guest = g,
+            match new_guest(&self.kvm, &self.cpuid, self.sync) {
+                Ok(g) => {
+                    self.guest = g;
+                    self.synced = false;
+                    self.dirty = Touches::ALL;
+                }
                 Err(e) => return fail(e, SystemState::default()),
             }
         }
         self.fresh_guest = leaves_state_behind(side, test);
-        self.guest.undo_guest_writes();
+        if !self.guest.undo_guest_writes(&self.quiet_pages) {
+            // The last run wrote where code may be (or the engine cannot
+            // tell where it wrote): it may have run more than its test.
+            self.dirty = Touches::ALL;
+        }
+        self.quiet_pages.clear();
+        self.quiet_pages.extend(
+            image
+                .restore_pages
+                .iter()
+                .filter(|&&p| p != image.code_phys),
+        );
         self.guest.load(image);
         self.guest.restore(image, test);
         if let Err(e) = self.guest.sync_translations() {
             return fail(e, SystemState::default());
         }
-        if let Err(e) = self.set_state(image, side, test) {
+        let key = ((image.mode, image.config, image.variant), side);
+        let touches = touch::touches(image.mode, test);
+        let known_before = self.befores.contains_key(&key);
+        if let Err(e) = self.set_state(image, side, test, known_before, touches) {
             self.reset_events = true;
+            self.synced = false;
             return fail(e, SystemState::default());
         }
         // The before-state is what KVM reported right after setting it
-        // (the first time for this image and side; every run sets the same).
-        let key = ((image.mode, image.config, image.variant), side);
+        // (the first time for this image and side, set the full way; every
+        // run sets the same).
         let before = match self.befores.get(&key) {
             Some(b) => b.clone(),
             None => match self.read_before(image) {
@@ -336,9 +443,15 @@ impl KvmEngine {
                 Err(e) => return fail(e, SystemState::default()),
             },
         };
-        let result = self.execute(image, side, test);
+        let msrs = (!touches.msrs).then_some(&before.msrs[..]);
+        let result = self.execute(image, side, test, msrs);
         if !matches!(&result, Ok(end) if !end.outcome.is_engine_level()) {
             self.reset_events = true;
+            if !self.stopped_at_start(&result, test) {
+                self.dirty = Touches::ALL;
+            }
+        } else {
+            self.dirty = self.dirty.or(touches);
         }
         match result {
             Ok(mut end) => {
@@ -362,6 +475,16 @@ impl KvmEngine {
             }
             Err(e) => fail(e, before),
         }
+    }
+
+    /// Whether a run ended by KVM with the vCPU still at the test's first
+    /// byte: KVM could not run the instruction (KVM_EXIT_INTERNAL_ERROR: an
+    /// instruction its emulator does not know), so it retired nothing and
+    /// left the XSAVE state, the debug registers and the MSRs as they were.
+    fn stopped_at_start(&self, result: &Result<Ending, KvmError>, test: &Prepared) -> bool {
+        self.synced
+            && matches!(result, Ok(end) if matches!(end.outcome, Outcome::EngineError(_)))
+            && self.guest.vcpu.sync_regs().regs.rip == test.rip
     }
 
     /// Probes a mode once: a NOP at CPL 0 in the base image must complete.

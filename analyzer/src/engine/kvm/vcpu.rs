@@ -1,9 +1,14 @@
-//! vCPU state in and out: the registers a run starts from (set with
-//! KVM_SET_FPU / DEBUGREGS / SREGS / MSRS / REGS), and the system and user
-//! state read back. The conversions between the harness's types and KVM's
-//! are pure functions; the rest is one ioctl after another.
+//! vCPU state in and out: the registers a run starts from, and the system
+//! and user state read back. Two ways in: the full one ([`set_state`]: one
+//! ioctl per part, KVM_SET_XSAVE / DEBUGREGS / SREGS / MSRS / REGS) and the
+//! lean one ([`set_state_synced`]: general and special registers, and
+//! pending events when asked, through `kvm_run`'s sync_regs area, which
+//! KVM_RUN loads; XSAVE state and debug registers only where an earlier run
+//! may have changed them). The conversions between the harness's types and
+//! KVM's are pure functions; the rest is one ioctl after another.
 
 use super::memory::bytes_at;
+use super::touch::Touches;
 use super::KvmError;
 use crate::machine::{EntryState, GuestImage, Prepared, SegDesc, SysRegs, PAGE};
 use crate::mode::Mode;
@@ -13,7 +18,7 @@ use kvm_bindings::{
     kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events,
     kvm_xsave, Msrs,
 };
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{SyncReg, VcpuFd};
 
 /// Clears pending events (after a run that ended at engine level).
 pub(super) fn clear_events(vcpu: &VcpuFd) -> Result<(), KvmError> {
@@ -38,7 +43,94 @@ pub(super) fn reset_xsave(vcpu: &VcpuFd) -> Option<kvm_xsave> {
     vcpu.get_xsave().ok()
 }
 
-/// Sets every register for the start of a run of `test` on `side`.
+/// Resets the XSAVE-managed registers (x87, SSE, AVX, AVX-512, PKRU: a
+/// WRPKRU at CPL 3 on PVM runs on the CPU, and its PKRU would make the next
+/// runs' data accesses fault) to `xsave`; without XSAVE, x87 and SSE.
+fn reset_xstate(vcpu: &VcpuFd, xsave: Option<&kvm_xsave>) -> Result<(), KvmError> {
+    match xsave {
+        // SAFETY: popek enables no dynamically enabled XSTATE feature
+        // (no arch_prctl(ARCH_REQ_XCOMP_PERM)), so the state KVM copies
+        // fits the 4096-byte `kvm_xsave` it was read into.
+        Some(x) => unsafe { vcpu.set_xsave(x) }.map_err(KvmError::SetFpu),
+        None => vcpu.set_fpu(&reset_fpu()).map_err(KvmError::SetFpu),
+    }
+}
+
+/// Resets the debug registers (no breakpoint, DR6 as after reset).
+fn reset_debug_regs(vcpu: &VcpuFd) -> Result<(), KvmError> {
+    let dregs = kvm_debugregs {
+        dr6: 0xFFFF_0FF0,
+        dr7: 0x400,
+        ..Default::default()
+    };
+    vcpu.set_debug_regs(&dregs).map_err(KvmError::SetDebugRegs)
+}
+
+/// Asks KVM to store the general and special registers and the pending
+/// events into `kvm_run`'s sync_regs area whenever KVM_RUN returns.
+pub(super) fn sync_after_every_run(vcpu: &mut VcpuFd) {
+    vcpu.set_sync_valid_reg(SyncReg::Register);
+    vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+    vcpu.set_sync_valid_reg(SyncReg::VcpuEvents);
+}
+
+/// Drops whatever the sync_regs area was asked to load on the next
+/// KVM_RUN (the full path sets everything with ioctls instead).
+pub(super) fn forget_synced_state(vcpu: &mut VcpuFd) {
+    vcpu.clear_sync_dirty_reg(SyncReg::Register);
+    vcpu.clear_sync_dirty_reg(SyncReg::SystemRegister);
+    vcpu.clear_sync_dirty_reg(SyncReg::VcpuEvents);
+}
+
+/// The lean way in: the registers of a run of `test` on `side` go into the
+/// sync_regs area for the next KVM_RUN to load (the special registers
+/// built on the ones the last KVM_RUN stored there, as [`set_state`] builds
+/// on KVM_GET_SREGS); the XSAVE state and the debug registers are reset
+/// where `reset` says, pending events cleared where `clear_events` says.
+/// The image's MSRs are not set: the caller takes the full way where an
+/// earlier run may have changed them. The FS and GS bases are the MSRs'
+/// values, which is where [`set_state`] leaves them too (its KVM_SET_MSRS
+/// comes after KVM_SET_SREGS).
+pub(super) fn set_state_synced(
+    vcpu: &mut VcpuFd,
+    xsave: Option<&kvm_xsave>,
+    image: &GuestImage,
+    side: Side,
+    test: &Prepared,
+    reset: Touches,
+    clear_events: bool,
+) -> Result<(), KvmError> {
+    let e = image.entry(side).ok_or(KvmError::NoSuchSide)?;
+    if reset.xstate {
+        reset_xstate(vcpu, xsave)?;
+    }
+    if reset.debug {
+        reset_debug_regs(vcpu)?;
+    }
+    let sys = &image.sys;
+    let mut sregs = sregs_for(vcpu.sync_regs().sregs, sys, e);
+    for &(index, data) in &sys.msrs {
+        match index {
+            crate::machine::image::msr::FS_BASE => sregs.fs.base = data,
+            crate::machine::image::msr::GS_BASE => sregs.gs.base = data,
+            _ => {}
+        }
+    }
+    let regs = regs_for(test, e.rflags);
+    let s = vcpu.sync_regs_mut();
+    s.sregs = sregs;
+    s.regs = regs;
+    if clear_events {
+        s.events = kvm_vcpu_events::default();
+        vcpu.set_sync_dirty_reg(SyncReg::VcpuEvents);
+    }
+    vcpu.set_sync_dirty_reg(SyncReg::Register);
+    vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+    Ok(())
+}
+
+/// Sets every register for the start of a run of `test` on `side`, one
+/// ioctl per part (the full way).
 pub(super) fn set_state(
     vcpu: &VcpuFd,
     xsave: Option<&kvm_xsave>,
@@ -49,24 +141,10 @@ pub(super) fn set_state(
     let e = image.entry(side).ok_or(KvmError::NoSuchSide)?;
     let sys = &image.sys;
     // State no outcome records but an instruction may change: the
-    // XSAVE-managed registers (x87, SSE, AVX, AVX-512, PKRU: a WRPKRU at
-    // CPL 3 on PVM runs on the CPU, and its PKRU would make the next runs'
-    // data accesses fault) and the debug registers start from their reset
-    // values; without XSAVE, x87 and SSE.
-    match xsave {
-        // SAFETY: popek enables no dynamically enabled XSTATE feature
-        // (no arch_prctl(ARCH_REQ_XCOMP_PERM)), so the state KVM copies
-        // fits the 4096-byte `kvm_xsave` it was read into.
-        Some(x) => unsafe { vcpu.set_xsave(x) }.map_err(KvmError::SetFpu)?,
-        None => vcpu.set_fpu(&reset_fpu()).map_err(KvmError::SetFpu)?,
-    }
-    let dregs = kvm_debugregs {
-        dr6: 0xFFFF_0FF0,
-        dr7: 0x400,
-        ..Default::default()
-    };
-    vcpu.set_debug_regs(&dregs)
-        .map_err(KvmError::SetDebugRegs)?;
+    // XSAVE-managed registers and the debug registers start from their
+    // reset values.
+    reset_xstate(vcpu, xsave)?;
+    reset_debug_regs(vcpu)?;
     let sregs = vcpu.get_sregs().map_err(KvmError::GetSregs)?;
     vcpu.set_sregs(&sregs_for(sregs, sys, e))
         .map_err(KvmError::SetSregs)?;
@@ -145,15 +223,20 @@ fn regs_for(test: &Prepared, rflags: u64) -> kvm_regs {
 }
 
 /// R and M as KVM reports them now (`sregs`, the image's MSRs read from
-/// the vCPU); `rflags` gives the system flags.
+/// the vCPU unless `msrs` gives them: what KVM reported before a run that
+/// cannot have changed them); `rflags` gives the system flags.
 pub(super) fn system_state_now(
     vcpu: &VcpuFd,
     image: &GuestImage,
     sregs: &kvm_sregs,
     rflags: u64,
+    msrs: Option<&[(u32, u64)]>,
 ) -> Result<SystemState, KvmError> {
     let mut s = system_state(image.mode, sregs, rflags, Vec::new());
-    s.msrs = read_msrs(vcpu, image)?;
+    s.msrs = match msrs {
+        Some(m) => m.to_vec(),
+        None => read_msrs(vcpu, image)?,
+    };
     Ok(s)
 }
 
@@ -204,7 +287,7 @@ pub(super) fn cpl_of(mode: Mode, sregs: &kvm_sregs) -> u8 {
 }
 
 /// The image's MSRs as the vCPU has them now.
-fn read_msrs(vcpu: &VcpuFd, image: &GuestImage) -> Result<Vec<(u32, u64)>, KvmError> {
+pub(super) fn read_msrs(vcpu: &VcpuFd, image: &GuestImage) -> Result<Vec<(u32, u64)>, KvmError> {
     if image.sys.msrs.is_empty() {
         return Ok(Vec::new());
     }

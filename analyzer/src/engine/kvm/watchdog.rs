@@ -1,11 +1,16 @@
-//! The watchdog's interrupt for KVM: the shared watchdog
-//! ([`crate::engine::watchdog`]) sends a real-time signal to the vCPU thread
-//! while a run is past its deadline, so that `KVM_RUN` returns EINTR. The engine's signal `unsafe` (sigaction, pthread_kill,
-//! pthread_self) lives here.
+//! The KVM engine's watchdog: a thread per engine that polls the deadline
+//! of the run under way and sends a real-time signal to the vCPU thread
+//! while the run is past it, so that `KVM_RUN` returns EINTR. Unlike the
+//! shared watchdog ([`crate::engine::watchdog`], which sleeps until the
+//! deadline it knows of and is woken when a run arms it), no run wakes this
+//! one: at tens of thousands of runs a second, polling every few
+//! milliseconds costs less than waking a thread per run. The engine's
+//! signal `unsafe` (sigaction, pthread_kill, pthread_self) lives here.
 
 use super::KvmError;
-use crate::engine::watchdog::{self, Interrupt};
-use std::sync::{Mutex, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The real-time signal the watchdog sends to interrupt KVM_RUN.
@@ -62,42 +67,108 @@ fn install_signal_handler() -> Result<(), KvmError> {
     }
 }
 
-/// Interrupts `KVM_RUN` on a vCPU thread: the watchdog signal, sent again
-/// every 5 ms while the run is armed (one that arrives just before KVM_RUN
-/// enters the guest is followed by another).
-#[derive(Clone, Copy)]
-struct Signal(libc::pthread_t);
+/// How often the watchdog thread looks at the run's deadline. A run past
+/// [`super::TIME_LIMIT`] is signalled within this much, and again every
+/// tick while it has not returned (a signal that arrives just before
+/// KVM_RUN enters the guest is followed by another).
+const TICK: Duration = Duration::from_millis(5);
 
-impl Interrupt for Signal {
-    fn interrupt(&self) {
-        // SAFETY: the thread is the vCPU thread, which armed the watchdog
-        // and disarms it (under the lock the watchdog holds while calling
-        // this) before it leaves the run, so it is alive; the signal has a
-        // handler installed for the process (`install_signal_handler`).
-        unsafe {
-            libc::pthread_kill(self.0, watchdog_signal());
-        }
-    }
+/// The run under way: its deadline, from when on it is paused every tick
+/// to look for a stall, and the vCPU thread running it.
+struct Armed {
+    deadline: Instant,
+    pause_from: Instant,
+    thread: libc::pthread_t,
+}
 
-    fn again(&self) -> Option<Duration> {
-        Some(Duration::from_millis(5))
+/// What the engine and its watchdog thread share.
+struct Shared {
+    /// Set by the vCPU thread for the length of one run. The lock is never
+    /// contended in the run's hot path (the watchdog takes it once a tick),
+    /// so arming and disarming cost no system call and wake no thread.
+    armed: Mutex<Option<Armed>>,
+    quit: AtomicBool,
+}
+
+impl Shared {
+    fn armed(&self) -> MutexGuard<'_, Option<Armed>> {
+        self.armed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The engine's watchdog: the shared one, interrupting with the signal.
-pub(super) struct Watchdog(watchdog::Watchdog<Signal>);
+/// The engine's watchdog: a thread that polls the deadline of the run under
+/// way every [`TICK`] and signals the vCPU thread once it is past. No run
+/// wakes it: a run only writes its deadline (and clears it after).
+pub(super) struct Watchdog {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long the watchdog sleeps after looking at the run under way (its
+/// deadline and when its pauses start) at `now`: a tick, or less where one
+/// of them comes sooner (so that a run is signalled at its deadline, not up
+/// to a tick after it: whether a slow run ends as a hang or reaches its end
+/// a few milliseconds later must not depend on the tick).
+fn nap(armed: Option<(Instant, Instant)>, now: Instant) -> Duration {
+    let Some((deadline, pause_from)) = armed else {
+        return TICK;
+    };
+    [deadline, pause_from]
+        .into_iter()
+        .filter(|&t| t > now)
+        .map(|t| t - now)
+        .fold(TICK, Duration::min)
+}
+
+fn serve(shared: &Shared) {
+    let mut sleep = TICK;
+    while !shared.quit.load(Ordering::Acquire) {
+        std::thread::park_timeout(sleep);
+        let armed = shared.armed();
+        let now = Instant::now();
+        if let Some(a) = armed.as_ref() {
+            if now >= a.deadline || now >= a.pause_from {
+                // SAFETY: the thread is the vCPU thread that armed the
+                // watchdog; it disarms under this lock before it leaves the
+                // run, so it is alive while the lock is held here; the
+                // signal has a handler installed for the process
+                // (`install_signal_handler`).
+                unsafe {
+                    libc::pthread_kill(a.thread, watchdog_signal());
+                }
+            }
+        }
+        sleep = nap(armed.as_ref().map(|a| (a.deadline, a.pause_from)), now);
+    }
+}
 
 impl Watchdog {
     pub(super) fn new() -> Result<Watchdog, KvmError> {
         install_signal_handler()?;
-        watchdog::Watchdog::new("kvm-watchdog")
-            .map(Watchdog)
-            .map_err(KvmError::StartWatchdog)
+        let shared = Arc::new(Shared {
+            armed: Mutex::new(None),
+            quit: AtomicBool::new(false),
+        });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("kvm-watchdog".into())
+            .spawn(move || serve(&s))
+            .map_err(KvmError::StartWatchdog)?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Runs `f` on the calling thread (the vCPU thread) under the deadline:
-    /// past it, the thread is signalled until `f` returns.
-    pub(super) fn run<R>(&self, deadline: Instant, f: impl FnOnce() -> R) -> R {
+    /// from `pause_from` on, and past the deadline, the thread is signalled
+    /// every tick until `f` returns.
+    pub(super) fn run<R>(
+        &self,
+        deadline: Instant,
+        pause_from: Instant,
+        f: impl FnOnce() -> R,
+    ) -> R {
         thread_local! {
             static UNBLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         }
@@ -109,10 +180,48 @@ impl Watchdog {
             }
         });
         // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        let armed = self.0.arm(deadline, Signal(me));
-        let result = f();
-        armed.disarm();
-        result
+        let thread = unsafe { libc::pthread_self() };
+        /// Disarms when dropped, also when `f` unwinds.
+        struct Disarm<'a>(&'a Shared);
+        impl Drop for Disarm<'_> {
+            fn drop(&mut self) {
+                *self.0.armed() = None;
+            }
+        }
+        *self.shared.armed() = Some(Armed {
+            deadline,
+            pause_from,
+            thread,
+        });
+        let _disarm = Disarm(&self.shared);
+        f()
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.shared.quit.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_naps_a_tick_or_until_the_deadline() {
+        let now = Instant::now();
+        let later = now + TICK * 10;
+        assert_eq!(nap(None, now), TICK);
+        assert_eq!(nap(Some((later, later)), now), TICK);
+        let soon = Duration::from_micros(300);
+        assert_eq!(nap(Some((now + soon, later)), now), soon);
+        assert_eq!(nap(Some((later, now + soon)), now), soon);
+        // Past both: signalled now, again a tick later.
+        assert_eq!(nap(Some((now, now)), now), TICK);
     }
 }
