@@ -876,9 +876,12 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let mut reports: Vec<Report> = Vec::new();
     let mut ran: Vec<(EngineKind, Vec<scan::Scanned>, Executors)> = Vec::new();
     for kind in kinds {
-        let opened = match engine::open(kind) {
-            Ok(e) => Some(e),
-            Err(e) if all => {
+        // Opened here only to skip it under `all` or to ask what executes
+        // its runs for the comparison; the scan opens its own.
+        let opened = match (all || compare).then(|| engine::open(kind)) {
+            None => None,
+            Some(Ok(e)) => Some(e),
+            Some(Err(e)) if all => {
                 eprintln!("popek: engine {kind} is not available, scanning without it: {e}");
                 // Its reports of an earlier scan would read as current.
                 for f in Format::ALL {
@@ -887,7 +890,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
                 continue;
             }
             // The scan reports why, in its own words.
-            Err(_) => None,
+            Some(Err(_)) => None,
         };
         let executors = Executors::of(opened.as_deref(), &plan.modes);
         drop(opened);

@@ -363,7 +363,7 @@ pub fn compare_runs(a: &EngineRuns, b: &EngineRuns) -> Vec<RunDifference> {
         let mode = ra.record.mode;
         let mut here: Vec<RunDifference> = Vec::new();
         for sa in &ra.outcomes {
-            let Some(sb) = rb.outcomes.iter().find(|o| o.state == sa.state) else {
+            let Some(sb) = rb.outcomes.iter().find(|o| o.same_state(sa)) else {
                 continue;
             };
             if sa.outcome.agrees(&sb.outcome) {
@@ -380,13 +380,13 @@ pub fn compare_runs(a: &EngineRuns, b: &EngineRuns) -> Vec<RunDifference> {
                 outcome: sb.outcome.short(),
             };
             match here.iter_mut().find(|d| d.a == side_a && d.b == side_b) {
-                Some(d) => d.states.push(sa.state.clone()),
+                Some(d) => d.states.push(sa.state(&ra.config)),
                 None => here.push(RunDifference {
                     mode: mode.name().into(),
                     config: k.1.clone(),
                     code: k.2.clone(),
                     form: k.3.clone(),
-                    states: vec![sa.state.clone()],
+                    states: vec![sa.state(&ra.config)],
                     a: side_a,
                     b: side_b,
                 }),

@@ -50,12 +50,7 @@ impl Run {
     /// The state the run ran in, as reports name it: `base@cpl3`,
     /// `ring1@cpl0 (repeat 1)`.
     pub fn state(&self, config: &Config) -> String {
-        let label = format!("{}@{}", self.variant.name(config), self.side);
-        if self.repeat == 0 {
-            label
-        } else {
-            format!("{label} (repeat {})", self.repeat)
-        }
+        state_label(&self.variant, self.side, self.repeat, config)
     }
 
     pub fn new(variant: Variant, side: Side, repeat: u8, obs: Observation) -> Run {
@@ -436,6 +431,16 @@ impl Prober {
                 ))
             }
         }
+    }
+}
+
+/// A state as reports name it: `base@cpl3`, `ring1@cpl0 (repeat 1)`.
+pub fn state_label(variant: &Variant, side: Side, repeat: u8, config: &Config) -> String {
+    let label = format!("{}@{side}", variant.name(config));
+    if repeat == 0 {
+        label
+    } else {
+        format!("{label} (repeat {repeat})")
     }
 }
 

@@ -143,29 +143,42 @@ where
 #[derive(Clone, Debug)]
 pub struct Scanned {
     pub record: Record,
+    /// The configuration the record was scanned in (its states' names use it).
+    pub config: Config,
     pub outcomes: Vec<StateOutcome>,
 }
 
-/// The outcome of one run, as the reports name state and outcome.
+/// The outcome of one run and the state it ran in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateOutcome {
-    /// `base@cpl3`, `ring1@cpl0 (repeat 1)`.
-    pub state: String,
+    pub variant: Variant,
     pub side: Side,
+    pub repeat: u8,
     pub outcome: crate::observe::Outcome,
 }
 
 impl StateOutcome {
     /// The states of `runs` that ran, with their outcomes.
-    pub fn of(runs: &[crate::probe::Run], config: &Config) -> Vec<StateOutcome> {
+    pub fn of(runs: &[crate::probe::Run]) -> Vec<StateOutcome> {
         runs.iter()
             .filter(|r| !crate::classify::coverage::is_not_run(&r.obs.outcome))
             .map(|r| StateOutcome {
-                state: r.state(config),
+                variant: r.variant,
                 side: r.side,
+                repeat: r.repeat,
                 outcome: r.obs.outcome.clone(),
             })
             .collect()
+    }
+
+    /// Whether `other` ran in the same state.
+    pub fn same_state(&self, other: &StateOutcome) -> bool {
+        (self.variant, self.side, self.repeat) == (other.variant, other.side, other.repeat)
+    }
+
+    /// The state as reports name it ([`crate::probe::state_label`]).
+    pub fn state(&self, config: &Config) -> String {
+        crate::probe::state_label(&self.variant, self.side, self.repeat, config)
     }
 }
 
@@ -332,8 +345,9 @@ where
                                 bar.set_message(entry.code.clone());
                                 Scanned {
                                     record: prober.judge(matrix, entry, &runs),
+                                    config: matrix.config,
                                     outcomes: if keep.outcomes {
-                                        StateOutcome::of(&runs, &matrix.config)
+                                        StateOutcome::of(&runs)
                                     } else {
                                         Vec::new()
                                     },
