@@ -16,7 +16,7 @@
 use crate::catalog::Entry;
 use crate::classify::{Class, Run, Verdict};
 use crate::engine::features::{must_ud, EngineFeatures};
-use crate::machine::{Region, SegLoad, StateLabel};
+use crate::machine::{Region, SegLoad};
 use crate::mode::Config;
 use crate::observe::{Outcome, SEG_NAMES};
 
@@ -46,30 +46,17 @@ pub fn wrong_selector(load: &SegLoad, config: &Config, runs: &[Run]) -> Option<S
             let name = SEG_NAMES.get(load.seg as usize).copied().unwrap_or("?");
             format!(
                 "engine loaded {name} {got:#06x} where its operand holds {want:#06x} at every documented reading ({})",
-                state(r, config)
+                r.state(config)
             )
         })
     })
-}
-
-/// A run's state as evidence names it: `base@cpl0`, `base@cpl3 (repeat 1)`.
-fn state(r: &Run, config: &Config) -> String {
-    let label = StateLabel {
-        variant: r.variant.name(config),
-        side: r.side,
-    };
-    if r.repeat == 0 {
-        label.to_string()
-    } else {
-        format!("{label} (repeat {})", r.repeat)
-    }
 }
 
 /// The first completed run, as `state: completed`.
 fn first_completed(runs: &[Run], config: &Config) -> Option<String> {
     runs.iter().find_map(|r| match r.obs.outcome {
         Outcome::Completed { .. } => {
-            Some(format!("{}: {}", state(r, config), r.obs.outcome.short()))
+            Some(format!("{}: {}", r.state(config), r.obs.outcome.short()))
         }
         _ => None,
     })

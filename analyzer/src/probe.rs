@@ -46,13 +46,13 @@ pub struct Run {
 }
 
 impl Run {
-    /// A run with no baseline and no start state.
     /// The state the run ran in, as reports name it: `base@cpl3`,
     /// `ring1@cpl0 (repeat 1)`.
     pub fn state(&self, config: &Config) -> String {
         state_label(&self.variant, self.side, self.repeat, config)
     }
 
+    /// A run with no baseline and no start state.
     pub fn new(variant: Variant, side: Side, repeat: u8, obs: Observation) -> Run {
         Run {
             variant,

@@ -113,15 +113,6 @@ fn hex(bytes: &[u8]) -> String {
     crate::observe::hex(bytes)
 }
 
-/// The state label of a run (`base@cpl0`, `... (repeat 1)`).
-pub fn state_label(run: &Run, config: &Config) -> String {
-    let mut s = format!("{}@{}", run.variant.name(config), run.side);
-    if run.repeat > 0 {
-        s.push_str(&format!(" (repeat {})", run.repeat));
-    }
-    s
-}
-
 /// The flat names and values of a system state.
 fn system_map(s: &SystemState, m: &mut BTreeMap<String, String>) {
     m.insert("cpl".into(), s.cpl.to_string());
@@ -303,7 +294,7 @@ pub fn vector(matrix: &Matrix, entry: &Entry, engines: &[EngineRuns<'_>]) -> Vec
                 continue;
             };
             let (initial, mut view) = case_view(run, image, entry);
-            let state = state_label(run, &matrix.config);
+            let state = run.state(&matrix.config);
             match cases.iter_mut().find(|c| c.state == state) {
                 Some(case) => {
                     view.initial_differs = differs(&case.initial, &initial);
@@ -693,7 +684,7 @@ pub fn mismatches(
     }
     let mut seen = Vec::new();
     for run in runs {
-        let state = state_label(run, &matrix.config);
+        let state = run.state(&matrix.config);
         let Some((_, image)) = matrix.images.iter().find(|(x, _)| *x == run.variant) else {
             continue;
         };

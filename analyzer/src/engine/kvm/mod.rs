@@ -424,8 +424,8 @@ impl KvmEngine {
         }
         let key = ((image.mode, image.config, image.variant), side);
         let touches = touch::touches(image.mode, test);
-        let known_before = self.befores.contains_key(&key);
-        if let Err(e) = self.set_state(image, side, test, known_before, touches) {
+        let known = self.befores.get(&key).cloned();
+        if let Err(e) = self.set_state(image, side, test, known.is_some(), touches) {
             self.reset_events = true;
             self.synced = false;
             return fail(e, SystemState::default());
@@ -433,8 +433,8 @@ impl KvmEngine {
         // The before-state is what KVM reported right after setting it
         // (the first time for this image and side, set the full way; every
         // run sets the same).
-        let before = match self.befores.get(&key) {
-            Some(b) => b.clone(),
+        let before = match known {
+            Some(b) => b,
             None => match self.read_before(image) {
                 Ok(b) => {
                     self.befores.insert(key, b.clone());
