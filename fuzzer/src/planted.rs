@@ -4,7 +4,6 @@
 //! the process: a planted disagreement and a planted crash. Only the
 //! fuzzer's own tests name it.
 
-use analyzer::engine::fake::FakeEngine;
 use analyzer::engine::Engine;
 use analyzer::machine::{GuestImage, Prepared};
 use analyzer::observe::{Observation, Outcome, Side};
@@ -45,7 +44,7 @@ impl Engine for Planted {
         format!("planted ({})", self.inner.version())
     }
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
-        let bytes = FakeEngine::test_bytes(test);
+        let bytes = test.encoding();
         if self.crash.as_ref().is_some_and(|c| contains(bytes, c)) {
             std::process::abort();
         }

@@ -7,7 +7,7 @@
 //! image, so tests may hand it images that no engine could run.
 
 use super::Engine;
-use crate::machine::{GuestImage, Prepared, Variant, CODE};
+use crate::machine::{GuestImage, Prepared, Variant};
 use crate::observe::{Observation, Side};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,13 +39,6 @@ impl FakeEngine {
     pub fn runs(&self) -> usize {
         self.runs.load(Ordering::Relaxed)
     }
-
-    /// The test's bytes: the code page from the test's offset to its sentinel.
-    pub fn test_bytes(test: &Prepared) -> &[u8] {
-        let start = test.rip.wrapping_sub(CODE) as usize;
-        let end = test.sentinel.wrapping_sub(CODE) as usize;
-        test.code_page.get(start..end).unwrap_or(&[])
-    }
 }
 
 impl Engine for FakeEngine {
@@ -57,7 +50,7 @@ impl Engine for FakeEngine {
     }
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
         self.runs.fetch_add(1, Ordering::Relaxed);
-        (self.rule)(&image.variant, side, Self::test_bytes(test))
+        (self.rule)(&image.variant, side, test.encoding())
     }
 }
 

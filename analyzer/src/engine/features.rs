@@ -661,7 +661,7 @@ mod tests {
             side: Side,
             test: &crate::machine::Prepared,
         ) -> crate::observe::Observation {
-            use crate::engine::fake::{obs, FakeEngine};
+            use crate::engine::fake::obs;
             use crate::observe::{SystemState, UserState};
             self.runs += 1;
             let mut g = test.gprs;
@@ -669,7 +669,7 @@ mod tests {
                 cpl: if side == Side::User { 3 } else { 0 },
                 ..SystemState::default()
             };
-            match FakeEngine::test_bytes(test) {
+            match test.encoding() {
                 [0x0F, 0xA2] => {
                     let key = (g[0] as u32, g[1] as u32);
                     // Above the maximum, hardware repeats the highest leaf:

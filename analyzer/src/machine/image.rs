@@ -89,6 +89,14 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The test's bytes as placed: the code page from its RIP to its
+    /// sentinel (empty if those lie outside the page).
+    pub fn encoding(&self) -> &[u8] {
+        let from = self.rip.wrapping_sub(CODE) as usize;
+        let to = self.sentinel.wrapping_sub(CODE) as usize;
+        self.code_page.get(from..to).unwrap_or(&[])
+    }
+
     /// The test with only its first `k` bytes (1 to 15) in place, moved to
     /// end the code page: a fetch of byte `k` crosses into the next page,
     /// which a fenced image ([`GuestImage::is_fenced`]) makes not

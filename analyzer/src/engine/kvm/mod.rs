@@ -231,13 +231,7 @@ fn offers_sync_regs(kvm: &Kvm) -> bool {
 /// then outlives the run (measured: the next runs' data accesses took #PF
 /// with the protection-key bit, in an order that depended on `--jobs`).
 fn leaves_state_behind(side: Side, test: &Prepared) -> bool {
-    let from = test.rip.saturating_sub(crate::machine::CODE) as usize;
-    let to = test.sentinel.saturating_sub(crate::machine::CODE) as usize;
-    side == Side::User
-        && test
-            .code_page
-            .get(from..to)
-            .is_some_and(|b| b.windows(3).any(|w| w == [0x0F, 0x01, 0xEF]))
+    side == Side::User && test.encoding().windows(3).any(|w| w == [0x0F, 0x01, 0xEF])
 }
 
 /// The KVM engine: one VM, one vCPU, `MEM_SIZE` bytes of guest memory.

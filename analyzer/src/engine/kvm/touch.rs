@@ -17,7 +17,7 @@
 //! where the run wrote a page outside the data, stack and system-table pages
 //! (code it might then have run), or ended at engine level.
 
-use crate::machine::{Prepared, CODE};
+use crate::machine::Prepared;
 use crate::mode::Mode;
 use iced_x86::{CpuidFeature as F, Decoder, DecoderOptions, FlowControl, Mnemonic, Register};
 
@@ -160,12 +160,8 @@ fn class(f: F) -> Class {
 
 /// What a run of `test` in `mode` may change beyond the per-run registers.
 pub(super) fn touches(mode: Mode, test: &Prepared) -> Touches {
-    let from = test.rip.wrapping_sub(CODE) as usize;
-    let to = test.sentinel.wrapping_sub(CODE) as usize;
-    match test.code_page.get(from..to) {
-        Some(bytes) => touches_of(mode.bitness(), bytes, test.rip),
-        None => Touches::ALL,
-    }
+    // An encoding outside the page is empty: it touches everything.
+    touches_of(mode.bitness(), test.encoding(), test.rip)
 }
 
 /// What one instruction, `bytes` at `ip`, may change (see the module doc).
