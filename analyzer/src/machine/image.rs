@@ -208,6 +208,10 @@ impl GuestImage {
         };
         let paging = mode.has_paging();
         let long = mode.is_long();
+        // Handlers at CPL 1 or 3 end the run through exit stubs (long mode
+        // only: their write must not depend on a data segment the test
+        // may have changed).
+        let exit_stubs = long && dpl != 0;
         let compat = mode == Mode::Compat32;
         // Where the program's pages live physically. Without paging a segment
         // shift moves them physically; with paging the page tables alias them.
@@ -294,14 +298,19 @@ impl GuestImage {
                 }
             }
             put16(t, 0x66, 0x68);
-            // IDT: one interrupt gate per vector to its HLT stub.
+            // IDT: one interrupt gate per vector to its HLT stub, or to its
+            // exit stub where the handlers run at CPL 1 or 3.
             for v in 0..256u64 {
                 let gdpl = if USER_GATES.contains(&(v as u8)) {
                     3
                 } else {
                     0
                 };
-                let off = entry::VECTORS + v * entry::VECTOR_STRIDE;
+                let off = if exit_stubs {
+                    entry::EXIT_STUBS + v * entry::EXIT_STUB_STRIDE
+                } else {
+                    entry::VECTORS + v * entry::VECTOR_STRIDE
+                };
                 if long {
                     let [lo, hi] = gate64(off, sel::KCODE, 1, TYPE_INTERRUPT_GATE, gdpl);
                     put64(&mut mem[idt as usize..], v as usize * 16, lo);
@@ -416,6 +425,14 @@ impl GuestImage {
                 mem[at..at + stub.len()].copy_from_slice(&stub);
             }
         }
+        if exit_stubs {
+            let page = &mut mem[entry::EXIT_STUBS as usize..][..PAGE as usize];
+            page.fill(SENTINEL);
+            for v in 0..=255u8 {
+                let at = (u64::from(v) * entry::EXIT_STUB_STRIDE) as usize;
+                page[at..at + entry::EXIT_STUB_LEN as usize].copy_from_slice(&entry::exit_stub(v));
+            }
+        }
         mem[code_phys as usize..(code_phys + PAGE) as usize].fill(SENTINEL);
         for (i, x) in mem[data_phys as usize..(data_phys + PAGE) as usize]
             .iter_mut()
@@ -445,6 +462,10 @@ impl GuestImage {
                 for p in 1..SEG_SHIFT / PAGE {
                     map.insert(seg_base + p * PAGE, p * PAGE);
                 }
+            }
+            if exit_stubs {
+                // Mapped, never backed: the exit stubs' writes leave the guest.
+                map.insert(entry::EXIT_MMIO, entry::EXIT_MMIO);
             }
             map.insert(seg_base + CODE, code_phys);
             map.insert(seg_base + DATA, data_phys);
@@ -750,6 +771,12 @@ impl GuestImage {
         self.variant.fetch_fence && self.mode.has_paging()
     }
 
+    /// Whether the IDT gates lead to the exit stubs ([`entry::EXIT_STUBS`]):
+    /// a ring-compressed long-mode image, whose handlers run at CPL 1 or 3.
+    pub fn has_exit_stubs(&self) -> bool {
+        self.mode.is_long() && self.supervisor.cpl != 0
+    }
+
     /// Resolves a test for a side: the code page with the encoding (patched)
     /// at `TEST_RIP` and HLT everywhere else, the data and stack pages with
     /// the setup's values, and the general registers. `None` when the side
@@ -1017,6 +1044,55 @@ mod tests {
             img.selector(Side::Supervisor, SelRole::OwnStack),
             sel::KDATA | 1
         );
+    }
+
+    #[test]
+    fn ring_compressed_long_mode_images_lead_their_gates_to_exit_stubs() {
+        let cfg = Config::UMIP_OFF;
+        let gate_offset = |img: &GuestImage, v: usize| {
+            let at = IDT as usize + v * 16;
+            let lo = u64::from_le_bytes(img.memory[at..at + 8].try_into().unwrap());
+            let hi = u64::from_le_bytes(img.memory[at + 8..at + 16].try_into().unwrap());
+            (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF_0000) | ((hi & 0xFFFF_FFFF) << 32)
+        };
+        for mode in [Mode::Long64, Mode::Compat32] {
+            for dpl in [0u8, 1, 3] {
+                let v = Variant {
+                    supervisor_dpl: dpl,
+                    ..Variant::base(&cfg)
+                };
+                let img = GuestImage::build(mode, cfg, v);
+                assert_eq!(img.has_exit_stubs(), dpl != 0, "{mode} ring{dpl}");
+                let mmio = translate(&img.memory, Paging::Long, PAGE_TABLES, entry::EXIT_MMIO);
+                for vec in [0usize, 13, 255] {
+                    let (want, mapped) = if dpl == 0 {
+                        (entry::VECTORS + vec as u64 * entry::VECTOR_STRIDE, None)
+                    } else {
+                        let stub = entry::EXIT_STUBS + vec as u64 * entry::EXIT_STUB_STRIDE;
+                        let at = stub as usize;
+                        assert_eq!(
+                            img.memory[at..at + entry::EXIT_STUB_LEN as usize],
+                            entry::exit_stub(vec as u8),
+                            "{mode} ring{dpl} vector {vec}"
+                        );
+                        assert_eq!(img.memory[at + entry::EXIT_STUB_LEN as usize], SENTINEL);
+                        (stub, Some(entry::EXIT_MMIO))
+                    };
+                    assert_eq!(
+                        gate_offset(&img, vec),
+                        want,
+                        "{mode} ring{dpl} vector {vec}"
+                    );
+                    assert_eq!(mmio, mapped, "{mode} ring{dpl}");
+                }
+            }
+        }
+        // Without long mode the gates stay on the HLT stubs.
+        let v = Variant {
+            supervisor_dpl: 1,
+            ..Variant::base(&cfg)
+        };
+        assert!(!GuestImage::build(Mode::Prot32, cfg, v).has_exit_stubs());
     }
 
     #[test]

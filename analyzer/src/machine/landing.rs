@@ -74,6 +74,30 @@ pub fn landing(test: &Prepared, stop: Stop) -> Option<Landing> {
     entry_kind(at).map(|kind| Landing::Transfer(kind, at))
 }
 
+/// A fault or trap raised at `at` with the CPL at `cpl`, in a run of `test`
+/// that started at `start_cpl`, that is not the test's own: the CPL
+/// changed and it was raised away from the test. So the instruction under
+/// test completed, going to another ring (IRET, far RET, SYSEXIT, SYSRET,
+/// a call gate), and the code it went to raised it: the run *completed*,
+/// at `at` (as a HLT landing pad at CPL > 0 is read).
+/// `None` where the trap may be the test's own.
+pub fn ran_on(test: &Prepared, start_cpl: u8, cpl: u8, at: u64) -> Option<Landing> {
+    (cpl != start_cpl && at != test.rip).then_some(Landing::Completed {
+        rip: at,
+        at_sentinel: at == test.sentinel,
+    })
+}
+
+/// The vector whose exit stub ([`entry::EXIT_STUBS`]) wrote to `addr`, and
+/// the stub's address, if the write came from it: RIP at the stub's write
+/// or just after it (where an engine completed the write). Any other write
+/// there is no landing.
+pub fn exit_stub_vector(rip: u64, addr: u64) -> Option<(u8, u64)> {
+    let v = u8::try_from(addr.checked_sub(entry::EXIT_MMIO)?).ok()?;
+    let stub = entry::EXIT_STUBS + u64::from(v) * entry::EXIT_STUB_STRIDE;
+    (rip == stub || rip == stub + entry::EXIT_STUB_LEN).then_some((v, stub))
+}
+
 /// Whether `off` lies in the code page and holds a HLT in the test's page.
 fn is_hlt(test: &Prepared, off: u64) -> bool {
     (CODE..CODE + PAGE).contains(&off)
@@ -201,6 +225,45 @@ mod tests {
         assert_eq!(landing(&t, Stop::Faulted { at: LANDING }), None);
         for off in [0, CODE - 1, CODE + PAGE, 0x1_0000] {
             assert_eq!(landing(&t, Stop::Faulted { at: off }), None, "{off:#x}");
+        }
+    }
+
+    #[test]
+    fn a_trap_in_another_ring_away_from_the_test_means_the_test_completed() {
+        let t = prepared(&[0x0F, 0x35]);
+        assert_eq!(ran_on(&t, 0, 3, 0x15000), done(0x15000, false));
+        assert_eq!(ran_on(&t, 0, 3, t.sentinel), done(t.sentinel, true));
+        assert_eq!(ran_on(&t, 1, 3, 0x15000), done(0x15000, false));
+        // Its own ring, or the test's own RIP: the trap may be the test's.
+        assert_eq!(ran_on(&t, 3, 3, 0x15000), None);
+        assert_eq!(ran_on(&t, 0, 3, TEST_RIP), None);
+    }
+
+    #[test]
+    fn an_exit_stub_names_its_vector_by_the_address_it_writes() {
+        let stub = |v: u64| entry::EXIT_STUBS + v * entry::EXIT_STUB_STRIDE;
+        let mmio = entry::EXIT_MMIO;
+        assert_eq!(exit_stub_vector(stub(13), mmio + 13), Some((13, stub(13))));
+        let after = stub(255) + entry::EXIT_STUB_LEN;
+        assert_eq!(exit_stub_vector(after, mmio + 255), Some((255, stub(255))));
+        // Another stub's RIP, a test's write, an address past the vectors.
+        assert_eq!(exit_stub_vector(stub(12), mmio + 13), None);
+        assert_eq!(exit_stub_vector(TEST_RIP + 7, mmio), None);
+        assert_eq!(exit_stub_vector(stub(0), mmio + 256), None);
+        assert_eq!(exit_stub_vector(stub(0), mmio - 1), None);
+    }
+
+    #[test]
+    fn exit_stubs_are_writes_of_al_to_their_vectors_address() {
+        for v in [0u8, 13, 255] {
+            let bytes = entry::exit_stub(v);
+            let mut d = iced_x86::Decoder::with_ip(64, &bytes, 0, iced_x86::DecoderOptions::NONE);
+            let i = d.decode();
+            assert_eq!(i.len() as u64, entry::EXIT_STUB_LEN, "{v}");
+            assert_eq!(i.code(), iced_x86::Code::Mov_rm8_r8, "{v}");
+            assert_eq!(i.op1_register(), iced_x86::Register::AL);
+            assert_eq!(i.memory_base(), iced_x86::Register::None);
+            assert_eq!(i.memory_displacement64(), entry::EXIT_MMIO + u64::from(v));
         }
     }
 

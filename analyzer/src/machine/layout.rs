@@ -117,6 +117,25 @@ pub mod entry {
     /// Boot stubs: load the data segments, then IRET to the test at the wanted CPL.
     pub const BOOT_SUPERVISOR: u64 = HANDLERS + 0x800;
     pub const BOOT_USER: u64 = HANDLERS + 0xA00;
+    /// Exit stubs of a ring-compressed long-mode image, where the handlers
+    /// run at CPL 1 or 3 and a HLT would not end the run: the IDT gate of
+    /// vector v points at `EXIT_STUBS + v * EXIT_STUB_STRIDE`, whose stub
+    /// writes AL to `EXIT_MMIO + v` (`mov [disp32], al`, no register
+    /// changed) and is followed by HLTs. That page is mapped one page past
+    /// guest memory, where no engine backs it, so the write leaves the
+    /// guest at any CPL (KVM_EXIT_MMIO) and its address names the vector.
+    /// Every other image keeps its gates on the HLT stubs at `VECTORS`.
+    pub const EXIT_STUBS: u64 = 0xE000;
+    pub const EXIT_STUB_STRIDE: u64 = 8;
+    /// The write of one exit stub: `88 04 25 disp32`.
+    pub const EXIT_STUB_LEN: u64 = 7;
+    pub const EXIT_MMIO: u64 = super::MEM_SIZE;
+
+    /// The bytes of vector `v`'s exit stub.
+    pub fn exit_stub(v: u8) -> [u8; EXIT_STUB_LEN as usize] {
+        let [a, b, c, d] = ((EXIT_MMIO + u64::from(v)) as u32).to_le_bytes();
+        [0x88, 0x04, 0x25, a, b, c, d]
+    }
 }
 
 /// General registers in hardware order (RAX = 0 ... R15 = 15).

@@ -11,7 +11,7 @@
 //! [`TIME_LIMIT`]. (On PVM, VMCALL, VMMCALL and VMGEXIT at CPL 0 loop
 //! inside KVM that way: 164 of the default scan's runs, each 100 ms.)
 
-use super::frame::{self, End, Halt};
+use super::frame::{self, Arrival, End, Halt};
 use super::hostsegs;
 use super::vcpu::{system_state_now, user_state};
 use super::{Ending, Flavor, KvmEngine, KvmError, TIME_LIMIT};
@@ -30,8 +30,9 @@ pub(super) const PAUSE_FROM: Duration = Duration::from_millis(10);
 
 /// How the exit loop ended.
 enum Exit {
-    /// A HLT at CPL 0: decode it ([`frame::decode`]).
-    Hlt,
+    /// A HLT at CPL 0, or an MMIO write (perhaps an exit stub's): decode
+    /// it ([`frame::decode`]).
+    Stop(Arrival),
     Ended(Outcome),
     /// A signal before the deadline (the watchdog's pause, or a late one).
     Paused,
@@ -52,7 +53,7 @@ struct Sample {
 /// What one exit means for the loop.
 #[derive(Debug, PartialEq)]
 enum Step {
-    Hlt,
+    Stop(Arrival),
     /// Port I/O (IN reads 0xFF): go on.
     Go,
     /// A signal before the deadline.
@@ -64,7 +65,7 @@ enum Step {
 /// (asked only for a signal exit: before it, a pause).
 fn step(exit: VcpuExit<'_>, past_deadline: impl FnOnce() -> bool) -> Step {
     match exit {
-        VcpuExit::Hlt => Step::Hlt,
+        VcpuExit::Hlt => Step::Stop(Arrival::Hlt),
         VcpuExit::IoIn(_, data) => {
             data.fill(0xFF);
             Step::Go
@@ -72,9 +73,7 @@ fn step(exit: VcpuExit<'_>, past_deadline: impl FnOnce() -> bool) -> Step {
         VcpuExit::IoOut(..) => Step::Go,
         VcpuExit::Shutdown => Step::End(Outcome::Shutdown),
         VcpuExit::MmioRead(a, _) => Step::End(Outcome::EngineError(format!("mmio read at {a:#x}"))),
-        VcpuExit::MmioWrite(a, _) => {
-            Step::End(Outcome::EngineError(format!("mmio write at {a:#x}")))
-        }
+        VcpuExit::MmioWrite(a, _) => Step::Stop(Arrival::MmioWrite(a)),
         VcpuExit::InternalError => {
             Step::End(Outcome::EngineError("KVM_EXIT_INTERNAL_ERROR".into()))
         }
@@ -114,7 +113,7 @@ fn run_loop(
             Err(e) => return Err(KvmError::Run(e)),
         };
         match step(exit, || Instant::now() >= deadline) {
-            Step::Hlt => return Ok(Exit::Hlt),
+            Step::Stop(a) => return Ok(Exit::Stop(a)),
             Step::Pause => return Ok(Exit::Paused),
             Step::End(Outcome::EngineError(t)) => {
                 let rip = if synced {
@@ -196,16 +195,21 @@ impl KvmEngine {
             l.restore();
             held
         });
-        // Only 64-bit CPL-3 code runs in hardware: there a selector the
+        // Only 64-bit CPL-3 code runs in hardware (the user side, and the
+        // supervisor side under ring3 compression): there a selector the
         // thread holds and the run did not start with was loaded by the guest.
+        let at_cpl3 = image.entry(side).is_some_and(|e| e.cpl == 3);
         let loads = match (want, held) {
-            (Some(want), Some(held)) if image.mode == Mode::Long64 && side == Side::User => {
+            (Some(want), Some(held)) if image.mode == Mode::Long64 && at_cpl3 => {
                 Some([0, 1, 2, 3].map(|i| (held[i] != want[i]).then_some(held[i])))
             }
             _ => None,
         };
         match result? {
-            Exit::Hlt => self.on_hlt(image, test, loads, msrs),
+            Exit::Stop(arrival) => {
+                let start_cpl = image.entry(side).map_or(0, |e| e.cpl);
+                self.on_stop(image, test, start_cpl, arrival, loads, msrs)
+            }
             Exit::Ended(o) => Ok(Ending::only(o)),
             // The loop above goes on after every pause.
             Exit::Paused => Ok(Ending::only(Outcome::Hang)),
@@ -230,15 +234,18 @@ impl KvmEngine {
         })
     }
 
-    /// A HLT at CPL 0 exited: decode it, then read the state it asks for.
+    /// A HLT at CPL 0 or an MMIO write exited: decode it, then read the
+    /// state it asks for.
     /// `loads`: the DS/ES/FS/GS selectors the guest's hardware code loaded
     /// into the vCPU thread, which KVM's state does not show (PVM). The
     /// registers are those KVM_RUN stored in the sync_regs area, where it
     /// does. `msrs`: as in [`KvmEngine::execute`].
-    fn on_hlt(
+    fn on_stop(
         &mut self,
         image: &GuestImage,
         test: &Prepared,
+        start_cpl: u8,
+        arrival: Arrival,
         loads: Option<[Option<u16>; 4]>,
         msrs: Option<&[(u32, u64)]>,
     ) -> Result<Ending, KvmError> {
@@ -255,12 +262,13 @@ impl KvmEngine {
         let halt = Halt {
             image,
             test,
+            start_cpl,
             mem: self.guest.mem(),
             regs,
             sregs,
             flavor: self.flavor,
         };
-        match frame::decode(&halt) {
+        match frame::decode(&halt, arrival) {
             End::Only(o) => Ok(Ending::only(o)),
             End::State {
                 outcome,
@@ -320,7 +328,7 @@ mod tests {
 
     #[test]
     fn exits_end_the_run_or_let_it_go_on() {
-        assert_eq!(step(VcpuExit::Hlt, || false), Step::Hlt);
+        assert_eq!(step(VcpuExit::Hlt, || false), Step::Stop(Arrival::Hlt));
         let mut data = [0u8; 2];
         assert_eq!(step(VcpuExit::IoIn(0x60, &mut data), || false), Step::Go);
         assert_eq!(data, [0xFF; 2], "IN reads all ones");
@@ -331,7 +339,7 @@ mod tests {
         );
         assert_eq!(
             step(VcpuExit::MmioWrite(0x4000_0000, &[0]), || false),
-            Step::End(Outcome::EngineError("mmio write at 0x40000000".into()))
+            Step::Stop(Arrival::MmioWrite(0x4000_0000))
         );
         assert_eq!(
             step(VcpuExit::InternalError, || false),

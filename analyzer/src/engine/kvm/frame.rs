@@ -12,7 +12,7 @@
 use super::memory::bytes_at;
 use super::vcpu::cpl_of;
 use super::Flavor;
-use crate::machine::landing::{landing, Landing, Stop};
+use crate::machine::landing::{exit_stub_vector, landing, ran_on, Landing, Stop};
 use crate::machine::{GuestImage, Prepared, CODE, DATA, PAGE, STACK};
 use crate::mode::Mode;
 use crate::observe::{Outcome, TransferKind};
@@ -25,6 +25,8 @@ const ERROR_CODE_VECTORS: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
 pub(super) struct Halt<'a> {
     pub(super) image: &'a GuestImage,
     pub(super) test: &'a Prepared,
+    /// The CPL the run started at.
+    pub(super) start_cpl: u8,
     /// Guest physical memory.
     pub(super) mem: &'a [u8],
     pub(super) regs: kvm_regs,
@@ -67,9 +69,33 @@ impl At {
     }
 }
 
-/// Decodes a HLT exit at CPL 0: the sentinel, a landing pad, or an entry
-/// stub ([`landing`]).
-pub(super) fn decode(h: &Halt) -> End {
+/// What left the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// A HLT at CPL 0.
+    Hlt,
+    /// A write to this guest-physical address, which no memory backs: the
+    /// exit stub of a vector ([`exit_stub_vector`]), or the test's own.
+    MmioWrite(u64),
+}
+
+/// Decodes an exit: a HLT at CPL 0 (the sentinel, a landing pad, or an
+/// entry stub, [`landing`]), or an MMIO write.
+pub(super) fn decode(h: &Halt, arrival: Arrival) -> End {
+    match arrival {
+        Arrival::Hlt => decode_hlt(h),
+        Arrival::MmioWrite(addr) => match exit_stub_vector(h.regs.rip, addr) {
+            Some((vector, stub)) if h.image.has_exit_stubs() => decode_vector(h, vector, stub),
+            _ => End::Only(Outcome::EngineError(format!(
+                "mmio write at {addr:#x} at rip {:#x}",
+                h.regs.rip
+            ))),
+        },
+    }
+}
+
+/// A HLT exit at CPL 0.
+fn decode_hlt(h: &Halt) -> End {
     let hlt_at = h.regs.rip.wrapping_sub(1);
     let cpl_now = cpl_of(h.image.mode, &h.sregs);
     match landing(h.test, Stop::Ran { next: h.regs.rip }) {
@@ -115,7 +141,25 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
         ),
     };
     let sp = regs.rsp & stack_mask;
-    let slot = |i: usize| read_uint(h.mem, image, sp.wrapping_add((i * size) as u64), size);
+    let has_ec = image.mode.is_protected() && ERROR_CODE_VECTORS.contains(&vector);
+    let first = usize::from(has_ec);
+    // Where the frame is: at SS:ESP. Seen on PVM: in 16-bit protected mode
+    // with a nonzero SS base the frame is written at linear ESP, ignoring
+    // the SS base (nothing the test observes lives there: the shifted
+    // image keeps its pages SEG_SHIFT higher, and the guest's writes of
+    // the last run are undone before each run); it is read where it was
+    // written. A frame holds a code selector of the image's GDT.
+    let holds_frame = |frame: u64| {
+        read_phys(h.mem, frame.wrapping_add(((first + 1) * size) as u64), size)
+            .is_some_and(|cs| is_code_selector(h, cs))
+    };
+    let based = phys(image, sp);
+    let frame = if !holds_frame(based) && sregs.ss.base != 0 && holds_frame(sp) {
+        sp
+    } else {
+        based
+    };
+    let slot = |i: usize| read_phys(h.mem, frame.wrapping_add((i * size) as u64), size);
     let cpl_now = cpl_of(image.mode, sregs);
     // A software interrupt: the test is INT n / INT3 / INTO / INT1 for
     // this vector and the frame (no error code) returns after it.
@@ -131,8 +175,6 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
             user_rip: None,
         };
     }
-    let has_ec = image.mode.is_protected() && ERROR_CODE_VECTORS.contains(&vector);
-    let first = usize::from(has_ec);
     let error_code = if has_ec {
         slot(0).map(|v| v as u32)
     } else {
@@ -145,22 +187,10 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
             "vector {vector}: exception frame at {sp:#x} outside guest memory"
         )));
     };
-    // No frame has a null CS. Seen on PVM: in 16-bit protected mode with
-    // a nonzero SS base, the frame is written at linear ESP, ignoring
-    // the SS base, so the handler's own view (SS:ESP) holds no frame.
-    if frame_cs & 0xFFFC == 0 {
-        let unbased = bytes_at(h.mem, sp, size * 3)
-            .map(|b| b.iter().any(|&x| x != 0))
-            .unwrap_or(false);
+    if !is_code_selector(h, frame_cs) {
         return End::Only(Outcome::EngineError(format!(
-            "{}: vector {vector}: no exception frame at ss:{sp:#x} (ss base {:#x}){}",
-            h.flavor,
-            sregs.ss.base,
-            if unbased && sregs.ss.base != 0 {
-                "; one was written at linear esp, without the ss base"
-            } else {
-                ""
-            }
+            "{}: vector {vector}: no exception frame at ss:{sp:#x} (ss base {:#x})",
+            h.flavor, sregs.ss.base,
         )));
     }
     // A HLT at CPL > 0 raises #GP(0) where it stands: at the sentinel or a
@@ -172,6 +202,9 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
     } else {
         None
     };
+    // Raised in another ring than the run started in, away from the test:
+    // the code the test went to raised it ([`ran_on`]).
+    let landed = landed.or_else(|| ran_on(test, h.start_cpl, (frame_cs & 3) as u8, frame_rip));
     let Some(landed) = landed else {
         return End::Only(Outcome::Trap {
             vector,
@@ -223,6 +256,22 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
     }
 }
 
+/// Whether `cs` selects a code segment of the image's GDT (a frame's CS
+/// always does; a null selector, an LDT selector or one past the limit
+/// never). Real mode has no descriptors: any value.
+fn is_code_selector(h: &Halt, cs: u64) -> bool {
+    if !h.image.mode.is_protected() {
+        return true;
+    }
+    let (base, limit) = h.image.sys.gdtr;
+    let index = cs & 0xFFF8;
+    if cs > 0xFFFF || cs & 4 != 0 || index == 0 || index + 7 > u64::from(limit) {
+        return false;
+    }
+    // The access byte: present, a code or data segment, and code.
+    read_phys(h.mem, base + index + 5, 1).is_some_and(|a| a & 0x98 == 0x98)
+}
+
 /// Physical address of a program-view offset in the harness's pages.
 fn phys(image: &GuestImage, off: u64) -> u64 {
     let page = off & !(PAGE - 1);
@@ -240,9 +289,9 @@ fn phys(image: &GuestImage, off: u64) -> u64 {
     }
 }
 
-/// A little-endian value of `size` bytes at program-view offset `off`.
-fn read_uint(mem: &[u8], image: &GuestImage, off: u64, size: usize) -> Option<u64> {
-    let b = bytes_at(mem, phys(image, off), size)?;
+/// A little-endian value of `size` bytes at physical address `at`.
+fn read_phys(mem: &[u8], at: u64, size: usize) -> Option<u64> {
+    let b = bytes_at(mem, at, size)?;
     let mut v = [0u8; 8];
     v[..size].copy_from_slice(b);
     Some(u64::from_le_bytes(v))
@@ -306,6 +355,8 @@ mod tests {
         Halt {
             image: img,
             test: p,
+            // The tests' runs are at CPL 3 (setup64).
+            start_cpl: 3,
             mem,
             regs,
             sregs,
@@ -321,7 +372,7 @@ mod tests {
         let (img, p, mut mem) = setup64(&[0xF4]); // hlt at CPL 3
         let at = frame64(&mut mem, 13, &[0, TEST_RIP, UCS, 0x202, 0x9800, USS]);
         assert_eq!(
-            decode(&halt(&img, &p, &mem, at)),
+            decode_hlt(&halt(&img, &p, &mem, at)),
             End::Only(Outcome::Trap {
                 vector: 13,
                 error_code: Some(0),
@@ -332,11 +383,38 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_in_another_ring_away_from_the_test_is_a_completion_there() {
+        // The test started at CPL 0 and went to CPL 3, where 0x15000 faulted.
+        let (img, p, mut mem) = setup64(&[0x0F, 0x35]);
+        let at = frame64(&mut mem, 13, &[0, 0x15000, UCS, 0x202, 0x9800, USS]);
+        let h = Halt {
+            start_cpl: 0,
+            ..halt(&img, &p, &mem, at)
+        };
+        assert!(matches!(
+            decode_hlt(&h),
+            End::State {
+                outcome: Outcome::Completed {
+                    rip: 0x15000,
+                    at_sentinel: false
+                },
+                ..
+            }
+        ));
+        // In the ring the run started in, it is a trap.
+        let at = frame64(&mut mem, 13, &[0, 0x15000, UCS, 0x202, 0x9800, USS]);
+        assert!(matches!(
+            decode_hlt(&halt(&img, &p, &mem, at)),
+            End::Only(Outcome::Trap { vector: 13, .. })
+        ));
+    }
+
+    #[test]
     fn page_fault_keeps_its_error_code() {
         let (img, p, mut mem) = setup64(&[0x8B, 0x04, 0x25, 0, 0, 0, 0]);
         let at = frame64(&mut mem, 14, &[4, TEST_RIP, UCS, 0x202, 0x9800, USS]);
         assert_eq!(
-            decode(&halt(&img, &p, &mem, at)),
+            decode_hlt(&halt(&img, &p, &mem, at)),
             End::Only(Outcome::Trap {
                 vector: 14,
                 error_code: Some(4),
@@ -355,7 +433,7 @@ mod tests {
             outcome,
             at,
             user_rip,
-        } = decode(&halt(&img, &p, &mem, at))
+        } = decode_hlt(&halt(&img, &p, &mem, at))
         else {
             panic!("no state");
         };
@@ -383,7 +461,7 @@ mod tests {
         let stub = entry::VECTORS + 0x80 * entry::VECTOR_STRIDE;
         let End::State {
             outcome, user_rip, ..
-        } = decode(&halt(&img, &p, &mem, at))
+        } = decode_hlt(&halt(&img, &p, &mem, at))
         else {
             panic!("no state");
         };
@@ -406,7 +484,7 @@ mod tests {
             ..Default::default()
         };
         let End::State { outcome, .. } =
-            decode(&halt(&img, &p, &mem, (regs, kvm_sregs::default())))
+            decode_hlt(&halt(&img, &p, &mem, (regs, kvm_sregs::default())))
         else {
             panic!("no state");
         };
@@ -428,13 +506,13 @@ mod tests {
             rip: entry::VECTORS + 2 + 1,
             ..Default::default()
         };
-        let got = decode(&halt(&img, &p, &mem, (regs, kvm_sregs::default())));
+        let got = decode_hlt(&halt(&img, &p, &mem, (regs, kvm_sregs::default())));
         let want = format!("hlt at unexpected rip {:#x}", entry::VECTORS + 2);
         assert_eq!(got, End::Only(Outcome::EngineError(want)));
         // A stack pointer outside guest memory.
         let (mut regs, sregs) = frame64(&mut mem, 6, &[TEST_RIP, UCS, 0x202]);
         regs.rsp = 0x4000_0000;
-        let got = decode(&halt(&img, &p, &mem, (regs, sregs)));
+        let got = decode_hlt(&halt(&img, &p, &mem, (regs, sregs)));
         assert_eq!(
             got,
             End::Only(Outcome::EngineError(
@@ -443,7 +521,7 @@ mod tests {
         );
         // A frame with a null CS.
         let at = frame64(&mut mem, 6, &[TEST_RIP, 0, 0x202]);
-        let End::Only(Outcome::EngineError(t)) = decode(&halt(&img, &p, &mem, at)) else {
+        let End::Only(Outcome::EngineError(t)) = decode_hlt(&halt(&img, &p, &mem, at)) else {
             panic!("not an engine error");
         };
         assert!(

@@ -36,8 +36,16 @@
 //! (after an engine-level end) pending events are reset too. The before-state is what KVM reports right after the
 //! registers are set (read once per image and side).
 //!
-//! Not supported: a supervisor at CPL 1 or 3 (ring-compression variants):
-//! its HLT entry stubs raise #GP instead of exiting, without end.
+//! Ring compression (a supervisor at CPL 1 or 3) runs in long-mode images
+//! (64 and 32c): there the IDT gates lead to the harness's exit stubs
+//! (`entry::EXIT_STUBS`), each an MMIO write to an unbacked page whose
+//! address names the vector, which exits at any CPL (KVM_EXIT_MMIO); the
+//! frame is read as after a HLT stub. A HLT at CPL 1 or 3 raises #GP, so
+//! the #GP stub's exit is how such a run reaches its sentinel. (Once the
+//! write exited, KVM has completed it: the next KVM_RUN owes it nothing.)
+//! In 16- and 32-bit protected mode the supervisor at CPL 1 or 3 is not
+//! supported: a HLT stub raises #GP without end there, and a write would
+//! go through a data segment the test may have changed.
 //!
 //! On PVM (`kvm_pvm`, a software hypervisor) the guest's supervisor runs in
 //! hardware user mode; what it reports is recorded as it is. Measured there
@@ -554,11 +562,13 @@ impl Engine for KvmEngine {
     }
 
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
-        if image.mode.is_protected() && image.supervisor.cpl != 0 {
+        if image.mode.is_protected() && image.supervisor.cpl != 0 && !image.has_exit_stubs() {
             return Observation::outcome_only(
                 Outcome::NotSupported(format!(
-                    "kvm: supervisor at cpl {}: the harness's HLT entry stubs only exit to KVM at cpl 0",
-                    image.supervisor.cpl
+                    "kvm: supervisor at cpl {} in mode {}: ring compression runs on kvm in long-mode \
+                     images only (16- and 32-bit handlers at cpl {} have no exit: a HLT raises #GP, \
+                     and an MMIO write would go through a data segment the test may have changed)",
+                    image.supervisor.cpl, image.mode, image.supervisor.cpl
                 )),
                 SystemState::default(),
             );

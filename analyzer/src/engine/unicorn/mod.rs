@@ -22,7 +22,7 @@ mod tests;
 use super::{Engine, EngineError};
 use crate::engine::shadow::Shadow;
 use crate::machine::image::msr;
-use crate::machine::landing::{landing, Landing, Stop};
+use crate::machine::landing::{landing, ran_on, Landing, Stop};
 use crate::machine::{GuestImage, Prepared, CODE, DATA, MEM_SIZE, PAGE, STACK};
 use crate::mode::Mode;
 use crate::observe::{
@@ -527,12 +527,18 @@ impl Machine {
         if fired {
             return Ok((Outcome::Hang, false));
         }
+        let protected = image.mode.is_protected();
         let stopped = Stopped {
             events: *self.uc.get_data(),
             result,
             rip: self.uc.reg_read(R::EIP).unwrap_or(0),
-            cpl: if image.mode.is_protected() {
+            cpl: if protected {
                 (self.uc.reg_read(R::CS).unwrap_or(0) & 3) as u8
+            } else {
+                0
+            },
+            start_cpl: if protected {
+                (before.segs[0].selector & 3) as u8
             } else {
                 0
             },
@@ -552,6 +558,8 @@ struct Stopped {
     rip: u64,
     /// The CPL there.
     cpl: u8,
+    /// The CPL the run started at.
+    start_cpl: u8,
 }
 
 /// What a run of `test` that stopped so means: its outcome, and whether the
@@ -562,6 +570,7 @@ fn outcome(test: &Prepared, stopped: &Stopped) -> (Outcome, bool) {
         result,
         rip,
         cpl: cpl_now,
+        start_cpl,
     } = *stopped;
     // Where a HLT stopped the run: the machine's landing rule.
     let landed = |stop: Stop| -> Option<Outcome> {
@@ -607,6 +616,10 @@ fn outcome(test: &Prepared, stopped: &Stopped) -> (Outcome, bool) {
                 },
                 false,
             );
+        }
+        if let Some(Landing::Completed { rip, at_sentinel }) = ran_on(test, start_cpl, cpl_now, at)
+        {
+            return (Outcome::Completed { rip, at_sentinel }, true);
         }
         return (
             Outcome::Trap {

@@ -361,6 +361,7 @@ mod outcomes {
             result: Ok(()),
             rip,
             cpl: 0,
+            start_cpl: 0,
         }
     }
 
@@ -374,7 +375,39 @@ mod outcomes {
             result: Ok(()),
             rip: at,
             cpl: 3,
+            start_cpl: 3,
         }
+    }
+
+    #[test]
+    fn a_trap_in_another_ring_away_from_the_test_is_a_completion_there() {
+        let t = test64();
+        // The test at CPL 0 went to CPL 3 (SYSEXIT, say), where code at 0x15000 faulted.
+        let mut s = hooked(13, 0x15000);
+        s.start_cpl = 0;
+        assert_eq!(
+            outcome(&t, &s),
+            (
+                Outcome::Completed {
+                    rip: 0x15000,
+                    at_sentinel: false
+                },
+                true
+            )
+        );
+        // At the test's own RIP it is the test's trap, whatever the CPL.
+        let mut s = hooked(13, t.rip);
+        s.start_cpl = 0;
+        assert!(matches!(
+            outcome(&t, &s).0,
+            Outcome::Trap { vector: 13, .. }
+        ));
+        // In the ring it started in, a trap elsewhere stays a trap.
+        let s = hooked(14, 0x15000);
+        assert!(matches!(
+            outcome(&t, &s).0,
+            Outcome::Trap { vector: 14, .. }
+        ));
     }
 
     #[test]
