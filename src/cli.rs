@@ -924,27 +924,26 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What executed an engine's runs, per mode and side (asked of the engine
+/// What executed an engine's runs, per mode and CPL (asked of the engine
 /// once, before its scan).
-struct Executors(std::collections::BTreeMap<(Mode, analyzer::observe::Side), engine::Executor>);
+struct Executors(std::collections::BTreeMap<(Mode, u8), engine::Executor>);
 
 impl Executors {
     fn of(e: Option<&dyn engine::Engine>, modes: &[Mode]) -> Executors {
-        use analyzer::observe::Side;
         let mut m = std::collections::BTreeMap::new();
         if let Some(e) = e {
             for &mode in modes {
-                for side in [Side::Supervisor, Side::User] {
-                    m.insert((mode, side), e.executor(mode, side));
+                for cpl in 0..=3 {
+                    m.insert((mode, cpl), e.executor(mode, cpl));
                 }
             }
         }
         Executors(m)
     }
 
-    fn get(&self, mode: Mode, side: analyzer::observe::Side) -> engine::Executor {
+    fn get(&self, mode: Mode, cpl: u8) -> engine::Executor {
         self.0
-            .get(&(mode, side))
+            .get(&(mode, cpl))
             .copied()
             .unwrap_or(engine::Executor::Emulator)
     }
@@ -1053,8 +1052,8 @@ fn write_comparisons(
             };
             let ((na, sa, ea), (nb, sb, eb)) = (side(i), side(j));
             let (fa, fb) = (
-                move |m: Mode, s: analyzer::observe::Side| ea.get(m, s),
-                move |m: Mode, s: analyzer::observe::Side| eb.get(m, s),
+                move |m: Mode, cpl: u8| ea.get(m, cpl),
+                move |m: Mode, cpl: u8| eb.get(m, cpl),
             );
             let diffs = compare::compare_runs(
                 &compare::EngineRuns {

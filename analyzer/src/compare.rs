@@ -3,7 +3,6 @@
 
 use crate::engine::Executor;
 use crate::mode::Mode;
-use crate::observe::Side as ObsSide;
 use crate::record::Record;
 use crate::scan::Scanned;
 use serde::{Deserialize, Serialize};
@@ -303,11 +302,11 @@ pub fn write_differences_md<W: Write>(
 }
 
 /// One engine's runs for a run-by-run comparison: its name, its scan with
-/// the outcomes kept, and what executed each (mode, side).
+/// the outcomes kept, and what executed each (mode, CPL).
 pub struct EngineRuns<'a> {
     pub engine: &'a str,
     pub scanned: &'a [Scanned],
-    pub executor: &'a dyn Fn(Mode, ObsSide) -> Executor,
+    pub executor: &'a dyn Fn(Mode, u8) -> Executor,
 }
 
 /// One engine's side of a state whose outcomes differ.
@@ -371,12 +370,12 @@ pub fn compare_runs(a: &EngineRuns, b: &EngineRuns) -> Vec<RunDifference> {
             }
             let side_a = RunSide {
                 engine: a.engine.into(),
-                executor: (a.executor)(mode, sa.side),
+                executor: (a.executor)(mode, sa.cpl(mode)),
                 outcome: sa.outcome.short(),
             };
             let side_b = RunSide {
                 engine: b.engine.into(),
-                executor: (b.executor)(mode, sb.side),
+                executor: (b.executor)(mode, sb.cpl(mode)),
                 outcome: sb.outcome.short(),
             };
             match here.iter_mut().find(|d| d.a == side_a && d.b == side_b) {

@@ -171,6 +171,16 @@ impl StateOutcome {
             .collect()
     }
 
+    /// The CPL the run's test executed at: 3 on the user side, the
+    /// variant's supervisor CPL on the other (0 outside protected mode).
+    pub fn cpl(&self, mode: Mode) -> u8 {
+        match self.side {
+            Side::User => 3,
+            Side::Supervisor if mode.is_protected() => self.variant.supervisor_dpl & 3,
+            Side::Supervisor => 0,
+        }
+    }
+
     /// Whether `other` ran in the same state.
     pub fn same_state(&self, other: &StateOutcome) -> bool {
         (self.variant, self.side, self.repeat) == (other.variant, other.side, other.repeat)
@@ -514,8 +524,8 @@ pub(crate) mod tests {
         // Only states that ran are kept: no supervisor side on the second.
         assert!(b[0].outcomes.iter().all(|o| o.side == Side::User));
         assert!(a[0].outcomes.iter().any(|o| o.side == Side::Supervisor));
-        let emu = |_: Mode, _: Side| Executor::Emulator;
-        let cpu = |_: Mode, _: Side| Executor::Hardware;
+        let emu = |_: Mode, _: u8| Executor::Emulator;
+        let cpu = |_: Mode, _: u8| Executor::Hardware;
         let d = compare_runs(
             &EngineRuns {
                 engine: "one",

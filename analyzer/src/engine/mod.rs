@@ -28,9 +28,10 @@ pub trait Engine {
     fn version(&self) -> String;
     /// Run `test` in `image` starting on `side`.
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation;
-    /// What executes a test of `mode` on `side`: the engine's software or
-    /// the CPU. Engine comparisons keep the two apart.
-    fn executor(&self, _mode: Mode, _side: Side) -> Executor {
+    /// What executes a test of `mode` at `cpl` (3 on the user side, the
+    /// supervisor's CPL on the other: 1 or 3 under ring compression): the
+    /// engine's software or the CPU. Engine comparisons keep the two apart.
+    fn executor(&self, _mode: Mode, _cpl: u8) -> Executor {
         Executor::Emulator
     }
 }

@@ -62,8 +62,24 @@
 //!   transfer at CPL 3).
 //! - 16-bit mode at CPL 3: INT n, INT3, LAR, LSL, VERR raise #UD; a far
 //!   call through the call gate raises #UD; with a nonzero SS base the
-//!   exception frame is written at linear ESP, ignoring the SS base (an
-//!   `EngineError` that says so).
+//!   exception frame is written at linear ESP, ignoring the SS base (at
+//!   CPL 0 too). The engine reads the frame where it was written (guest
+//!   memory there is the image's before every run) when SS:ESP holds none;
+//!   a frame must hold a code selector of the image's GDT.
+//! - Ring compression (64 and 32c, through the exit stubs): a handler
+//!   whose code segment has DPL 1 or 3 is entered with CS = the gate's
+//!   selector unchanged (RPL 0, its cached DPL 1 or 3) and SS = 0, where
+//!   the manuals give CS with RPL = the new CPL and SS = NULL | CPL; the
+//!   stack is IST1's, as it should be. No observation reads the handler's
+//!   CS or SS (the frame gives the test's), so this decides no verdict.
+//!   CPL 1 runs in the emulator (LAR, LSL, VERR, VERW, INT n are
+//!   KVM_EXIT_INTERNAL_ERROR there); SWAPGS and SYSRET at CPL 1 complete
+//!   (manuals: #GP(0) at CPL != 0); LAR, LSL, VERR and VERW at CPL 3 read
+//!   the host's GDT (selector 0x10 is the host kernel's data segment, so
+//!   ring3's CPL-3 evidence for them is the base state's); a far CALL from
+//!   CPL 3 through the call gate to a DPL-1 or DPL-3 code segment is #UD.
+//! - RDPMC is #GP(0) at every CPL where KVM's PMU is off
+//!   (`kvm.enable_pmu=N`, as here).
 //! - Real mode: INT 0x80 never leaves the instruction (a `Hang`).
 //! - Guest CPL-0 code runs at about 0.6 µs per NOP, CPL-3 code natively
 //!   (test `nop_slide_speed_per_cpl`); likely because the harness's
@@ -529,10 +545,10 @@ impl Engine for KvmEngine {
     }
 
     /// The API, the flavor and the host CPU; on PVM also where each side
-    /// runs (the CPL 0 side in KVM's instruction emulator, the CPL 3 side
-    /// on the CPU but in 32c, where it is emulated too: measured, VERR is
-    /// #UD at CPL 3 in 32c and completes in 64), so that every report says
-    /// which results are whose.
+    /// runs (CPL 0 in KVM's instruction emulator, CPL 3 on the CPU in
+    /// 64-bit mode only; measured: VERR is #UD at CPL 3 in 16-bit mode and
+    /// 32c and completes in 64, LAR is KVM_EXIT_INTERNAL_ERROR at CPL 1),
+    /// so that every report says which results are whose.
     fn version(&self) -> String {
         let cpu = format!(
             "{} {}",
@@ -542,21 +558,22 @@ impl Engine for KvmEngine {
         match self.flavor {
             Flavor::Pvm => format!(
                 "kvm api {}, flavor {} on {cpu}: CPL 0 runs in KVM's instruction emulator, CPL 3 on the CPU \
-                 (32-bit compatibility mode at CPL 3 in the emulator too)",
+                 in 64-bit mode only (CPL 1 and 2, and 16-bit and 32-bit compatibility-mode code at CPL 3, \
+                 in the emulator too)",
                 self.api, self.flavor
             ),
             _ => format!("kvm api {}, flavor {} on {cpu}", self.api, self.flavor),
         }
     }
 
-    /// On PVM: CPL 0 in KVM's instruction emulator, CPL 3 on the CPU but in
-    /// 32c (as [`Engine::version`] says); with VT-x or SVM the CPU (where
-    /// KVM emulates an instruction after an exit, that is not told apart).
-    fn executor(&self, mode: Mode, side: Side) -> Executor {
-        match (self.flavor, side, mode) {
-            (Flavor::Pvm, Side::Supervisor, _) | (Flavor::Pvm, Side::User, Mode::Compat32) => {
-                Executor::Emulator
-            }
+    /// On PVM only 64-bit code at CPL 3 runs on the CPU; CPL 0, 1 and 2
+    /// and 16-bit and 32c code run in KVM's instruction emulator (as
+    /// [`Engine::version`] says); with VT-x or SVM the CPU (where KVM
+    /// emulates an instruction after an exit, that is not told apart).
+    fn executor(&self, mode: Mode, cpl: u8) -> Executor {
+        match (self.flavor, mode, cpl) {
+            (Flavor::Pvm, Mode::Long64, 3) => Executor::Hardware,
+            (Flavor::Pvm, _, _) => Executor::Emulator,
             _ => Executor::Hardware,
         }
     }

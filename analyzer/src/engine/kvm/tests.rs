@@ -746,6 +746,52 @@ fn ring_compression_runs_through_the_exit_stubs() {
             }
         }
     }
+    // A far call from CPL 3 through the call gate (32c, call ptr16:32) to
+    // the supervisor's code at DPL 1 or 3: a transfer there on hardware;
+    // measured on PVM: #UD at the instruction.
+    let gate = Setup {
+        patches: vec![crate::machine::Patch {
+            offset: 5,
+            size: 2,
+            value: Sym::Sel(crate::machine::SelRole::CallGate),
+        }],
+        ..Setup::default()
+    };
+    for dpl in [1u8, 3] {
+        let v = Variant {
+            supervisor_dpl: dpl,
+            ..Variant::base(&cfg)
+        };
+        let call = [0x9A, 0, 0, 0, 0, 0, 0];
+        let o = run_on(&mut e, Mode::Compat32, cfg, v, Side::User, &call, &gate);
+        if pvm {
+            assert!(
+                matches!(
+                    o.outcome,
+                    Outcome::Trap {
+                        vector: 6,
+                        rip: TEST_RIP,
+                        ..
+                    }
+                ),
+                "ring{dpl}: {:?}",
+                o.outcome
+            );
+        } else {
+            assert!(
+                matches!(
+                    o.outcome,
+                    Outcome::Transfer {
+                        kind: TransferKind::CallGate,
+                        cpl: Some(c),
+                        ..
+                    } if c == dpl
+                ),
+                "ring{dpl}: {:?}",
+                o.outcome
+            );
+        }
+    }
     // SWAPGS at CPL 1: #GP(0) (CPL != 0) by the manuals; measured on PVM,
     // whose emulator runs CPL 1, it completes.
     let ring1 = Variant {

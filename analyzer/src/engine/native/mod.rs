@@ -501,7 +501,7 @@ impl Engine for NativeEngine {
         format!("native cpl3 on {}{umip}", self.facts.text())
     }
 
-    fn executor(&self, _mode: Mode, _side: Side) -> Executor {
+    fn executor(&self, _mode: Mode, _cpl: u8) -> Executor {
         Executor::Hardware
     }
 
