@@ -510,27 +510,31 @@ fn entry_points_port_io_and_page_faults() {
             ..Setup::default()
         },
     );
-    if flavor_is_pvm(&e) {
-        assert_eq!(
-            o.outcome,
-            Outcome::Trap {
-                vector: 6,
-                error_code: None,
-                rip: crate::machine::TEST_RIP,
-                address: None,
-            }
-        );
+    call_gate_arrives(flavor_is_pvm(&e), &o, 0, "16-bit cpl3");
+}
+
+/// A far call through the harness's call gate arrived at its entry point
+/// at `cpl` (on hardware); measured on PVM: #UD at the instruction.
+fn call_gate_arrives(pvm: bool, o: &Observation, cpl: u8, what: &str) {
+    if pvm {
+        let ud = Outcome::Trap {
+            vector: 6,
+            error_code: None,
+            rip: TEST_RIP,
+            address: None,
+        };
+        assert_eq!(o.outcome, ud, "{what}");
     } else {
         assert!(
             matches!(
                 o.outcome,
                 Outcome::Transfer {
                     kind: TransferKind::CallGate,
-                    cpl: Some(0),
+                    cpl: Some(c),
                     ..
-                }
+                } if c == cpl
             ),
-            "{:?}",
+            "{what}: {:?}",
             o.outcome
         );
     }
@@ -696,12 +700,13 @@ fn ring_compression_runs_through_the_exit_stubs() {
     let Some(mut e) = engine() else { return };
     let pvm = pvm_quirk_host(&e).is_ok();
     let cfg = Config::UMIP_OFF;
+    let ring = |dpl: u8| Variant {
+        supervisor_dpl: dpl,
+        ..Variant::base(&cfg)
+    };
     for mode in [Mode::Long64, Mode::Compat32] {
         for dpl in [1u8, 3] {
-            let v = Variant {
-                supervisor_dpl: dpl,
-                ..Variant::base(&cfg)
-            };
+            let v = ring(dpl);
             for side in Side::BOTH {
                 let cpl = if side == Side::User { 3 } else { dpl };
                 let at = format!("{mode} ring{dpl}@{side}");
@@ -758,55 +763,25 @@ fn ring_compression_runs_through_the_exit_stubs() {
         ..Setup::default()
     };
     for dpl in [1u8, 3] {
-        let v = Variant {
-            supervisor_dpl: dpl,
-            ..Variant::base(&cfg)
-        };
+        let v = ring(dpl);
         let call = [0x9A, 0, 0, 0, 0, 0, 0];
         let o = run_on(&mut e, Mode::Compat32, cfg, v, Side::User, &call, &gate);
-        if pvm {
-            assert!(
-                matches!(
-                    o.outcome,
-                    Outcome::Trap {
-                        vector: 6,
-                        rip: TEST_RIP,
-                        ..
-                    }
-                ),
-                "ring{dpl}: {:?}",
-                o.outcome
-            );
-        } else {
-            assert!(
-                matches!(
-                    o.outcome,
-                    Outcome::Transfer {
-                        kind: TransferKind::CallGate,
-                        cpl: Some(c),
-                        ..
-                    } if c == dpl
-                ),
-                "ring{dpl}: {:?}",
-                o.outcome
-            );
-        }
+        call_gate_arrives(pvm, &o, dpl, &format!("32c ring{dpl}@cpl3"));
     }
     // SWAPGS at CPL 1: #GP(0) (CPL != 0) by the manuals; measured on PVM,
     // whose emulator runs CPL 1, it completes.
-    let ring1 = Variant {
-        supervisor_dpl: 1,
-        ..Variant::base(&cfg)
+    let at_cpl1 = |e: &mut KvmEngine, bytes: &[u8]| {
+        run_on(
+            e,
+            Mode::Long64,
+            cfg,
+            ring(1),
+            Side::Supervisor,
+            bytes,
+            &NONE,
+        )
     };
-    let o = run_on(
-        &mut e,
-        Mode::Long64,
-        cfg,
-        ring1,
-        Side::Supervisor,
-        &[0x0F, 0x01, 0xF8],
-        &NONE,
-    );
+    let o = at_cpl1(&mut e, &[0x0F, 0x01, 0xF8]);
     if pvm {
         assert!(completed(&o), "swapgs ring1@cpl1: {:?}", o.outcome);
     } else {
@@ -821,11 +796,7 @@ fn ring_compression_runs_through_the_exit_stubs() {
         (&[0x0F, 0x00, 0xE0], "verr ax"),
         (&[0x0F, 0x00, 0xE8], "verw ax"),
     ] {
-        let ring3 = Variant {
-            supervisor_dpl: 3,
-            ..Variant::base(&cfg)
-        };
-        let o = run_on(&mut e, Mode::Long64, cfg, ring3, Side::User, bytes, &NONE);
+        let o = run_on(&mut e, Mode::Long64, cfg, ring(3), Side::User, bytes, &NONE);
         let zf = o.user.as_ref().map(|u| u.flags & 0x40 != 0);
         if pvm {
             // Measured: CPL-3 code on PVM runs with the host's GDT, where
@@ -834,19 +805,7 @@ fn ring_compression_runs_through_the_exit_stubs() {
         } else {
             assert_eq!(zf, Some(true), "{name} ring3@cpl3: {:?}", o.outcome);
         }
-        let ring1 = Variant {
-            supervisor_dpl: 1,
-            ..Variant::base(&cfg)
-        };
-        let o = run_on(
-            &mut e,
-            Mode::Long64,
-            cfg,
-            ring1,
-            Side::Supervisor,
-            bytes,
-            &NONE,
-        );
+        let o = at_cpl1(&mut e, bytes);
         if pvm {
             // Measured: KVM's emulator, which runs CPL 1 on PVM, lacks them.
             assert!(
