@@ -403,6 +403,28 @@ pub(crate) mod tests {
     use crate::machine::{EntryState, Prepared, SysRegs, TEST_RIP};
     use crate::observe::{Observation, Outcome, Side, SystemState, UserState};
 
+    #[test]
+    fn a_state_runs_at_its_sides_cpl() {
+        let cfg = Config::UMIP_OFF;
+        let at = |dpl: u8, side: Side, mode: Mode| {
+            StateOutcome {
+                variant: Variant {
+                    supervisor_dpl: dpl,
+                    ..Variant::base(&cfg)
+                },
+                side,
+                repeat: 0,
+                outcome: Outcome::Hang,
+            }
+            .cpl(mode)
+        };
+        assert_eq!(at(0, Side::Supervisor, Mode::Long64), 0);
+        assert_eq!(at(1, Side::Supervisor, Mode::Long64), 1);
+        assert_eq!(at(3, Side::Supervisor, Mode::Prot16), 3);
+        assert_eq!(at(1, Side::User, Mode::Long64), 3);
+        assert_eq!(at(0, Side::Supervisor, Mode::Real), 0);
+    }
+
     /// Images with no memory: enough for the fake engine, which reads only the variant.
     pub(crate) struct TinyHarness;
 

@@ -18,7 +18,7 @@
 //! A HLT at CPL 0 runs, and the engine stops with RIP after it; at CPL > 0
 //! it raises #GP(0) where it stands ([`Stop`]).
 
-use super::{entry, Prepared, CODE, PAGE, SENTINEL};
+use super::{entry, Prepared, CODE, HANDLERS, PAGE, SENTINEL};
 use crate::observe::TransferKind;
 
 /// Where a HLT stopped the run.
@@ -80,9 +80,11 @@ pub fn landing(test: &Prepared, stop: Stop) -> Option<Landing> {
 /// test completed, going to another ring (IRET, far RET, SYSEXIT, SYSRET,
 /// a call gate), and the code it went to raised it: the run *completed*,
 /// at `at` (as a HLT landing pad at CPL > 0 is read).
-/// `None` where the trap may be the test's own.
+/// `None` where the trap may be the test's own, and in the harness's own
+/// code (the ring-0 page, the exit stubs), whose faults are no landing.
 pub fn ran_on(test: &Prepared, start_cpl: u8, cpl: u8, at: u64) -> Option<Landing> {
-    (cpl != start_cpl && at != test.rip).then_some(Landing::Completed {
+    let harness = [HANDLERS, entry::EXIT_STUBS].contains(&(at & !(PAGE - 1)));
+    (cpl != start_cpl && at != test.rip && !harness).then_some(Landing::Completed {
         rip: at,
         at_sentinel: at == test.sentinel,
     })
@@ -237,6 +239,9 @@ mod tests {
         // Its own ring, or the test's own RIP: the trap may be the test's.
         assert_eq!(ran_on(&t, 3, 3, 0x15000), None);
         assert_eq!(ran_on(&t, 0, 3, TEST_RIP), None);
+        // The harness's own code: its faults are no landing.
+        assert_eq!(ran_on(&t, 0, 3, HANDLERS + 0x34), None);
+        assert_eq!(ran_on(&t, 1, 0, entry::EXIT_STUBS + 13 * 8), None);
     }
 
     #[test]

@@ -102,7 +102,9 @@ pub mod sel {
     pub const GDT_LIMIT_COMPAT: u16 = 0x9F;
 }
 
-/// Offsets of the ring-0 entry points inside the HANDLERS page.
+/// Where the harness's entry points are: the ring-0 entry points inside
+/// the HANDLERS page, and the exit stubs of ring-compressed long-mode
+/// images in their own page.
 pub mod entry {
     use super::HANDLERS;
     /// Handler for vector v is at `VECTORS + v * VECTOR_STRIDE`: HLT, then padding.

@@ -204,7 +204,13 @@ fn decode_vector(h: &Halt, vector: u8, handler: u64) -> End {
     };
     // Raised in another ring than the run started in, away from the test:
     // the code the test went to raised it ([`ran_on`]).
-    let landed = landed.or_else(|| ran_on(test, h.start_cpl, (frame_cs & 3) as u8, frame_rip));
+    // (Real mode has no CPL: a CS value's low bits are no RPL there.)
+    let frame_cpl = if image.mode.is_protected() {
+        (frame_cs & 3) as u8
+    } else {
+        0
+    };
+    let landed = landed.or_else(|| ran_on(test, h.start_cpl, frame_cpl, frame_rip));
     let Some(landed) = landed else {
         return End::Only(Outcome::Trap {
             vector,
@@ -306,14 +312,22 @@ mod tests {
     /// A 64-bit base image, a test of `bytes` at CPL 3, and guest memory as
     /// KVM would hold it for the run.
     fn setup64(bytes: &[u8]) -> (GuestImage, Prepared, Vec<u8>) {
-        let cfg = Config::UMIP_OFF;
-        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
-        let setup = crate::explain::entry_from_bytes(bytes, Mode::Long64)
+        setup_in(Mode::Long64, Variant::base(&Config::UMIP_OFF), bytes)
+    }
+
+    /// As [`setup64`], in the image of `mode` and `variant`.
+    fn setup_in(mode: Mode, variant: Variant, bytes: &[u8]) -> (GuestImage, Prepared, Vec<u8>) {
+        let img = GuestImage::build(mode, Config::UMIP_OFF, variant);
+        let setup = crate::explain::entry_from_bytes(bytes, mode)
             .map(|e| e.setup)
             .unwrap_or_default();
-        let p = img
-            .prepare(crate::observe::Side::User, bytes, &setup)
-            .unwrap();
+        // The user side; real mode has only the supervisor's.
+        let side = if mode.is_protected() {
+            crate::observe::Side::User
+        } else {
+            crate::observe::Side::Supervisor
+        };
+        let p = img.prepare(side, bytes, &setup).unwrap();
         let mut mem = img.memory.clone();
         for (phys, page) in [
             (img.code_phys, &p.code_page),
@@ -407,6 +421,98 @@ mod tests {
             decode_hlt(&halt(&img, &p, &mem, at)),
             End::Only(Outcome::Trap { vector: 13, .. })
         ));
+    }
+
+    #[test]
+    fn an_exit_stubs_write_is_read_as_its_vectors_arrival() {
+        let ring1 = Variant {
+            supervisor_dpl: 1,
+            ..Variant::base(&Config::UMIP_OFF)
+        };
+        let (img, p, mut mem) = setup_in(Mode::Long64, ring1, &[0x0F, 0x0B]);
+        let stub6 = entry::EXIT_STUBS + 6 * entry::EXIT_STUB_STRIDE;
+        let (mut regs, sregs) = frame64(&mut mem, 6, &[TEST_RIP, UCS, 0x202, 0x9800, USS]);
+        // KVM completed the write: RIP after it.
+        regs.rip = stub6 + entry::EXIT_STUB_LEN;
+        let h = halt(&img, &p, &mem, (regs, sregs));
+        let ud = End::Only(Outcome::Trap {
+            vector: 6,
+            error_code: None,
+            rip: TEST_RIP,
+            address: None,
+        });
+        assert_eq!(decode(&h, Arrival::MmioWrite(entry::EXIT_MMIO + 6)), ud);
+        // Another vector's address than the stub's, or an image without
+        // exit stubs: a write the engine cannot explain.
+        let other = decode(&h, Arrival::MmioWrite(entry::EXIT_MMIO + 7));
+        assert!(
+            matches!(other, End::Only(Outcome::EngineError(ref t)) if t.starts_with("mmio write at 0x40007")),
+            "{other:?}"
+        );
+        let (img0, p0, mem0) = setup64(&[0x0F, 0x0B]);
+        let base = decode(
+            &halt(&img0, &p0, &mem0, (regs, sregs)),
+            Arrival::MmioWrite(entry::EXIT_MMIO + 6),
+        );
+        assert!(
+            matches!(base, End::Only(Outcome::EngineError(_))),
+            "{base:?}"
+        );
+    }
+
+    #[test]
+    fn a_real_mode_cs_has_no_cpl() {
+        // A fault after a far jump to a segment whose low bits are set:
+        // still the run's trap (real mode has no rings).
+        let (img, p, mut mem) = setup_in(Mode::Real, Variant::base(&Config::UMIP_OFF), &[0x90]);
+        let sp = 0x6FF0u64;
+        for (i, w) in [0x1234u16, 0x0001, 0x0002].iter().enumerate() {
+            mem[sp as usize + 2 * i..][..2].copy_from_slice(&w.to_le_bytes());
+        }
+        let regs = kvm_regs {
+            rip: entry::VECTORS + 6 * entry::VECTOR_STRIDE + 1,
+            rsp: sp,
+            ..Default::default()
+        };
+        let h = Halt {
+            start_cpl: 0,
+            ..halt(&img, &p, &mem, (regs, kvm_sregs::default()))
+        };
+        assert!(
+            matches!(
+                decode_hlt(&h),
+                End::Only(Outcome::Trap {
+                    vector: 6,
+                    rip: 0x1234,
+                    ..
+                })
+            ),
+            "{:?}",
+            decode_hlt(&h)
+        );
+    }
+
+    #[test]
+    fn a_frame_holds_a_code_selector_of_the_images_gdt() {
+        let (img, p, mem) = setup64(&[0x90]);
+        let h = halt(&img, &p, &mem, (kvm_regs::default(), kvm_sregs::default()));
+        assert!(is_code_selector(&h, u64::from(sel::KCODE)));
+        assert!(is_code_selector(&h, UCS));
+        for not_code in [
+            0,
+            3,
+            USS,
+            u64::from(sel::TSS),
+            u64::from(sel::LDT_DATA),
+            0x1_0008,
+            0xF6E9,
+        ] {
+            assert!(!is_code_selector(&h, not_code), "{not_code:#x}");
+        }
+        // 32c: the 32-bit code slot at the end of its longer GDT.
+        let (img, p, mem) = setup_in(Mode::Compat32, Variant::base(&Config::UMIP_OFF), &[0x90]);
+        let h = halt(&img, &p, &mem, (kvm_regs::default(), kvm_sregs::default()));
+        assert!(is_code_selector(&h, u64::from(sel::KCODE32)));
     }
 
     #[test]

@@ -238,6 +238,25 @@ fn measured_pvm_deviations_are_recorded_as_they_are() {
     };
     assert_eq!(cs_slot(esp), sel::UCODE, "frame at linear esp {esp:#x}");
     assert_ne!(cs_slot(SEG_SHIFT + esp), sel::UCODE, "no frame at ss:esp");
+    // The next run starts with the image's bytes there again (so a frame
+    // found there is its own): a CPL-0 NOP, which pushes no frame.
+    let o = run_on(
+        &mut e,
+        Mode::Prot16,
+        cfg,
+        shifted,
+        Side::Supervisor,
+        &[0x90],
+        &NONE,
+    );
+    assert!(completed(&o), "{:?}", o.outcome);
+    let img = GuestImage::build(Mode::Prot16, cfg, shifted);
+    let at = esp as usize..esp as usize + 24;
+    assert_eq!(
+        e.guest.mem()[at.clone()],
+        img.memory[at],
+        "stale frame at linear esp"
+    );
     // mov ax, cs at CPL 3 in 64-bit mode reads the host's user selector.
     let u = base(&mut e, Mode::Long64, Side::User, &[0x8C, 0xC8], &NONE);
     assert!(completed(&u), "{:?}", u.outcome);

@@ -606,6 +606,12 @@ fn outcome(test: &Prepared, stopped: &Stopped) -> (Outcome, bool) {
                 return (o, true);
             }
         }
+        // Raised in another ring than the run started in (a software
+        // interrupt never is: the hook takes it before delivery).
+        if let Some(Landing::Completed { rip, at_sentinel }) = ran_on(test, start_cpl, cpl_now, at)
+        {
+            return (Outcome::Completed { rip, at_sentinel }, true);
+        }
         // Software interrupts leave RIP after the instruction; faults at it.
         if at == test.sentinel && at != test.rip {
             return (
@@ -616,10 +622,6 @@ fn outcome(test: &Prepared, stopped: &Stopped) -> (Outcome, bool) {
                 },
                 false,
             );
-        }
-        if let Some(Landing::Completed { rip, at_sentinel }) = ran_on(test, start_cpl, cpl_now, at)
-        {
-            return (Outcome::Completed { rip, at_sentinel }, true);
         }
         return (
             Outcome::Trap {
