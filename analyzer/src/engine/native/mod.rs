@@ -9,7 +9,9 @@
 //! sees the same addresses and registers as on every other engine, and it
 //! runs under a seccomp filter that lets it use its socket and nothing
 //! else ([`seccomp`]). See [`worker`] for how a run enters and leaves the
-//! test.
+//! test, and for the handshake of a run through the shared control block
+//! (both sides spin a little before they block on the socket, so that a
+//! run needs no scheduler wake-up when each side has a CPU).
 //!
 //! What comes back is the signal that ended the test, with the CPU's
 //! vector and error code as the kernel saved them (`trapno`, `err`):
@@ -334,12 +336,12 @@ impl NativeEngine {
         let Some(w) = self.worker.as_mut() else {
             return fail("no worker".into(), before);
         };
-        if w.start().is_err() {
+        if w.start(&self.shared).is_err() {
             let how = w.kill();
             self.worker = None;
             return fail(format!("the worker {how} before the run"), before);
         }
-        match w.wait(TIME_LIMIT) {
+        match w.wait(&self.shared, TIME_LIMIT) {
             Wait::Answered => {}
             Wait::TimedOut => {
                 self.worker = None;

@@ -3,13 +3,55 @@
 //! `unsafe` of the engine's side is here.
 
 use super::seccomp::{self, SockFilter};
-use super::worker::{self, Control, Request, Response, Step, READY, SETUP_FAILED};
+use super::worker::{self, tsc, Control, Handshake, Request, Response, Step, READY, SETUP_FAILED};
 use super::NativeError;
 use crate::machine::PAGE;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 const PAGES: usize = 4;
+
+/// How long the worker spins for the next request before it blocks in its
+/// socket read (the engine prepares the next test meanwhile), when the
+/// last request came within that time (otherwise it blocks at once).
+const WORKER_SPIN: Duration = Duration::from_micros(50);
+/// How long the engine spins for an answer before it blocks in `poll`,
+/// when the last answer came within that time (otherwise it blocks at
+/// once).
+const ENGINE_SPIN: Duration = Duration::from_micros(50);
+
+/// Native engines alive in this process (one worker each).
+static ENGINES: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether spinning pays: only while every engine and its worker can have
+/// a CPU of their own. Otherwise a spinning side takes the CPU the other
+/// side (or another engine) needs, and both sides block at once, as
+/// before the handshake spun.
+fn spin_pays() -> bool {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    2 * ENGINES.load(Ordering::Relaxed) <= cpus
+}
+
+/// Time-stamp-counter ticks per microsecond, measured once (over about
+/// 200 µs of wall-clock time).
+fn ticks_per_us() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let (t0, c0) = (Instant::now(), tsc());
+        while t0.elapsed() < Duration::from_micros(200) {
+            std::hint::spin_loop();
+        }
+        let (us, c1) = (t0.elapsed().as_micros().max(1) as u64, tsc());
+        (c1.wrapping_sub(c0) / us).max(1)
+    })
+}
+
+fn ticks(d: Duration) -> u64 {
+    d.as_micros() as u64 * ticks_per_us()
+}
 
 /// The memfd with the code, data and stack pages and the control block,
 /// and the engine's mapping of it.
@@ -48,6 +90,7 @@ impl Shared {
         if base == libc::MAP_FAILED {
             return Err(NativeError::Os("map the shared memory", last()));
         }
+        ENGINES.fetch_add(1, Ordering::Relaxed);
         Ok(Shared {
             fd,
             base: base as *mut u8,
@@ -93,6 +136,12 @@ impl Shared {
         unsafe { std::ptr::read_volatile(&raw const (*self.control()).resp) }
     }
 
+    fn hand(&self) -> &Handshake {
+        // SAFETY: the control block in the mapping, which lives as long
+        // as self; the handshake is only used atomically.
+        unsafe { &(*self.control()).hand }
+    }
+
     fn clear_response(&mut self) {
         // SAFETY: as for `set_request`.
         unsafe { std::ptr::write_volatile(&raw mut (*self.control()).resp, Response::default()) }
@@ -103,6 +152,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.
         unsafe { libc::munmap(self.base as *mut libc::c_void, PAGES * PAGE as usize) };
+        ENGINES.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -124,6 +174,13 @@ pub(super) enum Wait {
 pub(super) struct Worker {
     pid: libc::pid_t,
     sock: OwnedFd,
+    /// The number of the last request (`Handshake::req_seq`).
+    seq: u64,
+    /// Whether to spin for the next answer (the last one came within
+    /// [`ENGINE_SPIN`]).
+    spin: bool,
+    /// [`spin_pays`] at the last request.
+    spin_pays: bool,
     /// The selectors it reported when ready (CS, SS, DS, ES, FS, GS).
     pub segs: [u64; 6],
 }
@@ -152,6 +209,7 @@ impl Worker {
         let (mine, theirs) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         shared.clear_response();
+        shared.hand().reset();
         let filter = filter_for(theirs.as_raw_fd() as u32);
         let setup = worker::Setup {
             fd: theirs.as_raw_fd(),
@@ -178,9 +236,13 @@ impl Worker {
         let mut w = Worker {
             pid,
             sock: mine,
+            seq: 0,
+            spin: true,
+            spin_pays: false,
             segs: [0; 6],
         };
-        match w.wait(limit) {
+        // The worker's first byte says it is set up (or failed to).
+        match w.block(Instant::now() + limit, || true) {
             Wait::Answered => {}
             Wait::TimedOut => {
                 return Err(NativeError::Setup(
@@ -214,8 +276,22 @@ impl Worker {
         self.pid
     }
 
-    /// Asks for one run: sends the byte.
-    pub(super) fn start(&mut self) -> Result<(), ()> {
+    /// Asks for one run (the request is in `shared`): bumps the request
+    /// number, and sends the worker a byte if it is asleep.
+    pub(super) fn start(&mut self, shared: &Shared) -> Result<(), ()> {
+        self.seq += 1;
+        let hand = shared.hand();
+        self.spin_pays = spin_pays();
+        let spin = if self.spin_pays {
+            ticks(WORKER_SPIN)
+        } else {
+            0
+        };
+        hand.worker_spin.store(spin, Ordering::SeqCst);
+        hand.req_seq.store(self.seq, Ordering::SeqCst);
+        if hand.worker_sleeping.swap(0, Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
         let b = [1u8];
         // SAFETY: send one byte from a local buffer on the socket we own.
         let n = unsafe {
@@ -233,11 +309,53 @@ impl Worker {
         }
     }
 
-    /// Waits for the answer byte at most `limit`.
-    pub(super) fn wait(&mut self, limit: Duration) -> Wait {
-        let deadline = std::time::Instant::now() + limit;
+    /// Waits at most `limit` for the answer to the last request: spins a
+    /// while, then blocks in `poll` until the worker's byte.
+    pub(super) fn wait(&mut self, shared: &Shared, limit: Duration) -> Wait {
+        let deadline = Instant::now() + limit;
+        let hand = shared.hand();
+        let seq = self.seq;
+        let answered = || hand.resp_seq.load(Ordering::SeqCst) == seq;
+        let (t0, max) = (tsc(), ticks(ENGINE_SPIN));
+        let spin = if self.spin && self.spin_pays { max } else { 0 };
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if answered() {
+                self.spin = true;
+                return Wait::Answered;
+            }
+            if tsc().wrapping_sub(t0) >= spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let wait = self.sleep(hand, deadline, answered);
+        // Spin next time if this answer came soon enough to be caught so.
+        self.spin = tsc().wrapping_sub(t0) <= max;
+        wait
+    }
+
+    /// The blocking part of [`Worker::wait`].
+    fn sleep(&mut self, hand: &Handshake, deadline: Instant, answered: impl Fn() -> bool) -> Wait {
+        // Asleep first, then the last look (the worker sets the answer's
+        // number first, then looks at the flag): one sees the other.
+        hand.engine_sleeping.store(1, Ordering::SeqCst);
+        if answered() {
+            if hand.engine_sleeping.swap(0, Ordering::SeqCst) == 0 {
+                // The worker took the flag: its byte is coming; take it,
+                // so that no byte is left over.
+                return self.block(deadline, || true);
+            }
+            return Wait::Answered;
+        }
+        // A byte with no answer (there should be none) means waiting on.
+        self.block(deadline, answered)
+    }
+
+    /// Waits until a byte from the worker after which `done` holds, at
+    /// most until `deadline` (then kills it).
+    fn block(&mut self, deadline: Instant, done: impl Fn() -> bool) -> Wait {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
             let mut p = libc::pollfd {
                 fd: self.sock.as_raw_fd(),
                 events: libc::POLLIN,
@@ -264,9 +382,17 @@ impl Worker {
                 )
             };
             if got == 1 {
-                return Wait::Answered;
+                if done() {
+                    return Wait::Answered;
+                }
+                continue;
             }
-            if got < 0 && last().kind() == std::io::ErrorKind::Interrupted {
+            if got < 0
+                && matches!(
+                    last().kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                )
+            {
                 continue;
             }
             return Wait::Died(self.reap());

@@ -20,14 +20,29 @@
 //!    filter of [`super::seccomp`].
 //!
 //! Then it serves runs: the engine writes the pages and the [`Request`]
-//! into the shared memory and sends one byte; the worker loads every
-//! general register and RFLAGS and jumps to the test. Whatever ends the
-//! test is a signal: the sentinel (HLT) raises #GP, SIGSEGV; a fault its
-//! own signal; a system call SIGSYS from the filter. The handler writes
-//! the registers, the signal and the CPU's vector and error code (the
-//! kernel's `trapno` and `err`) into the [`Response`], points the saved
-//! context back at the worker's loop, and returns; the worker sends one
-//! byte back.
+//! into the shared memory and bumps the request number; the worker loads
+//! every general register and RFLAGS and jumps to the test. Whatever ends
+//! the test is a signal: the sentinel (HLT) raises #GP, SIGSEGV; a fault
+//! its own signal; a system call SIGSYS from the filter. The handler
+//! writes the registers, the signal and the CPU's vector and error code
+//! (the kernel's `trapno` and `err`) into the [`Response`], points the
+//! saved context back at the worker's loop, and returns; the worker sets
+//! the answer's number to the request's.
+//!
+//! The numbers and two sleeping flags are the [`Handshake`] in the control
+//! block, spin-then-block (all `SeqCst`, so no wake-up is lost): a side
+//! that waits spins a bounded time on the other's number (the worker
+//! reads the time stamp counter, no system call), then sets its sleeping
+//! flag, looks at the number once more and blocks in its socket read (the
+//! worker) or `poll` (the engine, with the run's time limit). The other
+//! side, after setting its number, swaps the flag back to 0 and sends one
+//! byte only if it was set; a sleeper that finds the number changed after
+//! all swaps its flag back too, and if the other side took it first it
+//! reads the byte that is coming, so no byte is left over (a byte with
+//! no new number would only mean waiting on). A side spins only when the
+//! last wait was short enough to be caught so, and the engine lets
+//! neither side spin when its process has more engines than half the
+//! CPUs ([`Handshake::worker_spin`]).
 
 use super::seccomp::SockFilter;
 use crate::machine::{CODE, DATA, PAGE, STACK};
@@ -86,10 +101,56 @@ pub(super) struct Response {
 
 /// The shared control block (at the start of the control page).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Control {
     pub req: Request,
     pub resp: Response,
+    pub hand: Handshake,
+}
+
+/// The spin-then-block handshake of the runs (see the module docs): two
+/// sequence numbers and two sleeping flags, all used with `SeqCst`.
+/// Zero (the memfd's fill, and what the engine resets it to before each
+/// fork) is the start: no request, no answer, nobody asleep.
+#[repr(C, align(64))]
+pub(super) struct Handshake {
+    /// The number of the last request; the engine bumps it (only it).
+    pub req_seq: AtomicU64,
+    /// The number of the last request answered; the worker sets it (only
+    /// it), after the [`Response`].
+    pub resp_seq: AtomicU64,
+    /// 1 while the worker is (about to be) blocked in its socket read:
+    /// set by the worker, taken back (swapped to 0) by whichever side
+    /// comes first, the engine after a new request (which then owes the
+    /// worker one byte) or the worker that found the request anyway.
+    pub worker_sleeping: AtomicU64,
+    /// The same for the engine blocked in `poll` for an answer.
+    pub engine_sleeping: AtomicU64,
+    /// How long (time-stamp-counter ticks) the worker may spin for the
+    /// request after this one, set by the engine with each request (0
+    /// where spinning does not pay).
+    pub worker_spin: AtomicU64,
+}
+
+impl Handshake {
+    /// Back to the start (only while no worker runs).
+    pub(super) fn reset(&self) {
+        for a in [
+            &self.req_seq,
+            &self.resp_seq,
+            &self.worker_sleeping,
+            &self.engine_sleeping,
+            &self.worker_spin,
+        ] {
+            a.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The time stamp counter (RDTSC is allowed at CPL 3: no process sets
+/// CR4.TSD here, and the worker makes no system call to read it).
+pub(super) fn tsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { std::arch::x86_64::_rdtsc() }
 }
 
 pub(super) const READY: u64 = 1;
@@ -689,13 +750,20 @@ pub(super) unsafe fn serve(setup: &Setup) -> ! {
     if sys(libc::SYS_write, fd, &raw const b as u64, 1) != 1 {
         exit(2);
     }
+    // SAFETY: the handshake lives in the shared mapping the child
+    // inherited, for the child's whole life; it is only used atomically.
+    let hand = unsafe { &(*setup.control).hand };
+    let (mut seq, mut spin) = (0u64, 0u64);
     loop {
-        let mut b = 0u8;
-        if sys(libc::SYS_read, fd, &raw mut b as u64, 1) != 1 {
-            exit(0);
-        }
+        let waited;
+        (seq, waited) = next_request(hand, fd, seq, spin);
+        // Spin next time (as long as the engine allows) if this request
+        // came soon enough to be caught so.
+        let max = hand.worker_spin.load(Ordering::SeqCst);
+        spin = if waited <= max { max } else { 0 };
         // SAFETY: the control block is shared with the engine, which does
-        // not touch it until the byte below; the copy is the worker's own.
+        // not touch it until the answer (`resp_seq`) below; the copy is the
+        // worker's own.
         let req = unsafe { std::ptr::read_volatile(&raw const (*setup.control).req) };
         if !setup.fsgsbase {
             sys(libc::SYS_arch_prctl, ARCH_SET_FS, req.fs_base, 0);
@@ -709,8 +777,55 @@ pub(super) unsafe fn serve(setup: &Setup) -> ! {
         // worker's memory by guessing its addresses; a test that breaks
         // the worker makes it die, which the engine reports).
         unsafe { popek_native_enter(&raw const req) };
-        if sys(libc::SYS_write, fd, &raw const b as u64, 1) != 1 {
+        hand.resp_seq.store(seq, Ordering::SeqCst);
+        if hand.engine_sleeping.swap(0, Ordering::SeqCst) != 0
+            && sys(libc::SYS_write, fd, &raw const b as u64, 1) != 1
+        {
             exit(0);
+        }
+    }
+}
+
+/// Waits for the request after `last`: spins `spin_ticks`, then blocks in
+/// the socket read until the engine's byte. Its number, and how long it
+/// took (ticks). Exits when the engine has closed its end.
+fn next_request(hand: &Handshake, fd: u64, last: u64, spin_ticks: u64) -> (u64, u64) {
+    let read = || {
+        let mut b = 0u8;
+        if sys(libc::SYS_read, fd, &raw mut b as u64, 1) != 1 {
+            exit(0);
+        }
+    };
+    let t0 = tsc();
+    loop {
+        let seq = hand.req_seq.load(Ordering::SeqCst);
+        if seq != last {
+            return (seq, tsc().wrapping_sub(t0));
+        }
+        if tsc().wrapping_sub(t0) >= spin_ticks {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    loop {
+        // Asleep first, then the last look (the engine bumps the number
+        // first, then looks at the flag): one of the two sees the other.
+        hand.worker_sleeping.store(1, Ordering::SeqCst);
+        let seq = hand.req_seq.load(Ordering::SeqCst);
+        if seq != last {
+            if hand.worker_sleeping.swap(0, Ordering::SeqCst) == 0 {
+                // The engine took the flag: its byte is coming; take it,
+                // so that no byte is left over.
+                read();
+            }
+            return (seq, tsc().wrapping_sub(t0));
+        }
+        read();
+        // The engine took the flag before its byte. A byte with no new
+        // request (there should be none) only means waiting again.
+        let seq = hand.req_seq.load(Ordering::SeqCst);
+        if seq != last {
+            return (seq, tsc().wrapping_sub(t0));
         }
     }
 }
