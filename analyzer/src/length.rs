@@ -214,12 +214,27 @@ mod tests {
         }
     }
 
+    /// What the search must find for an instruction of `len` bytes.
+    fn expected(len: usize) -> FetchLength {
+        if len <= MAX_LEN {
+            FetchLength::Bytes(len as u8)
+        } else {
+            FetchLength::Longer
+        }
+    }
+
+    /// A test in `image` at CPL 3 (its bytes do not matter to the model
+    /// engines, which decide by the bytes' count before the boundary).
+    fn ud2_at_cpl3(image: &GuestImage) -> Prepared {
+        image
+            .prepare(Side::User, &[0x0F, 0x0B], &Setup::default())
+            .unwrap()
+    }
+
     #[test]
     fn every_length_is_found_from_every_hint() {
         let image = fenced(Mode::Long64);
-        let test = image
-            .prepare(Side::User, &[0x0F, 0x0B], &Setup::default())
-            .unwrap();
+        let test = ud2_at_cpl3(&image);
         for len in 1..=16 {
             for hint in 0..=16 {
                 let mut runs = 0;
@@ -229,12 +244,7 @@ mod tests {
                     engine(t)
                 })
                 .unwrap();
-                let want = if len <= MAX_LEN {
-                    FetchLength::Bytes(len as u8)
-                } else {
-                    FetchLength::Longer
-                };
-                assert_eq!(got, want, "length {len}, hint {hint}");
+                assert_eq!(got, expected(len), "length {len}, hint {hint}");
                 if hint == len && (2..=MAX_LEN).contains(&len) {
                     assert_eq!(runs, 2, "a right hint costs two runs");
                 }
@@ -277,9 +287,7 @@ mod tests {
         // bytes after a short instruction and reports their fetch fault at
         // the instruction), gives the same probes and the same answer.
         let image = fenced(Mode::Long64);
-        let test = image
-            .prepare(Side::User, &[0x0F, 0x0B], &Setup::default())
-            .unwrap();
+        let test = ud2_at_cpl3(&image);
         let boundary = image.linear(CODE + PAGE);
         for pattern in 0u32..1 << MAX_LEN {
             let f = |k: usize| pattern & (1 << (k - 1)) != 0;
@@ -315,9 +323,7 @@ mod tests {
     #[test]
     fn every_length_is_found_from_any_guesses() {
         let image = fenced(Mode::Long64);
-        let test = image
-            .prepare(Side::User, &[0x0F, 0x0B], &Setup::default())
-            .unwrap();
+        let test = ud2_at_cpl3(&image);
         for len in 1..=16 {
             for a in 0..=16 {
                 for b in [0, 1, 2, 3, 8, 15, 16] {
@@ -328,12 +334,7 @@ mod tests {
                         engine(t)
                     })
                     .unwrap();
-                    let want = if len <= MAX_LEN {
-                        FetchLength::Bytes(len as u8)
-                    } else {
-                        FetchLength::Longer
-                    };
-                    assert_eq!(got, want, "length {len}, guesses {a} {b}");
+                    assert_eq!(got, expected(len), "length {len}, guesses {a} {b}");
                     if a == len && (2..=MAX_LEN).contains(&len) {
                         assert_eq!(runs, 2, "a right first guess costs two runs");
                     }
