@@ -190,10 +190,20 @@ impl Evaluator {
         // after the decoder's length shows the engine's length (a store
         // that rewrote the bytes after it would not end there).
         let straight = valid && entry.doc.flow_control == "Next";
-        let mut lengths: Vec<Option<(usize, &'static str)>> = Vec::with_capacity(all_runs.len());
+        let mut lengths: Vec<Option<(usize, &'static str)>> = vec![None; all_runs.len()];
         // The whole input as an entry, made once, when an engine measures.
         let mut whole = None;
+        // Where the decoder finds no instruction, no oracle compares an
+        // engine's length with the decoder's: the first engine's length
+        // only goes with the input's findings (`observed_length`). So it
+        // is measured once an oracle has found something, and the other
+        // engines' not at all, unless every length is asked for (the
+        // tunnel advances by it).
+        let deferred = !valid && !all_lengths;
         for (i, runs) in all_runs.iter().enumerate() {
+            if deferred {
+                break;
+            }
             let measured = self.observed_length(
                 i,
                 (input, &mut whole),
@@ -202,9 +212,9 @@ impl Evaluator {
                 all_lengths,
                 runs,
             )?;
-            lengths.push(measured);
+            lengths[i] = measured;
         }
-        let observed = lengths.first().copied().flatten();
+        let mut observed = lengths.first().copied().flatten();
         // What a finding carries is made only when an oracle finds one.
         let names = self.engines();
         let (mode, config) = (self.mode, self.config);
@@ -411,6 +421,22 @@ impl Evaluator {
                 signature: format!("pg|{name}|{}|{class}", entry.code),
                 ..base()
             });
+        }
+        if deferred && !found.is_empty() {
+            if let Some(runs) = all_runs.first() {
+                observed = self.observed_length(
+                    0,
+                    (input, &mut whole),
+                    (len, valid),
+                    straight,
+                    false,
+                    runs,
+                )?;
+            }
+            for f in &mut found {
+                f.observed_length = observed.map(|(n, _)| n as u64);
+                f.observed_by = observed.map(|(_, by)| by.to_string());
+            }
         }
         Ok(Evaluated {
             ran,
