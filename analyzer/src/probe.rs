@@ -338,16 +338,8 @@ impl Prober {
         entry: &Entry,
         hint: usize,
     ) -> Result<FetchLength, ProbeError> {
-        let Some(test) = fenced.prepare(side, &entry.bytes, &entry.setup) else {
-            return Ok(FetchLength::NotMeasured(format!(
-                "mode {} has no {} side",
-                fenced.mode,
-                side.name()
-            )));
-        };
-        crate::length::measure(fenced, &test, hint, |t| {
-            self.run_guarded(fenced, side, t).map(|o| o.outcome)
-        })
+        // With the one guess `hint`, trusted: `length::measure`, run for run.
+        self.fetch_length_guessing(fenced, side, entry, (&[hint], hint), |_| true)
     }
 
     /// [`Prober::fetch_length`] trying the lengths `guesses` first
@@ -364,7 +356,11 @@ impl Prober {
         trust: impl Fn(&FetchLength) -> bool,
     ) -> Result<FetchLength, ProbeError> {
         let Some(test) = fenced.prepare(side, &entry.bytes, &entry.setup) else {
-            return self.fetch_length(fenced, side, entry, hint);
+            return Ok(FetchLength::NotMeasured(format!(
+                "mode {} has no {} side",
+                fenced.mode,
+                side.name()
+            )));
         };
         let mut ran: [Option<Outcome>; crate::length::MAX_LEN + 1] = Default::default();
         let mut run = |p: &mut Prober, t: &Prepared| -> Result<Outcome, ProbeError> {
