@@ -23,12 +23,12 @@
 //! sentinel as the frame's RIP: that is a completion, and the user state is
 //! rebuilt from the registers and the frame.
 //!
-//! A watchdog thread per engine polls the deadline of the run under way
-//! (no run wakes it) and sends a real-time signal to the vCPU thread when a
-//! run overstays [`TIME_LIMIT`]; `KVM_RUN` then returns EINTR and the run
-//! is a `Hang`. From 10 ms on a run is also paused every 5 ms and its whole
-//! guest state sampled: the same state twice is a cycle, a `Hang` at once
-//! (see `exit`).
+//! The shared watchdog thread ([`crate::engine::watchdog`], one per engine;
+//! a run that ends in time wakes it not) sends a real-time signal to the
+//! vCPU thread when a run overstays [`TIME_LIMIT`]; `KVM_RUN` then returns
+//! EINTR and the run is a `Hang`. From 10 ms on a run is also paused every
+//! 5 ms and its whole guest state sampled: the same state twice is a
+//! cycle, a `Hang` at once (see `exit`).
 //!
 //! Besides the image's `restore_pages`, every page the guest dirtied (KVM's
 //! dirty log) gets back its last written content before the next run; x87/SSE
@@ -124,7 +124,7 @@
 //!
 //! Modules, one job each: `flavor` (which KVM, the device), `memory` (the
 //! VM, its vCPU and guest memory, the dirty log; the memory `unsafe`),
-//! `watchdog` (the deadline signal; the signal `unsafe`), `hostsegs` (the
+//! `signal` (how the watchdog interrupts a run; the signal `unsafe`), `hostsegs` (the
 //! vCPU thread's segment selectors on PVM; the segment-register `unsafe`),
 //! `vcpu` (register state in and out), `touch` (what a test may change
 //! beyond the registers, pure), `exit` (the KVM_RUN loop, stalls) and
@@ -135,9 +135,9 @@ mod flavor;
 mod frame;
 mod hostsegs;
 mod memory;
+mod signal;
 mod touch;
 mod vcpu;
-mod watchdog;
 
 pub use flavor::{device_path, Flavor};
 
@@ -148,11 +148,11 @@ use crate::observe::{Observation, Outcome, Side, SystemState, UserState};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
 use memory::Guest;
+use signal::Watchdog;
 use std::collections::HashMap;
 use std::time::Duration;
 use touch::Touches;
 use vmm_sys_util::errno::Error as Errno;
-use watchdog::Watchdog;
 
 /// Wall-clock limit of one run; a run still inside the guest then is a `Hang`.
 pub const TIME_LIMIT: Duration = Duration::from_millis(100);
