@@ -289,9 +289,9 @@ pub struct KvmEngine {
     /// The parts of the vCPU's state an earlier run may have changed: reset
     /// before the next run ([`touch`]).
     dirty: Touches,
-    /// The pages the last run may write without widening `dirty` to all
-    /// (its image's `restore_pages` but the code page).
-    quiet_pages: Vec<u64>,
+    /// The pages (bit n: page n) the last run may write without widening
+    /// `dirty` to all (its image's `restore_pages` but the code page).
+    quiet_pages: u64,
 }
 
 impl KvmEngine {
@@ -339,7 +339,7 @@ impl KvmEngine {
             sync,
             synced: false,
             dirty: Touches::ALL,
-            quiet_pages: Vec::new(),
+            quiet_pages: 0,
         })
     }
 
@@ -423,17 +423,17 @@ impl KvmEngine {
             }
         }
         self.fresh_guest = leaves_state_behind(side, test);
-        if !self.guest.undo_guest_writes(&self.quiet_pages) {
+        if !self.guest.undo_guest_writes(self.quiet_pages) {
             // The last run wrote where code may be (or the engine cannot
             // tell where it wrote): it may have run more than its test.
             self.dirty = Touches::ALL;
         }
-        self.quiet_pages.clear();
-        self.quiet_pages.extend(
+        self.quiet_pages = memory::page_mask(
             image
                 .restore_pages
                 .iter()
-                .filter(|&&p| p != image.code_phys),
+                .copied()
+                .filter(|&p| p != image.code_phys),
         );
         self.guest.load(image);
         self.guest.restore(image, test);
