@@ -228,14 +228,20 @@ impl Ending {
     }
 }
 
-/// A VM with its memory and a vCPU with `cpuid` (whose registers KVM
-/// stores into the sync_regs area after every run where `sync`).
-fn new_guest(kvm: &Kvm, cpuid: &kvm_bindings::CpuId, sync: bool) -> Result<Guest, KvmError> {
-    let mut guest = Guest::new(kvm)?;
+/// Gives the guest's vCPU `cpuid` and, where `sync`, asks KVM to store its
+/// registers into the sync_regs area after every run.
+fn set_up_vcpu(guest: &mut Guest, cpuid: &kvm_bindings::CpuId, sync: bool) -> Result<(), KvmError> {
     guest.vcpu.set_cpuid2(cpuid).map_err(KvmError::SetCpuid)?;
     if sync {
         vcpu::sync_after_every_run(&mut guest.vcpu);
     }
+    Ok(())
+}
+
+/// A VM with its memory and a vCPU set up as by [`set_up_vcpu`].
+fn new_guest(kvm: &Kvm, cpuid: &kvm_bindings::CpuId, sync: bool) -> Result<Guest, KvmError> {
+    let mut guest = Guest::new(kvm)?;
+    set_up_vcpu(&mut guest, cpuid, sync)?;
     Ok(guest)
 }
 
@@ -314,11 +320,8 @@ impl KvmEngine {
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(KvmError::GetSupportedCpuid)?;
-        guest.vcpu.set_cpuid2(&cpuid).map_err(KvmError::SetCpuid)?;
         let sync = offers_sync_regs(&kvm) && std::env::var_os("POPEK_KVM_FULL").is_none();
-        if sync {
-            vcpu::sync_after_every_run(&mut guest.vcpu);
-        }
+        set_up_vcpu(&mut guest, &cpuid, sync)?;
         let umip = cpuid
             .as_slice()
             .iter()
