@@ -18,6 +18,12 @@ pub(crate) trait Interrupt: Copy + Send + 'static {
     /// Interrupt again this long after, while still armed (a signal may
     /// arrive just before the run enters the guest); `None`: once is enough.
     fn again(&self) -> Option<Duration>;
+    /// When to interrupt again after interrupting at `now`, while still
+    /// armed: [`Interrupt::again`] after `now` unless the engine knows a
+    /// better time (KVM: not past the run's own deadline).
+    fn again_at(&self, now: Instant) -> Option<Instant> {
+        self.again().map(|d| now + d)
+    }
 }
 
 struct State<I> {
@@ -109,21 +115,18 @@ fn serve<I: Interrupt>(shared: &Shared<I>) {
     let (lock, wake) = &**shared;
     let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
     while !st.quit {
+        let now = Instant::now();
         let wait = match st.armed {
             None => None,
-            Some((deadline, how)) => {
-                let now = Instant::now();
-                if now < deadline {
-                    Some(deadline - now)
-                } else {
-                    how.interrupt();
-                    st.fired = true;
-                    let again = how.again();
-                    if again.is_none() {
-                        st.armed = None;
-                    }
-                    again
+            Some((deadline, _)) if now < deadline => Some(deadline - now),
+            Some((_, how)) => {
+                how.interrupt();
+                st.fired = true;
+                let again = how.again_at(now);
+                if again.is_none() {
+                    st.armed = None;
                 }
+                again.map(|t| t.saturating_duration_since(now))
             }
         };
         st.idle = wait.is_none();

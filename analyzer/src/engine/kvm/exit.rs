@@ -1,8 +1,8 @@
 //! The exit loop: KVM_RUN until an exit that ends the run, under the
 //! watchdog's deadline, and what each exit means (pure: [`step`]).
 //!
-//! A run still inside the guest after [`PAUSE_FROM`] is interrupted every
-//! watchdog tick; at each pause the whole guest state is sampled (general,
+//! A run still inside the guest after [`PAUSE_FROM`] is interrupted (the
+//! watchdog's signal) every [`PAUSE_EVERY`]; at each pause the whole guest state is sampled (general,
 //! special and debug registers, pending events, the XSAVE state, the
 //! image's MSRs and all of guest memory). Two samples of one run that are
 //! equal mean the guest's state came back to where it was: with no timer
@@ -25,17 +25,19 @@ use std::time::{Duration, Instant};
 /// Most port-I/O exits one run may take before it counts as a hang.
 const IO_EXIT_LIMIT: usize = 4096;
 
-/// From when on a run is paused every watchdog tick to look for a stall.
+/// From when on a run is paused every [`PAUSE_EVERY`] to look for a stall.
 pub(super) const PAUSE_FROM: Duration = Duration::from_millis(10);
 
-/// How the exit loop ended.
+/// How long a paused run runs on until its next pause (and how long after
+/// a signal the watchdog signals again while the run has not returned).
+pub(super) const PAUSE_EVERY: Duration = Duration::from_millis(5);
+
+/// How the exit loop ended (where not in a pause).
 enum Exit {
     /// A HLT at CPL 0, or an MMIO write (perhaps an exit stub's): decode
     /// it ([`frame::decode`]).
     Stop(Arrival),
     Ended(Outcome),
-    /// A signal before the deadline (the watchdog's pause, or a late one).
-    Paused,
 }
 
 /// The whole guest state at a pause.
@@ -91,46 +93,47 @@ fn step(exit: VcpuExit<'_>, past_deadline: impl FnOnce() -> bool) -> Step {
     }
 }
 
-/// Runs the vCPU until an exit that ends the run or a pause (`synced`:
-/// KVM stores the registers into the sync_regs area when KVM_RUN returns;
-/// `io_exits`: the run's port-I/O exits so far).
+/// Runs the vCPU until an exit that ends the run, or a pause (`None`: a
+/// signal before the deadline, the watchdog's pause or a late one)
+/// (`synced`: KVM stores the registers into the sync_regs area when
+/// KVM_RUN returns; `io_exits`: the run's port-I/O exits so far).
 fn run_loop(
     vcpu: &mut VcpuFd,
     deadline: Instant,
     synced: bool,
     io_exits: &mut usize,
-) -> Result<Exit, KvmError> {
+) -> Result<Option<Exit>, KvmError> {
     loop {
         let exit = match vcpu.run() {
             Ok(e) => e,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 if Instant::now() >= deadline {
-                    return Ok(Exit::Ended(Outcome::Hang));
+                    return Ok(Some(Exit::Ended(Outcome::Hang)));
                 }
                 // The watchdog's pause, or a late signal from an earlier run.
-                return Ok(Exit::Paused);
+                return Ok(None);
             }
             Err(e) => return Err(KvmError::Run(e)),
         };
         match step(exit, || Instant::now() >= deadline) {
-            Step::Stop(a) => return Ok(Exit::Stop(a)),
-            Step::Pause => return Ok(Exit::Paused),
+            Step::Stop(a) => return Ok(Some(Exit::Stop(a))),
+            Step::Pause => return Ok(None),
             Step::End(Outcome::EngineError(t)) => {
                 let rip = if synced {
                     vcpu.sync_regs().regs.rip
                 } else {
                     vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX)
                 };
-                return Ok(Exit::Ended(Outcome::EngineError(format!(
+                return Ok(Some(Exit::Ended(Outcome::EngineError(format!(
                     "{t} at rip {rip:#x}"
-                ))));
+                )))));
             }
-            Step::End(o) => return Ok(Exit::Ended(o)),
+            Step::End(o) => return Ok(Some(Exit::Ended(o))),
             Step::Go => {}
         }
         *io_exits += 1;
         if *io_exits > IO_EXIT_LIMIT || Instant::now() >= deadline {
-            return Ok(Exit::Ended(Outcome::Hang));
+            return Ok(Some(Exit::Ended(Outcome::Hang)));
         }
     }
 }
@@ -169,15 +172,19 @@ impl KvmEngine {
         let sync = self.sync;
         let mut io_exits = 0;
         let mut first: Option<Sample> = None;
+        let mut pause_at = start + PAUSE_FROM;
         let result = loop {
             let vcpu = &mut self.guest.vcpu;
-            let r = self.watchdog.run(deadline, start + PAUSE_FROM, || {
+            match self.watchdog.run(deadline, pause_at, || {
                 run_loop(vcpu, deadline, sync, &mut io_exits)
-            });
-            if !matches!(r, Ok(Exit::Paused)) {
-                break r;
+            }) {
+                Ok(Some(exit)) => break Ok(exit),
+                Err(e) => break Err(e),
+                Ok(None) => {}
             }
-            // A pause: the same state twice is a cycle.
+            // A pause: the same state twice is a cycle. (A late signal
+            // from an earlier run may pause it before PAUSE_FROM.)
+            pause_at = (Instant::now() + PAUSE_EVERY).max(start + PAUSE_FROM);
             let Some(now) = self.sample(image) else {
                 continue;
             };
@@ -211,8 +218,6 @@ impl KvmEngine {
                 self.on_stop(image, test, start_cpl, arrival, loads, msrs)
             }
             Exit::Ended(o) => Ok(Ending::only(o)),
-            // The loop above goes on after every pause.
-            Exit::Paused => Ok(Ending::only(Outcome::Hang)),
         }
     }
 
@@ -365,5 +370,38 @@ mod tests {
         // The engine still works after a hang.
         let o = base(&mut e, Mode::Long64, Side::User, &[0x90], &NONE);
         assert!(completed(&o), "{:?}", o.outcome);
+    }
+
+    /// A run whose whole state comes back (a jump to itself; on PVM
+    /// VMCALL, VMMCALL and VMGEXIT at CPL 0, which loop inside KVM) is a
+    /// hang at its second pause, about PAUSE_FROM + PAUSE_EVERY after its
+    /// start, long before TIME_LIMIT.
+    #[test]
+    fn a_run_that_comes_back_to_its_state_is_a_hang_at_once() {
+        let Some(mut e) = engine() else { return };
+        let mut cases = vec![
+            (Side::Supervisor, &[0xEB, 0xFE][..]),
+            (Side::User, &[0xEB, 0xFE]),
+        ];
+        if e.flavor == Flavor::Pvm {
+            for bytes in [
+                &[0x0F, 0x01, 0xC1][..],
+                &[0x0F, 0x01, 0xD9],
+                &[0xF3, 0x0F, 0x01, 0xD9],
+            ] {
+                cases.push((Side::Supervisor, bytes));
+            }
+        }
+        for (side, bytes) in cases {
+            let t = Instant::now();
+            let o = base(&mut e, Mode::Long64, side, bytes, &NONE);
+            let took = t.elapsed();
+            assert_eq!(o.outcome, Outcome::Hang, "{side} {bytes:02x?}");
+            assert!(
+                took >= PAUSE_FROM + PAUSE_EVERY,
+                "{side} {bytes:02x?}: {took:?}"
+            );
+            assert!(took < TIME_LIMIT / 2, "{side} {bytes:02x?}: {took:?}");
+        }
     }
 }

@@ -114,8 +114,8 @@ pub(super) struct Guest {
     /// Whether KVM logs the pages the guest dirties (then every one of them
     /// is restored, not only the image's `restore_pages`).
     pub(super) dirty_log: bool,
-    /// The flags memory slot 0 was made with.
-    slot_flags: u32,
+    /// Memory slot 0 as KVM was given it.
+    region: kvm_userspace_memory_region,
     /// The XSAVE-managed state every run starts from ([`super::vcpu::reset_xsave`]).
     pub(super) xsave_reset: Option<kvm_bindings::kvm_xsave>,
     /// The engine changed a page that may hold page tables since KVM last
@@ -141,6 +141,31 @@ fn same_but_ad(a: &[u8], b: &[u8]) -> bool {
             let e = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes")) & !AD;
             e(x) == e(y)
         })
+}
+
+/// The bit of the page at `phys` in a page mask (bit n: page n), if it is
+/// the start of one of the `PAGES` pages.
+fn page_bit(phys: u64) -> Option<u64> {
+    let n = u32::try_from(phys / PAGE)
+        .ok()
+        .filter(|&n| (n as usize) < PAGES)?;
+    phys.is_multiple_of(PAGE).then(|| 1 << n)
+}
+
+/// The page mask of `pages` (physical addresses of page starts).
+pub(super) fn page_mask(pages: impl IntoIterator<Item = u64>) -> u64 {
+    pages.into_iter().filter_map(page_bit).fold(0, |m, b| m | b)
+}
+
+/// What the guest's write to the page at `page` (now `now`, last written
+/// by the engine as `old`) says: whether it was a quiet write (to page
+/// tables or one of the `quiet` pages), and whether it changed page-table
+/// entries. The accessed and dirty bits the page walks set do not count:
+/// they change no translation (and are set in every run).
+fn judge_write(page: u64, now: &[u8], old: &[u8], quiet: u64) -> (bool, bool) {
+    let tables = holds_page_tables(page);
+    let quiet_page = page_bit(page).is_some_and(|b| quiet & b != 0);
+    (tables || quiet_page, tables && !same_but_ad(now, old))
 }
 
 /// Whether a physical page may hold the harness's page tables (at
@@ -200,7 +225,7 @@ impl Guest {
             mem,
             shadow: Shadow::new(),
             dirty_log,
-            slot_flags: region.flags,
+            region,
             translations_stale: false,
             manual_protect,
             kept: 0,
@@ -215,19 +240,16 @@ impl Guest {
         if !std::mem::take(&mut self.translations_stale) {
             return Ok(());
         }
-        let mut region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: self.slot_flags,
-            guest_phys_addr: 0,
+        let delete = kvm_userspace_memory_region {
             memory_size: 0,
-            userspace_addr: self.mem.ptr as u64,
+            ..self.region
         };
         // SAFETY: size 0 deletes the slot; KVM stops using the mapping.
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(KvmError::SetMemoryRegion)?;
-        region.memory_size = MEM_SIZE;
+        unsafe { self.vm.set_user_memory_region(delete) }.map_err(KvmError::SetMemoryRegion)?;
         // SAFETY: the region is the live mapping `mem` of `MEM_SIZE` bytes,
         // unmapped only after the VM and its vCPU are closed (as in `new`).
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(KvmError::SetMemoryRegion)?;
+        unsafe { self.vm.set_user_memory_region(self.region) }
+            .map_err(KvmError::SetMemoryRegion)?;
         // The new slot's pages are write-protected and clean again.
         self.kept = 0;
         Ok(())
@@ -240,9 +262,9 @@ impl Guest {
 
     /// Undoes the guest's own writes of the last run (pages KVM logged as
     /// dirty get back what the engine last wrote there). Says whether the
-    /// run wrote only `quiet` pages and page tables (false where KVM keeps
-    /// no dirty log: then the engine cannot tell).
-    pub(super) fn undo_guest_writes(&mut self, quiet: &[u64]) -> bool {
+    /// run wrote only `quiet` pages (bit n: page n) and page tables (false
+    /// where KVM keeps no dirty log: then the engine cannot tell).
+    pub(super) fn undo_guest_writes(&mut self, quiet: u64) -> bool {
         if !self.dirty_log {
             return false;
         }
@@ -257,6 +279,8 @@ impl Guest {
             let logged = bitmap.first().copied().unwrap_or(0);
             return self.undo_kept_and_logged(logged, quiet);
         }
+        // Quiet pages are guest pages: with other host pages none counts.
+        let quiet = if host_page == PAGE as usize { quiet } else { 0 };
         let guest = self.mem.slice_mut();
         for (w, bits) in bitmap.iter().enumerate() {
             let mut bits = *bits;
@@ -267,16 +291,13 @@ impl Guest {
                 let end = (start + host_page).min(guest.len());
                 if start < end {
                     let page = start as u64 & !(PAGE - 1);
-                    only_quiet &= holds_page_tables(page)
-                        || (host_page == PAGE as usize && quiet.contains(&page));
                     let old = self.shadow.bytes(start, end);
+                    let (quiet_write, tables_changed) =
+                        judge_write(page, &guest[start..end], old, quiet);
+                    only_quiet &= quiet_write;
                     // The guest's write to its page tables was seen by
-                    // KVM; putting the old bytes back is not. The accessed
-                    // and dirty bits the page walks set do not count: they
-                    // change no translation (and are set in every run).
-                    if holds_page_tables(start as u64) && !same_but_ad(&guest[start..end], old) {
-                        self.translations_stale = true;
-                    }
+                    // KVM; putting the old bytes back is not.
+                    self.translations_stale |= tables_changed;
                     guest[start..end].copy_from_slice(old);
                 }
             }
@@ -290,7 +311,7 @@ impl Guest {
     /// only those pieces are copied back; every other logged page is copied
     /// back whole and, unless it is quiet, write-protected again (a quiet
     /// one is kept from now on).
-    fn undo_kept_and_logged(&mut self, logged: u64, quiet: &[u64]) -> bool {
+    fn undo_kept_and_logged(&mut self, logged: u64, quiet: u64) -> bool {
         let mut only_quiet = true;
         let mut protect = 0u64;
         let guest = self.mem.slice_mut();
@@ -300,34 +321,28 @@ impl Guest {
             bits &= bits - 1;
             let start = n * PAGE as usize;
             let end = start + PAGE as usize;
-            let page = start as u64;
             let old = self.shadow.bytes(start, end);
             let now = &mut guest[start..end];
-            let tables = holds_page_tables(page);
-            if self.kept & (1 << n) != 0 {
-                if now == old {
-                    continue;
-                }
-                if tables && !same_but_ad(now, old) {
-                    self.translations_stale = true;
-                }
+            let kept = self.kept & (1 << n) != 0;
+            if kept && now == old {
+                continue;
+            }
+            let (quiet_write, tables_changed) = judge_write(start as u64, now, old, quiet);
+            only_quiet &= quiet_write;
+            self.translations_stale |= tables_changed;
+            if kept {
                 for (dst, src) in now.chunks_mut(RESTORE_CHUNK).zip(old.chunks(RESTORE_CHUNK)) {
                     if dst != src {
                         dst.copy_from_slice(src);
                     }
                 }
-                only_quiet &= tables || quiet.contains(&page);
-                continue;
-            }
-            only_quiet &= tables || quiet.contains(&page);
-            if tables && !same_but_ad(now, old) {
-                self.translations_stale = true;
-            }
-            now.copy_from_slice(old);
-            if tables || quiet.contains(&page) {
-                self.kept |= 1 << n;
             } else {
-                protect |= 1 << n;
+                now.copy_from_slice(old);
+                if quiet_write {
+                    self.kept |= 1 << n;
+                } else {
+                    protect |= 1 << n;
+                }
             }
         }
         if protect != 0 && self.clear_dirty_log(protect).is_err() {
@@ -419,6 +434,24 @@ mod tests {
     use crate::machine::{Gpr, Setup, Sym, Variant};
     use crate::mode::{Config, Mode};
     use crate::observe::Side;
+
+    #[test]
+    fn page_masks_hold_page_starts_only() {
+        assert_eq!(page_mask([0, PAGE, PAGE + 1, PAGES as u64 * PAGE]), 0b11);
+        assert_eq!(page_mask([63 * PAGE]), 1 << 63);
+        let page = [0u8; PAGE as usize];
+        let mut ad = page;
+        ad[0] = 0x60;
+        let mut changed = page;
+        changed[0] = 0x01;
+        // Page tables: always quiet; changed only beyond the A/D bits.
+        assert_eq!(judge_write(PAGE_TABLES, &ad, &page, 0), (true, false));
+        assert_eq!(judge_write(PAGE_TABLES, &changed, &page, 0), (true, true));
+        // Other pages: quiet where the mask says so, never page tables.
+        let data = 0x20 * PAGE;
+        assert_eq!(judge_write(data, &changed, &page, 0), (false, false));
+        assert_eq!(judge_write(data, &changed, &page, 1 << 0x20), (true, false));
+    }
 
     #[test]
     fn accessed_and_dirty_bits_change_no_translation() {

@@ -23,12 +23,12 @@
 //! sentinel as the frame's RIP: that is a completion, and the user state is
 //! rebuilt from the registers and the frame.
 //!
-//! A watchdog thread per engine polls the deadline of the run under way
-//! (no run wakes it) and sends a real-time signal to the vCPU thread when a
-//! run overstays [`TIME_LIMIT`]; `KVM_RUN` then returns EINTR and the run
-//! is a `Hang`. From 10 ms on a run is also paused every 5 ms and its whole
-//! guest state sampled: the same state twice is a cycle, a `Hang` at once
-//! (see `exit`).
+//! The shared watchdog thread ([`crate::engine::watchdog`], one per engine;
+//! a run that ends in time wakes it not) sends a real-time signal to the
+//! vCPU thread when a run overstays [`TIME_LIMIT`]; `KVM_RUN` then returns
+//! EINTR and the run is a `Hang`. From 10 ms on a run is also paused every
+//! 5 ms and its whole guest state sampled: the same state twice is a
+//! cycle, a `Hang` at once (see `exit`).
 //!
 //! Besides the image's `restore_pages`, every page the guest dirtied (KVM's
 //! dirty log) gets back its last written content before the next run; x87/SSE
@@ -124,7 +124,7 @@
 //!
 //! Modules, one job each: `flavor` (which KVM, the device), `memory` (the
 //! VM, its vCPU and guest memory, the dirty log; the memory `unsafe`),
-//! `watchdog` (the deadline signal; the signal `unsafe`), `hostsegs` (the
+//! `signal` (how the watchdog interrupts a run; the signal `unsafe`), `hostsegs` (the
 //! vCPU thread's segment selectors on PVM; the segment-register `unsafe`),
 //! `vcpu` (register state in and out), `touch` (what a test may change
 //! beyond the registers, pure), `exit` (the KVM_RUN loop, stalls) and
@@ -135,9 +135,9 @@ mod flavor;
 mod frame;
 mod hostsegs;
 mod memory;
+mod signal;
 mod touch;
 mod vcpu;
-mod watchdog;
 
 pub use flavor::{device_path, Flavor};
 
@@ -148,11 +148,11 @@ use crate::observe::{Observation, Outcome, Side, SystemState, UserState};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
 use memory::Guest;
+use signal::Watchdog;
 use std::collections::HashMap;
 use std::time::Duration;
 use touch::Touches;
 use vmm_sys_util::errno::Error as Errno;
-use watchdog::Watchdog;
 
 /// Wall-clock limit of one run; a run still inside the guest then is a `Hang`.
 pub const TIME_LIMIT: Duration = Duration::from_millis(100);
@@ -228,14 +228,20 @@ impl Ending {
     }
 }
 
-/// A VM with its memory and a vCPU with `cpuid` (whose registers KVM
-/// stores into the sync_regs area after every run where `sync`).
-fn new_guest(kvm: &Kvm, cpuid: &kvm_bindings::CpuId, sync: bool) -> Result<Guest, KvmError> {
-    let mut guest = Guest::new(kvm)?;
+/// Gives the guest's vCPU `cpuid` and, where `sync`, asks KVM to store its
+/// registers into the sync_regs area after every run.
+fn set_up_vcpu(guest: &mut Guest, cpuid: &kvm_bindings::CpuId, sync: bool) -> Result<(), KvmError> {
     guest.vcpu.set_cpuid2(cpuid).map_err(KvmError::SetCpuid)?;
     if sync {
         vcpu::sync_after_every_run(&mut guest.vcpu);
     }
+    Ok(())
+}
+
+/// A VM with its memory and a vCPU set up as by [`set_up_vcpu`].
+fn new_guest(kvm: &Kvm, cpuid: &kvm_bindings::CpuId, sync: bool) -> Result<Guest, KvmError> {
+    let mut guest = Guest::new(kvm)?;
+    set_up_vcpu(&mut guest, cpuid, sync)?;
     Ok(guest)
 }
 
@@ -289,9 +295,9 @@ pub struct KvmEngine {
     /// The parts of the vCPU's state an earlier run may have changed: reset
     /// before the next run ([`touch`]).
     dirty: Touches,
-    /// The pages the last run may write without widening `dirty` to all
-    /// (its image's `restore_pages` but the code page).
-    quiet_pages: Vec<u64>,
+    /// The pages (bit n: page n) the last run may write without widening
+    /// `dirty` to all (its image's `restore_pages` but the code page).
+    quiet_pages: u64,
 }
 
 impl KvmEngine {
@@ -314,11 +320,8 @@ impl KvmEngine {
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(KvmError::GetSupportedCpuid)?;
-        guest.vcpu.set_cpuid2(&cpuid).map_err(KvmError::SetCpuid)?;
         let sync = offers_sync_regs(&kvm) && std::env::var_os("POPEK_KVM_FULL").is_none();
-        if sync {
-            vcpu::sync_after_every_run(&mut guest.vcpu);
-        }
+        set_up_vcpu(&mut guest, &cpuid, sync)?;
         let umip = cpuid
             .as_slice()
             .iter()
@@ -339,7 +342,7 @@ impl KvmEngine {
             sync,
             synced: false,
             dirty: Touches::ALL,
-            quiet_pages: Vec::new(),
+            quiet_pages: 0,
         })
     }
 
@@ -423,17 +426,17 @@ impl KvmEngine {
             }
         }
         self.fresh_guest = leaves_state_behind(side, test);
-        if !self.guest.undo_guest_writes(&self.quiet_pages) {
+        if !self.guest.undo_guest_writes(self.quiet_pages) {
             // The last run wrote where code may be (or the engine cannot
             // tell where it wrote): it may have run more than its test.
             self.dirty = Touches::ALL;
         }
-        self.quiet_pages.clear();
-        self.quiet_pages.extend(
+        self.quiet_pages = memory::page_mask(
             image
                 .restore_pages
                 .iter()
-                .filter(|&&p| p != image.code_phys),
+                .copied()
+                .filter(|&p| p != image.code_phys),
         );
         self.guest.load(image);
         self.guest.restore(image, test);
