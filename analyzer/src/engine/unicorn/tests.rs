@@ -422,6 +422,39 @@ mod outcomes {
     }
 
     #[test]
+    fn int_0dh_is_a_software_interrupt_not_the_sentinels_gp() {
+        // Vector 13 at the sentinel: the HLT's #GP at CPL 3 for any other
+        // test, the test's own INT 0Dh for `cd 0d`.
+        let cfg = Config::UMIP_OFF;
+        let img = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        let int = crate::explain::raw_entry(&[0xCD, 0x0D], Mode::Long64);
+        assert_eq!(int.setup.soft_interrupt, Some(13));
+        let t = img.prepare(Side::User, &int.bytes, &int.setup).unwrap();
+        assert_eq!(
+            outcome(&t, &hooked(13, t.sentinel)),
+            (
+                Outcome::Transfer {
+                    kind: TransferKind::Interrupt(13),
+                    rip: t.sentinel,
+                    cpl: None
+                },
+                false
+            )
+        );
+        // Run on Unicorn, at both CPLs, as INT 0Eh is.
+        for side in Side::BOTH {
+            for (v, b) in [(13u8, [0xCD, 0x0D]), (14, [0xCD, 0x0E])] {
+                let e = crate::explain::raw_entry(&b, Mode::Long64);
+                let o = base(Mode::Long64, side, &e.bytes, &e.setup).outcome;
+                assert!(
+                    matches!(o, Outcome::Transfer { kind: TransferKind::Interrupt(n), .. } if n == v),
+                    "{side:?} int {v:#x}: {o:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_hlt_at_an_entry_point_is_a_transfer_there() {
         let t = test64();
         let stub = entry::VECTORS + 6 * entry::VECTOR_STRIDE;
