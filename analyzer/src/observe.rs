@@ -472,6 +472,25 @@ pub fn diff_user(a: &UserState, b: &UserState) -> Vec<String> {
     out
 }
 
+/// The RFLAGS bits of an iced-x86 `RflagsBits` set (OF, SF, ZF, AF, CF,
+/// PF, DF; the others iced names are not arithmetic flags of RFLAGS).
+pub fn rflags_bits(iced: u32) -> u64 {
+    use iced_x86::RflagsBits as F;
+    [
+        (F::OF, 1 << 11),
+        (F::SF, 1 << 7),
+        (F::ZF, 1 << 6),
+        (F::AF, 1 << 4),
+        (F::CF, 1),
+        (F::PF, 1 << 2),
+        (F::DF, 1 << 10),
+    ]
+    .iter()
+    .filter(|(f, _)| iced & f != 0)
+    .map(|(_, b)| b)
+    .sum()
+}
+
 /// What a run changed in the user-visible state, against its start: each
 /// general register that differs from the start (with its new value), RIP
 /// and the flags, and the data and stack bytes that changed (offset, new

@@ -164,7 +164,7 @@ impl Evaluator {
     pub fn eval_with(&mut self, input: &[u8], all_lengths: bool) -> Result<Evaluated, ProbeError> {
         let input = if input.is_empty() { &[0x90][..] } else { input };
         let first = gen::decode(self.mode, input);
-        let (len, valid) = (first.len, first.valid);
+        let (len, valid, undefined_flags) = (first.len, first.valid, first.undefined_flags);
         let ran = input[..len].to_vec();
         // Bytes that end inside an instruction are not run: the engine
         // would read the harness's bytes after them.
@@ -354,7 +354,16 @@ impl Evaluator {
                             ),
                         );
                     } else if oa.is_completed() {
-                        let d = diff_results(a, b);
+                        // Flags the instruction leaves undefined may differ
+                        // between engines (and CPUs): no finding.
+                        let only_undefined = match (&a.obs.user, &b.obs.user) {
+                            (Some(x), Some(y)) => (x.flags ^ y.flags) & !undefined_flags == 0,
+                            _ => false,
+                        };
+                        let d: Vec<String> = diff_results(a, b)
+                            .into_iter()
+                            .filter(|x| !(only_undefined && x.starts_with("flags ")))
+                            .collect();
                         if let Some(first_diff) = d.first() {
                             let part: String = first_diff
                                 .chars()
@@ -640,6 +649,31 @@ mod tests {
             (Some(5), Some("page-boundary"))
         );
         assert_eq!(f.decoder.length, 9);
+    }
+
+    #[test]
+    fn flags_an_instruction_leaves_undefined_are_no_engine_difference() {
+        let unicorn = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
+        // AF flipped after every completed run of the second engine.
+        let planted: Opener = Arc::new(|| {
+            crate::planted::Planted::flipping_flags(0x10)
+                .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
+        });
+        let engines = vec![unicorn[0].clone(), planted];
+        let mut ev = Evaluator::new(engines, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
+        let results = |e: &Evaluated| {
+            e.findings
+                .iter()
+                .filter(|f| f.kind == Kind::EngineVsEngine && f.signature.contains("|results|"))
+                .count()
+        };
+        // SHLD leaves AF undefined.
+        let shld = ev.eval(&[0x0F, 0xA4, 0xC1, 0x01]).unwrap();
+        assert_eq!(results(&shld), 0, "{:?}", shld.findings);
+        // ADD defines it: a difference at both CPLs.
+        let add = ev.eval(&[0x48, 0x01, 0xC8]).unwrap();
+        assert_eq!(results(&add), 2, "{:?}", add.findings);
+        assert!(add.findings.iter().any(|f| f.detail.contains("flags")));
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct FirstInsn {
     /// The bytes end inside the instruction (the decoder needs more): run
     /// as they are, the engine would read the harness's bytes after them.
     pub truncated: bool,
+    /// The RFLAGS bits the instruction leaves undefined (by the manuals, as
+    /// iced-x86 records them): engines may differ there.
+    pub undefined_flags: u64,
 }
 
 /// The first instruction of `bytes` in `mode`, decoded once.
@@ -117,6 +120,7 @@ pub fn decode(mode: Mode, bytes: &[u8]) -> FirstInsn {
         len: insn.len().clamp(1, bytes.len().max(1)),
         valid: !insn.is_invalid(),
         truncated: d.last_error() == iced_x86::DecoderError::NoMoreBytes,
+        undefined_flags: analyzer::observe::rflags_bits(insn.rflags_undefined()),
     }
 }
 

@@ -260,23 +260,6 @@ fn what_the_engine_cannot_set_is_not_supported() {
 }
 
 /// iced's flag bits in RFLAGS positions.
-fn rflags_of(iced: u32) -> u64 {
-    use iced_x86::RflagsBits as F;
-    [
-        (F::OF, 1 << 11),
-        (F::SF, 1 << 7),
-        (F::ZF, 1 << 6),
-        (F::AF, 1 << 4),
-        (F::CF, 1),
-        (F::PF, 1 << 2),
-        (F::DF, 1 << 10),
-    ]
-    .iter()
-    .filter(|(f, _)| iced & f != 0)
-    .map(|(_, b)| b)
-    .sum()
-}
-
 #[test]
 fn the_host_agrees_with_unicorn_on_simple_alu_instructions() {
     let Some(mut native) = engine("the_host_agrees_with_unicorn") else {
@@ -315,7 +298,7 @@ fn the_host_agrees_with_unicorn_on_simple_alu_instructions() {
         };
         compared += 1;
         let mut d = iced_x86::Decoder::new(64, &entry.bytes, 0);
-        let undefined = rflags_of(d.decode().rflags_undefined());
+        let undefined = crate::observe::rflags_bits(d.decode().rflags_undefined());
         let mask = USER_FLAGS_MASK & !undefined;
         let same = ua.gprs == ub.gprs
             && ua.rip == ub.rip
