@@ -24,7 +24,8 @@ pub struct Evaluated {
     /// The bytes that ran: the decoder's first instruction of the input.
     pub ran: Vec<u8>,
     /// The length the tunnel advances by: the first engine's observed
-    /// length, else the decoder's.
+    /// length where it was measured or shown (always for tunnel inputs),
+    /// else the decoder's.
     pub advance: usize,
     pub findings: Vec<Finding>,
 }
@@ -153,8 +154,9 @@ impl Evaluator {
     }
 
     /// Runs one input and applies every oracle, measuring its length by
-    /// the page boundary where the decoder and the engine may part:
-    /// where the decoder finds no instruction or the engine raised #UD.
+    /// the page boundary where the decoder and the engine may part: where
+    /// the engine raised #UD, or where the decoder finds no instruction and
+    /// an oracle found something (the length goes with the findings).
     pub fn eval(&mut self, input: &[u8]) -> Result<Evaluated, ProbeError> {
         self.eval_with(input, false)
     }
@@ -164,7 +166,8 @@ impl Evaluator {
     pub fn eval_with(&mut self, input: &[u8], all_lengths: bool) -> Result<Evaluated, ProbeError> {
         let input = if input.is_empty() { &[0x90][..] } else { input };
         let first = gen::decode(self.mode, input);
-        let (len, valid, undefined_flags) = (first.len, first.valid, first.undefined_flags);
+        let (len, valid) = (first.len, first.valid);
+        let (undefined_flags, cl_count) = (first.undefined_flags, first.cl_count);
         let ran = input[..len].to_vec();
         // Bytes that end inside an instruction are not run: the engine
         // would read the harness's bytes after them.
@@ -356,15 +359,25 @@ impl Evaluator {
                     } else if oa.is_completed() {
                         // Flags the instruction leaves undefined may differ
                         // between engines (and CPUs): no finding.
+                        // A shift by CL of 0 changes no flag at all.
+                        let undefined = match &a.start {
+                            Some(s) if cl_count && s.gprs[1] & 0x1F == 0 => 0,
+                            _ => undefined_flags,
+                        };
                         let only_undefined = match (&a.obs.user, &b.obs.user) {
-                            (Some(x), Some(y)) => (x.flags ^ y.flags) & !undefined_flags == 0,
+                            (Some(x), Some(y)) => (x.flags ^ y.flags) & !undefined == 0,
                             _ => false,
                         };
                         let d: Vec<String> = diff_results(a, b)
                             .into_iter()
                             .filter(|x| !(only_undefined && x.starts_with("flags ")))
                             .collect();
-                        if let Some(first_diff) = d.first() {
+                        // A result that changes from one run to the next
+                        // on either engine (a time stamp, a random number)
+                        // is no difference between engines.
+                        let vary =
+                            !d.is_empty() && self.results_vary(&entry, &[(0, a), (k + 1, b)])?;
+                        if let (Some(first_diff), false) = (d.first(), vary) {
                             let part: String = first_diff
                                 .chars()
                                 .take_while(|ch| ch.is_ascii_alphanumeric())
@@ -452,6 +465,25 @@ impl Evaluator {
             advance: observed.map_or(len, |(n, _)| n),
             findings: found,
         })
+    }
+
+    /// Whether a completed quick-look run of `entry`, made again on its
+    /// engine, ends with another outcome or other results than `run` did,
+    /// for any of the (engine, run) pairs.
+    fn results_vary(&mut self, entry: &Entry, runs: &[(usize, &Run)]) -> Result<bool, ProbeError> {
+        for &(i, run) in runs {
+            let again = self.probers[i]
+                .probe_states(&self.quick, &[entry], false)?
+                .pop()
+                .unwrap_or_default();
+            let Some(r) = again.iter().find(|r| r.side == run.side) else {
+                continue;
+            };
+            if !r.obs.outcome.agrees(&run.obs.outcome) || !diff_results(run, r).is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The side lengths are measured on: CPL 3, or CPL 0 in real mode.
@@ -667,13 +699,59 @@ mod tests {
                 .filter(|f| f.kind == Kind::EngineVsEngine && f.signature.contains("|results|"))
                 .count()
         };
-        // SHLD leaves AF undefined.
-        let shld = ev.eval(&[0x0F, 0xA4, 0xC1, 0x01]).unwrap();
-        assert_eq!(results(&shld), 0, "{:?}", shld.findings);
+        // SHLD by 1 leaves AF undefined.
+        let shld = [0x0F, 0xA4, 0xC1, 0x01];
+        let e = ev.eval(&shld).unwrap();
+        assert_eq!(results(&e), 0, "{:?}", e.findings);
         // ADD defines it: a difference at both CPLs.
         let add = ev.eval(&[0x48, 0x01, 0xC8]).unwrap();
         assert_eq!(results(&add), 2, "{:?}", add.findings);
         assert!(add.findings.iter().any(|f| f.detail.contains("flags")));
+        // SHLD defines CF: flipped with AF, a difference at both CPLs.
+        let planted: Opener = Arc::new(|| {
+            crate::planted::Planted::flipping_flags(0x11)
+                .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
+        });
+        let engines = vec![unicorn[0].clone(), planted];
+        let mut ev = Evaluator::new(engines, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
+        let e = ev.eval(&shld).unwrap();
+        assert_eq!(results(&e), 2, "{:?}", e.findings);
+    }
+
+    #[test]
+    fn results_that_change_from_run_to_run_are_no_engine_difference() {
+        // Unicorn twice (the second as `planted`, flipping nothing): the
+        // time stamp differs between the engines' runs, and between two
+        // runs on one; ADD's results do not.
+        let unicorn = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
+        let planted: Opener = Arc::new(|| {
+            crate::planted::Planted::flipping_flags(0)
+                .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
+        });
+        let engines = vec![unicorn[0].clone(), planted];
+        let mut ev = Evaluator::new(engines, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
+        let rdtsc = [0x0F, 0x31];
+        let runs = |ev: &mut Evaluator| {
+            let e = analyzer::explain::raw_entry(&rdtsc, Mode::Long64);
+            ev.probers[0]
+                .probe_states(&ev.quick, &[&e], false)
+                .unwrap()
+                .pop()
+                .unwrap()
+        };
+        let (one, two) = (runs(&mut ev), runs(&mut ev));
+        assert!(
+            !diff_results(&one[1], &two[1]).is_empty(),
+            "RDTSC gave the same result twice"
+        );
+        let e = ev.eval(&rdtsc).unwrap();
+        assert!(
+            !e.findings.iter().any(|f| f.kind == Kind::EngineVsEngine),
+            "{:?}",
+            e.findings
+        );
+        let add = ev.eval(&[0x48, 0x01, 0xC8]).unwrap();
+        assert!(add.findings.is_empty(), "{:?}", add.findings);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use crate::rng::Rng;
 use analyzer::mode::Mode;
-use iced_x86::{Decoder, DecoderOptions};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -110,6 +110,9 @@ pub struct FirstInsn {
     /// The RFLAGS bits the instruction leaves undefined (by the manuals, as
     /// iced-x86 records them): engines may differ there.
     pub undefined_flags: u64,
+    /// A shift or rotate whose count is CL (a count of 0 changes no flag,
+    /// so none is undefined then).
+    pub cl_count: bool,
 }
 
 /// The first instruction of `bytes` in `mode`, decoded once.
@@ -121,6 +124,22 @@ pub fn decode(mode: Mode, bytes: &[u8]) -> FirstInsn {
         valid: !insn.is_invalid(),
         truncated: d.last_error() == iced_x86::DecoderError::NoMoreBytes,
         undefined_flags: analyzer::observe::rflags_bits(insn.rflags_undefined()),
+        cl_count: (0..insn.op_count()).any(|i| {
+            insn.op_kind(i) == iced_x86::OpKind::Register
+                && insn.op_register(i) == iced_x86::Register::CL
+        }) && matches!(
+            insn.mnemonic(),
+            Mnemonic::Shl
+                | Mnemonic::Shr
+                | Mnemonic::Sar
+                | Mnemonic::Sal
+                | Mnemonic::Rol
+                | Mnemonic::Ror
+                | Mnemonic::Rcl
+                | Mnemonic::Rcr
+                | Mnemonic::Shld
+                | Mnemonic::Shrd
+        ),
     }
 }
 
@@ -339,6 +358,18 @@ pub fn mutate(rng: &mut Rng, corpus: &[Vec<u8>], templates: &[Vec<u8>]) -> Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decoder_names_undefined_flags_and_shift_counts_in_cl() {
+        // SHLD by 1: AF undefined; by CL: a count in CL; ADD: none.
+        let shld = decode(Mode::Long64, &[0x0F, 0xA4, 0xC1, 0x01]);
+        assert_eq!(shld.undefined_flags & 0x10, 0x10);
+        assert!(!shld.cl_count);
+        assert!(decode(Mode::Long64, &[0x0F, 0xA5, 0xC1]).cl_count);
+        assert!(decode(Mode::Long64, &[0xD3, 0xE0]).cl_count);
+        let add = decode(Mode::Long64, &[0x48, 0x01, 0xC8]);
+        assert_eq!((add.undefined_flags, add.cl_count), (0, false));
+    }
 
     #[test]
     fn the_tunnel_walks_the_lengths_of_add_r_m8_by_the_decoder() {

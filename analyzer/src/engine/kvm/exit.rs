@@ -397,11 +397,12 @@ mod tests {
             let o = base(&mut e, Mode::Long64, side, bytes, &NONE);
             let took = t.elapsed();
             assert_eq!(o.outcome, Outcome::Hang, "{side} {bytes:02x?}");
-            assert!(
-                took >= PAUSE_FROM + PAUSE_EVERY,
-                "{side} {bytes:02x?}: {took:?}"
-            );
-            assert!(took < TIME_LIMIT / 2, "{side} {bytes:02x?}: {took:?}");
+            // Not before the first pause (a late signal of an earlier run
+            // may bring the second one forward), and well before the
+            // limit (the stall check ended it, not the deadline; a loaded
+            // machine delays the pauses, so the margin is generous).
+            assert!(took >= PAUSE_FROM, "{side} {bytes:02x?}: {took:?}");
+            assert!(took < TIME_LIMIT * 3 / 4, "{side} {bytes:02x?}: {took:?}");
         }
     }
 }

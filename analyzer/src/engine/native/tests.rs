@@ -259,7 +259,6 @@ fn what_the_engine_cannot_set_is_not_supported() {
     assert!(not(e.run(&img, Side::User, &p)));
 }
 
-/// iced's flag bits in RFLAGS positions.
 #[test]
 fn the_host_agrees_with_unicorn_on_simple_alu_instructions() {
     let Some(mut native) = engine("the_host_agrees_with_unicorn") else {
