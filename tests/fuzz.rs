@@ -43,6 +43,25 @@ fn summary(out: &str) -> (u64, u64, u64, u64) {
     (n[0], n[1], n[2], n[3])
 }
 
+/// `popek fuzz --generator mutate --iterations 400 --jobs J --corpus C
+/// --out O` and `extra` arguments, with the environment `env`.
+fn mutate(corpus: &Path, out: &Path, jobs: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "--generator",
+        "mutate",
+        "--iterations",
+        "400",
+        "--jobs",
+        jobs,
+        "--corpus",
+        corpus.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    fuzz(&args, env)
+}
+
 #[test]
 fn a_seeded_campaign_is_reproducible_and_reports_its_summary() {
     let d = tempfile::tempdir().expect("tmp");
@@ -142,21 +161,11 @@ fn two_engines_over_time_stamps_and_random_numbers_are_reproducible() {
     )
     .expect("corpus");
     let run = |out: &Path| {
-        fuzz(
-            &[
-                "--generator",
-                "mutate",
-                "--iterations",
-                "400",
-                "--seed",
-                "3",
-                "--jobs",
-                "2",
-                "--corpus",
-                corpus.to_str().expect("utf-8"),
-                "--out",
-                out.to_str().expect("utf-8"),
-            ],
+        mutate(
+            &corpus,
+            out,
+            "2",
+            &["--seed", "3"],
             &[("POPEK_FUZZ_PLANTED", "1")],
         )
     };
@@ -183,19 +192,11 @@ fn a_planted_disagreement_is_found_and_minimized() {
     let corpus = d.path().join("corpus.txt");
     std::fs::write(&corpus, "6601c8 64 add with an operand-size prefix\n").expect("corpus");
     let out = d.path().join("out");
-    let o = fuzz(
-        &[
-            "--generator",
-            "mutate",
-            "--iterations",
-            "400",
-            "--jobs",
-            "1",
-            "--corpus",
-            corpus.to_str().expect("utf-8"),
-            "--out",
-            out.to_str().expect("utf-8"),
-        ],
+    let o = mutate(
+        &corpus,
+        &out,
+        "1",
+        &[],
         &[
             ("POPEK_FUZZ_PLANTED", "1"),
             ("POPEK_FUZZ_PLANT_DIFFER", "01c8"),

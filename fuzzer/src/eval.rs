@@ -683,16 +683,22 @@ mod tests {
         assert_eq!(f.decoder.length, 9);
     }
 
-    #[test]
-    fn flags_an_instruction_leaves_undefined_are_no_engine_difference() {
+    /// Unicorn, and beside it the planted engine flipping the RFLAGS bits
+    /// `mask` after every completed run, in the 64-bit base state.
+    fn unicorn_and_planted(mask: u64) -> Evaluator {
         let unicorn = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
-        // AF flipped after every completed run of the second engine.
-        let planted: Opener = Arc::new(|| {
-            crate::planted::Planted::flipping_flags(0x10)
+        let planted: Opener = Arc::new(move || {
+            crate::planted::Planted::flipping_flags(mask)
                 .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
         });
         let engines = vec![unicorn[0].clone(), planted];
-        let mut ev = Evaluator::new(engines, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
+        Evaluator::new(engines, Mode::Long64, Config::UMIP_OFF).expect("evaluator")
+    }
+
+    #[test]
+    fn flags_an_instruction_leaves_undefined_are_no_engine_difference() {
+        // AF flipped after every completed run of the second engine.
+        let mut ev = unicorn_and_planted(0x10);
         let results = |e: &Evaluated| {
             e.findings
                 .iter()
@@ -708,13 +714,7 @@ mod tests {
         assert_eq!(results(&add), 2, "{:?}", add.findings);
         assert!(add.findings.iter().any(|f| f.detail.contains("flags")));
         // SHLD defines CF: flipped with AF, a difference at both CPLs.
-        let planted: Opener = Arc::new(|| {
-            crate::planted::Planted::flipping_flags(0x11)
-                .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
-        });
-        let engines = vec![unicorn[0].clone(), planted];
-        let mut ev = Evaluator::new(engines, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
-        let e = ev.eval(&shld).unwrap();
+        let e = unicorn_and_planted(0x11).eval(&shld).unwrap();
         assert_eq!(results(&e), 2, "{:?}", e.findings);
     }
 
@@ -723,13 +723,7 @@ mod tests {
         // Unicorn twice (the second as `planted`, flipping nothing): the
         // time stamp differs between the engines' runs, and between two
         // runs on one; ADD's results do not.
-        let unicorn = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
-        let planted: Opener = Arc::new(|| {
-            crate::planted::Planted::flipping_flags(0)
-                .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
-        });
-        let engines = vec![unicorn[0].clone(), planted];
-        let mut ev = Evaluator::new(engines, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
+        let mut ev = unicorn_and_planted(0);
         let rdtsc = [0x0F, 0x31];
         let runs = |ev: &mut Evaluator| {
             let e = analyzer::explain::raw_entry(&rdtsc, Mode::Long64);
