@@ -203,10 +203,7 @@ impl Evaluator {
         // engines' not at all, unless every length is asked for (the
         // tunnel advances by it).
         let deferred = !valid && !all_lengths;
-        for (i, runs) in all_runs.iter().enumerate() {
-            if deferred {
-                break;
-            }
+        for (i, runs) in all_runs.iter().enumerate().filter(|_| !deferred) {
             let measured = self.observed_length(
                 i,
                 (input, &mut whole),
@@ -326,7 +323,9 @@ impl Evaluator {
                 );
             }
         }
-        // Engine against engine, side by side.
+        // Engine against engine, side by side. Each engine's runs made
+        // again (to tell results that change from run to run), made once.
+        let mut again: Vec<Option<Vec<Run>>> = all_runs.iter().map(|_| None).collect();
         if let Some((first, rest)) = all_runs.split_first() {
             for (k, runs) in rest.iter().enumerate() {
                 let other = &names[k + 1];
@@ -375,8 +374,8 @@ impl Evaluator {
                         // A result that changes from one run to the next
                         // on either engine (a time stamp, a random number)
                         // is no difference between engines.
-                        let vary =
-                            !d.is_empty() && self.results_vary(&entry, &[(0, a), (k + 1, b)])?;
+                        let vary = !d.is_empty()
+                            && self.results_vary(&entry, &mut again, &[(0, a), (k + 1, b)])?;
                         if let (Some(first_diff), false) = (d.first(), vary) {
                             let part: String = first_diff
                                 .chars()
@@ -469,14 +468,24 @@ impl Evaluator {
 
     /// Whether a completed quick-look run of `entry`, made again on its
     /// engine, ends with another outcome or other results than `run` did,
-    /// for any of the (engine, run) pairs.
-    fn results_vary(&mut self, entry: &Entry, runs: &[(usize, &Run)]) -> Result<bool, ProbeError> {
+    /// for any of the (engine, run) pairs; `again` keeps each engine's
+    /// runs made again (both sides), so that none is made twice.
+    fn results_vary(
+        &mut self,
+        entry: &Entry,
+        again: &mut [Option<Vec<Run>>],
+        runs: &[(usize, &Run)],
+    ) -> Result<bool, ProbeError> {
         for &(i, run) in runs {
-            let again = self.probers[i]
-                .probe_states(&self.quick, &[entry], false)?
-                .pop()
-                .unwrap_or_default();
-            let Some(r) = again.iter().find(|r| r.side == run.side) else {
+            if again[i].is_none() {
+                let made = self.probers[i]
+                    .probe_states(&self.quick, &[entry], false)?
+                    .pop()
+                    .unwrap_or_default();
+                again[i] = Some(made);
+            }
+            let made = again[i].as_deref().unwrap_or_default();
+            let Some(r) = made.iter().find(|r| r.side == run.side) else {
                 continue;
             };
             if !r.obs.outcome.agrees(&run.obs.outcome) || !diff_results(run, r).is_empty() {
