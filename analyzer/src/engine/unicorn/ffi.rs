@@ -1,16 +1,18 @@
 //! The raw Unicorn boundary: creating an instance with its hooks (what they
 //! record is [`Events`]), the registers Unicorn's C API takes as structs,
 //! the version, and how the shared watchdog ([`crate::engine::watchdog`])
-//! stops a running emulation from its own thread. Every `unsafe` block of the Unicorn engine is here.
+//! stops a running emulation from its own thread. Every `unsafe` block of
+//! the Unicorn engine is here, but for the placement of Unicorn's code
+//! buffer ([`super::code_buffer`]).
 
-use super::{uc_err, UnicornError};
+use super::{code_buffer, uc_err, UnicornError};
 use crate::engine::watchdog;
 use crate::machine::{CODE, MEM_SIZE, PAGE};
 use crate::mode::Mode;
 use std::time::{Duration, Instant};
 use unicorn_engine::{
-    uc_error, uc_x86_mmr, uc_x86_msr, Arch, HookType, Mode as UcMode, Prot, RegisterX86 as R,
-    Unicorn, X86CpuModel, X86Insn,
+    uc_error, uc_x86_mmr, uc_x86_msr, Arch, ControlType, HookType, Mode as UcMode, Prot,
+    RegisterX86 as R, Unicorn, X86CpuModel, X86Insn,
 };
 
 /// A Unicorn instance of the engine: its hooks record into [`Events`].
@@ -78,6 +80,20 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
     };
     let mut uc = Unicorn::new_with_data(Arch::X86, uc_mode, Events::default())
         .map_err(uc_err("create a Unicorn instance"))?;
+    // A code buffer that fits within reach of the helpers (set before the
+    // first call that makes Unicorn allocate it).
+    // SAFETY: UC_CTL_TCG_BUFFER_SIZE written takes one uint32_t; the handle
+    // belongs to the live instance `uc`.
+    let err = unsafe {
+        unicorn_engine::uc_ctl(
+            uc.get_handle(),
+            ControlType(ControlType::TCG_BUFFER_SIZE.0 | ControlType::IO_WRITE.0),
+            code_buffer::SIZE,
+        )
+    };
+    if err != uc_error::OK {
+        return Err(uc_err("size the code buffer")(err));
+    }
     // A recent CPU model so that CPUID advertises what TCG implements.
     let model = X86CpuModel::HASWELL;
     let _ = uc.ctl_set_cpu_model(model as i32);

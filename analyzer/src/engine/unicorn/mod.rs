@@ -15,6 +15,7 @@
 //! stopped it ([`crate::machine::landing`]).
 
 mod boot;
+mod code_buffer;
 mod ffi;
 #[cfg(test)]
 mod tests;
