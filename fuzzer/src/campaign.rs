@@ -99,11 +99,22 @@ pub enum FuzzError {
     Findings(#[from] FindingsError),
 }
 
+/// How long the reader of a worker's replies waits after each read while
+/// the worker runs a long job (a lane, minimizations): the replies of
+/// those inputs then arrive a few dozen at a time, not with a wake-up of
+/// the reader and of the lane for every input.
+const PACE: Duration = Duration::from_millis(1);
+
 /// A running worker: its process, its stdin, and its replies.
 struct Worker {
     child: Child,
     stdin: std::process::ChildStdin,
-    replies: mpsc::Receiver<Option<Reply>>,
+    /// Replies as read, a batch per read (`None`: the worker is gone).
+    replies: mpsc::Receiver<Option<Vec<Reply>>>,
+    /// Replies received and not yet taken.
+    pending: VecDeque<Reply>,
+    /// Whether the reader paces itself (see [`PACE`]).
+    paced: Arc<AtomicBool>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -132,16 +143,31 @@ impl Worker {
             return Err(FuzzError::WorkerFailed("no pipes".into()));
         };
         let (tx, rx) = mpsc::channel();
+        let paced = Arc::new(AtomicBool::new(false));
+        let pace = Arc::clone(&paced);
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<Reply>(&line) {
-                    Ok(r) => {
-                        if tx.send(Some(r)).is_err() {
-                            return;
-                        }
+            let mut r = BufReader::with_capacity(1 << 16, stdout);
+            let mut batch = Vec::new();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let end = !matches!(r.read_line(&mut line), Ok(n) if n > 0);
+                let reply = (!end)
+                    .then(|| serde_json::from_str::<Reply>(&line).ok())
+                    .flatten();
+                let gone = reply.is_none();
+                batch.extend(reply);
+                // Everything read so far is passed on before the next read.
+                if (gone || r.buffer().is_empty()) && !batch.is_empty() {
+                    if tx.send(Some(std::mem::take(&mut batch))).is_err() {
+                        return;
                     }
-                    Err(_) => break,
+                    if !gone && pace.load(Ordering::Relaxed) {
+                        std::thread::sleep(PACE);
+                    }
+                }
+                if gone {
+                    break;
                 }
             }
             let _ = tx.send(None);
@@ -162,6 +188,8 @@ impl Worker {
             child,
             stdin,
             replies: rx,
+            pending: VecDeque::new(),
+            paced,
             stderr: err,
         })
     }
@@ -170,6 +198,8 @@ impl Worker {
         let Ok(mut s) = serde_json::to_string(job) else {
             return false;
         };
+        self.paced
+            .store(!matches!(job, Job::Eval(_)), Ordering::Relaxed);
         s.push('\n');
         self.stdin.write_all(s.as_bytes()).is_ok() && self.stdin.flush().is_ok()
     }
@@ -182,8 +212,11 @@ impl Worker {
             if stop.load(Ordering::Relaxed) {
                 return Err(false);
             }
+            if let Some(r) = self.pending.pop_front() {
+                return Ok(r);
+            }
             match self.replies.recv_timeout(Duration::from_millis(100)) {
-                Ok(Some(r)) => return Ok(r),
+                Ok(Some(batch)) => self.pending.extend(batch),
                 Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => return Err(true),
                 Err(mpsc::RecvTimeoutError::Timeout) if since.elapsed() > WORKER_PATIENCE => {
                     let _ = self.child.kill();
@@ -318,13 +351,16 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                     if g == gen::GenKind::Tunnel {
                         cursor = cursor.and_then(|c| c.next(adv));
                     }
-                    sh.found.fetch_add(f.len() as u64, Ordering::Relaxed);
-                    res.findings.extend(f);
                     next = i + 1;
                     sh.bar.inc(1);
-                    sh.bar
-                        .set_message(format!("{} findings", sh.found.load(Ordering::Relaxed)));
+                    if !f.is_empty() {
+                        sh.found.fetch_add(f.len() as u64, Ordering::Relaxed);
+                        res.findings.extend(f);
+                        sh.bar
+                            .set_message(format!("{} findings", sh.found.load(Ordering::Relaxed)));
+                    }
                 }
+                Ok(Reply::Minimized { .. }) => {}
                 Err(false) => break 'lane,
                 Err(true) => {
                     let how = w.ending();
@@ -369,61 +405,137 @@ fn job_at(job: &LaneJob, start: u64) -> LaneJob {
     }
 }
 
-/// Minimizes a finding: drops bytes (prefixes first) while an input still
-/// gives a finding of the same signature; the finding of the least input
-/// found. `w` evaluates candidates (restarted when it dies).
-fn minimize(
+/// Whether a finding is kept as it was found: a worker's death (its input
+/// is what the worker died on) or an input that is not hex.
+fn kept_whole(f: &Finding) -> bool {
+    f.signature.starts_with("engine-failure|worker")
+        || analyzer::explain::parse_hex(&f.input).is_err()
+}
+
+/// The minimized finding of `f` from what [`worker::minimize`] found.
+fn minimized(f: &Finding, least: Option<Finding>) -> Finding {
+    let mut best = least.unwrap_or_else(|| f.clone());
+    best.input = f.input.clone();
+    best
+}
+
+/// Minimizes one finding with a job per candidate, so that a candidate a
+/// worker dies on only keeps nothing (the worker is restarted for the
+/// next): what a finding gets whose minimization took a worker with it.
+fn minimize_one_by_one(
     opts: &Options,
-    f: Finding,
-    w: &mut Option<Worker>,
+    f: &Finding,
     stop: &AtomicBool,
 ) -> Result<Finding, FuzzError> {
-    if f.signature.starts_with("engine-failure|worker") {
-        return Ok(f);
-    }
-    let Ok(mut cur) = analyzer::explain::parse_hex(&f.input) else {
-        return Ok(f);
+    let Ok(input) = analyzer::explain::parse_hex(&f.input) else {
+        return Ok(f.clone());
     };
-    let mut best = f.clone();
-    let mut changed = true;
-    while changed && cur.len() > 1 {
-        changed = false;
-        for i in 0..cur.len() {
-            let mut cand = cur.clone();
-            cand.remove(i);
-            if w.is_none() {
-                *w = Some(Worker::start(opts)?);
-            }
-            let Some(worker) = w.as_mut() else { break };
-            if !worker.send(&Job::Eval(vec![analyzer::observe::hex(&cand)])) {
-                *w = None;
-                continue;
-            }
-            let mut got = None;
-            loop {
-                match worker.next(stop) {
-                    Ok(Reply::Input { f, .. }) => got = Some(f),
-                    Ok(Reply::Done) => break,
-                    Err(_) => {
-                        *w = None;
-                        break;
-                    }
+    let mut w: Option<Worker> = None;
+    let least = crate::worker::minimize(&input, &f.signature, |cand| -> Result<_, FuzzError> {
+        if w.is_none() {
+            w = Some(Worker::start(opts)?);
+        }
+        let Some(worker) = w.as_mut() else {
+            return Ok(None);
+        };
+        if !worker.send(&Job::Eval(vec![analyzer::observe::hex(cand)])) {
+            w = None;
+            return Ok(None);
+        }
+        let mut got = None;
+        loop {
+            match worker.next(stop) {
+                Ok(Reply::Input { f, .. }) => got = Some(f),
+                Ok(Reply::Done) => break,
+                Ok(Reply::Minimized { .. }) => {}
+                Err(_) => {
+                    w = None;
+                    return Ok(None);
                 }
             }
-            if let Some(same) = got
-                .unwrap_or_default()
-                .into_iter()
-                .find(|g| g.signature == f.signature)
-            {
-                cur = cand;
-                best = same;
-                changed = true;
-                break;
+        }
+        Ok(got)
+    })?;
+    Ok(minimized(f, least))
+}
+
+/// Minimizes findings in one worker, which runs each minimization itself;
+/// a finding whose minimization the worker dies on is minimized one
+/// candidate at a time, and a new worker goes on with the rest.
+fn minimize_some(
+    opts: &Options,
+    findings: &[Finding],
+    stop: &AtomicBool,
+) -> Result<Vec<Finding>, FuzzError> {
+    let mut out = Vec::with_capacity(findings.len());
+    while out.len() < findings.len() {
+        let base = out.len();
+        let items = findings[base..]
+            .iter()
+            .map(|f| (f.input.clone(), f.signature.clone()))
+            .collect();
+        let mut w = Worker::start(opts)?;
+        let sent = w.send(&Job::Minimize(items));
+        let mut done = false;
+        while sent && !done {
+            match w.next(stop) {
+                Ok(Reply::Minimized { i, f }) if base + i as usize == out.len() => {
+                    out.push(minimized(&findings[out.len()], f.map(|b| *b)));
+                }
+                Ok(Reply::Done) => done = true,
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
+        if out.len() < findings.len() {
+            let f = &findings[out.len()];
+            out.push(minimize_one_by_one(opts, f, stop)?);
+        }
     }
-    best.input = f.input;
-    Ok(best)
+    Ok(out)
+}
+
+/// Minimizes every finding (see [`worker::minimize`]), over `opts.jobs`
+/// workers at once; the result is in the order given.
+fn minimize_all(opts: &Options, findings: Vec<Finding>) -> Result<Vec<Finding>, FuzzError> {
+    // Minimization runs to its end even after a stop: it is short.
+    let no_stop = AtomicBool::new(false);
+    let (whole, todo): (Vec<_>, Vec<_>) = findings
+        .iter()
+        .enumerate()
+        .partition(|(_, f)| kept_whole(f));
+    let todo: Vec<(usize, Finding)> = todo.into_iter().map(|(i, f)| (i, f.clone())).collect();
+    let mut out: Vec<Option<Finding>> = vec![None; findings.len()];
+    for (i, f) in whole {
+        out[i] = Some(f.clone());
+    }
+    let per = todo.len().div_ceil(opts.jobs.max(1)).max(1);
+    let parts: Vec<Result<Vec<Finding>, FuzzError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = todo
+            .chunks(per)
+            .map(|chunk| {
+                let fs: Vec<Finding> = chunk.iter().map(|(_, f)| f.clone()).collect();
+                let stop = &no_stop;
+                s.spawn(move || minimize_some(opts, &fs, stop))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(FuzzError::WorkerFailed("minimization panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut done = Vec::with_capacity(todo.len());
+    for p in parts {
+        done.extend(p?);
+    }
+    for ((i, _), f) in todo.iter().zip(done) {
+        out[*i] = Some(f);
+    }
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// Runs a campaign (until its iterations are done, its time is up, or
@@ -547,15 +659,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
         all.extend(r.findings);
     }
     let deduped = finding::dedupe(all);
-    // Minimization runs to its end even after a stop: it is short.
-    let no_stop = AtomicBool::new(false);
-    let mut w = None;
-    let mut minimized = Vec::with_capacity(deduped.len());
-    for f in deduped {
-        minimized.push(minimize(opts, f, &mut w, &no_stop)?);
-    }
-    drop(w);
-    let findings = finding::dedupe(minimized);
+    let findings = finding::dedupe(minimize_all(opts, deduped)?);
     write_outputs(&opts.out, &findings)?;
     Ok(Summary {
         inputs,

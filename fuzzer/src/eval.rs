@@ -141,6 +141,13 @@ impl Evaluator {
         self.mode
     }
 
+    /// Forgets the whole-matrix verdicts cached by code and quick-look
+    /// signature, so that what follows does not depend on the inputs
+    /// before it (each finding's minimization starts so).
+    pub fn forget_escalations(&mut self) {
+        self.escalated.clear();
+    }
+
     /// The engines' names, in order.
     pub fn engines(&self) -> Vec<String> {
         self.probers.iter().map(|p| p.name().to_string()).collect()

@@ -21,8 +21,11 @@ use std::sync::Arc;
 pub enum Job {
     /// Inputs `start..start + count` of a lane.
     Lane(LaneJob),
-    /// These inputs (hex), in order (minimization).
+    /// These inputs (hex), in order.
     Eval(Vec<String>),
+    /// Minimize these findings' inputs (hex, with the signature to keep),
+    /// in order (see [`minimize`]).
+    Minimize(Vec<(String, String)>),
 }
 
 /// A lane's inputs from some index on.
@@ -53,7 +56,47 @@ pub enum Reply {
         adv: usize,
         f: Vec<Finding>,
     },
+    /// The `i`-th finding of a `Minimize` job: the finding of the least
+    /// input found (`None`: no byte could be dropped).
+    Minimized {
+        i: u64,
+        f: Option<Box<Finding>>,
+    },
     Done,
+}
+
+/// Minimizes an input: drops one byte at a time, first to last (so
+/// prefixes go first), and starts over after every drop that still gives
+/// a finding of `signature`, until no drop does. Returns that finding for
+/// the least input found (`None`: no drop kept it). `eval` gives a
+/// candidate's findings (`None`: the candidate could not be evaluated,
+/// which keeps nothing).
+pub fn minimize<E>(
+    input: &[u8],
+    signature: &str,
+    mut eval: impl FnMut(&[u8]) -> Result<Option<Vec<Finding>>, E>,
+) -> Result<Option<Finding>, E> {
+    let mut cur = input.to_vec();
+    let mut best = None;
+    let mut changed = true;
+    while changed && cur.len() > 1 {
+        changed = false;
+        for i in 0..cur.len() {
+            let mut cand = cur.clone();
+            cand.remove(i);
+            let kept = eval(&cand)?
+                .unwrap_or_default()
+                .into_iter()
+                .find(|g| g.signature == signature);
+            if let Some(same) = kept {
+                cur = cand;
+                best = Some(same);
+                changed = true;
+                break;
+            }
+        }
+    }
+    Ok(best)
 }
 
 /// The generator and input of index `index` of a lane, given the tunnel's
@@ -115,6 +158,21 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                         ran: analyzer::observe::hex(&e.ran),
                         adv: e.advance,
                         f: e.findings,
+                    })?;
+                }
+            }
+            Job::Minimize(items) => {
+                for (i, (h, signature)) in items.iter().enumerate() {
+                    let bytes = analyzer::explain::parse_hex(h).map_err(|e| e.to_string())?;
+                    ev.forget_escalations();
+                    let f = minimize(&bytes, signature, |cand| {
+                        ev.eval(cand)
+                            .map(|e| Some(e.findings))
+                            .map_err(|e| e.to_string())
+                    })?;
+                    reply(&Reply::Minimized {
+                        i: i as u64,
+                        f: f.map(Box::new),
                     })?;
                 }
             }
@@ -217,5 +275,99 @@ pub fn main(args: &[String]) -> i32 {
             eprintln!("popek fuzz worker: {e}");
             3
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(bytes: &[u8], signature: &str) -> Finding {
+        let hex = analyzer::observe::hex(bytes);
+        Finding {
+            kind: crate::finding::Kind::EngineVsEngine,
+            mode: "64".into(),
+            cpl: Some(3),
+            config: "umip=off".into(),
+            bytes: hex.clone(),
+            input: hex,
+            decoder: crate::finding::Decoded {
+                valid: true,
+                length: bytes.len(),
+                code: "X".into(),
+                form: "x".into(),
+            },
+            engines: Default::default(),
+            observed_length: None,
+            observed_by: None,
+            detail: String::new(),
+            signature: signature.into(),
+            reproduce: String::new(),
+        }
+    }
+
+    #[test]
+    fn minimize_drops_bytes_first_to_last_while_the_signature_stays() {
+        // The signature stays while 01 c8 is in the input; a candidate
+        // holding 01 90 cannot be evaluated (a worker would die on it).
+        let mut tried = Vec::new();
+        let least = minimize(&[0x66, 0x01, 0x90, 0xc8, 0x90], "S", |c| {
+            tried.push(c.to_vec());
+            if c.windows(2).any(|w| w == [0x01, 0x90]) {
+                return Ok::<_, ()>(None);
+            }
+            let s = if c.windows(2).any(|w| w == [0x01, 0xc8]) {
+                "S"
+            } else {
+                "T"
+            };
+            Ok(Some(vec![finding(c, "other"), finding(c, s)]))
+        })
+        .expect("no error");
+        assert_eq!(least.map(|f| f.bytes), Some("01c8".into()));
+        // The prefix first; then 01, 90 (01 c8: kept), then from the start.
+        assert_eq!(tried[0], vec![0x01, 0x90, 0xc8, 0x90]);
+        assert_eq!(tried[2], vec![0x66, 0x01, 0xc8, 0x90]);
+        // Nothing dropped keeps it: no finding.
+        let none = minimize(&[0x01, 0xc8], "S", |_| Ok::<_, ()>(Some(Vec::new())));
+        assert_eq!(none, Ok(None));
+    }
+
+    #[test]
+    fn a_minimize_job_gives_what_one_job_per_candidate_gives() {
+        // SS LOCK MOV ECX, CS: Unicorn runs it, and MOV from CS is
+        // sensitive (the ring-compressed state's CS differs).
+        let input = "36f08cc9";
+        let signature = "pg|unicorn|INVALID|sensitive-unprivileged";
+        let open = || {
+            let o = openers(&["unicorn".to_string()]).expect("unicorn");
+            Evaluator::new(o, Mode::Long64, Config::UMIP_OFF).expect("evaluator")
+        };
+        let mut ev = open();
+        let job = serde_json::to_string(&Job::Minimize(vec![(input.into(), signature.into())]))
+            .expect("json");
+        let mut out = Vec::new();
+        serve(&mut ev, format!("{job}\n").as_bytes(), &mut out).expect("serve");
+        let replies: Vec<Reply> = String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("reply"))
+            .collect();
+        let Some(Reply::Minimized { i: 0, f: Some(got) }) = replies.first() else {
+            panic!("{replies:?}");
+        };
+        let got: &Finding = got;
+        assert!(matches!(replies.last(), Some(Reply::Done)));
+        assert_eq!(got.bytes, "f08cc9");
+        // One candidate at a time, in a fresh evaluator.
+        let mut ev = open();
+        let bytes = analyzer::explain::parse_hex(input).expect("hex");
+        let one_by_one = minimize(&bytes, signature, |c| {
+            ev.eval(c)
+                .map(|e| Some(e.findings))
+                .map_err(|e| e.to_string())
+        })
+        .expect("eval");
+        assert_eq!(one_by_one.as_ref(), Some(got));
     }
 }
