@@ -368,7 +368,7 @@ impl Prober {
             if let Some(o) = ran.get(k).cloned().flatten() {
                 return Ok(o);
             }
-            let o = p.run_guarded(fenced, side, t)?.outcome;
+            let o = p.run_guarded_as(fenced, side, t, true)?.outcome;
             // An engine failure may not repeat: such a run is made again.
             if let (Some(slot), false) = (ran.get_mut(k), matches!(o, Outcome::EngineError(_))) {
                 *slot = Some(o.clone());
@@ -411,13 +411,31 @@ impl Prober {
         side: Side,
         test: &Prepared,
     ) -> Result<Observation, ProbeError> {
+        self.run_guarded_as(image, side, test, false)
+    }
+
+    /// `run_guarded`, or with `fetch` the engine's `run_fetch`.
+    fn run_guarded_as(
+        &mut self,
+        image: &GuestImage,
+        side: Side,
+        test: &Prepared,
+        fetch: bool,
+    ) -> Result<Observation, ProbeError> {
         let engine = match &mut self.engine {
             Some(e) => e,
             None => self
                 .engine
                 .insert((self.opener)().map_err(ProbeError::OpenEngine)?),
         };
-        match catch_unwind(AssertUnwindSafe(|| engine.run(image, side, test))) {
+        let run = || {
+            if fetch {
+                engine.run_fetch(image, side, test)
+            } else {
+                engine.run(image, side, test)
+            }
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
             Ok(obs) => Ok(obs),
             Err(p) => {
                 self.engine = None;

@@ -28,6 +28,14 @@ pub trait Engine {
     fn version(&self) -> String;
     /// Run `test` in `image` starting on `side`.
     fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation;
+    /// Run `test` only to learn whether the fetch of its first instruction
+    /// crossed into the next page (the page-boundary length,
+    /// [`crate::length::crossed`]): what follows that instruction cannot
+    /// change the answer, so an engine may stop the run after it. By
+    /// default the run is whole.
+    fn run_fetch(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+        self.run(image, side, test)
+    }
     /// What executes a test of `mode` at `cpl` (3 on the user side, the
     /// supervisor's CPL on the other: 1 or 3 under ring compression): the
     /// engine's software or the CPU. Engine comparisons keep the two apart.

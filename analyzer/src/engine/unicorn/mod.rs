@@ -705,4 +705,17 @@ impl Engine for UnicornEngine {
             .1
             .run(image, side, test, &self.watchdog, self.insn_limit)
     }
+
+    /// The run stops before the second instruction (a count of one): the
+    /// fetch of the first has crossed the boundary or not by then. Unicorn
+    /// translates a block before it runs it, so a block whose later
+    /// instruction crosses faults at its first (see the README), with any
+    /// count.
+    fn run_fetch(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+        let limit = self.insn_limit;
+        self.insn_limit = 1;
+        let obs = self.run(image, side, test);
+        self.insn_limit = limit;
+        obs
+    }
 }

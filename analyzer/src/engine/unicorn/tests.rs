@@ -565,3 +565,50 @@ fn a_page_fault_reports_its_address() {
         o.outcome
     );
 }
+
+#[test]
+fn a_fetch_probe_crosses_where_the_whole_run_does() {
+    // At every count of bytes before the boundary: an instruction that
+    // completes, one that raises #UD, one that loops on itself, REP with a
+    // wild count, and XOP, which Unicorn runs as POP and then a CALL into
+    // zero-filled memory.
+    let cfg = Config::UMIP_OFF;
+    let img = GuestImage::build(
+        Mode::Long64,
+        cfg,
+        crate::length::fenced_variant(Mode::Long64, &cfg).unwrap(),
+    );
+    let mut e = UnicornEngine::new().unwrap();
+    let inputs: [&[u8]; 5] = [
+        &[0x48, 0x01, 0xC8],
+        &[0x0F, 0x0B],
+        &[0xEB, 0xFE],
+        &[0xF3, 0x48, 0xAB],
+        &[0x8F, 0xEA, 0xE8, 0x12, 0xC9, 0x01, 0, 0, 0],
+    ];
+    for bytes in inputs {
+        let mut setup = Setup::default();
+        setup
+            .regs
+            .push((crate::machine::Gpr::Rcx, crate::machine::Sym::Imm(1 << 20)));
+        for side in [Side::Supervisor, Side::User] {
+            let p = img.prepare(side, bytes, &setup).unwrap();
+            for k in 1..=bytes.len() {
+                let t = p.at_page_end(k);
+                let whole = e.run(&img, side, &t).outcome;
+                let fetch = e.run_fetch(&img, side, &t).outcome;
+                assert_eq!(
+                    crate::length::crossed(&img, &t, &whole),
+                    crate::length::crossed(&img, &t, &fetch),
+                    "{bytes:02x?} {side:?} k={k}: {whole:?} / {fetch:?}"
+                );
+                let crossed = crate::length::crossed(&img, &t, &fetch);
+                assert!(crossed.is_some());
+                if bytes.len() == 3 {
+                    // ADD RAX, RCX needs all three bytes.
+                    assert_eq!(crossed, Some(k < 3), "k={k}");
+                }
+            }
+        }
+    }
+}
