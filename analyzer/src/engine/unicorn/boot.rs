@@ -192,7 +192,10 @@ impl Machine {
         entry: &EntryState,
     ) -> Result<(), UnicornError> {
         let _ = self.uc.ctl_flush_tlb();
-        *self.uc.get_data_mut() = Events::default();
+        *self.uc.get_data_mut() = Events {
+            limit: BOOT_INSNS,
+            ..Events::default()
+        };
         // The stop at the test's first byte is compiled into translated
         // blocks: drop every block a test run left (they have no stop
         // there), or the boot would run into the previous test.
@@ -201,7 +204,7 @@ impl Machine {
             .map_err(uc_err("flush the translation cache"))?;
         let start = image.boot_linear(side);
         let until = image.linear(entry.rip);
-        let r = self.uc.emu_start(start, until, 0, BOOT_INSNS);
+        let r = self.uc.emu_start(start, until, 0, 0);
         // The boot stub's blocks are translated code outside the code page.
         self.translated_elsewhere = true;
         self.ran_unknown = true;

@@ -7,7 +7,7 @@
 
 use super::{code_buffer, uc_err, UnicornError};
 use crate::engine::watchdog;
-use crate::machine::{CODE, MEM_SIZE, PAGE};
+use crate::machine::{MEM_SIZE, PAGE, TEST_RIP};
 use crate::mode::Mode;
 use std::time::{Duration, Instant};
 use unicorn_engine::{
@@ -44,6 +44,20 @@ pub(super) struct Events {
     pub(super) ran_pages: RanPages,
     /// One of them is at or above [`RAN_SPAN`].
     pub(super) ran_high: bool,
+    /// Instructions begun (see [`Events::begin`]).
+    pub(super) count: usize,
+    /// Most instructions the run may take (0: no limit).
+    pub(super) limit: usize,
+}
+
+impl Events {
+    /// Counts an instruction about to run; true when it is one past the
+    /// limit, and the emulation is to stop before it (as Unicorn's own
+    /// count stops it).
+    fn begin(&mut self) -> bool {
+        self.count += 1;
+        self.limit != 0 && self.count > self.limit
+    }
 }
 
 /// The linear addresses whose pages [`Events::ran_pages`] tells apart: the
@@ -121,19 +135,31 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
         let _ = uc.emu_stop();
     })
     .map_err(uc_err("add the SYSENTER hook"))?;
-    // Instructions outside the code page are noted (so that `load` knows
-    // whether translated code can live anywhere else). The hooks' bounds
-    // leave out the code page's usual linear page, so they rarely fire;
-    // where an image shifts the page, the callback tells. They also make
-    // the instruction count not the only code hook: with one, Unicorn
-    // inlines it into every translated instruction, and each inlining
-    // allocates and formats a helper description and enters it in two hash
-    // tables (some 3% of a scan); with more, it translates each instruction
-    // into one call to its generic hook helper, which calls the count as
-    // the inlined call did and these by their bounds.
-    for (begin, end) in [(0, CODE - 1), (CODE + PAGE, u64::MAX)] {
+    // The instruction limit is counted here, not by Unicorn's count (a
+    // code hook on every instruction, whose calls cost a fifth of a
+    // fuzzing run's translation). The code hooks count every instruction
+    // but the one at TEST_RIP, the test's first byte in the images that do
+    // not shift the code page, which a block hook counts instead: each
+    // block that starts there (a test, or one more round of a REP or a
+    // loop through the test) begins with it, and no block reaches it from
+    // before, where the code page holds HLTs that end a block. So the test's
+    // block has one hook call, not one per instruction.
+    //
+    // The code hooks also note instructions outside the code page (so that
+    // `load` knows whether translated code can live anywhere else); where
+    // an image shifts the page, the callback tells. With one code hook
+    // (or block hook) Unicorn would inline it into every translated
+    // instruction, and each inlining allocates and formats a helper
+    // description and enters it in two hash tables; with two or more, it
+    // translates into one call to its generic hook helper, which checks
+    // the bounds.
+    for (begin, end) in [(0, TEST_RIP - 1), (TEST_RIP + 1, u64::MAX)] {
         uc.add_code_hook(begin, end, |uc, addr, _| {
             let ev = uc.get_data_mut();
+            if ev.begin() {
+                let _ = uc.emu_stop();
+                return;
+            }
             if addr & !(PAGE - 1) != ev.program_pages[0] {
                 ev.ran_elsewhere = true;
                 if !note_page(&mut ev.ran_pages, addr) {
@@ -143,6 +169,16 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
         })
         .map_err(uc_err("add the code hook"))?;
     }
+    uc.add_block_hook(TEST_RIP, TEST_RIP, |uc, _, _| {
+        if uc.get_data_mut().begin() {
+            let _ = uc.emu_stop();
+        }
+    })
+    .map_err(uc_err("add the block hook"))?;
+    // Never called (no block starts at the last address): the second
+    // block hook keeps the first from being inlined.
+    uc.add_block_hook(u64::MAX, u64::MAX, |_, _, _| {})
+        .map_err(uc_err("add the block hook"))?;
     // Every store outside the program's own pages is noted, so that the
     // next run starts from the image again (KVM uses its dirty log).
     uc.add_mem_hook(HookType::MEM_WRITE, 0, u64::MAX, |uc, _, addr, size, _| {
@@ -277,7 +313,7 @@ impl Watchdog {
     }
 
     /// Runs the emulation of `uc` from `begin` until `until` (at most
-    /// `count` instructions, 0: no count) under the deadline (`patience`
+    /// `Events::limit` instructions) under the deadline (`patience`
     /// times the limit): what `emu_start` returned, and whether the watchdog
     /// stopped it. The watchdog is armed only while `emu_start` runs
     /// (disarmed even if it unwinds), which is what makes its stop sound
@@ -287,14 +323,13 @@ impl Watchdog {
         uc: &mut Uc,
         begin: u64,
         until: u64,
-        count: usize,
         patience: u32,
     ) -> (Result<(), uc_error>, bool) {
         let armed = self.dog.arm(
             Instant::now() + self.limit * patience,
             StopHandle(uc.get_handle()),
         );
-        let result = uc.emu_start(begin, until, 0, count);
+        let result = uc.emu_start(begin, until, 0, 0);
         (result, armed.disarm())
     }
 }

@@ -473,6 +473,7 @@ impl Machine {
         *self.uc.get_data_mut() = Events {
             program_pages: [image.linear(CODE), image.linear(DATA), image.linear(STACK)],
             program_phys: [image.code_phys, image.data_phys, image.stack_phys],
+            limit: insn_limit,
             ..Events::default()
         };
         // emu_start sets (E/R)IP from `begin`; in 16-bit mode it subtracts CS*16.
@@ -483,7 +484,7 @@ impl Machine {
             test.rip
         };
         let until = image.linear(test.sentinel);
-        let (result, fired) = watchdog.emu_start(&mut self.uc, begin, until, insn_limit, patience);
+        let (result, fired) = watchdog.emu_start(&mut self.uc, begin, until, patience);
         self.timed_out = fired;
         self.memory_suspect |= self.uc.get_data().stray_write;
         // Translated code outside the code page: an instruction ran there

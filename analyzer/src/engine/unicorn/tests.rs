@@ -121,6 +121,55 @@ fn a_jump_to_itself_ends_by_the_limit() {
 }
 
 #[test]
+fn the_limit_counts_every_instruction_and_every_round_of_a_rep() {
+    let cfg = Config::UMIP_OFF;
+    for (mode, v) in [
+        (Mode::Long64, Variant::base(&cfg)),
+        (Mode::Prot32, Variant::base(&cfg)),
+        // Segment bases shifted: the test's first byte is another linear
+        // address.
+        (
+            Mode::Prot32,
+            Variant {
+                seg_shifted: true,
+                ..Variant::base(&cfg)
+            },
+        ),
+    ] {
+        let img = GuestImage::build(mode, cfg, v);
+        for side in Side::BOTH {
+            let mut rcx5 = Setup::default();
+            rcx5.regs
+                .push((crate::machine::Gpr::Rcx, crate::machine::Sym::Imm(5)));
+            // Four NOPs in the test's block; REP STOSB with RCX = 5: six
+            // runs of the test's block, five rounds and the one that finds
+            // RCX zero, as Unicorn's own count counted them.
+            for (bytes, setup, n) in [(&[0x90u8; 4][..], &NONE, 4), (&[0xF3, 0xAA][..], &rcx5, 6)] {
+                let p = img.prepare(side, bytes, setup).unwrap();
+                for limit in [n - 1, n] {
+                    let mut e = UnicornEngine::with_limits(limit, TIME_LIMIT).unwrap();
+                    let o = e.run(&img, side, &p).outcome;
+                    if limit < n {
+                        assert_eq!(o, Outcome::Hang, "{mode} {side} {bytes:02x?} limit {limit}");
+                    } else {
+                        assert!(
+                            matches!(
+                                o,
+                                Outcome::Completed {
+                                    at_sentinel: true,
+                                    ..
+                                }
+                            ),
+                            "{mode} {side} {bytes:02x?} limit {limit}: {o:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn rewritten_code_and_data_are_restored_between_runs() {
     crate::engine::conformance::check_runs_are_restored(&mut UnicornEngine::new().unwrap());
 }
