@@ -207,13 +207,19 @@ impl Worker {
     /// The next reply; `Err(true)` when the worker died or went silent
     /// (it is killed), `Err(false)` when the campaign is stopping.
     fn next(&mut self, stop: &AtomicBool) -> Result<Reply, bool> {
-        let since = Instant::now();
+        let mut since = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Err(false);
             }
-            if let Some(r) = self.pending.pop_front() {
-                return Ok(r);
+            match self.pending.pop_front() {
+                // A sign of life only: the patience starts again.
+                Some(Reply::Tried) => {
+                    since = Instant::now();
+                    continue;
+                }
+                Some(r) => return Ok(r),
+                None => {}
             }
             match self.replies.recv_timeout(Duration::from_millis(100)) {
                 Ok(Some(batch)) => self.pending.extend(batch),
@@ -360,7 +366,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                             .set_message(format!("{} findings", sh.found.load(Ordering::Relaxed)));
                     }
                 }
-                Ok(Reply::Minimized { .. }) => {}
+                Ok(Reply::Minimized { .. } | Reply::Tried) => {}
                 Err(false) => break 'lane,
                 Err(true) => {
                     let how = w.ending();
@@ -447,7 +453,7 @@ fn minimize_one_by_one(
             match worker.next(stop) {
                 Ok(Reply::Input { f, .. }) => got = Some(f),
                 Ok(Reply::Done) => break,
-                Ok(Reply::Minimized { .. }) => {}
+                Ok(Reply::Minimized { .. } | Reply::Tried) => {}
                 Err(_) => {
                     w = None;
                     return Ok(None);

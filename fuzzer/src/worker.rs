@@ -56,6 +56,9 @@ pub enum Reply {
         adv: usize,
         f: Vec<Finding>,
     },
+    /// A candidate of a `Minimize` job was evaluated: the worker is alive
+    /// (one finding's minimization may take many evaluations).
+    Tried,
     /// The `i`-th finding of a `Minimize` job: the finding of the least
     /// input found (`None`: no byte could be dropped).
     Minimized {
@@ -166,9 +169,9 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                     let bytes = analyzer::explain::parse_hex(h).map_err(|e| e.to_string())?;
                     ev.forget_escalations();
                     let f = minimize(&bytes, signature, |cand| {
-                        ev.eval(cand)
-                            .map(|e| Some(e.findings))
-                            .map_err(|e| e.to_string())
+                        let e = ev.eval(cand).map_err(|e| e.to_string())?;
+                        reply(&Reply::Tried)?;
+                        Ok::<_, String>(Some(e.findings))
                     })?;
                     reply(&Reply::Minimized {
                         i: i as u64,
@@ -353,6 +356,8 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("reply"))
             .collect();
+        let mut replies: Vec<Reply> = replies;
+        replies.retain(|r| !matches!(r, Reply::Tried));
         let Some(Reply::Minimized { i: 0, f: Some(got) }) = replies.first() else {
             panic!("{replies:?}");
         };

@@ -21,7 +21,9 @@
 //! executable's text, within reach of every helper, when such a place is
 //! free; every other request, and that one when no place is free, goes to
 //! the kernel unchanged. Where the buffer lies changes no translation, only
-//! how a call is encoded.
+//! how a call is encoded. Like the rest of popek, this is for x86-64 Linux
+//! with glibc (the raw `mmap` system call takes its six arguments in
+//! registers there).
 
 use std::ffi::{c_int, c_void};
 
@@ -59,7 +61,7 @@ pub(super) fn within_reach(at: usize, len: usize) -> bool {
 /// first, while within reach.
 fn places(len: usize) -> impl Iterator<Item = usize> {
     let top = anchor().saturating_sub(TEXT_ROOM) & !(ALIGN - 1);
-    let step = len.div_ceil(ALIGN) * ALIGN;
+    let step = len.max(1).div_ceil(ALIGN) * ALIGN;
     (1..)
         .map_while(move |k: usize| top.checked_sub(k.checked_mul(step)?))
         .take_while(move |&at| at > 0 && within_reach(at, len))
@@ -127,7 +129,7 @@ pub unsafe extern "C" fn mmap64(
 ) -> *mut c_void {
     let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
     let code = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    if addr.is_null() && prot == rwx && flags == code {
+    if addr.is_null() && len > 0 && prot == rwx && flags == code {
         if let Some(p) = near(len, prot, flags) {
             return p;
         }
@@ -178,13 +180,13 @@ mod tests {
         let _uc = super::super::ffi::open(Mode::Long64).expect("unicorn");
         let buffers = code_buffers();
         assert!(!buffers.is_empty(), "no code buffer of {SIZE} bytes mapped");
-        for at in buffers {
-            assert!(
-                within_reach(at, SIZE as usize),
-                "code buffer at {at:#x}, helpers near {:#x}",
-                anchor()
-            );
-        }
+        // Other tests' instances may have taken every place within reach
+        // by now; the first ones took places there.
+        assert!(
+            buffers.iter().any(|&at| within_reach(at, SIZE as usize)),
+            "code buffers at {buffers:#x?}, helpers near {:#x}",
+            anchor()
+        );
     }
 
     #[test]

@@ -143,7 +143,10 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
     // block that starts there (a test, or one more round of a REP or a
     // loop through the test) begins with it, and no block reaches it from
     // before, where the code page holds HLTs that end a block. So the test's
-    // block has one hook call, not one per instruction.
+    // block has one hook call, not one per instruction. (An instruction at
+    // TEST_RIP in the middle of a block goes uncounted: only where the HLTs
+    // before it were rewritten, or where an image moves the code page and a
+    // run reaches that linear address.)
     //
     // The code hooks also note instructions outside the code page (so that
     // `load` knows whether translated code can live anywhere else); where

@@ -708,10 +708,13 @@ impl Engine for UnicornEngine {
     }
 
     /// The run stops before the second instruction (a count of one): the
-    /// fetch of the first has crossed the boundary or not by then. Unicorn
-    /// translates a block before it runs it, so a block whose later
+    /// fetch of the first has crossed the boundary or not by then (only a
+    /// fetch faults there: the page after is mapped, only not executable).
+    /// Unicorn translates a block before it runs it, so a block whose later
     /// instruction crosses faults at its first (see the README), with any
-    /// count.
+    /// count. What the whole run could add is an engine failure later on,
+    /// which would leave the length not measured. A panic leaves the limit
+    /// at one, but the probe layer drops an engine that panicked.
     fn run_fetch(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
         let limit = self.insn_limit;
         self.insn_limit = 1;
