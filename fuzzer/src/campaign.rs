@@ -470,7 +470,7 @@ fn minimize_one_by_one(
 /// candidate at a time, and a new worker goes on with the rest.
 fn minimize_some(
     opts: &Options,
-    findings: &[Finding],
+    findings: &[&Finding],
     stop: &AtomicBool,
 ) -> Result<Vec<Finding>, FuzzError> {
     let mut out = Vec::with_capacity(findings.len());
@@ -486,7 +486,7 @@ fn minimize_some(
         while sent && !done {
             match w.next(stop) {
                 Ok(Reply::Minimized { i, f }) if base + i as usize == out.len() => {
-                    out.push(minimized(&findings[out.len()], f.map(|b| *b)));
+                    out.push(minimized(findings[out.len()], f.map(|b| *b)));
                 }
                 Ok(Reply::Done) => done = true,
                 Ok(_) => {}
@@ -494,8 +494,7 @@ fn minimize_some(
             }
         }
         if out.len() < findings.len() {
-            let f = &findings[out.len()];
-            out.push(minimize_one_by_one(opts, f, stop)?);
+            out.push(minimize_one_by_one(opts, findings[out.len()], stop)?);
         }
     }
     Ok(out)
@@ -506,24 +505,12 @@ fn minimize_some(
 fn minimize_all(opts: &Options, findings: Vec<Finding>) -> Result<Vec<Finding>, FuzzError> {
     // Minimization runs to its end even after a stop: it is short.
     let no_stop = AtomicBool::new(false);
-    let (whole, todo): (Vec<_>, Vec<_>) = findings
-        .iter()
-        .enumerate()
-        .partition(|(_, f)| kept_whole(f));
-    let todo: Vec<(usize, Finding)> = todo.into_iter().map(|(i, f)| (i, f.clone())).collect();
-    let mut out: Vec<Option<Finding>> = vec![None; findings.len()];
-    for (i, f) in whole {
-        out[i] = Some(f.clone());
-    }
+    let todo: Vec<&Finding> = findings.iter().filter(|f| !kept_whole(f)).collect();
     let per = todo.len().div_ceil(opts.jobs.max(1)).max(1);
     let parts: Vec<Result<Vec<Finding>, FuzzError>> = std::thread::scope(|s| {
         let handles: Vec<_> = todo
             .chunks(per)
-            .map(|chunk| {
-                let fs: Vec<Finding> = chunk.iter().map(|(_, f)| f.clone()).collect();
-                let stop = &no_stop;
-                s.spawn(move || minimize_some(opts, &fs, stop))
-            })
+            .map(|chunk| s.spawn(|| minimize_some(opts, chunk, &no_stop)))
             .collect();
         handles
             .into_iter()
@@ -538,10 +525,14 @@ fn minimize_all(opts: &Options, findings: Vec<Finding>) -> Result<Vec<Finding>, 
     for p in parts {
         done.extend(p?);
     }
-    for ((i, _), f) in todo.iter().zip(done) {
-        out[*i] = Some(f);
-    }
-    Ok(out.into_iter().flatten().collect())
+    let mut done = done.into_iter();
+    Ok(findings
+        .iter()
+        .map(|f| {
+            let least = (!kept_whole(f)).then(|| done.next()).flatten();
+            least.unwrap_or_else(|| f.clone())
+        })
+        .collect())
 }
 
 /// Runs a campaign (until its iterations are done, its time is up, or

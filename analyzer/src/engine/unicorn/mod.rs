@@ -679,14 +679,16 @@ fn outcome(test: &Prepared, stopped: &Stopped) -> (Outcome, bool) {
     }
 }
 
-impl Engine for UnicornEngine {
-    fn name(&self) -> &'static str {
-        "unicorn"
-    }
-    fn version(&self) -> String {
-        ffi::version()
-    }
-    fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+impl UnicornEngine {
+    /// Runs `test` on the machine of its mode (made on first use) with at
+    /// most `insn_limit` instructions.
+    fn run_limited(
+        &mut self,
+        image: &GuestImage,
+        side: Side,
+        test: &Prepared,
+        insn_limit: usize,
+    ) -> Observation {
         let at = match self.machines.iter().position(|(m, _)| *m == image.mode) {
             Some(at) => at,
             None => match Machine::new(image.mode) {
@@ -704,7 +706,19 @@ impl Engine for UnicornEngine {
         };
         self.machines[at]
             .1
-            .run(image, side, test, &self.watchdog, self.insn_limit)
+            .run(image, side, test, &self.watchdog, insn_limit)
+    }
+}
+
+impl Engine for UnicornEngine {
+    fn name(&self) -> &'static str {
+        "unicorn"
+    }
+    fn version(&self) -> String {
+        ffi::version()
+    }
+    fn run(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
+        self.run_limited(image, side, test, self.insn_limit)
     }
 
     /// The run stops before the second instruction (a count of one): the
@@ -713,13 +727,8 @@ impl Engine for UnicornEngine {
     /// Unicorn translates a block before it runs it, so a block whose later
     /// instruction crosses faults at its first (see the README), with any
     /// count. What the whole run could add is an engine failure later on,
-    /// which would leave the length not measured. A panic leaves the limit
-    /// at one, but the probe layer drops an engine that panicked.
+    /// which would leave the length not measured.
     fn run_fetch(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
-        let limit = self.insn_limit;
-        self.insn_limit = 1;
-        let obs = self.run(image, side, test);
-        self.insn_limit = limit;
-        obs
+        self.run_limited(image, side, test, 1)
     }
 }
