@@ -79,6 +79,25 @@ pub fn build(mode: Mode) -> Catalog {
     encode::build_mode(mode)
 }
 
+/// The entries of one `Code` (named as in [`Entry::code`], in any case) in
+/// `mode`: what `build(mode).find_code(code)` gives, in the same order,
+/// without encoding every other `Code`.
+pub fn code_entries(mode: Mode, code: &str) -> Vec<Entry> {
+    static BY_NAME: std::sync::OnceLock<std::collections::HashMap<String, iced_x86::Code>> =
+        std::sync::OnceLock::new();
+    let by_name = BY_NAME.get_or_init(|| {
+        iced_x86::Code::values()
+            .map(|c| (format!("{c:?}").to_ascii_lowercase(), c))
+            .collect()
+    });
+    let Some(&c) = by_name.get(&code.trim().to_ascii_lowercase()) else {
+        return Vec::new();
+    };
+    let mut cat = Catalog::default();
+    encode::build_code(mode, c, &mut cat);
+    cat.entries
+}
+
 /// The catalogs of several modes, concatenated in the order given.
 pub fn build_all(modes: &[Mode]) -> Catalog {
     let mut all = Catalog::default();

@@ -633,12 +633,27 @@ pub fn diff_effects(
 
 /// Lower-case hex without separators.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        assert_eq!(hex(&[]), "");
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff, 0x90]), "000fa5ff90");
+        let all: Vec<u8> = (0..=255).collect();
+        let each: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), each);
+    }
 
     #[test]
     fn outcomes_agree_where_they_differ_only_in_what_an_engine_does_not_report() {

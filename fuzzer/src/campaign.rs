@@ -282,9 +282,7 @@ fn crash_finding(opts: &Options, bytes: &[u8], how: &str) -> Finding {
     let entry = analyzer::explain::raw_entry(bytes, opts.mode);
     let hex = analyzer::observe::hex(bytes);
     let how_sig: String = how.split(':').next().unwrap_or("").to_string();
-    let position = analyzer::opmap::position(opts.mode, bytes)
-        .map(|p| format!("{:?}/{:02x}", p.map, p.opcode))
-        .unwrap_or_else(|| "none".into());
+    let position = crate::eval::position_name(opts.mode, bytes);
     Finding {
         kind: Kind::EngineFailure,
         mode: opts.mode.name().into(),
@@ -328,6 +326,11 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         tunnel: range.map(|(lo, hi)| gen::Tunnel::start(lo, hi)),
         corpus: sh
             .corpus
+            .iter()
+            .map(|b| analyzer::observe::hex(b))
+            .collect(),
+        templates: sh
+            .templates
             .iter()
             .map(|b| analyzer::observe::hex(b))
             .collect(),
@@ -437,31 +440,36 @@ fn minimize_one_by_one(
         return Ok(f.clone());
     };
     let mut w: Option<Worker> = None;
-    let least = crate::worker::minimize(&input, &f.signature, |cand| -> Result<_, FuzzError> {
-        if w.is_none() {
-            w = Some(Worker::start(opts)?);
-        }
-        let Some(worker) = w.as_mut() else {
-            return Ok(None);
-        };
-        if !worker.send(&Job::Eval(vec![analyzer::observe::hex(cand)])) {
-            w = None;
-            return Ok(None);
-        }
-        let mut got = None;
-        loop {
-            match worker.next(stop) {
-                Ok(Reply::Input { f, .. }) => got = Some(f),
-                Ok(Reply::Done) => break,
-                Ok(Reply::Minimized { .. } | Reply::Tried) => {}
-                Err(_) => {
-                    w = None;
-                    return Ok(None);
+    let least = crate::worker::minimize(
+        opts.mode,
+        &input,
+        &f.signature,
+        |cand| -> Result<_, FuzzError> {
+            if w.is_none() {
+                w = Some(Worker::start(opts)?);
+            }
+            let Some(worker) = w.as_mut() else {
+                return Ok(None);
+            };
+            if !worker.send(&Job::Eval(vec![analyzer::observe::hex(cand)])) {
+                w = None;
+                return Ok(None);
+            }
+            let mut got = None;
+            loop {
+                match worker.next(stop) {
+                    Ok(Reply::Input { f, .. }) => got = Some(f),
+                    Ok(Reply::Done) => break,
+                    Ok(Reply::Minimized { .. } | Reply::Tried) => {}
+                    Err(_) => {
+                        w = None;
+                        return Ok(None);
+                    }
                 }
             }
-        }
-        Ok(got)
-    })?;
+            Ok(got)
+        },
+    )?;
     Ok(minimized(f, least))
 }
 
@@ -559,8 +567,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
         source,
     })?;
     let start = Instant::now();
-    let catalog = analyzer::catalog::build(opts.mode);
-    let templates: Vec<Vec<u8>> = catalog.entries.iter().map(|e| e.bytes.clone()).collect();
+    let templates = gen::templates(opts.mode);
     let total = opts.iterations.unwrap_or(u64::MAX);
     let per_lane = |l: u32| {
         let n = u64::from(opts.lanes);

@@ -9,7 +9,7 @@
 
 use crate::finding::{Decoded, Finding, Kind};
 use crate::gen;
-use analyzer::catalog::{self, Catalog, Entry};
+use analyzer::catalog::{self, Entry};
 use analyzer::machine::{GuestImage, Variant};
 use analyzer::mode::{Config, Mode};
 use analyzer::observe::{Outcome, Side};
@@ -30,6 +30,23 @@ pub struct Evaluated {
     pub findings: Vec<Finding>,
 }
 
+/// Which inputs' lengths an evaluation measures by the page boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lengths {
+    /// Where an oracle compares them or a finding carries them.
+    Needed,
+    /// Every input's that its run does not show (the tunnel advances by
+    /// it).
+    All,
+    /// As `Needed`, in a lane: a length the decoder and an engine may part
+    /// on (the engine raised #UD) is not measured where its finding is one
+    /// this evaluator found already for an input no greater, and the input
+    /// has no other finding. A campaign keeps one finding per signature,
+    /// that of the least input and, among equal inputs, the first found:
+    /// it would drop this one (see [`crate::finding::dedupe`]).
+    Unfound,
+}
+
 /// The engines, the states, and what was judged already.
 pub struct Evaluator {
     mode: Mode,
@@ -40,15 +57,15 @@ pub struct Evaluator {
     /// length (`None`: the mode has no paging).
     fenced: Option<Arc<GuestImage>>,
     full: Option<Matrix>,
-    catalog: Catalog,
-    /// The catalog's encodings of the mode (the generators' templates).
-    pub templates: Vec<Vec<u8>>,
     /// (engine, code, quick-look signature) to the whole matrix's verdict:
     /// whether it violates, its class and first evidence.
     escalated: HashMap<(usize, String, String), (bool, String, String)>,
     /// (engine, code) to whether the catalog's scan of that code reports a
     /// violator (`None`: the catalog has no such code).
     catalog_pg: HashMap<(usize, String), Option<(bool, String)>>,
+    /// Signature of each decoder-vs-engine length finding made in
+    /// [`Lengths::Unfound`] evaluations, to its least input.
+    lengths_found: HashMap<String, Vec<u8>>,
 }
 
 /// Digits and hex numbers written `#`, so that outcomes differing only in
@@ -121,8 +138,6 @@ impl Evaluator {
             config,
             images: vec![(state, image)],
         };
-        let catalog = catalog::build(mode);
-        let templates = catalog.entries.iter().map(|e| e.bytes.clone()).collect();
         Ok(Evaluator {
             mode,
             config,
@@ -130,10 +145,9 @@ impl Evaluator {
             quick,
             fenced,
             full: None,
-            catalog,
-            templates,
             escalated: HashMap::new(),
             catalog_pg: HashMap::new(),
+            lengths_found: HashMap::new(),
         })
     }
 
@@ -141,11 +155,13 @@ impl Evaluator {
         self.mode
     }
 
-    /// Forgets the whole-matrix verdicts cached by code and quick-look
-    /// signature, so that what follows does not depend on the inputs
-    /// before it (each finding's minimization starts so).
-    pub fn forget_escalations(&mut self) {
+    /// Forgets what earlier inputs left: the whole-matrix verdicts cached
+    /// by code and quick-look signature and the length findings found, so
+    /// that what follows does not depend on the inputs before it (each
+    /// finding's minimization starts so).
+    pub fn forget_history(&mut self) {
         self.escalated.clear();
+        self.lengths_found.clear();
     }
 
     /// The engines' names, in order.
@@ -165,12 +181,13 @@ impl Evaluator {
     /// the engine raised #UD, or where the decoder finds no instruction and
     /// an oracle found something (the length goes with the findings).
     pub fn eval(&mut self, input: &[u8]) -> Result<Evaluated, ProbeError> {
-        self.eval_with(input, false)
+        self.eval_with(input, Lengths::Needed)
     }
 
-    /// [`Evaluator::eval`], measuring every input's length the run does
-    /// not show when `all_lengths` (the tunnel advances by it).
-    pub fn eval_with(&mut self, input: &[u8], all_lengths: bool) -> Result<Evaluated, ProbeError> {
+    /// [`Evaluator::eval`], measuring the lengths `lengths` tells.
+    pub fn eval_with(&mut self, input: &[u8], lengths: Lengths) -> Result<Evaluated, ProbeError> {
+        let lengths_mode = lengths;
+        let all_lengths = lengths == Lengths::All;
         let input = if input.is_empty() { &[0x90][..] } else { input };
         let first = gen::decode(self.mode, input);
         let (len, valid) = (first.len, first.valid);
@@ -203,14 +220,41 @@ impl Evaluator {
         let mut lengths: Vec<Option<(usize, &'static str)>> = vec![None; all_runs.len()];
         // The whole input as an entry, made once, when an engine measures.
         let mut whole = None;
+        // What a finding carries is made only when an oracle finds one.
+        let names = self.engines();
+        let (mode, config) = (self.mode, self.config);
+        let position_cell = OnceCell::new();
+        let position = || {
+            position_cell
+                .get_or_init(|| position_name(mode, &ran))
+                .clone()
+        };
+        let length_cpl = cpl_of(self.length_side());
+        let length_signature = |name: &str| {
+            format!(
+                "{}|{name}|cpl{length_cpl}|{}|length|{}",
+                Kind::DecoderVsEngine.name(),
+                position(),
+                entry.code
+            )
+        };
         // Where the decoder finds no instruction, no oracle compares an
         // engine's length with the decoder's: the first engine's length
         // only goes with the input's findings (`observed_length`). So it
         // is measured once an oracle has found something, and the other
         // engines' not at all, unless every length is asked for (the
-        // tunnel advances by it).
+        // tunnel advances by it). In a lane, so is the length of a #UD
+        // whose finding was found already (`Lengths::Unfound`).
         let deferred = !valid && !all_lengths;
+        let mut unmeasured = Vec::new();
         for (i, runs) in all_runs.iter().enumerate().filter(|_| !deferred) {
+            if lengths_mode == Lengths::Unfound && self.length_side_raised_ud(runs) {
+                let known = self.lengths_found.get(&length_signature(&names[i]));
+                if known.is_some_and(|k| (k.len(), k) <= (ran.len(), &ran)) {
+                    unmeasured.push(i);
+                    continue;
+                }
+            }
             let measured = self.observed_length(
                 i,
                 (input, &mut whole),
@@ -222,19 +266,6 @@ impl Evaluator {
             lengths[i] = measured;
         }
         let mut observed = lengths.first().copied().flatten();
-        // What a finding carries is made only when an oracle finds one.
-        let names = self.engines();
-        let (mode, config) = (self.mode, self.config);
-        let position_cell = OnceCell::new();
-        let position = || {
-            position_cell
-                .get_or_init(|| {
-                    analyzer::opmap::position(mode, &ran)
-                        .map(|p| format!("{:?}/{:02x}", p.map, p.opcode))
-                        .unwrap_or_else(|| "none".into())
-                })
-                .clone()
-        };
         let base_cell = OnceCell::new();
         let base = || {
             base_cell
@@ -315,18 +346,24 @@ impl Evaluator {
             }
         }
         // The decoder's length against each engine's.
+        let length_detail = |name: &str, n: usize, by: &str| {
+            format!(
+                "the decoder reads {len} bytes ({}); {name} at CPL {length_cpl} fetches {n} ({by})",
+                entry.form
+            )
+        };
         for (name, measured) in names.iter().zip(&lengths) {
             let Some((n, by)) = *measured else { continue };
             if valid && n != len {
-                let c = cpl_of(self.length_side());
                 add(
                     Kind::DecoderVsEngine,
-                    Some(c),
+                    Some(length_cpl),
+                    length_detail(name, n, by),
                     format!(
-                        "the decoder reads {len} bytes ({}); {name} at CPL {c} fetches {n} ({by})",
-                        entry.form
+                        "{name}|cpl{length_cpl}|{}|length|{}",
+                        position(),
+                        entry.code
                     ),
-                    format!("{name}|cpl{c}|{}|length|{}", position(), entry.code),
                 );
             }
         }
@@ -450,20 +487,53 @@ impl Evaluator {
                 ..base()
             });
         }
-        if deferred && !found.is_empty() {
-            if let Some(runs) = all_runs.first() {
-                observed = self.observed_length(
-                    0,
+        // The lengths left unmeasured go with the findings there are.
+        if !found.is_empty() && (deferred || !unmeasured.is_empty()) {
+            let later: Vec<usize> = if deferred { vec![0] } else { unmeasured };
+            let mut measured = Vec::new();
+            for i in later {
+                let Some(runs) = all_runs.get(i) else {
+                    continue;
+                };
+                let m = self.observed_length(
+                    i,
                     (input, &mut whole),
                     (len, valid),
                     straight,
                     false,
                     runs,
                 )?;
+                measured.push((i, m));
+            }
+            for &(i, m) in &measured {
+                if let Some((n, by)) = m.filter(|&(n, _)| valid && n != len) {
+                    found.push(Finding {
+                        kind: Kind::DecoderVsEngine,
+                        cpl: Some(length_cpl),
+                        detail: length_detail(&names[i], n, by),
+                        signature: length_signature(&names[i]),
+                        ..base()
+                    });
+                }
+            }
+            if let Some(&(_, m)) = measured.iter().find(|(i, _)| *i == 0) {
+                observed = m;
             }
             for f in &mut found {
                 f.observed_length = observed.map(|(n, _)| n as u64);
                 f.observed_by = observed.map(|(_, by)| by.to_string());
+            }
+        }
+        if lengths_mode == Lengths::Unfound {
+            for name in &names {
+                let sig = length_signature(name);
+                if !found.iter().any(|f| f.signature == sig) {
+                    continue;
+                }
+                let known = self.lengths_found.entry(sig).or_insert_with(|| ran.clone());
+                if (ran.len(), &ran) < (known.len(), &*known) {
+                    known.clone_from(&ran);
+                }
             }
         }
         Ok(Evaluated {
@@ -500,6 +570,15 @@ impl Evaluator {
             }
         }
         Ok(false)
+    }
+
+    /// Whether the run on the side lengths are measured on raised #UD
+    /// (where `observed_length` measures a decoder-valid input's length).
+    fn length_side_raised_ud(&self, runs: &[Run]) -> bool {
+        let side = self.length_side();
+        runs.iter()
+            .find(|r| r.side == side)
+            .is_some_and(|r| matches!(r.obs.outcome, Outcome::Trap { vector: 6, .. }))
     }
 
     /// The side lengths are measured on: CPL 3, or CPL 0 in real mode.
@@ -615,7 +694,7 @@ impl Evaluator {
         if let Some(v) = self.catalog_pg.get(&key) {
             return Ok(v.clone());
         }
-        let entries: Vec<Entry> = self.catalog.find_code(code).into_iter().cloned().collect();
+        let entries = catalog::code_entries(self.mode, code);
         let mut result: Option<(bool, String)> = None;
         for e in &entries {
             let (v, class, _) = self.judge_full(i, e)?;
@@ -628,6 +707,56 @@ impl Evaluator {
         }
         self.catalog_pg.insert(key, result.clone());
         Ok(result)
+    }
+}
+
+/// Where the decoder places an instruction in the opcode maps, as
+/// signatures name it: `Legacy/0f`, or `none`.
+pub(crate) fn position_name(mode: Mode, bytes: &[u8]) -> String {
+    analyzer::opmap::position(mode, bytes)
+        .map(|p| format!("{:?}/{:02x}", p.map, p.opcode))
+        .unwrap_or_else(|| "none".into())
+}
+
+/// Whether an evaluation of `input` may give a finding of `signature`:
+/// false only where none can. That is where the input ends inside an
+/// instruction (it is not run), or where the signature names the
+/// decoder's view of the instruction (its place in the opcode maps, its
+/// `Code`, or that the decoder finds none) and the decoder sees `input`
+/// otherwise. Minimization evaluates no such candidate.
+pub fn may_give(mode: Mode, signature: &str, input: &[u8]) -> bool {
+    let input = if input.is_empty() { &[0x90][..] } else { input };
+    let first = gen::decode(mode, input);
+    if first.truncated {
+        return false;
+    }
+    let ran = &input[..first.len];
+    let position = || position_name(mode, ran);
+    // As the input's entry names it (`explain::raw_entry` of `ran`).
+    let code = || {
+        let insn =
+            iced_x86::Decoder::with_ip(mode.bitness(), ran, 0, iced_x86::DecoderOptions::NONE)
+                .decode();
+        if insn.is_invalid() {
+            "INVALID".to_string()
+        } else {
+            format!("{:?}", insn.code())
+        }
+    };
+    let parts: Vec<&str> = signature.split('|').collect();
+    let (dve, eve, pg) = (
+        Kind::DecoderVsEngine.name(),
+        Kind::EngineVsEngine.name(),
+        Kind::Pg.name(),
+    );
+    match parts.as_slice() {
+        [k, _engine, _cpl, pos, "length", c, ..] if *k == dve => {
+            first.valid && *pos == position() && *c == code()
+        }
+        [k, _engine, _cpl, pos, "invalid", ..] if *k == dve => !first.valid && *pos == position(),
+        [k, _cpl, pos, ..] if *k == eve => *pos == position(),
+        [k, _engine, c, ..] if *k == pg => *c == code(),
+        _ => true,
     }
 }
 
@@ -663,6 +792,109 @@ fn quick_signature(runs: &[Run]) -> String {
 mod tests {
     use super::*;
 
+    /// Every finding an input gives is one `may_give` allows it; a
+    /// candidate the decoder sees otherwise is not.
+    #[test]
+    fn may_give_allows_every_finding_an_input_gives() {
+        let openers = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
+        let mut ev = Evaluator::new(openers, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
+        let templates = gen::templates(Mode::Long64);
+        let mut kinds = std::collections::BTreeSet::new();
+        for i in 0..400 {
+            let input = gen::structured(
+                &mut crate::rng::Rng::for_input(5, 0, i),
+                Mode::Long64,
+                &templates,
+            );
+            if input
+                .iter()
+                .take_while(|x| gen::PREFIXES.contains(x))
+                .any(|&x| x == 0xf0)
+            {
+                continue;
+            }
+            for f in ev.eval(&input).expect("eval").findings {
+                assert!(
+                    may_give(Mode::Long64, &f.signature, &input),
+                    "{} {}",
+                    f.signature,
+                    f.input
+                );
+                kinds.insert(f.signature.split('|').take(5).last().map(str::to_string));
+            }
+        }
+        assert!(kinds.len() >= 2, "{kinds:?}");
+        let length =
+            "decoder-vs-engine|unicorn|cpl3|Map0F/58|length|EVEX_Vaddps_zmm_k1z_zmm_zmmm512b32_er";
+        let vaddps = [0x62, 0xf1, 0x7c, 0x48, 0x58, 0xc0];
+        let position = position_name(Mode::Long64, &vaddps);
+        let length = length.replace("Map0F/58", &position);
+        assert!(may_give(Mode::Long64, &length, &vaddps));
+        // Another Code, an invalid input, bytes that end inside.
+        assert!(!may_give(
+            Mode::Long64,
+            &length,
+            &[0x62, 0xf1, 0x7c, 0x48, 0x59, 0xc0]
+        ));
+        let push_es = [0x06, 0x90, 0x90, 0x90];
+        let d = gen::decode(Mode::Long64, &push_es);
+        assert!(!d.valid && !d.truncated);
+        assert!(!may_give(Mode::Long64, &length, &push_es));
+        let es = position_name(Mode::Long64, &push_es);
+        assert!(may_give(
+            Mode::Long64,
+            &format!("decoder-vs-engine|unicorn|cpl3|{es}|invalid|completed"),
+            &push_es
+        ));
+        assert!(!may_give(Mode::Long64, &length, &vaddps[..5]));
+        let invalid = format!("decoder-vs-engine|unicorn|cpl3|{position}|invalid|completed");
+        assert!(!may_give(Mode::Long64, &invalid, &vaddps));
+        assert!(may_give(
+            Mode::Long64,
+            "engine-failure|unicorn|cpl0|hang",
+            &push_es
+        ));
+    }
+
+    /// In a lane, a #UD's length finding found already for an input no
+    /// greater is not measured again; a lesser input's is, and so is any
+    /// input's after `forget_history`.
+    #[test]
+    fn a_lane_measures_a_length_whose_finding_it_has_not_found() {
+        let openers = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
+        let mut ev = Evaluator::new(openers, Mode::Long64, Config::UMIP_OFF).expect("evaluator");
+        let lengths = |e: &Evaluated| -> Vec<String> {
+            e.findings
+                .iter()
+                .filter(|f| f.signature.contains("|length|"))
+                .map(|f| f.signature.clone())
+                .collect()
+        };
+        // VADDPS zmm0, zmm0, zmm0 (and [rax]): Unicorn raises #UD at the
+        // EVEX prefix, where the decoder reads 6 bytes.
+        let reg = [0x62, 0xf1, 0x7c, 0x48, 0x58, 0xc0];
+        let mem = [0x62, 0xf1, 0x7c, 0x48, 0x58, 0x00];
+        let first = ev.eval_with(&reg, Lengths::Unfound).unwrap();
+        let sig = lengths(&first);
+        assert_eq!(sig.len(), 1, "{:?}", first.findings);
+        // The same instruction again, and with bytes after it: found.
+        let mut longer = reg.to_vec();
+        longer.push(0x90);
+        for again in [&reg[..], &longer] {
+            let e = ev.eval_with(again, Lengths::Unfound).unwrap();
+            assert!(lengths(&e).is_empty(), "{:?}", e.findings);
+            // Measured where asked for.
+            assert_eq!(lengths(&ev.eval_with(again, Lengths::Needed).unwrap()), sig);
+        }
+        // A lesser input of the same signature is measured, and is then
+        // the one that counts.
+        let lesser = ev.eval_with(&mem, Lengths::Unfound).unwrap();
+        assert_eq!(lengths(&lesser), sig);
+        assert!(lengths(&ev.eval_with(&mem, Lengths::Unfound).unwrap()).is_empty());
+        ev.forget_history();
+        assert_eq!(lengths(&ev.eval_with(&reg, Lengths::Unfound).unwrap()), sig);
+    }
+
     #[test]
     fn lengths_are_the_engines_by_run_or_page_boundary() {
         let openers = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
@@ -675,12 +907,17 @@ mod tests {
         // The run shows it (ADD completes at the sentinel); UD2 is
         // measured at the page boundary.
         assert_eq!(
-            ev.eval_with(&pad(&[0x48, 0x01, 0xC8]), true)
+            ev.eval_with(&pad(&[0x48, 0x01, 0xC8]), Lengths::All)
                 .unwrap()
                 .advance,
             3
         );
-        assert_eq!(ev.eval_with(&pad(&[0x0F, 0x0B]), true).unwrap().advance, 2);
+        assert_eq!(
+            ev.eval_with(&pad(&[0x0F, 0x0B]), Lengths::All)
+                .unwrap()
+                .advance,
+            2
+        );
         // Unicorn 2.1 has no AVX: it raises #UD for VBROADCASTSS xmm0,
         // [rip+0] after its ModRM, 5 of the decoder's 9 bytes.
         let vbroadcast = [0xC4, 0xE2, 0x79, 0x18, 0x05, 0, 0, 0, 0];

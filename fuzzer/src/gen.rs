@@ -231,6 +231,15 @@ fn edge_bytes(rng: &mut Rng, out: &mut [u8]) {
     }
 }
 
+/// The generators' templates: the catalog's encodings of `mode`.
+pub fn templates(mode: Mode) -> Vec<Vec<u8>> {
+    analyzer::catalog::build(mode)
+        .entries
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect()
+}
+
 /// A structured input from a catalog encoding (see the module documentation).
 pub fn structured(rng: &mut Rng, mode: Mode, templates: &[Vec<u8>]) -> Vec<u8> {
     let Some(base) = rng.pick(templates) else {

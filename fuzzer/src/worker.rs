@@ -6,7 +6,7 @@
 //! Every input is a pure function of the job (see [`input_at`]), so the
 //! parent knows the input a worker died on and resumes after it.
 
-use crate::eval::Evaluator;
+use crate::eval::{Evaluator, Lengths};
 use crate::finding::Finding;
 use crate::gen::{self, GenKind, Generators};
 use crate::rng::Rng;
@@ -40,6 +40,10 @@ pub struct LaneJob {
     pub tunnel: Option<gen::Tunnel>,
     /// Corpus entries of the mode (hex), for `mutate`.
     pub corpus: Vec<String>,
+    /// The generators' templates (hex, [`gen::templates`]): the parent
+    /// has them, and a worker that encoded the catalog itself would spend
+    /// most of its start on it.
+    pub templates: Vec<String>,
 }
 
 /// One input's reply.
@@ -68,13 +72,16 @@ pub enum Reply {
     Done,
 }
 
-/// Minimizes an input: drops one byte at a time, first to last (so
-/// prefixes go first), and starts over after every drop that still gives
-/// a finding of `signature`, until no drop does. Returns that finding for
-/// the least input found (`None`: no drop kept it). `eval` gives a
-/// candidate's findings (`None`: the candidate could not be evaluated,
-/// which keeps nothing).
+/// Minimizes an input of `mode`: drops one byte at a time, first to last
+/// (so prefixes go first), and starts over after every drop that still
+/// gives a finding of `signature`, until no drop does. Returns that
+/// finding for the least input found (`None`: no drop kept it). `eval`
+/// gives a candidate's findings (`None`: the candidate could not be
+/// evaluated, which keeps nothing); a candidate that cannot give the
+/// signature by the decoder alone ([`crate::eval::may_give`]) is not
+/// evaluated.
 pub fn minimize<E>(
+    mode: Mode,
     input: &[u8],
     signature: &str,
     mut eval: impl FnMut(&[u8]) -> Result<Option<Vec<Finding>>, E>,
@@ -87,6 +94,9 @@ pub fn minimize<E>(
         for i in 0..cur.len() {
             let mut cand = cur.clone();
             cand.remove(i);
+            if !crate::eval::may_give(mode, signature, &cand) {
+                continue;
+            }
             let kept = eval(&cand)?
                 .unwrap_or_default()
                 .into_iter()
@@ -167,8 +177,8 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
             Job::Minimize(items) => {
                 for (i, (h, signature)) in items.iter().enumerate() {
                     let bytes = analyzer::explain::parse_hex(h).map_err(|e| e.to_string())?;
-                    ev.forget_escalations();
-                    let f = minimize(&bytes, signature, |cand| {
+                    ev.forget_history();
+                    let f = minimize(ev.mode(), &bytes, signature, |cand| {
                         let e = ev.eval(cand).map_err(|e| e.to_string())?;
                         reply(&Reply::Tried)?;
                         Ok::<_, String>(Some(e.findings))
@@ -181,7 +191,7 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
             }
             Job::Lane(job) => {
                 let corpus = hex_list(&job.corpus);
-                let templates = ev.templates.clone();
+                let templates = hex_list(&job.templates);
                 let mut tunnel = job.tunnel.clone();
                 for index in job.start..job.start.saturating_add(job.count) {
                     let Some((g, bytes)) =
@@ -190,7 +200,14 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                         break;
                     };
                     let e = ev
-                        .eval_with(&bytes, g == GenKind::Tunnel)
+                        .eval_with(
+                            &bytes,
+                            if g == GenKind::Tunnel {
+                                Lengths::All
+                            } else {
+                                Lengths::Unfound
+                            },
+                        )
                         .map_err(|e| e.to_string())?;
                     if g == GenKind::Tunnel {
                         tunnel = tunnel.and_then(|t| t.next(e.advance));
@@ -313,8 +330,9 @@ mod tests {
     fn minimize_drops_bytes_first_to_last_while_the_signature_stays() {
         // The signature stays while 01 c8 is in the input; a candidate
         // holding 01 90 cannot be evaluated (a worker would die on it).
+        // In 16-bit code, where 01 90 takes a 2-byte displacement.
         let mut tried = Vec::new();
-        let least = minimize(&[0x66, 0x01, 0x90, 0xc8, 0x90], "S", |c| {
+        let least = minimize(Mode::Real, &[0x66, 0x01, 0x90, 0xc8, 0x90], "S", |c| {
             tried.push(c.to_vec());
             if c.windows(2).any(|w| w == [0x01, 0x90]) {
                 return Ok::<_, ()>(None);
@@ -332,7 +350,9 @@ mod tests {
         assert_eq!(tried[0], vec![0x01, 0x90, 0xc8, 0x90]);
         assert_eq!(tried[2], vec![0x66, 0x01, 0xc8, 0x90]);
         // Nothing dropped keeps it: no finding.
-        let none = minimize(&[0x01, 0xc8], "S", |_| Ok::<_, ()>(Some(Vec::new())));
+        let none = minimize(Mode::Real, &[0x01, 0xc8], "S", |_| {
+            Ok::<_, ()>(Some(Vec::new()))
+        });
         assert_eq!(none, Ok(None));
     }
 
@@ -367,7 +387,7 @@ mod tests {
         // One candidate at a time, in a fresh evaluator.
         let mut ev = open();
         let bytes = analyzer::explain::parse_hex(input).expect("hex");
-        let one_by_one = minimize(&bytes, signature, |c| {
+        let one_by_one = minimize(Mode::Long64, &bytes, signature, |c| {
             ev.eval(c)
                 .map(|e| Some(e.findings))
                 .map_err(|e| e.to_string())

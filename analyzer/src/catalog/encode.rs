@@ -541,76 +541,82 @@ pub fn doc_meta(op: &OpCodeInfo, instr: &Instruction) -> DocMeta {
 pub(super) fn build_mode(mode: Mode) -> Catalog {
     let mut cat = Catalog::default();
     for code in Code::values() {
-        if !is_cataloged(code) || !exists_in(code, mode) {
-            continue;
-        }
-        let ctx = Ctx {
-            mode,
-            bitness: mode.bitness(),
-            code,
-            op: code.op_code(),
-        };
-        if ctx.op.fwait() {
-            // iced encodes these as WAIT (9B) followed by the no-wait Code,
-            // which decode as two instructions; both are cataloged on their own.
-            cat.skipped.push(Skipped {
-                mode,
-                code: format!("{code:?}"),
-                reason:
-                    "fwait form: encodes as WAIT + the no-wait Code (both cataloged separately)"
-                        .into(),
-            });
-            continue;
-        }
-        let base = match generic(&ctx) {
-            Ok(i) => i,
-            Err(e) => {
-                cat.skipped.push(Skipped {
-                    mode,
-                    code: format!("{code:?}"),
-                    reason: format!("operands: {e}"),
-                });
-                continue;
-            }
-        };
-        if ctx.op.encoding() == iced_x86::EncodingKind::MVEX {
-            cat.skipped.push(Skipped {
-                mode,
-                code: format!("{code:?}"),
-                reason: "MVEX (Knights Corner): iced is built without its MVEX encoder".into(),
-            });
-            continue;
-        }
-        let plans = special::plans(&ctx, base);
-        let mut first_err = None;
-        let mut got = 0;
-        for plan in plans {
-            match finish(&ctx, plan) {
-                Ok(e) => {
-                    if !cat
-                        .entries
-                        .iter()
-                        .rev()
-                        .take(got)
-                        .any(|x| x.bytes == e.bytes && x.setup == e.setup)
-                    {
-                        cat.entries.push(e);
-                        got += 1;
-                    }
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if got == 0 {
-            let reason = first_err.unwrap_or_else(|| "no encoding planned".into());
-            cat.skipped.push(Skipped {
-                mode,
-                code: format!("{code:?}"),
-                reason: format!("encode: {reason}"),
-            });
-        }
+        build_code(mode, code, &mut cat);
     }
     cat
+}
+
+/// Adds one `Code`'s entries of `mode` to `cat`, or why it has none (a
+/// `Code` that is not cataloged or does not exist in the mode adds
+/// nothing). Each `Code`'s entries depend on no other `Code`'s.
+pub(super) fn build_code(mode: Mode, code: Code, cat: &mut Catalog) {
+    if !is_cataloged(code) || !exists_in(code, mode) {
+        return;
+    }
+    let ctx = Ctx {
+        mode,
+        bitness: mode.bitness(),
+        code,
+        op: code.op_code(),
+    };
+    if ctx.op.fwait() {
+        // iced encodes these as WAIT (9B) followed by the no-wait Code,
+        // which decode as two instructions; both are cataloged on their own.
+        cat.skipped.push(Skipped {
+            mode,
+            code: format!("{code:?}"),
+            reason: "fwait form: encodes as WAIT + the no-wait Code (both cataloged separately)"
+                .into(),
+        });
+        return;
+    }
+    let base = match generic(&ctx) {
+        Ok(i) => i,
+        Err(e) => {
+            cat.skipped.push(Skipped {
+                mode,
+                code: format!("{code:?}"),
+                reason: format!("operands: {e}"),
+            });
+            return;
+        }
+    };
+    if ctx.op.encoding() == iced_x86::EncodingKind::MVEX {
+        cat.skipped.push(Skipped {
+            mode,
+            code: format!("{code:?}"),
+            reason: "MVEX (Knights Corner): iced is built without its MVEX encoder".into(),
+        });
+        return;
+    }
+    let plans = special::plans(&ctx, base);
+    let mut first_err = None;
+    let mut got = 0;
+    for plan in plans {
+        match finish(&ctx, plan) {
+            Ok(e) => {
+                if !cat
+                    .entries
+                    .iter()
+                    .rev()
+                    .take(got)
+                    .any(|x| x.bytes == e.bytes && x.setup == e.setup)
+                {
+                    cat.entries.push(e);
+                    got += 1;
+                }
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if got == 0 {
+        let reason = first_err.unwrap_or_else(|| "no encoding planned".into());
+        cat.skipped.push(Skipped {
+            mode,
+            code: format!("{code:?}"),
+            reason: format!("encode: {reason}"),
+        });
+    }
 }

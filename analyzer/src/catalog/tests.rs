@@ -292,6 +292,29 @@ fn building_is_deterministic() {
     );
 }
 
+/// One `Code`'s entries, built alone, are the catalog's entries of it.
+#[test]
+fn one_codes_entries_are_the_catalogs() {
+    for mode in [Mode::Long64, Mode::Real, Mode::Compat32] {
+        let c = cat(mode);
+        let mut names: BTreeSet<&str> = c.entries.iter().map(|e| e.code.as_str()).collect();
+        names.extend(c.skipped.iter().map(|s| s.code.as_str()));
+        assert!(names.len() > 1000, "{mode:?}: {} codes", names.len());
+        for name in names {
+            let alone = code_entries(mode, name);
+            let from_catalog: Vec<Entry> = c.find_code(name).into_iter().cloned().collect();
+            assert_eq!(alone, from_catalog, "{mode:?} {name}");
+        }
+    }
+    let sgdt = code_entries(Mode::Long64, " sgdt_M1664 ");
+    assert!(!sgdt.is_empty());
+    assert_eq!(sgdt, code_entries(Mode::Long64, "Sgdt_m1664"));
+    assert!(code_entries(Mode::Long64, "no_such_code").is_empty());
+    // Not in the mode: no entries (PUSH ES does not exist in 64-bit mode).
+    assert!(code_entries(Mode::Long64, "Pushd_ES").is_empty());
+    assert!(!code_entries(Mode::Prot32, "Pushd_ES").is_empty());
+}
+
 /// Writes every entry to `/tmp/popek-catalog-<mode>.txt` for review:
 /// `cargo test -p analyzer dump_catalog -- --ignored`.
 #[test]
