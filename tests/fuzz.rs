@@ -1,6 +1,7 @@
 //! `popek fuzz` and `popek merge` end to end: reproducible campaigns, the
 //! tunnel's walk, a planted disagreement found and minimized, a planted
-//! crash survived, and shards that merge into the unsharded run.
+//! crash survived (by the worker's fork server), and shards that merge
+//! into the unsharded run.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -262,10 +263,11 @@ fn a_worker_that_crashes_is_restarted_and_the_campaign_completes() {
         .filter(|x| x["kind"] == "engine-failure" && x["input"] == "91")
         .collect();
     assert_eq!(crash.len(), 1, "{f:?}");
+    // How it died: the wait status of the process that ran the input.
     assert!(crash[0]["detail"]
         .as_str()
         .expect("detail")
-        .contains("worker died"));
+        .contains("the worker died on this input (signal: 6 (SIGABRT)"));
 }
 
 #[test]
@@ -325,4 +327,71 @@ fn bad_fuzz_options_exit_2() {
         let o = fuzz(args, &[]);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o).1);
     }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                // pid (comm) state ppid ...: the comm may hold spaces.
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Whether process `pid` is gone or a zombie (dead, not yet reaped).
+fn dead(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
+#[test]
+fn a_worker_reports_a_dead_child_serves_on_and_takes_its_child_with_it() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut w = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["__fuzz-worker", "--engine", "planted", "--mode", "64"])
+        .env("POPEK_FUZZ_PLANT_CRASH", "91")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a worker");
+    let mut stdin = w.stdin.take().expect("stdin");
+    let mut out = BufReader::new(w.stdout.take().expect("stdout"));
+    let mut reply = || -> serde_json::Value {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("a reply");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    // The planted crash aborts the process that runs the job: reported.
+    writeln!(stdin, r#"{{"Eval":["91"]}}"#).expect("send");
+    let died = reply();
+    let status = died["Died"]["status"].as_str().unwrap_or_default();
+    assert!(status.starts_with("signal: 6 (SIGABRT)"), "{died}");
+    // The same worker runs the next job, in a new child.
+    writeln!(stdin, r#"{{"Eval":["90"]}}"#).expect("send");
+    let input = reply();
+    assert_eq!(input["Input"]["ran"], "90", "{input}");
+    assert_eq!(reply(), serde_json::json!("Done"));
+    let kids = children_of(w.id());
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    // Killed, the worker takes its child with it.
+    w.kill().expect("kill");
+    let _ = w.wait();
+    let t = std::time::Instant::now();
+    while !dead(kids[0]) && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(dead(kids[0]), "child {} outlived its worker", kids[0]);
 }

@@ -116,6 +116,21 @@ struct Worker {
     /// Whether the reader paces itself (see [`PACE`]).
     paced: Arc<AtomicBool>,
     stderr: Arc<Mutex<String>>,
+    /// How the process that ran the jobs ended, where the worker reported
+    /// its death ([`Reply::Died`]) and lives on for the next job.
+    died: Option<String>,
+    /// The worker itself is gone (or was killed).
+    gone: bool,
+}
+
+/// How a worker ended, from its wait status and what it wrote to stderr.
+fn how(status: &str, stderr: &str) -> String {
+    let err = stderr.trim();
+    if err.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {}", analyzer::input::clip(err))
+    }
 }
 
 impl Worker {
@@ -191,6 +206,8 @@ impl Worker {
             pending: VecDeque::new(),
             paced,
             stderr: err,
+            died: None,
+            gone: false,
         })
     }
 
@@ -201,7 +218,9 @@ impl Worker {
         self.paced
             .store(!matches!(job, Job::Eval(_)), Ordering::Relaxed);
         s.push('\n');
-        self.stdin.write_all(s.as_bytes()).is_ok() && self.stdin.flush().is_ok()
+        let sent = self.stdin.write_all(s.as_bytes()).is_ok() && self.stdin.flush().is_ok();
+        self.gone |= !sent;
+        sent
     }
 
     /// The next reply; `Err(true)` when the worker died or went silent
@@ -218,14 +237,22 @@ impl Worker {
                     since = Instant::now();
                     continue;
                 }
+                Some(Reply::Died { status, stderr }) => {
+                    self.died = Some(how(&status, &stderr));
+                    return Err(true);
+                }
                 Some(r) => return Ok(r),
                 None => {}
             }
             match self.replies.recv_timeout(Duration::from_millis(100)) {
                 Ok(Some(batch)) => self.pending.extend(batch),
-                Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => return Err(true),
+                Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.gone = true;
+                    return Err(true);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) if since.elapsed() > WORKER_PATIENCE => {
                     let _ = self.child.kill();
+                    self.gone = true;
                     return Err(true);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -233,20 +260,28 @@ impl Worker {
         }
     }
 
-    /// How the worker ended (after it died).
+    /// How the worker ended (after it died): the death it reported, or its
+    /// own (it is killed if it still runs).
     fn ending(&mut self) -> String {
+        if let Some(how) = self.died.clone() {
+            return how;
+        }
         let _ = self.child.kill();
         let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-        let err = self
-            .stderr
-            .lock()
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        if err.is_empty() {
-            status
-        } else {
-            format!("{status}: {}", analyzer::input::clip(&err))
+        let err = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        how(&status, &err)
+    }
+
+    /// The worker for the next job: this one unless it is gone (after a
+    /// death it reported, it has a new process for the next job), else a
+    /// new one.
+    fn again(mut self, opts: &Options) -> Result<Worker, FuzzError> {
+        self.died = None;
+        if !self.gone {
+            return Ok(self);
         }
+        drop(self);
+        Worker::start(opts)
     }
 }
 
@@ -338,11 +373,16 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
     let mut res = LaneResult::default();
     let mut next = 0u64;
     let mut cursor = job.tunnel.clone();
+    // The worker of the last job, where it lives on after a death.
+    let mut last: Option<Worker> = None;
     'lane: while next < count && !sh.stop.load(Ordering::Relaxed) {
         job.start = next;
         job.count = count - next;
         job.tunnel = cursor.clone();
-        let mut w = Worker::start(opts)?;
+        let mut w = match last.take() {
+            Some(w) => w.again(opts)?,
+            None => Worker::start(opts)?,
+        };
         if !w.send(&Job::Lane(job.clone())) {
             let how = w.ending();
             if next == 0 && res.restarts == 0 {
@@ -369,7 +409,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                             .set_message(format!("{} findings", sh.found.load(Ordering::Relaxed)));
                     }
                 }
-                Ok(Reply::Minimized { .. } | Reply::Tried) => {}
+                Ok(Reply::Minimized { .. } | Reply::Tried | Reply::Died { .. }) => {}
                 Err(false) => break 'lane,
                 Err(true) => {
                     let how = w.ending();
@@ -399,6 +439,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                         cursor = cursor.and_then(|c| c.next(len));
                     }
                     next += 1;
+                    last = Some(w);
                     continue 'lane;
                 }
             }
@@ -445,14 +486,11 @@ fn minimize_one_by_one(
         &input,
         &f.signature,
         |cand| -> Result<_, FuzzError> {
-            if w.is_none() {
-                w = Some(Worker::start(opts)?);
-            }
-            let Some(worker) = w.as_mut() else {
-                return Ok(None);
+            let mut worker = match w.take() {
+                Some(w) => w,
+                None => Worker::start(opts)?,
             };
             if !worker.send(&Job::Eval(vec![analyzer::observe::hex(cand)])) {
-                w = None;
                 return Ok(None);
             }
             let mut got = None;
@@ -460,13 +498,14 @@ fn minimize_one_by_one(
                 match worker.next(stop) {
                     Ok(Reply::Input { f, .. }) => got = Some(f),
                     Ok(Reply::Done) => break,
-                    Ok(Reply::Minimized { .. } | Reply::Tried) => {}
+                    Ok(Reply::Minimized { .. } | Reply::Tried | Reply::Died { .. }) => {}
                     Err(_) => {
-                        w = None;
+                        w = Some(worker.again(opts)?);
                         return Ok(None);
                     }
                 }
             }
+            w = Some(worker);
             Ok(got)
         },
     )?;
@@ -482,13 +521,17 @@ fn minimize_some(
     stop: &AtomicBool,
 ) -> Result<Vec<Finding>, FuzzError> {
     let mut out = Vec::with_capacity(findings.len());
+    let mut last: Option<Worker> = None;
     while out.len() < findings.len() {
         let base = out.len();
         let items = findings[base..]
             .iter()
             .map(|f| (f.input.clone(), f.signature.clone()))
             .collect();
-        let mut w = Worker::start(opts)?;
+        let mut w = match last.take() {
+            Some(w) => w.again(opts)?,
+            None => Worker::start(opts)?,
+        };
         let sent = w.send(&Job::Minimize(items));
         let mut done = false;
         while sent && !done {
@@ -501,6 +544,7 @@ fn minimize_some(
                 Err(_) => break,
             }
         }
+        last = Some(w);
         if out.len() < findings.len() {
             out.push(minimize_one_by_one(opts, findings[out.len()], stop)?);
         }

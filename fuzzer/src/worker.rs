@@ -70,6 +70,13 @@ pub enum Reply {
         f: Option<Box<Finding>>,
     },
     Done,
+    /// The process that ran the jobs died (see [`crate::forkserver`]): its
+    /// wait status and what it wrote to stderr. The jobs it had not
+    /// finished are gone; the next job goes to a new one.
+    Died {
+        status: String,
+        stderr: String,
+    },
 }
 
 /// Minimizes an input of `mode`: drops one byte at a time, first to last
@@ -278,24 +285,40 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("popek fuzz worker: --mode is needed");
         return 2;
     };
-    let ev =
-        openers(&engines).and_then(|o| Evaluator::new(o, mode, config).map_err(|e| e.to_string()));
-    let mut ev = match ev {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("popek fuzz worker: {e}");
-            return 2;
+    // What every child needs and starts no thread, made once: iced-x86's
+    // tables (the first entry built makes them).
+    let _ = analyzer::explain::raw_entry(&[0x90], mode);
+    let child = || {
+        let ev = openers(&engines)
+            .and_then(|o| Evaluator::new(o, mode, config).map_err(|e| e.to_string()));
+        let mut ev = match ev {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("popek fuzz worker: {e}");
+                return 2;
+            }
+        };
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        match serve(&mut ev, stdin.lock(), stdout.lock()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("popek fuzz worker: {e}");
+                3
+            }
         }
     };
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
-    match serve(&mut ev, stdin.lock(), stdout.lock()) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("popek fuzz worker: {e}");
-            3
+    crate::forkserver::serve(child, |death| {
+        let died = Reply::Died {
+            status: death.status.to_string(),
+            stderr: death.stderr.clone(),
+        };
+        if let Ok(mut line) = serde_json::to_string(&died) {
+            line.push('\n');
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
         }
-    }
+    })
 }
 
 #[cfg(test)]
