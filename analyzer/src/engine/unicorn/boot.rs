@@ -22,9 +22,16 @@ pub(super) const EFER: u32 = 0xC000_0080;
 impl Machine {
     /// Makes guest memory equal to the image's, writing only changed pages.
     /// Unicorn's translations are flushed when another image is loaded,
-    /// and when memory is put back into the same image after code was
-    /// translated outside the code page (see `translated_elsewhere`) on a
-    /// page the guest changed. Where memory may differ anywhere (a stray
+    /// and when memory is put back into the same image, after code was
+    /// translated outside the code page (see `translated_elsewhere`) and,
+    /// for the same image, on a page the guest changed. While no code was
+    /// translated outside the code page and none may have run unseen
+    /// (`ran_unknown`: boots, images that shift the code page), another
+    /// image needs no flush: every translation left is of the code page's
+    /// linear addresses, which every run removes (through the current
+    /// image's page tables) before it starts, and one reached through
+    /// another mapping is of another physical page, which QEMU's lookup
+    /// does not match. Where memory may differ anywhere (a stray
     /// write, a change of paging), guest memory is read and compared with
     /// what was last written to find the pages the guest changed (Unicorn's
     /// own writes do not invalidate translations; a translation of a page
@@ -65,7 +72,12 @@ impl Machine {
         )?;
         // Every dirty page was written.
         self.dirty = 0;
-        if !same || (self.translated_elsewhere && self.ran_on(image, stale)) {
+        let flush = if same {
+            self.translated_elsewhere && self.ran_on(image, stale)
+        } else {
+            self.translated_elsewhere || self.ran_unknown
+        };
+        if flush {
             let _ = self.uc.ctl_flush_tb();
             self.translated_elsewhere = false;
             self.ran_pages = Default::default();
