@@ -239,6 +239,11 @@ impl Worker {
                 }
                 Some(Reply::Died { status, stderr }) => {
                     self.died = Some(how(&status, &stderr));
+                    // What the next process writes is its own (the dead
+                    // one's, passed on by the worker, may still come).
+                    if let Ok(mut s) = self.stderr.lock() {
+                        s.clear();
+                    }
                     return Err(true);
                 }
                 Some(r) => return Ok(r),

@@ -39,11 +39,15 @@ pub enum Lengths {
     /// it).
     All,
     /// As `Needed`, in a lane: a length the decoder and an engine may part
-    /// on (the engine raised #UD) is not measured where its finding is one
-    /// this evaluator found already for an input no greater, and the input
-    /// has no other finding. A campaign keeps one finding per signature,
-    /// that of the least input and, among equal inputs, the first found:
-    /// it would drop this one (see [`crate::finding::dedupe`]).
+    /// on (the instruction raised #UD) is not measured where its finding
+    /// is one this evaluator found already for an input no greater, and
+    /// the input has no other finding. A campaign keeps one finding per
+    /// signature, that of the least input and, among equal inputs, the
+    /// first found: it would drop this one (see
+    /// [`crate::finding::dedupe`]). What is lost is only what the
+    /// measurement's own runs could have shown besides (were one to kill
+    /// the worker, its crash finding), runs that stop at the same #UD or
+    /// at the fetch before it.
     Unfound,
 }
 
@@ -572,13 +576,16 @@ impl Evaluator {
         Ok(false)
     }
 
-    /// Whether the run on the side lengths are measured on raised #UD
-    /// (where `observed_length` measures a decoder-valid input's length).
+    /// Whether the instruction itself raised #UD on the side lengths are
+    /// measured on (where `observed_length` measures a decoder-valid
+    /// input's length, by runs that stop at the same #UD or at the fetch
+    /// before it).
     fn length_side_raised_ud(&self, runs: &[Run]) -> bool {
         let side = self.length_side();
-        runs.iter()
-            .find(|r| r.side == side)
-            .is_some_and(|r| matches!(r.obs.outcome, Outcome::Trap { vector: 6, .. }))
+        runs.iter().find(|r| r.side == side).is_some_and(|r| {
+            matches!(r.obs.outcome, Outcome::Trap { vector: 6, rip, .. }
+                if rip == analyzer::machine::TEST_RIP)
+        })
     }
 
     /// The side lengths are measured on: CPL 3, or CPL 0 in real mode.

@@ -9,8 +9,9 @@
 //! pipe of the child's own: a job that reached a child that died is gone
 //! with it (the campaign, told of the death, sends what it needs again),
 //! and never runs twice. The child's stderr goes through a pipe the server
-//! reads to its end, so that a report holds all the child wrote, then the
-//! child's wait status. A child never outlives its server (it is killed
+//! reads to its end (and passes on to its own), so that a report holds
+//! what the child wrote (its first lines, as the campaign keeps a
+//! worker's), then the child's wait status. A child never outlives its server (it is killed
 //! when the server dies), so killing the worker, as the campaign does with
 //! one gone silent, takes the child with it. Every `unsafe` block of the
 //! fuzzer is here.
@@ -69,12 +70,67 @@ fn readable(jobs: &File, child_err: Option<&File>) -> std::io::Result<(bool, boo
     }
 }
 
+/// How much of a child's stderr a report keeps: lines while fewer than
+/// this many bytes are kept, as the campaign kept a worker's.
+const SAID: usize = 4096;
+
+/// What a report keeps of a child's stderr: its lines (without their
+/// ends) while fewer than [`SAID`] bytes are kept, until one is not UTF-8;
+/// the rule by which the campaign keeps a worker's.
+#[derive(Default)]
+struct Said {
+    kept: String,
+    /// The line being read.
+    partial: Vec<u8>,
+    /// A line was not UTF-8: nothing more is kept.
+    broken: bool,
+}
+
+impl Said {
+    fn line(&mut self, line: &[u8]) {
+        match std::str::from_utf8(line) {
+            Ok(l) if !self.broken => {
+                if self.kept.len() < SAID {
+                    self.kept.push_str(l);
+                    self.kept.push('\n');
+                }
+            }
+            _ => self.broken = true,
+        }
+    }
+
+    /// Bytes as read.
+    fn hear(&mut self, bytes: &[u8]) {
+        if self.broken || self.kept.len() >= SAID {
+            return;
+        }
+        self.partial.extend_from_slice(bytes);
+        while let Some(at) = self.partial.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.partial.drain(..=at).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            self.line(&line);
+        }
+    }
+
+    /// The end: a last line without its end of line counts too.
+    fn end(mut self) -> String {
+        let last = std::mem::take(&mut self.partial);
+        if !last.is_empty() {
+            self.line(&last);
+        }
+        self.kept
+    }
+}
+
 /// A running child: its pid, the write end of its stdin, its stderr.
 struct Child {
     pid: libc::pid_t,
     stdin: Option<File>,
     stderr: File,
-    said: Vec<u8>,
+    said: Said,
 }
 
 impl Child {
@@ -112,7 +168,9 @@ impl Child {
             }
             drop(in_read);
             drop(err_write);
-            let code = run();
+            // A panic does not unwind into the server's frames (which own
+            // descriptors the child closed): it is the child's end.
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or(101);
             let _ = std::io::stdout().flush();
             std::process::exit(code);
         }
@@ -120,20 +178,20 @@ impl Child {
             pid,
             stdin: Some(File::from(in_write)),
             stderr: File::from(err_read),
-            said: Vec::new(),
+            said: Said::default(),
         })
     }
 
-    /// Reads what the child wrote to stderr; false once it has ended.
+    /// Reads what the child wrote to stderr, passing it on to the server's
+    /// own (where the campaign sees it as a worker's); false once it has
+    /// ended.
     fn hear(&mut self) -> bool {
         let mut buf = [0u8; 4096];
         match self.stderr.read(&mut buf) {
             Ok(0) => false,
             Ok(n) => {
-                // Enough to tell how it died; the rest is let go.
-                if self.said.len() < 1 << 16 {
-                    self.said.extend_from_slice(&buf[..n]);
-                }
+                let _ = std::io::stderr().write_all(&buf[..n]);
+                self.said.hear(&buf[..n]);
                 true
             }
             Err(e) => e.kind() == std::io::ErrorKind::Interrupted,
@@ -158,7 +216,7 @@ impl Child {
         }
         Ok(Death {
             status: ExitStatus::from_raw(raw),
-            stderr: String::from_utf8_lossy(&self.said).into_owned(),
+            stderr: self.said.end(),
         })
     }
 }
@@ -253,6 +311,49 @@ pub fn serve(run: impl Fn() -> i32, mut report: impl FnMut(&Death)) -> i32 {
                     Ok(d) => report(&d),
                     Err(e) => return fail("wait for the child", e),
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+
+    /// The campaign's rule for a worker's stderr, which `Said` keeps.
+    fn campaigns(bytes: &[u8]) -> String {
+        let mut s = String::new();
+        for line in std::io::BufReader::new(bytes).lines().map_while(Result::ok) {
+            if s.len() < SAID {
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn a_childs_stderr_is_kept_as_the_campaign_keeps_a_workers() {
+        let long = "x".repeat(5000);
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"one line\n".to_vec(),
+            b"no end of line".to_vec(),
+            b"crlf\r\nthen\rmid\r\n\nlast\r".to_vec(),
+            format!("{long}\nafter the cap\n").into_bytes(),
+            [&b"ok\n"[..], &[0xff, 0xfe, b'\n'], b"after bad utf-8\n"].concat(),
+            (0..2000)
+                .flat_map(|i| format!("line {i}\n").into_bytes())
+                .collect(),
+        ];
+        for bytes in cases {
+            for chunk in [1, 3, 4096] {
+                let mut said = Said::default();
+                for c in bytes.chunks(chunk) {
+                    said.hear(c);
+                }
+                assert_eq!(said.end(), campaigns(&bytes), "{bytes:?} by {chunk}");
             }
         }
     }
