@@ -74,6 +74,9 @@ fn readable(jobs: &File, child_err: Option<&File>) -> std::io::Result<(bool, boo
 /// this many bytes are kept, as the campaign kept a worker's.
 const SAID: usize = 4096;
 
+/// The longest line of a child's stderr kept whole.
+const LONGEST: usize = 1 << 20;
+
 /// What a report keeps of a child's stderr: its lines (without their
 /// ends) while fewer than [`SAID`] bytes are kept, until one is not UTF-8;
 /// the rule by which the campaign keeps a worker's.
@@ -101,17 +104,24 @@ impl Said {
 
     /// Bytes as read.
     fn hear(&mut self, bytes: &[u8]) {
-        if self.broken || self.kept.len() >= SAID {
-            return;
-        }
-        self.partial.extend_from_slice(bytes);
-        while let Some(at) = self.partial.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.partial.drain(..=at).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
+        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+            if self.broken || self.kept.len() >= SAID {
+                return;
             }
-            self.line(&line);
+            // A line longer than this is cut (the campaign kept it whole).
+            if self.partial.len() < LONGEST {
+                self.partial.extend_from_slice(piece);
+            }
+            if piece.last() == Some(&b'\n') {
+                let mut line = std::mem::take(&mut self.partial);
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                self.line(&line);
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 use super::ffi::{self, Events};
 use super::{uc_err, Machine, UnicornError};
 use crate::machine::descriptors::{translate, Paging};
-use crate::machine::{EntryState, GuestImage, SegDesc, KSTACK_TOP, MEM_SIZE, PAGE};
+use crate::machine::{EntryState, GuestImage, SegDesc, CODE, KSTACK_TOP, MEM_SIZE, PAGE};
 use crate::mode::Mode;
 use crate::observe::{Side, SystemState};
 use unicorn_engine::{uc_x86_mmr, Context, RegisterX86 as R};
@@ -25,13 +25,16 @@ impl Machine {
     /// and when memory is put back into the same image, after code was
     /// translated outside the code page (see `translated_elsewhere`) and,
     /// for the same image, on a page the guest changed. While no code was
-    /// translated outside the code page and none may have run unseen
-    /// (`ran_unknown`: boots, images that shift the code page), another
-    /// image needs no flush: every translation left is of the code page's
-    /// linear addresses, which every run removes (through the current
-    /// image's page tables) before it starts, and one reached through
-    /// another mapping is of another physical page, which QEMU's lookup
-    /// does not match. Where memory may differ anywhere (a stray
+    /// translated outside the code page, none may have run unseen
+    /// (`ran_unknown`: boots, images that shift the code page) and memory
+    /// is not suspect (a change of paging), another image that does not
+    /// shift the code page needs no flush: every translation left is of
+    /// the code page's linear addresses, which every run removes (through
+    /// the current image's page tables) before it starts, and one reached
+    /// through another mapping is of another physical page, which QEMU's
+    /// lookup does not match. (An image that shifts the code page could
+    /// reach the old code page's translations with a far jump to a
+    /// segment of base 0: it flushes.) Where memory may differ anywhere (a stray
     /// write, a change of paging), guest memory is read and compared with
     /// what was last written to find the pages the guest changed (Unicorn's
     /// own writes do not invalidate translations; a translation of a page
@@ -75,7 +78,7 @@ impl Machine {
         let flush = if same {
             self.translated_elsewhere && self.ran_on(image, stale)
         } else {
-            self.translated_elsewhere || self.ran_unknown
+            self.translated_elsewhere || self.ran_unknown || all || image.linear(CODE) != CODE
         };
         if flush {
             let _ = self.uc.ctl_flush_tb();

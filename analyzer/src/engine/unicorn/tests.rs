@@ -661,3 +661,36 @@ fn a_fetch_probe_crosses_where_the_whole_run_does() {
         }
     }
 }
+
+/// What a run of an image gives does not depend on the images run before
+/// it: an image that shifts the code page reaching the unshifted code
+/// page's linear address (a far jump to segment 0 in real mode) runs what
+/// is there in its own memory, not the translations of the image before.
+#[test]
+fn translations_of_one_image_are_not_run_in_another() {
+    let cfg = Config::UMIP_OFF;
+    let base = GuestImage::build(Mode::Real, cfg, Variant::base(&cfg));
+    let shifted = GuestImage::build(
+        Mode::Real,
+        cfg,
+        Variant {
+            seg_shifted: true,
+            ..Variant::base(&cfg)
+        },
+    );
+    // JMP FAR 0000:TEST_RIP.
+    let rip = crate::machine::TEST_RIP.to_le_bytes();
+    let jump = [0xEA, rip[0], rip[1], 0x00, 0x00];
+    let p = shifted.prepare(Side::Supervisor, &jump, &NONE).unwrap();
+    let alone = UnicornEngine::new()
+        .unwrap()
+        .run(&shifted, Side::Supervisor, &p)
+        .outcome;
+    let mut e = UnicornEngine::new().unwrap();
+    for bytes in [&[0x90u8, 0x90][..], &[0x40], &[0xF4]] {
+        let q = base.prepare(Side::Supervisor, bytes, &NONE).unwrap();
+        let _ = e.run(&base, Side::Supervisor, &q);
+        let after = e.run(&shifted, Side::Supervisor, &p).outcome;
+        assert_eq!(after, alone, "after {bytes:02x?} in the base image");
+    }
+}
