@@ -277,16 +277,17 @@ impl Worker {
         how(&status, &err)
     }
 
-    /// The worker for the next job: this one unless it is gone (after a
-    /// death it reported, it has a new process for the next job), else a
+    /// The worker for the next job: the last one unless it is gone (after
+    /// a death it reported, it has a new process for the next job), else a
     /// new one.
-    fn again(mut self, opts: &Options) -> Result<Worker, FuzzError> {
-        self.died = None;
-        if !self.gone {
-            return Ok(self);
+    fn again(last: Option<Worker>, opts: &Options) -> Result<Worker, FuzzError> {
+        match last {
+            Some(mut w) if !w.gone => {
+                w.died = None;
+                Ok(w)
+            }
+            _ => Worker::start(opts),
         }
-        drop(self);
-        Worker::start(opts)
     }
 }
 
@@ -349,6 +350,9 @@ struct Shared<'a> {
     opts: &'a Options,
     templates: &'a [Vec<u8>],
     corpus: Vec<Vec<u8>>,
+    /// Both as a lane's job carries them (hex), made once.
+    templates_hex: Vec<String>,
+    corpus_hex: Vec<String>,
     stop: &'a AtomicBool,
     bar: indicatif::ProgressBar,
     found: AtomicU64,
@@ -364,16 +368,8 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         start: 0,
         count,
         tunnel: range.map(|(lo, hi)| gen::Tunnel::start(lo, hi)),
-        corpus: sh
-            .corpus
-            .iter()
-            .map(|b| analyzer::observe::hex(b))
-            .collect(),
-        templates: sh
-            .templates
-            .iter()
-            .map(|b| analyzer::observe::hex(b))
-            .collect(),
+        corpus: sh.corpus_hex.clone(),
+        templates: sh.templates_hex.clone(),
     };
     let mut res = LaneResult::default();
     let mut next = 0u64;
@@ -384,10 +380,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         job.start = next;
         job.count = count - next;
         job.tunnel = cursor.clone();
-        let mut w = match last.take() {
-            Some(w) => w.again(opts)?,
-            None => Worker::start(opts)?,
-        };
+        let mut w = Worker::again(last.take(), opts)?;
         if !w.send(&Job::Lane(job.clone())) {
             let how = w.ending();
             if next == 0 && res.restarts == 0 {
@@ -491,10 +484,7 @@ fn minimize_one_by_one(
         &input,
         &f.signature,
         |cand| -> Result<_, FuzzError> {
-            let mut worker = match w.take() {
-                Some(w) => w,
-                None => Worker::start(opts)?,
-            };
+            let mut worker = Worker::again(w.take(), opts)?;
             if !worker.send(&Job::Eval(vec![analyzer::observe::hex(cand)])) {
                 return Ok(None);
             }
@@ -505,7 +495,7 @@ fn minimize_one_by_one(
                     Ok(Reply::Done) => break,
                     Ok(Reply::Minimized { .. } | Reply::Tried | Reply::Died { .. }) => {}
                     Err(_) => {
-                        w = Some(worker.again(opts)?);
+                        w = Some(worker);
                         return Ok(None);
                     }
                 }
@@ -533,10 +523,7 @@ fn minimize_some(
             .iter()
             .map(|f| (f.input.clone(), f.signature.clone()))
             .collect();
-        let mut w = match last.take() {
-            Some(w) => w.again(opts)?,
-            None => Worker::start(opts)?,
-        };
+        let mut w = Worker::again(last.take(), opts)?;
         let sent = w.send(&Job::Minimize(items));
         let mut done = false;
         while sent && !done {
@@ -641,15 +628,19 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     // Lanes stop on `halt`: set by Ctrl-C (`stop`), by --duration, or by a
     // lane that failed.
     let halt = AtomicBool::new(false);
+    let corpus: Vec<Vec<u8>> = opts
+        .corpus
+        .iter()
+        .filter(|c| c.mode == opts.mode.name())
+        .map(|c| c.bytes.clone())
+        .collect();
+    let hex = |v: &[Vec<u8>]| v.iter().map(|b| analyzer::observe::hex(b)).collect();
     let sh = Shared {
         opts,
         templates: &templates,
-        corpus: opts
-            .corpus
-            .iter()
-            .filter(|c| c.mode == opts.mode.name())
-            .map(|c| c.bytes.clone())
-            .collect(),
+        templates_hex: hex(&templates),
+        corpus_hex: hex(&corpus),
+        corpus,
         stop: &halt,
         bar: bar.clone(),
         found: AtomicU64::new(0),

@@ -189,9 +189,8 @@ impl Evaluator {
     }
 
     /// [`Evaluator::eval`], measuring the lengths `lengths` tells.
-    pub fn eval_with(&mut self, input: &[u8], lengths: Lengths) -> Result<Evaluated, ProbeError> {
-        let lengths_mode = lengths;
-        let all_lengths = lengths == Lengths::All;
+    pub fn eval_with(&mut self, input: &[u8], wanted: Lengths) -> Result<Evaluated, ProbeError> {
+        let all_lengths = wanted == Lengths::All;
         let input = if input.is_empty() { &[0x90][..] } else { input };
         let first = gen::decode(self.mode, input);
         let (len, valid) = (first.len, first.valid);
@@ -234,14 +233,16 @@ impl Evaluator {
                 .clone()
         };
         let length_cpl = cpl_of(self.length_side());
-        let length_signature = |name: &str| {
+        // A finding's signature is its kind's name, then `sig`.
+        let signature = |kind: Kind, sig: &str| format!("{}|{sig}", kind.name());
+        let length_sig = |name: &str| {
             format!(
-                "{}|{name}|cpl{length_cpl}|{}|length|{}",
-                Kind::DecoderVsEngine.name(),
+                "{name}|cpl{length_cpl}|{}|length|{}",
                 position(),
                 entry.code
             )
         };
+        let length_signature = |name: &str| signature(Kind::DecoderVsEngine, &length_sig(name));
         // Where the decoder finds no instruction, no oracle compares an
         // engine's length with the decoder's: the first engine's length
         // only goes with the input's findings (`observed_length`). So it
@@ -252,7 +253,7 @@ impl Evaluator {
         let deferred = !valid && !all_lengths;
         let mut unmeasured = Vec::new();
         for (i, runs) in all_runs.iter().enumerate().filter(|_| !deferred) {
-            if lengths_mode == Lengths::Unfound && self.length_side_raised_ud(runs) {
+            if wanted == Lengths::Unfound && self.length_side_raised_ud(runs) {
                 let known = self.lengths_found.get(&length_signature(&names[i]));
                 if known.is_some_and(|k| (k.len(), k) <= (ran.len(), &ran)) {
                     unmeasured.push(i);
@@ -305,14 +306,15 @@ impl Evaluator {
                 .clone()
         };
         let mut found = Vec::new();
+        let finding = |kind: Kind, cpl: Option<u8>, detail: String, sig: &str| Finding {
+            kind,
+            cpl,
+            detail,
+            signature: signature(kind, sig),
+            ..base()
+        };
         let mut add = |kind: Kind, cpl: Option<u8>, detail: String, sig: String| {
-            found.push(Finding {
-                kind,
-                cpl,
-                detail,
-                signature: format!("{}|{sig}", kind.name()),
-                ..base()
-            });
+            found.push(finding(kind, cpl, detail, &sig));
         };
         // Engine failures and the decoder against each engine.
         for (name, runs) in names.iter().zip(&all_runs) {
@@ -363,11 +365,7 @@ impl Evaluator {
                     Kind::DecoderVsEngine,
                     Some(length_cpl),
                     length_detail(name, n, by),
-                    format!(
-                        "{name}|cpl{length_cpl}|{}|length|{}",
-                        position(),
-                        entry.code
-                    ),
+                    length_sig(name),
                 );
             }
         }
@@ -483,13 +481,12 @@ impl Evaluator {
                 Some((_, cclass)) => format!("the catalog's {} is {cclass}", entry.code),
                 None => format!("{} is not in the catalog", entry.code),
             };
-            found.push(Finding {
-                kind: Kind::Pg,
-                cpl: Some(3),
-                detail: format!("{name}: {class} over the whole matrix ({why}): {evidence}"),
-                signature: format!("pg|{name}|{}|{class}", entry.code),
-                ..base()
-            });
+            found.push(finding(
+                Kind::Pg,
+                Some(3),
+                format!("{name}: {class} over the whole matrix ({why}): {evidence}"),
+                &format!("{name}|{}|{class}", entry.code),
+            ));
         }
         // The lengths left unmeasured go with the findings there are.
         if !found.is_empty() && (deferred || !unmeasured.is_empty()) {
@@ -511,13 +508,12 @@ impl Evaluator {
             }
             for &(i, m) in &measured {
                 if let Some((n, by)) = m.filter(|&(n, _)| valid && n != len) {
-                    found.push(Finding {
-                        kind: Kind::DecoderVsEngine,
-                        cpl: Some(length_cpl),
-                        detail: length_detail(&names[i], n, by),
-                        signature: length_signature(&names[i]),
-                        ..base()
-                    });
+                    found.push(finding(
+                        Kind::DecoderVsEngine,
+                        Some(length_cpl),
+                        length_detail(&names[i], n, by),
+                        &length_sig(&names[i]),
+                    ));
                 }
             }
             if let Some(&(_, m)) = measured.iter().find(|(i, _)| *i == 0) {
@@ -528,7 +524,7 @@ impl Evaluator {
                 f.observed_by = observed.map(|(_, by)| by.to_string());
             }
         }
-        if lengths_mode == Lengths::Unfound {
+        if wanted == Lengths::Unfound {
             for name in &names {
                 let sig = length_signature(name);
                 if !found.iter().any(|f| f.signature == sig) {
@@ -739,17 +735,9 @@ pub fn may_give(mode: Mode, signature: &str, input: &[u8]) -> bool {
     }
     let ran = &input[..first.len];
     let position = || position_name(mode, ran);
-    // As the input's entry names it (`explain::raw_entry` of `ran`).
-    let code = || {
-        let insn =
-            iced_x86::Decoder::with_ip(mode.bitness(), ran, 0, iced_x86::DecoderOptions::NONE)
-                .decode();
-        if insn.is_invalid() {
-            "INVALID".to_string()
-        } else {
-            format!("{:?}", insn.code())
-        }
-    };
+    // As the input's entry names it (`explain::raw_entry` of `ran`,
+    // `INVALID` where the decoder finds no instruction).
+    let code = || format!("{:?}", first.code);
     let parts: Vec<&str> = signature.split('|').collect();
     let (dve, eve, pg) = (
         Kind::DecoderVsEngine.name(),

@@ -11,10 +11,10 @@
 //! and never runs twice. The child's stderr goes through a pipe the server
 //! reads to its end (and passes on to its own), so that a report holds
 //! what the child wrote (its first lines, as the campaign keeps a
-//! worker's), then the child's wait status. A child never outlives its server (it is killed
-//! when the server dies), so killing the worker, as the campaign does with
-//! one gone silent, takes the child with it. Every `unsafe` block of the
-//! fuzzer is here.
+//! worker's), then the child's wait status. A child never outlives its
+//! server (it is killed when the server dies), so killing the worker, as
+//! the campaign does with one gone silent, takes the child with it. Every
+//! `unsafe` block of the fuzzer is here.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};

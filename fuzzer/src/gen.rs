@@ -104,6 +104,8 @@ pub struct FirstInsn {
     /// At least 1, at most the bytes given.
     pub len: usize,
     pub valid: bool,
+    /// The decoder's `Code` (`INVALID` where it finds no instruction).
+    pub code: iced_x86::Code,
     /// The bytes end inside the instruction (the decoder needs more): run
     /// as they are, the engine would read the harness's bytes after them.
     pub truncated: bool,
@@ -122,6 +124,7 @@ pub fn decode(mode: Mode, bytes: &[u8]) -> FirstInsn {
     FirstInsn {
         len: insn.len().clamp(1, bytes.len().max(1)),
         valid: !insn.is_invalid(),
+        code: insn.code(),
         truncated: d.last_error() == iced_x86::DecoderError::NoMoreBytes,
         undefined_flags: analyzer::observe::rflags_bits(insn.rflags_undefined()),
         cl_count: (0..insn.op_count()).any(|i| {

@@ -21,26 +21,26 @@ pub(super) const EFER: u32 = 0xC000_0080;
 
 impl Machine {
     /// Makes guest memory equal to the image's, writing only changed pages.
-    /// Unicorn's translations are flushed when another image is loaded,
-    /// and when memory is put back into the same image, after code was
-    /// translated outside the code page (see `translated_elsewhere`) and,
-    /// for the same image, on a page the guest changed. While no code was
-    /// translated outside the code page, none may have run unseen
-    /// (`ran_unknown`: boots, images that shift the code page) and memory
-    /// is not suspect (a change of paging), another image that does not
-    /// shift the code page needs no flush: every translation left is of
-    /// the code page's linear addresses, which every run removes (through
-    /// the current image's page tables) before it starts, and one reached
-    /// through another mapping is of another physical page, which QEMU's
-    /// lookup does not match. (An image that shifts the code page could
-    /// reach the old code page's translations with a far jump to a
-    /// segment of base 0: it flushes.) Where memory may differ anywhere (a stray
-    /// write, a change of paging), guest memory is read and compared with
-    /// what was last written to find the pages the guest changed (Unicorn's
-    /// own writes do not invalidate translations; a translation of a page
-    /// the guest did not change is still right). The page walker's
-    /// accessed and dirty bits change the page tables in most runs that
-    /// make memory suspect, and code seldom runs there.
+    /// Unicorn's translations are flushed:
+    /// - for the same image, when code was translated outside the code page
+    ///   (see `translated_elsewhere`) on a page the guest changed;
+    /// - for another image, when code was translated outside the code page,
+    ///   may have run unseen (`ran_unknown`: boots, images that shift the
+    ///   code page), memory is suspect (a change of paging), or the new
+    ///   image shifts the code page. Otherwise every translation left is of
+    ///   the code page's linear addresses, which every run removes (through
+    ///   the current image's page tables) before it starts, and one reached
+    ///   through another mapping is of another physical page, which QEMU's
+    ///   lookup does not match; an image that shifts the code page could
+    ///   reach them with a far jump to a segment of base 0.
+    ///
+    /// Where memory may differ anywhere (a stray write, a change of
+    /// paging), guest memory is read and compared with what was last
+    /// written to find the pages the guest changed (Unicorn's own writes do
+    /// not invalidate translations; a translation of a page the guest did
+    /// not change is still right). The page walker's accessed and dirty
+    /// bits change the page tables in most runs that make memory suspect,
+    /// and code seldom runs there.
     pub(super) fn load(&mut self, image: &GuestImage) -> Result<(), UnicornError> {
         let same = self.shadow.holds(image);
         if same && !self.memory_suspect {
