@@ -8,6 +8,7 @@ pub mod compare;
 pub mod deviation;
 pub mod engine;
 pub mod explain;
+pub mod fasthash;
 pub mod host;
 pub mod input;
 pub mod length;

@@ -11,9 +11,9 @@
 //! through a shared page copies it first (copy-on-write), so a page behaves
 //! like the `Vec<u8>` it replaces; it serializes as that `Vec<u8>` did.
 
+use crate::fasthash::FastMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -45,7 +45,7 @@ impl Page {
         thread_local! {
             /// By (base buffer, offset, bytes): the base, kept alive so
             /// that its address names it, and the page made from it.
-            static MADE: RefCell<HashMap<Key, (Page, Page)>> = RefCell::new(HashMap::new());
+            static MADE: RefCell<FastMap<Key, (Page, Page)>> = RefCell::new(FastMap::default());
         }
         if bytes.is_empty() {
             return base.clone();

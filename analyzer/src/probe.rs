@@ -13,6 +13,7 @@ use crate::catalog::Entry;
 use crate::classify::verdict;
 use crate::engine::features::{self, EngineFeatures};
 use crate::engine::{Engine, EngineError};
+use crate::fasthash::FastMap;
 use crate::length::FetchLength;
 use crate::machine::{GuestImage, Prepared, Variant};
 use crate::mode::{Config, Mode};
@@ -194,7 +195,7 @@ pub struct Prober {
     engine: Option<Box<dyn Engine>>,
     name: String,
     version: String,
-    baselines: HashMap<(Mode, Config, Variant, Side), Option<SystemState>>,
+    baselines: FastMap<(Mode, Config, Variant, Side), Option<SystemState>>,
     /// The engine's own CPUID and XCR0 per mode ([`features::probe`]),
     /// probed once, when an entry first needs them.
     features: HashMap<Mode, Option<EngineFeatures>>,
@@ -210,7 +211,7 @@ impl Prober {
             engine: Some(engine),
             name,
             version,
-            baselines: HashMap::new(),
+            baselines: FastMap::default(),
             features: HashMap::new(),
         })
     }

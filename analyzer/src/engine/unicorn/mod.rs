@@ -22,6 +22,7 @@ mod tests;
 
 use super::{Engine, EngineError};
 use crate::engine::shadow::Shadow;
+use crate::fasthash::FastMap;
 use crate::machine::image::msr;
 use crate::machine::landing::{landing, ran_on, Landing, Stop};
 use crate::machine::{GuestImage, Prepared, CODE, DATA, MEM_SIZE, PAGE, STACK};
@@ -31,7 +32,6 @@ use crate::observe::{
     SYS_FLAGS_MASK, USER_FLAGS_MASK,
 };
 use ffi::{Events, Uc, Watchdog};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 use unicorn_engine::{uc_error, uc_x86_mmr, Context, RegisterX86 as R};
@@ -65,7 +65,7 @@ struct Machine {
     /// Physical memory as last written, to write only the pages that change.
     shadow: Shadow,
     /// Context at the test's first byte, and the system state read there.
-    contexts: HashMap<(ImageKey, Side), Rc<Booted>>,
+    contexts: FastMap<(ImageKey, Side), Rc<Booted>>,
     /// The entry of `contexts` each side used last (supervisor, user): a
     /// scan runs one image's tests in a row, alternating the sides, so most
     /// runs find their context here without a lookup.
@@ -211,7 +211,7 @@ impl Machine {
         Ok(Machine {
             uc,
             shadow: Shadow::new(),
-            contexts: HashMap::new(),
+            contexts: FastMap::default(),
             recent: [None, None],
             reset,
             memory_suspect: false,
