@@ -15,7 +15,7 @@ use analyzer::mode::{Config, Mode};
 use analyzer::observe::{Outcome, Side};
 use analyzer::probe::{diff_results, GuestHarness, Matrix, Opener, ProbeError, Prober, Run};
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// An input as it ran, and what the oracles found.
@@ -61,9 +61,9 @@ pub struct Evaluator {
     /// length (`None`: the mode has no paging).
     fenced: Option<Arc<GuestImage>>,
     full: Option<Matrix>,
-    /// (engine, code, quick-look signature) to the whole matrix's verdict:
-    /// whether it violates, its class and first evidence.
-    escalated: HashMap<(usize, String, String), (bool, String, String)>,
+    /// (engine, code, quick-look signature) whose whole matrix an input
+    /// was judged on and did not violate.
+    escalated: HashSet<(usize, String, String)>,
     /// (engine, code) to whether the catalog's scan of that code reports a
     /// violator (`None`: the catalog has no such code).
     catalog_pg: HashMap<(usize, String), Option<(bool, String)>>,
@@ -149,7 +149,7 @@ impl Evaluator {
             quick,
             fenced,
             full: None,
-            escalated: HashMap::new(),
+            escalated: HashSet::new(),
             catalog_pg: HashMap::new(),
             lengths_found: HashMap::new(),
         })
@@ -159,10 +159,10 @@ impl Evaluator {
         self.mode
     }
 
-    /// Forgets what earlier inputs left: the whole-matrix verdicts cached
-    /// by code and quick-look signature and the length findings found, so
-    /// that what follows does not depend on the inputs before it (each
-    /// finding's minimization starts so).
+    /// Forgets what earlier inputs left: the whole-matrix verdicts of no
+    /// violation kept by Code (or cell) and quick look, and the length
+    /// findings found, so that what follows does not depend on the inputs
+    /// before it (each finding's minimization starts so).
     pub fn forget_history(&mut self) {
         self.escalated.clear();
         self.lengths_found.clear();
@@ -458,22 +458,28 @@ impl Evaluator {
             if changed.is_empty() && !differs {
                 continue;
             }
-            let quick_sig = quick_signature(runs);
-            let key = (i, entry.code.clone(), quick_sig);
-            let verdict = match self.escalated.get(&key) {
-                Some(v) => v.clone(),
-                None => {
-                    let v = self.judge_full(i, &entry)?;
-                    self.escalated.insert(key, v.clone());
-                    v
-                }
+            // What the P&G finding names: the Code, or for an input the
+            // decoder finds no instruction in, its opcode-map cell (so
+            // LOCK PUSH CS and LOCK PUSH DS are two instructions here).
+            let what = if valid {
+                entry.code.clone()
+            } else {
+                format!("{}|{}", entry.code, position())
             };
-            let (violates, class, evidence) = verdict;
-            if !violates {
+            // A whole-matrix verdict of no violation is reused for inputs
+            // of the same `what` and quick look; a violation is only ever
+            // the input's own, judged on its own runs, with its evidence.
+            let key = (i, what.clone(), quick_signature(runs));
+            if self.escalated.contains(&key) {
                 continue;
             }
             let known = self.catalog_verdict(i, &entry.code)?;
             if let Some((true, _)) = known {
+                continue;
+            }
+            let (violates, class, evidence) = self.judge_full(i, &entry)?;
+            if !violates {
+                self.escalated.insert(key);
                 continue;
             }
             let name = &names[i];
@@ -485,7 +491,7 @@ impl Evaluator {
                 Kind::Pg,
                 Some(3),
                 format!("{name}: {class} over the whole matrix ({why}): {evidence}"),
-                &format!("{name}|{}|{class}", entry.code),
+                &format!("{name}|{what}|{class}"),
             ));
         }
         // The lengths left unmeasured go with the findings there are.
@@ -750,6 +756,7 @@ pub fn may_give(mode: Mode, signature: &str, input: &[u8]) -> bool {
         }
         [k, _engine, _cpl, pos, "invalid", ..] if *k == dve => !first.valid && *pos == position(),
         [k, _cpl, pos, ..] if *k == eve => *pos == position(),
+        [k, _engine, "INVALID", pos, _class] if *k == pg => !first.valid && *pos == position(),
         [k, _engine, c, ..] if *k == pg => *c == code(),
         _ => true,
     }
@@ -849,6 +856,39 @@ mod tests {
             "engine-failure|unicorn|cpl0|hang",
             &push_es
         ));
+    }
+
+    /// A P&G finding is the input's own: an input the decoder finds no
+    /// instruction in is judged by its opcode-map cell, and a whole-matrix
+    /// verdict is reused only where it found no violation. Unicorn runs
+    /// LOCK MOV ECX, CS and LOCK RDTSC; both complete at CPL 0 and 3 with
+    /// results that differ, so their quick looks are the same, and only
+    /// MOV from CS is sensitive (CS differs under ring compression).
+    #[test]
+    fn a_p_and_g_finding_is_the_input_s_own() {
+        let pg = |e: &Evaluated| -> Vec<String> {
+            e.findings
+                .iter()
+                .filter(|f| f.kind == Kind::Pg)
+                .map(|f| f.signature.clone())
+                .collect()
+        };
+        let (mov_cs, rdtsc) = ([0xf0, 0x8c, 0xc9], [0xf0, 0x0f, 0x31]);
+        let open = || {
+            let o = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
+            Evaluator::new(o, Mode::Long64, Config::UMIP_OFF).expect("evaluator")
+        };
+        let want = vec!["pg|unicorn|INVALID|OneByte/8c|sensitive-unprivileged".to_string()];
+        // MOV's violation is not RDTSC's.
+        let mut ev = open();
+        assert_eq!(pg(&ev.eval(&mov_cs).unwrap()), want);
+        assert!(pg(&ev.eval(&rdtsc).unwrap()).is_empty());
+        // RDTSC's innocuous verdict is not MOV's.
+        let mut ev = open();
+        assert!(pg(&ev.eval(&rdtsc).unwrap()).is_empty());
+        assert_eq!(pg(&ev.eval(&mov_cs).unwrap()), want);
+        assert!(may_give(Mode::Long64, &want[0], &mov_cs));
+        assert!(!may_give(Mode::Long64, &want[0], &rdtsc));
     }
 
     /// In a lane, a #UD's length finding found already for an input no

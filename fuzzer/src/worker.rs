@@ -384,7 +384,7 @@ mod tests {
         // SS LOCK MOV ECX, CS: Unicorn runs it, and MOV from CS is
         // sensitive (the ring-compressed state's CS differs).
         let input = "36f08cc9";
-        let signature = "pg|unicorn|INVALID|sensitive-unprivileged";
+        let signature = "pg|unicorn|INVALID|OneByte/8c|sensitive-unprivileged";
         let open = || {
             let o = openers(&["unicorn".to_string()]).expect("unicorn");
             Evaluator::new(o, Mode::Long64, Config::UMIP_OFF).expect("evaluator")
