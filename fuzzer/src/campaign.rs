@@ -370,6 +370,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         tunnel: range.map(|(lo, hi)| gen::Tunnel::start(lo, hi)),
         corpus: sh.corpus_hex.clone(),
         templates: sh.templates_hex.clone(),
+        catalog: Vec::new(),
     };
     let mut res = LaneResult::default();
     let mut next = 0u64;
@@ -390,7 +391,16 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         loop {
             match w.next(sh.stop) {
                 Ok(Reply::Done) => break 'lane,
-                Ok(Reply::Input { i, g, ran, adv, f }) => {
+                Ok(Reply::Input {
+                    i,
+                    g,
+                    ran,
+                    adv,
+                    f,
+                    cat,
+                }) => {
+                    // What this worker measured, its successor need not.
+                    job.catalog.extend(cat);
                     res.inputs += 1;
                     if let Ok(b) = analyzer::explain::parse_hex(&ran) {
                         res.distinct.insert(b);

@@ -14,6 +14,7 @@ use analyzer::machine::{GuestImage, Variant};
 use analyzer::mode::{Config, Mode};
 use analyzer::observe::{Outcome, Side};
 use analyzer::probe::{diff_results, GuestHarness, Matrix, Opener, ProbeError, Prober, Run};
+use serde::{Deserialize, Serialize};
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -52,6 +53,15 @@ pub enum Lengths {
 }
 
 /// The engines, the states, and what was judged already.
+/// Whether the catalog's scan reports a Code as a violator on an engine
+/// (by its index), and its class (`None`: no such Code in the catalog).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogVerdict {
+    pub engine: usize,
+    pub code: String,
+    pub verdict: Option<(bool, String)>,
+}
+
 pub struct Evaluator {
     mode: Mode,
     config: Config,
@@ -67,6 +77,9 @@ pub struct Evaluator {
     /// (engine, code) to whether the catalog's scan of that code reports a
     /// violator (`None`: the catalog has no such code).
     catalog_pg: HashMap<(usize, String), Option<(bool, String)>>,
+    /// The catalog verdicts this evaluator measured and has not yet
+    /// handed out ([`Evaluator::take_catalog_verdicts`]).
+    catalog_new: Vec<CatalogVerdict>,
     /// Signature of each decoder-vs-engine length finding made in
     /// [`Lengths::Unfound`] evaluations, to its least input.
     lengths_found: HashMap<String, Vec<u8>>,
@@ -151,12 +164,30 @@ impl Evaluator {
             full: None,
             escalated: HashSet::new(),
             catalog_pg: HashMap::new(),
+            catalog_new: Vec::new(),
             lengths_found: HashMap::new(),
         })
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The catalog verdicts measured since the last call, for a later
+    /// worker of the same campaign ([`Evaluator::know_catalog_verdicts`]).
+    pub fn take_catalog_verdicts(&mut self) -> Vec<CatalogVerdict> {
+        std::mem::take(&mut self.catalog_new)
+    }
+
+    /// Takes catalog verdicts an earlier worker measured (for the same
+    /// engines, mode and configuration), so that they are not measured
+    /// again: the catalog's scan of a Code is the same whoever runs it.
+    pub fn know_catalog_verdicts(&mut self, known: &[CatalogVerdict]) {
+        for k in known {
+            self.catalog_pg
+                .entry((k.engine, k.code.clone()))
+                .or_insert_with(|| k.verdict.clone());
+        }
     }
 
     /// Forgets what earlier inputs left: the whole-matrix verdicts of no
@@ -714,6 +745,11 @@ impl Evaluator {
                 break;
             }
         }
+        self.catalog_new.push(CatalogVerdict {
+            engine: i,
+            code: code.to_string(),
+            verdict: result.clone(),
+        });
         self.catalog_pg.insert(key, result.clone());
         Ok(result)
     }
@@ -889,6 +925,46 @@ mod tests {
         assert_eq!(pg(&ev.eval(&mov_cs).unwrap()), want);
         assert!(may_give(Mode::Long64, &want[0], &mov_cs));
         assert!(!may_give(Mode::Long64, &want[0], &rdtsc));
+    }
+
+    /// The catalog verdicts an evaluator measured are handed out once, and
+    /// an evaluator given them does not measure them again: it uses them.
+    #[test]
+    fn catalog_verdicts_go_from_one_worker_to_the_next() {
+        let open = || {
+            let o = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
+            Evaluator::new(o, Mode::Long64, Config::UMIP_OFF).expect("evaluator")
+        };
+        // MOV EAX, CS: its result differs between CPL 0 and 3 in the quick
+        // look, and the catalog reports it as a violator.
+        let mov_cs = [0x8c, 0xc8];
+        let mut first = open();
+        let found = first.eval(&mov_cs).unwrap().findings;
+        let known = first.take_catalog_verdicts();
+        assert_eq!(known.len(), 1, "{known:?}");
+        assert_eq!(known[0].code, "Mov_r32m16_Sreg");
+        assert!(matches!(known[0].verdict, Some((true, _))), "{known:?}");
+        assert!(first.take_catalog_verdicts().is_empty());
+        let mut next = open();
+        next.know_catalog_verdicts(&known);
+        assert_eq!(next.eval(&mov_cs).unwrap().findings, found);
+        assert!(next.take_catalog_verdicts().is_empty());
+        // Told that the catalog does not report it, an evaluator reports
+        // it as a new violator candidate.
+        let mut told = open();
+        let not = CatalogVerdict {
+            verdict: Some((false, "innocuous".into())),
+            ..known[0].clone()
+        };
+        told.know_catalog_verdicts(&[not]);
+        let pg: Vec<_> = told
+            .eval(&mov_cs)
+            .unwrap()
+            .findings
+            .into_iter()
+            .filter(|f| f.kind == Kind::Pg)
+            .collect();
+        assert_eq!(pg.len(), 1, "{pg:?}");
     }
 
     /// In a lane, a #UD's length finding found already for an input no

@@ -6,7 +6,7 @@
 //! Every input is a pure function of the job (see [`input_at`]), so the
 //! parent knows the input a worker died on and resumes after it.
 
-use crate::eval::{Evaluator, Lengths};
+use crate::eval::{CatalogVerdict, Evaluator, Lengths};
 use crate::finding::Finding;
 use crate::gen::{self, GenKind, Generators};
 use crate::rng::Rng;
@@ -44,6 +44,9 @@ pub struct LaneJob {
     /// has them, and a worker that encoded the catalog itself would spend
     /// most of its start on it.
     pub templates: Vec<String>,
+    /// Catalog verdicts the lane's earlier workers measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catalog: Vec<CatalogVerdict>,
 }
 
 /// One input's reply.
@@ -59,6 +62,10 @@ pub enum Reply {
         /// The length the tunnel advances by.
         adv: usize,
         f: Vec<Finding>,
+        /// Catalog verdicts measured for this input, which the lane's
+        /// next worker is given after a death.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        cat: Vec<CatalogVerdict>,
     },
     /// A candidate of a `Minimize` job was evaluated: the worker is alive
     /// (one finding's minimization may take many evaluations).
@@ -178,6 +185,7 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                         ran: analyzer::observe::hex(&e.ran),
                         adv: e.advance,
                         f: e.findings,
+                        cat: ev.take_catalog_verdicts(),
                     })?;
                 }
             }
@@ -187,6 +195,8 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                     ev.forget_history();
                     let f = minimize(ev.mode(), &bytes, signature, |cand| {
                         let e = ev.eval(cand).map_err(|e| e.to_string())?;
+                        // Only a lane's workers hand theirs on.
+                        ev.take_catalog_verdicts();
                         reply(&Reply::Tried)?;
                         Ok::<_, String>(Some(e.findings))
                     })?;
@@ -200,6 +210,7 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                 let corpus = hex_list(&job.corpus);
                 let templates = hex_list(&job.templates);
                 let mut tunnel = job.tunnel.clone();
+                ev.know_catalog_verdicts(&job.catalog);
                 for index in job.start..job.start.saturating_add(job.count) {
                     let Some((g, bytes)) =
                         input_at(&job, index, tunnel.as_ref(), ev.mode(), &templates, &corpus)
@@ -225,6 +236,7 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                         ran: analyzer::observe::hex(&e.ran),
                         adv: e.advance,
                         f: e.findings,
+                        cat: ev.take_catalog_verdicts(),
                     })?;
                 }
             }
