@@ -43,10 +43,16 @@ impl Machine {
     /// and code seldom runs there.
     pub(super) fn load(&mut self, image: &GuestImage) -> Result<(), UnicornError> {
         let same = self.shadow.holds(image);
-        if same && !self.memory_suspect {
+        // The test pages are put back by every run; other pages stray
+        // stores reached are put back here.
+        let program = [image.code_phys, image.data_phys, image.stack_phys]
+            .iter()
+            .fold(0u64, |m, p| m | 1 << (p / PAGE));
+        if same && !self.memory_suspect && self.dirty & !program == 0 {
             return Ok(());
         }
         let all = std::mem::take(&mut self.memory_suspect);
+        let strayed = std::mem::take(&mut self.strayed);
         self.shown = [None, None, None];
         // Physical pages the guest may have changed since they were last
         // written (bit n: page n).
@@ -78,7 +84,11 @@ impl Machine {
         let flush = if same {
             self.translated_elsewhere && self.ran_on(image, stale)
         } else {
-            self.translated_elsewhere || self.ran_unknown || all || image.linear(CODE) != CODE
+            self.translated_elsewhere
+                || self.ran_unknown
+                || all
+                || strayed
+                || image.linear(CODE) != CODE
         };
         if flush {
             let _ = self.uc.ctl_flush_tb();

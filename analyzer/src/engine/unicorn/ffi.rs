@@ -34,8 +34,11 @@ pub(super) struct Events {
     pub(super) program_phys: [u64; 3],
     /// Physical pages among `program_phys` the run wrote (bit n: page n).
     pub(super) written: u64,
-    /// A write landed elsewhere: the next run restores all of memory.
+    /// A write landed elsewhere: on the physical pages in `stray_pages`
+    /// (bit n: page n), or (`stray_high`) outside guest memory too.
     pub(super) stray_write: bool,
+    pub(super) stray_pages: u64,
+    pub(super) stray_high: bool,
     /// An instruction ran outside the code page (`program_pages[0]`).
     pub(super) ran_elsewhere: bool,
     /// The linear pages below [`RAN_SPAN`] those instructions are on (bit
@@ -182,14 +185,25 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
     // block hook keeps the first from being inlined.
     uc.add_block_hook(u64::MAX, u64::MAX, |_, _, _| {})
         .map_err(uc_err("add the block hook"))?;
-    // Every store outside the program's own pages is noted, so that the
-    // next run starts from the image again (KVM uses its dirty log).
+    // Every store outside the program's own pages is noted with its pages,
+    // so that the next run starts from the image again (KVM uses its dirty
+    // log). Unicorn gives the hook physical addresses: the program's pages
+    // are told by their linear addresses, which equal their physical ones
+    // where the image does not move them, so a store to a moved page counts
+    // as stray (memory is then put back whole or by page, not missed).
     uc.add_mem_hook(HookType::MEM_WRITE, 0, u64::MAX, |uc, _, addr, size, _| {
         let ev = uc.get_data_mut();
         let first = addr & !(PAGE - 1);
         let last = (addr + size.max(1) as u64 - 1) & !(PAGE - 1);
-        if !ev.program_pages.contains(&first) || !ev.program_pages.contains(&last) {
-            ev.stray_write = true;
+        for page in [first, last] {
+            if !ev.program_pages.contains(&page) {
+                ev.stray_write = true;
+                if page < MEM_SIZE {
+                    ev.stray_pages |= 1 << (page / PAGE);
+                } else {
+                    ev.stray_high = true;
+                }
+            }
         }
         for (lin, phys) in ev.program_pages.into_iter().zip(ev.program_phys) {
             if lin == first || lin == last {

@@ -23,6 +23,7 @@ mod tests;
 use super::{Engine, EngineError};
 use crate::engine::shadow::Shadow;
 use crate::fasthash::FastMap;
+use crate::machine::descriptors::{table_pages, Paging};
 use crate::machine::image::msr;
 use crate::machine::landing::{landing, ran_on, Landing, Stop};
 use crate::machine::{GuestImage, Prepared, CODE, DATA, MEM_SIZE, PAGE, STACK};
@@ -66,20 +67,27 @@ struct Machine {
     shadow: Shadow,
     /// Context at the test's first byte, and the system state read there.
     contexts: FastMap<(ImageKey, Side), Rc<Booted>>,
+    /// Each image's page-table pages ([`table_pages`]).
+    tables: FastMap<ImageKey, Option<u64>>,
     /// The entry of `contexts` each side used last (supervisor, user): a
     /// scan runs one image's tests in a row, alternating the sides, so most
     /// runs find their context here without a lookup.
     recent: [Option<(ImageKey, Rc<Booted>)>; 2],
     /// The CPU state right after creation, to boot every image from.
     reset: Context,
-    /// A run wrote outside the pages restored before every run: guest
-    /// memory may differ from the image anywhere.
+    /// Guest memory may differ from the image anywhere: a run's stray
+    /// stores went where their pages are not known, or paging changed.
     memory_suspect: bool,
+    /// A run's stray stores went to known pages (now in `dirty`) since the
+    /// last `load`: loading another image flushes the translations, as
+    /// after suspect memory.
+    strayed: bool,
     /// Pages (bit n: physical page n) that guest code wrote since they were
     /// last written from `loaded`. Outside these, and unless
     /// `memory_suspect`, guest memory equals `loaded` (every guest store is
-    /// seen by the write hook: a store to a program page sets its bit, any
-    /// other store makes memory suspect).
+    /// seen by the write hook: a store to a program page sets its bit; in
+    /// 64-bit mode any other sets the bit of its physical page and the page
+    /// tables' bits, and elsewhere makes memory suspect).
     dirty: u64,
     /// The test pages that the code, data and stack pages of the loaded
     /// image hold (equal to `loaded` there) where not `dirty`: a test
@@ -212,9 +220,11 @@ impl Machine {
             uc,
             shadow: Shadow::new(),
             contexts: FastMap::default(),
+            tables: FastMap::default(),
             recent: [None, None],
             reset,
             memory_suspect: false,
+            strayed: false,
             dirty: 0,
             shown: [None, None, None],
             timed_out: false,
@@ -280,11 +290,32 @@ impl Machine {
         }
     }
 
+    /// The physical pages (bit n: page n) a run's stray stores reached,
+    /// with the image's page tables (the CPU's walks set their accessed and
+    /// dirty bits, unseen by the hook); `None` where memory is to be put
+    /// back whole: outside 64-bit mode, or for a store outside memory.
+    /// Unicorn's write hook is given physical addresses. In 16-bit code it
+    /// can name another address than the one written (a PUSHA whose stack
+    /// wraps at 64 KiB in real mode wrote 0xFFFF..0x10000, the hook was
+    /// told 0xF), and 32-bit code can address memory the 16-bit way (0x67),
+    /// so only 64-bit mode, where addresses do not wrap inside memory, puts
+    /// back page by page.
+    fn stray_physical(&mut self, image: &GuestImage, ev: &Events) -> Option<u64> {
+        if image.mode != Mode::Long64 || ev.stray_high {
+            return None;
+        }
+        let tables = *self
+            .tables
+            .entry((image.mode, image.config, image.variant))
+            .or_insert_with(|| table_pages(&image.memory, Paging::Long, image.sys.cr3));
+        Some(tables? | ev.stray_pages)
+    }
+
     /// The user-visible state after a run of `test`. A data or stack page
     /// the run did not write holds the test's page still: it is handed back
     /// shared, not read (the write hook sees every guest store: a store to
-    /// a program page sets its `dirty` bit, any other makes memory suspect,
-    /// and a change of paging does too).
+    /// a page sets its `dirty` bit or makes memory suspect, and a change of
+    /// paging makes it suspect).
     fn user_state(&self, image: &GuestImage, test: &Prepared) -> Result<UserState, UnicornError> {
         let regs = gpr_registers(image.mode);
         let mut gprs = [0u64; 16];
@@ -437,7 +468,8 @@ impl Machine {
         // last runs wrote (`dirty`), guest memory equals `loaded`, and
         // `load` left `loaded` equal to the image: the harness pages among
         // them (stacks, tables) hold the image's bytes already, since any
-        // guest store to them made memory suspect and `load` rewrote it.
+        // guest store to them made them dirty or memory suspect, and `load`
+        // rewrote them.
         // A page that holds this very test page (`shown`) is not compared.
         for (i, (page, bytes)) in image.test_pages(test).into_iter().enumerate() {
             let bit = 1u64 << (page / PAGE);
@@ -486,7 +518,6 @@ impl Machine {
         let until = image.linear(test.sentinel);
         let (result, fired) = watchdog.emu_start(&mut self.uc, begin, until, patience);
         self.timed_out = fired;
-        self.memory_suspect |= self.uc.get_data().stray_write;
         // Translated code outside the code page: an instruction ran there
         // (the code hooks saw it), or the run stopped there or was stopped
         // from outside (a block may have been translated and not begun:
@@ -502,13 +533,24 @@ impl Machine {
         let stopped_elsewhere = pc & !(PAGE - 1) != CODE;
         self.translated_elsewhere |= fired || ev.ran_elsewhere || stopped_elsewhere || cs_changed;
         self.dirty |= ev.written;
-        // The write hook tells program pages from others by linear address;
-        // with paging changed (CR0, CR3, CR4) a program page's linear
-        // address may have reached another physical page.
+        // The write hook tells program pages from others by their linear
+        // addresses (which it compares with the physical ones it is given);
+        // with paging changed (CR0, CR3, CR4) memory is put back whole.
         let paging = [R::CR0, R::CR3, R::CR4].map(|r| self.uc.reg_read(r).unwrap_or(0));
         let paging_changed = paging != [before.cr0, before.cr3, before.cr4];
         if paging_changed {
             self.memory_suspect = true;
+        } else if ev.stray_write {
+            // Stores elsewhere: the physical pages they reached are put
+            // back with the page tables, or all of memory is (see
+            // `stray_physical`).
+            match self.stray_physical(image, &ev) {
+                Some(pages) => {
+                    self.dirty |= pages;
+                    self.strayed = true;
+                }
+                None => self.memory_suspect = true,
+            }
         }
         // Where code ran outside the code page, by the image's mappings
         // (the block where the run stopped may be translated and not run).

@@ -2,7 +2,8 @@
 //! booting every variant, restoring what a run wrote, the limits.
 
 use super::*;
-use crate::machine::{Setup, Variant, DATA, GDT, MOVED_TABLES, STACK, STACK_PTR};
+use crate::machine::descriptors::{table_pages, Paging};
+use crate::machine::{Setup, Variant, DATA, GDT, MEM_SIZE, MOVED_TABLES, STACK, STACK_PTR};
 use crate::mode::Config;
 use crate::observe::Outcome;
 use std::time::Instant;
@@ -250,6 +251,84 @@ fn what_a_run_wrote_is_undone_before_the_next() {
             }
         }
     }
+}
+
+#[test]
+fn stray_stores_are_put_back_page_by_page() {
+    // Stores outside the test's pages put back before the next run: to a
+    // harness table, a free page, a page table (where the image's
+    // mappings may no longer hold: all of memory is put back), the data
+    // page through another linear address, two pages at once. After a NOP
+    // run, guest memory is the image's again, but for the accessed and
+    // dirty bits the CPU sets in the page tables.
+    let cfg = Config::UMIP_OFF;
+    let mut e = UnicornEngine::new().unwrap();
+    // mov dword [abs addr], imm
+    let store = |mode: Mode, addr: u64, imm: u32| -> Vec<u8> {
+        let mut b = if mode == Mode::Long64 {
+            vec![0xC7, 0x04, 0x25]
+        } else {
+            vec![0xC7, 0x05]
+        };
+        b.extend((addr as u32).to_le_bytes());
+        b.extend(imm.to_le_bytes());
+        b
+    };
+    let mut checked = 0;
+    for mode in [Mode::Prot32, Mode::Long64] {
+        let kind = if mode == Mode::Long64 {
+            Paging::Long
+        } else {
+            Paging::Pae
+        };
+        for v in Variant::matrix(mode, &cfg) {
+            let img = GuestImage::build(mode, cfg, v);
+            let tables = table_pages(&img.memory, kind, img.sys.cr3).unwrap();
+            let cr3 = img.sys.cr3 & !0xFFF;
+            for addr in [
+                img.sys.gdtr.0 + 0x400,
+                0x5000,
+                cr3 + 0x800,
+                img.data_phys + 0x24,
+                0x5FFE,
+            ] {
+                let side = Side::Supervisor;
+                let w = img.prepare(side, &store(mode, addr, 0xdead_beef), &NONE);
+                let o = e.run(&img, side, &w.unwrap());
+                let what = format!("{mode} {} {addr:#x}", v.name(&cfg));
+                if v.supervisor_dpl != 0 {
+                    continue; // some of these are the supervisor's: a ring-1/3 store faults
+                }
+                assert!(completed(&o), "{what}: {:?}", o.outcome);
+                let nop = img.prepare(side, &[0x90], &NONE).unwrap();
+                assert!(completed(&e.run(&img, side, &nop)), "{what}");
+                let m = &e.machines.iter().find(|(m, _)| *m == mode).unwrap().1;
+                let mut held = vec![0u8; MEM_SIZE as usize];
+                m.uc.mem_read(0, &mut held).unwrap();
+                for (i, (a, b)) in held
+                    .chunks(PAGE as usize)
+                    .zip(img.memory.chunks(PAGE as usize))
+                    .enumerate()
+                {
+                    if i as u64 * PAGE == img.code_phys {
+                        continue; // the NOP's own page
+                    }
+                    if tables & (1 << i) == 0 {
+                        assert!(a == b, "{what}: page {i:#x}");
+                        continue;
+                    }
+                    // Accessed (bit 5) and dirty (bit 6) aside.
+                    for (x, y) in a.chunks(8).zip(b.chunks(8)) {
+                        let x = u64::from_le_bytes(x.try_into().unwrap()) & !0x60;
+                        let y = u64::from_le_bytes(y.try_into().unwrap()) & !0x60;
+                        assert_eq!(x, y, "{what}: page table {i:#x}");
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 40, "{checked}");
 }
 
 #[test]
