@@ -35,7 +35,8 @@ pub(super) struct Events {
     /// Physical pages among `program_phys` the run wrote (bit n: page n).
     pub(super) written: u64,
     /// A write landed elsewhere: on the physical pages in `stray_pages`
-    /// (bit n: page n), or (`stray_high`) outside guest memory too.
+    /// (bit n: page n), or (`stray_high`) outside guest memory or across
+    /// a page boundary, where the pages are not known.
     pub(super) stray_write: bool,
     pub(super) stray_pages: u64,
     pub(super) stray_high: bool,
@@ -187,10 +188,10 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
         .map_err(uc_err("add the block hook"))?;
     // Every store outside the program's own pages is noted with its pages,
     // so that the next run starts from the image again (KVM uses its dirty
-    // log). Unicorn gives the hook physical addresses: the program's pages
-    // are told by their linear addresses, which equal their physical ones
-    // where the image does not move them, so a store to a moved page counts
-    // as stray (memory is then put back whole or by page, not missed).
+    // log). Unicorn gives the hook physical addresses, of the first byte
+    // only for a store across two pages: the program's pages are told by
+    // their linear addresses, which equal their physical ones where the
+    // image does not move them (a store to a moved page counts as stray).
     uc.add_mem_hook(HookType::MEM_WRITE, 0, u64::MAX, |uc, _, addr, size, _| {
         let ev = uc.get_data_mut();
         let first = addr & !(PAGE - 1);
@@ -198,7 +199,10 @@ pub(super) fn open(mode: Mode) -> Result<Uc, UnicornError> {
         for page in [first, last] {
             if !ev.program_pages.contains(&page) {
                 ev.stray_write = true;
-                if page < MEM_SIZE {
+                // The hook is called once for a store across two pages,
+                // with the first byte's physical address: where the rest
+                // went (the next linear page's physical page) is unknown.
+                if page < MEM_SIZE && first == last {
                     ev.stray_pages |= 1 << (page / PAGE);
                 } else {
                     ev.stray_high = true;

@@ -84,10 +84,10 @@ struct Machine {
     strayed: bool,
     /// Pages (bit n: physical page n) that guest code wrote since they were
     /// last written from `loaded`. Outside these, and unless
-    /// `memory_suspect`, guest memory equals `loaded` (every guest store is
-    /// seen by the write hook: a store to a program page sets its bit; in
-    /// 64-bit mode any other sets the bit of its physical page and the page
-    /// tables' bits, and elsewhere makes memory suspect).
+    /// `memory_suspect`, guest memory equals `loaded` (the write hook is
+    /// called for every guest store: one within a program page sets its
+    /// bit; in 64-bit mode one within another page sets that page's bit
+    /// and the page tables'; any other makes memory suspect).
     dirty: u64,
     /// The test pages that the code, data and stack pages of the loaded
     /// image hold (equal to `loaded` there) where not `dirty`: a test
@@ -293,7 +293,8 @@ impl Machine {
     /// The physical pages (bit n: page n) a run's stray stores reached,
     /// with the image's page tables (the CPU's walks set their accessed and
     /// dirty bits, unseen by the hook); `None` where memory is to be put
-    /// back whole: outside 64-bit mode, or for a store outside memory.
+    /// back whole: outside 64-bit mode, for a store outside memory or
+    /// across a page boundary, or for one to a page table.
     /// Unicorn's write hook is given physical addresses. In 16-bit code it
     /// can name another address than the one written (a PUSHA whose stack
     /// wraps at 64 KiB in real mode wrote 0xFFFF..0x10000, the hook was
@@ -304,18 +305,23 @@ impl Machine {
         if image.mode != Mode::Long64 || ev.stray_high {
             return None;
         }
-        let tables = *self
+        let tables = (*self
             .tables
             .entry((image.mode, image.config, image.variant))
-            .or_insert_with(|| table_pages(&image.memory, Paging::Long, image.sys.cr3));
-        Some(tables? | ev.stray_pages)
+            .or_insert_with(|| table_pages(&image.memory, Paging::Long, image.sys.cr3)))?;
+        // A store to a page table: later walks of the run may have set
+        // accessed and dirty bits wherever its entries now point.
+        if ev.stray_pages & tables != 0 {
+            return None;
+        }
+        Some(tables | ev.stray_pages)
     }
 
     /// The user-visible state after a run of `test`. A data or stack page
     /// the run did not write holds the test's page still: it is handed back
-    /// shared, not read (the write hook sees every guest store: a store to
-    /// a page sets its `dirty` bit or makes memory suspect, and a change of
-    /// paging makes it suspect).
+    /// shared, not read (the write hook is called for every guest store,
+    /// which sets its page's `dirty` bit or makes memory suspect, and a
+    /// change of paging makes it suspect).
     fn user_state(&self, image: &GuestImage, test: &Prepared) -> Result<UserState, UnicornError> {
         let regs = gpr_registers(image.mode);
         let mut gprs = [0u64; 16];

@@ -256,11 +256,13 @@ fn what_a_run_wrote_is_undone_before_the_next() {
 #[test]
 fn stray_stores_are_put_back_page_by_page() {
     // Stores outside the test's pages put back before the next run: to a
-    // harness table, a free page, a page table (where the image's
-    // mappings may no longer hold: all of memory is put back), the data
-    // page through another linear address, two pages at once. After a NOP
-    // run, guest memory is the image's again, but for the accessed and
-    // dirty bits the CPU sets in the page tables.
+    // harness table, a free page, a page table (later walks may set bits
+    // anywhere: all of memory is put back), the data page through another
+    // linear address, across two pages (the hook is told the first byte's
+    // physical page only: from the stack page, moved in one variant, into
+    // the next linear page, which is not the next physical one there).
+    // After a NOP run, guest memory is the image's again, but for the
+    // accessed and dirty bits the CPU sets in the page tables.
     let cfg = Config::UMIP_OFF;
     let mut e = UnicornEngine::new().unwrap();
     // mov dword [abs addr], imm
@@ -291,6 +293,7 @@ fn stray_stores_are_put_back_page_by_page() {
                 cr3 + 0x800,
                 img.data_phys + 0x24,
                 0x5FFE,
+                STACK + 0xFFE,
             ] {
                 let side = Side::Supervisor;
                 let w = img.prepare(side, &store(mode, addr, 0xdead_beef), &NONE);
