@@ -52,7 +52,6 @@ pub enum Lengths {
     Unfound,
 }
 
-/// The engines, the states, and what was judged already.
 /// Whether the catalog's scan reports a Code as a violator on an engine
 /// (by its index), and its class (`None`: no such Code in the catalog).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +61,7 @@ pub struct CatalogVerdict {
     pub verdict: Option<(bool, String)>,
 }
 
+/// The engines, the states, and what was judged already.
 pub struct Evaluator {
     mode: Mode,
     config: Config,
