@@ -443,6 +443,7 @@ pub(crate) mod tests {
                 data_phys: 0,
                 stack_phys: 0,
                 restore_pages: Vec::new(),
+                table_pages: 0,
                 tss_sel: 0,
                 ldt_sel: 0,
             }

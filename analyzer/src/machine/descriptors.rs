@@ -193,60 +193,6 @@ pub fn translate(mem: &[u8], kind: Paging, cr3: u64, lin: u64) -> Option<u64> {
     }
 }
 
-/// The physical pages that hold the page tables in `mem` reachable from
-/// `cr3` (bit n: page n, for pages below 64), or `None` where a table lies
-/// at or beyond page 64 or outside `mem`. The CPU's page walks write their
-/// accessed and dirty bits there, unseen by any store hook.
-pub fn table_pages(mem: &[u8], kind: Paging, cr3: u64) -> Option<u64> {
-    let page_bit = |a: u64| -> Option<u64> {
-        let page = a / 0x1000;
-        (page < 64 && (a as usize) < mem.len()).then(|| 1u64 << page)
-    };
-    let entries = |table: u64, n: u64, size: u64| -> Option<Vec<u64>> {
-        (0..n)
-            .map(|i| {
-                let a = (table + i * size) as usize;
-                let b = mem.get(a..a + size as usize)?;
-                Some(if size == 8 {
-                    u64::from_le_bytes(b.try_into().ok()?)
-                } else {
-                    u32::from_le_bytes(b.try_into().ok()?) as u64
-                })
-            })
-            .collect()
-    };
-    // (entries in the top table, entry size, levels below the top that are
-    // tables, address mask of an entry).
-    let (first, top, size, below, mask) = match kind {
-        Paging::Long => (cr3 & !0xFFF, 512, 8, 3, 0x000F_FFFF_FFFF_F000),
-        Paging::Pae => (cr3 & !0x1F, 4, 8, 2, 0x000F_FFFF_FFFF_F000),
-        Paging::Legacy => (cr3 & !0xFFF, 1024, 4, 1, 0xFFFF_F000),
-    };
-    let per_table = if size == 8 { 512 } else { 1024 };
-    let mut pages = page_bit(first)?;
-    let mut level = vec![first];
-    let mut n = top;
-    for _ in 0..below {
-        let mut next = Vec::new();
-        for &t in &level {
-            for e in entries(t, n, size)? {
-                // Present, and a table (not a large page: PS, bit 7, is
-                // never set in a top-level entry).
-                if e & PTE_P != 0 && e & 0x80 == 0 {
-                    let t = e & mask;
-                    pages |= page_bit(t)?;
-                    next.push(t);
-                }
-            }
-        }
-        next.sort_unstable();
-        next.dedup();
-        level = next;
-        n = per_table;
-    }
-    Some(pages)
-}
-
 pub fn put64(buf: &mut [u8], at: usize, v: u64) {
     buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
@@ -320,21 +266,6 @@ mod tests {
         assert_eq!(access, 0x89);
         assert_eq!(hi, 1);
         assert_eq!(access_rights(0x89, FLAG_G), 0x8089);
-    }
-
-    #[test]
-    fn table_pages_are_the_tables_built() {
-        for (kind, levels) in [(Paging::Legacy, 2), (Paging::Pae, 3), (Paging::Long, 4)] {
-            let pages = [(0x7000, 0x27000), (0x8000, 0x8000)];
-            let mut mem = vec![0u8; 0x40000];
-            for (addr, page) in page_tables(kind, 0xA000, &pages) {
-                mem[addr as usize..addr as usize + 4096].copy_from_slice(&page);
-            }
-            let want = (0..levels).fold(0u64, |m, i| m | 1 << (0xA + i));
-            assert_eq!(table_pages(&mem, kind, 0xA000), Some(want), "{kind:?}");
-            // Tables outside memory: not known.
-            assert_eq!(table_pages(&mem[..0xB000], kind, 0xA000), None, "{kind:?}");
-        }
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct GuestImage {
     pub stack_phys: u64,
     /// Physical pages an instruction may dirty, restored before every run.
     pub restore_pages: Vec<u64>,
+    /// The physical pages that hold the page tables (bit n: page n; 0
+    /// without paging): the CPU's walks write their accessed and dirty
+    /// bits, which no store hook sees.
+    pub table_pages: u64,
     /// Selectors of the TSS and LDT descriptors (moved in the "tables moved" variant).
     pub tss_sel: u16,
     pub ldt_sel: u16,
@@ -455,6 +459,7 @@ impl GuestImage {
         } else {
             PAGE_TABLES
         };
+        let mut table_pages = 0u64;
         if paging {
             let mut map: std::collections::BTreeMap<u64, u64> =
                 (1..MEM_SIZE / PAGE).map(|p| (p * PAGE, p * PAGE)).collect();
@@ -474,6 +479,7 @@ impl GuestImage {
             let kind = if long { Paging::Long } else { Paging::Pae };
             for (addr, page) in page_tables(kind, pt_base, &pages) {
                 mem[addr as usize..addr as usize + page.len()].copy_from_slice(&page);
+                table_pages |= 1 << (addr / PAGE);
             }
             if variant.fetch_fence {
                 // The page after the code page: readable and writable, not
@@ -608,6 +614,7 @@ impl GuestImage {
             data_phys,
             stack_phys,
             restore_pages,
+            table_pages,
             tss_sel,
             ldt_sel,
         }
@@ -957,6 +964,13 @@ mod tests {
         let img = GuestImage::build(Mode::Prot32, cfg, moved);
         assert_eq!(img.data_phys, MOVED_PHYS + PAGE);
         assert_eq!(img.sys.cr3, MOVED_PAGE_TABLES);
+        // The page tables it records: PDPT, PD and PT there (PAE), four
+        // tables at the usual place in 64-bit mode, none in real mode.
+        assert_eq!(img.table_pages, 0b111 << (MOVED_PAGE_TABLES / PAGE));
+        let long = GuestImage::build(Mode::Long64, cfg, Variant::base(&cfg));
+        assert_eq!(long.table_pages, 0b1111 << (PAGE_TABLES / PAGE));
+        let real = GuestImage::build(Mode::Real, cfg, Variant::base(&cfg));
+        assert_eq!(real.table_pages, 0);
     }
 
     #[test]

@@ -23,7 +23,6 @@ mod tests;
 use super::{Engine, EngineError};
 use crate::engine::shadow::Shadow;
 use crate::fasthash::FastMap;
-use crate::machine::descriptors::{table_pages, Paging};
 use crate::machine::image::msr;
 use crate::machine::landing::{landing, ran_on, Landing, Stop};
 use crate::machine::{GuestImage, Prepared, CODE, DATA, MEM_SIZE, PAGE, STACK};
@@ -61,14 +60,31 @@ use crate::engine::shadow::ImageKey;
 /// system state read there, or why it failed.
 type Booted = Result<(Context, SystemState), UnicornError>;
 
+/// The physical pages (bit n: page n) a run's stray stores reached, with
+/// the image's page tables (the CPU's walks set their accessed and dirty
+/// bits, unseen by the hook); `None` where memory is to be put back whole:
+/// outside 64-bit mode, for a store outside memory or across a page
+/// boundary, or for one to a page table (later walks of the run may have
+/// set bits wherever its entries then pointed).
+/// Unicorn's write hook is given physical addresses. In 16-bit code it can
+/// name another address than the one written (a real-mode PUSHA with SP
+/// 0xF, run from page 0, wrote 0xFFFF..0x10000 and the hook was told 0xF),
+/// and 32-bit code can address memory the 16-bit way (0x67), so only
+/// 64-bit mode, where addresses do not wrap inside memory, puts back page
+/// by page.
+fn stray_physical(image: &GuestImage, ev: &Events) -> Option<u64> {
+    if image.mode != Mode::Long64 || ev.stray_high || ev.stray_pages & image.table_pages != 0 {
+        return None;
+    }
+    Some(image.table_pages | ev.stray_pages)
+}
+
 struct Machine {
     uc: Uc,
     /// Physical memory as last written, to write only the pages that change.
     shadow: Shadow,
     /// Context at the test's first byte, and the system state read there.
     contexts: FastMap<(ImageKey, Side), Rc<Booted>>,
-    /// Each image's page-table pages ([`table_pages`]).
-    tables: FastMap<ImageKey, Option<u64>>,
     /// The entry of `contexts` each side used last (supervisor, user): a
     /// scan runs one image's tests in a row, alternating the sides, so most
     /// runs find their context here without a lookup.
@@ -220,7 +236,6 @@ impl Machine {
             uc,
             shadow: Shadow::new(),
             contexts: FastMap::default(),
-            tables: FastMap::default(),
             recent: [None, None],
             reset,
             memory_suspect: false,
@@ -288,33 +303,6 @@ impl Machine {
             sys_flags: rd(R::EFLAGS) & SYS_FLAGS_MASK,
             msrs,
         }
-    }
-
-    /// The physical pages (bit n: page n) a run's stray stores reached,
-    /// with the image's page tables (the CPU's walks set their accessed and
-    /// dirty bits, unseen by the hook); `None` where memory is to be put
-    /// back whole: outside 64-bit mode, for a store outside memory or
-    /// across a page boundary, or for one to a page table.
-    /// Unicorn's write hook is given physical addresses. In 16-bit code it
-    /// can name another address than the one written (a PUSHA whose stack
-    /// wraps at 64 KiB in real mode wrote 0xFFFF..0x10000, the hook was
-    /// told 0xF), and 32-bit code can address memory the 16-bit way (0x67),
-    /// so only 64-bit mode, where addresses do not wrap inside memory, puts
-    /// back page by page.
-    fn stray_physical(&mut self, image: &GuestImage, ev: &Events) -> Option<u64> {
-        if image.mode != Mode::Long64 || ev.stray_high {
-            return None;
-        }
-        let tables = (*self
-            .tables
-            .entry((image.mode, image.config, image.variant))
-            .or_insert_with(|| table_pages(&image.memory, Paging::Long, image.sys.cr3)))?;
-        // A store to a page table: later walks of the run may have set
-        // accessed and dirty bits wherever its entries now point.
-        if ev.stray_pages & tables != 0 {
-            return None;
-        }
-        Some(tables | ev.stray_pages)
     }
 
     /// The user-visible state after a run of `test`. A data or stack page
@@ -550,7 +538,7 @@ impl Machine {
             // Stores elsewhere: the physical pages they reached are put
             // back with the page tables, or all of memory is (see
             // `stray_physical`).
-            match self.stray_physical(image, &ev) {
+            match stray_physical(image, &ev) {
                 Some(pages) => {
                     self.dirty |= pages;
                     self.strayed = true;

@@ -2,7 +2,6 @@
 //! booting every variant, restoring what a run wrote, the limits.
 
 use super::*;
-use crate::machine::descriptors::{table_pages, Paging};
 use crate::machine::{Setup, Variant, DATA, GDT, MEM_SIZE, MOVED_TABLES, STACK, STACK_PTR};
 use crate::mode::Config;
 use crate::observe::Outcome;
@@ -278,14 +277,9 @@ fn stray_stores_are_put_back_page_by_page() {
     };
     let mut checked = 0;
     for mode in [Mode::Prot32, Mode::Long64] {
-        let kind = if mode == Mode::Long64 {
-            Paging::Long
-        } else {
-            Paging::Pae
-        };
         for v in Variant::matrix(mode, &cfg) {
             let img = GuestImage::build(mode, cfg, v);
-            let tables = table_pages(&img.memory, kind, img.sys.cr3).unwrap();
+            let tables = img.table_pages;
             let cr3 = img.sys.cr3 & !0xFFF;
             for addr in [
                 img.sys.gdtr.0 + 0x400,
