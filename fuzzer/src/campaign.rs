@@ -5,6 +5,7 @@
 //! byte-identical `findings.jsonl`, and the lanes of `--shard K/N` runs,
 //! merged ([`merge`]), give the unsharded run's.
 
+use crate::eval::Learned;
 use crate::finding::{self, CorpusEntry, Decoded, Finding, FindingsError, Kind};
 use crate::gen::{self, Generators};
 use crate::worker::{input_at, Job, LaneJob, Reply};
@@ -370,7 +371,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         tunnel: range.map(|(lo, hi)| gen::Tunnel::start(lo, hi)),
         corpus: sh.corpus_hex.clone(),
         templates: sh.templates_hex.clone(),
-        catalog: Vec::new(),
+        learned: Learned::default(),
     };
     let mut res = LaneResult::default();
     let mut next = 0u64;
@@ -397,10 +398,10 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                     ran,
                     adv,
                     f,
-                    cat,
+                    learned,
                 }) => {
                     // What this worker measured, its successor need not.
-                    job.catalog.extend(cat);
+                    job.learned.absorb(learned);
                     res.inputs += 1;
                     if let Ok(b) = analyzer::explain::parse_hex(&ran) {
                         res.distinct.insert(b);

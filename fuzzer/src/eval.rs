@@ -41,7 +41,8 @@ pub enum Lengths {
     All,
     /// As `Needed`, in a lane: a length the decoder and an engine may part
     /// on (the instruction raised #UD) is not measured where its finding
-    /// is one this evaluator found already for an input no greater, and
+    /// is one this evaluator (or an earlier one of the lane, see
+    /// [`Evaluator::know`]) found already for an input no greater, and
     /// the input has no other finding. A campaign keeps one finding per
     /// signature, that of the least input and, among equal inputs, the
     /// first found: it would drop this one (see
@@ -61,6 +62,64 @@ pub struct CatalogVerdict {
     pub verdict: Option<(bool, String)>,
 }
 
+/// A whole-matrix verdict of no violation: the engine (by index), what a
+/// P&G finding would name (the Code, or `INVALID|` and the opcode-map
+/// cell), and the quick look's signature. Inputs with the same are not
+/// judged again.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Clean {
+    pub engine: usize,
+    pub what: String,
+    pub quick: String,
+}
+
+/// What an evaluator learned that a later evaluator of the same lane (the
+/// next worker, after a death) uses instead of measuring it again: a lane
+/// then finds what one long-lived worker would have found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Learned {
+    /// Catalog verdicts: the catalog's scan of a Code is the same whoever
+    /// runs it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catalog: Vec<CatalogVerdict>,
+    /// Whole-matrix verdicts of no violation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clean: Vec<Clean>,
+    /// Length findings found in [`Lengths::Unfound`] evaluations: the
+    /// signature and the least input (hex) found with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lengths: Vec<(String, String)>,
+}
+
+impl Learned {
+    pub fn is_empty(&self) -> bool {
+        self.catalog.is_empty() && self.clean.is_empty() && self.lengths.is_empty()
+    }
+
+    /// Adds what `more` holds and this does not (of a length signature,
+    /// the least input).
+    pub fn absorb(&mut self, more: Learned) {
+        self.catalog.extend(more.catalog);
+        self.clean.extend(more.clean);
+        for (sig, input) in more.lengths {
+            match self.lengths.iter_mut().find(|(s, _)| *s == sig) {
+                Some((_, known)) => {
+                    if input_order(&input) < input_order(known) {
+                        *known = input;
+                    }
+                }
+                None => self.lengths.push((sig, input)),
+            }
+        }
+    }
+}
+
+/// The order of inputs a campaign keeps the least of (by length, then
+/// bytes), of an input written in hex.
+fn input_order(hex: &str) -> (usize, &str) {
+    (hex.len(), hex)
+}
+
 /// The engines, the states, and what was judged already.
 pub struct Evaluator {
     mode: Mode,
@@ -71,17 +130,17 @@ pub struct Evaluator {
     /// length (`None`: the mode has no paging).
     fenced: Option<Arc<GuestImage>>,
     full: Option<Matrix>,
-    /// (engine, code, quick-look signature) whose whole matrix an input
-    /// was judged on and did not violate.
-    escalated: HashSet<(usize, String, String)>,
+    /// Whole-matrix verdicts of no violation.
+    escalated: HashSet<Clean>,
     /// (engine, code) to whether the catalog's scan of that code reports a
     /// violator (`None`: the catalog has no such code).
     catalog_pg: HashMap<(usize, String), Option<(bool, String)>>,
-    /// The catalog verdicts this evaluator measured and has not yet
-    /// handed out ([`Evaluator::take_catalog_verdicts`]).
-    catalog_new: Vec<CatalogVerdict>,
+    /// What this evaluator learned and has not yet handed out
+    /// ([`Evaluator::take_learned`]).
+    learned: Learned,
     /// Signature of each decoder-vs-engine length finding made in
-    /// [`Lengths::Unfound`] evaluations, to its least input.
+    /// [`Lengths::Unfound`] evaluations (here or, as told, by an earlier
+    /// evaluator of the lane), to its least input.
     lengths_found: HashMap<String, Vec<u8>>,
 }
 
@@ -164,7 +223,7 @@ impl Evaluator {
             full: None,
             escalated: HashSet::new(),
             catalog_pg: HashMap::new(),
-            catalog_new: Vec::new(),
+            learned: Learned::default(),
             lengths_found: HashMap::new(),
         })
     }
@@ -173,20 +232,32 @@ impl Evaluator {
         self.mode
     }
 
-    /// The catalog verdicts measured since the last call, for a later
-    /// worker of the same campaign ([`Evaluator::know_catalog_verdicts`]).
-    pub fn take_catalog_verdicts(&mut self) -> Vec<CatalogVerdict> {
-        std::mem::take(&mut self.catalog_new)
+    /// What was learned since the last call, for a later worker of the
+    /// same lane ([`Evaluator::know`]).
+    pub fn take_learned(&mut self) -> Learned {
+        std::mem::take(&mut self.learned)
     }
 
-    /// Takes catalog verdicts an earlier worker measured (for the same
-    /// engines, mode and configuration), so that they are not measured
-    /// again: the catalog's scan of a Code is the same whoever runs it.
-    pub fn know_catalog_verdicts(&mut self, known: &[CatalogVerdict]) {
-        for k in known {
+    /// Takes what earlier workers of the lane learned (with the same
+    /// engines, mode and configuration), so that it is not measured again.
+    pub fn know(&mut self, known: &Learned) {
+        for k in &known.catalog {
             self.catalog_pg
                 .entry((k.engine, k.code.clone()))
                 .or_insert_with(|| k.verdict.clone());
+        }
+        self.escalated.extend(known.clean.iter().cloned());
+        for (sig, hex) in &known.lengths {
+            let Ok(input) = analyzer::explain::parse_hex(hex) else {
+                continue;
+            };
+            let least = self
+                .lengths_found
+                .entry(sig.clone())
+                .or_insert_with(|| input.clone());
+            if (input.len(), &input) < (least.len(), &*least) {
+                *least = input;
+            }
         }
     }
 
@@ -500,7 +571,11 @@ impl Evaluator {
             // A whole-matrix verdict of no violation is reused for inputs
             // of the same `what` and quick look; a violation is only ever
             // the input's own, judged on its own runs, with its evidence.
-            let key = (i, what.clone(), quick_signature(runs));
+            let key = Clean {
+                engine: i,
+                what: what.clone(),
+                quick: quick_signature(runs),
+            };
             if self.escalated.contains(&key) {
                 continue;
             }
@@ -510,6 +585,7 @@ impl Evaluator {
             }
             let (violates, class, evidence) = self.judge_full(i, &entry)?;
             if !violates {
+                self.learned.clean.push(key.clone());
                 self.escalated.insert(key);
                 continue;
             }
@@ -567,9 +643,15 @@ impl Evaluator {
                 if !found.iter().any(|f| f.signature == sig) {
                     continue;
                 }
-                let known = self.lengths_found.entry(sig).or_insert_with(|| ran.clone());
-                if (ran.len(), &ran) < (known.len(), &*known) {
-                    known.clone_from(&ran);
+                let least = self
+                    .lengths_found
+                    .get(&sig)
+                    .is_none_or(|k| (ran.len(), &ran) < (k.len(), k));
+                if least {
+                    self.lengths_found.insert(sig.clone(), ran.clone());
+                    self.learned
+                        .lengths
+                        .push((sig, analyzer::observe::hex(&ran)));
                 }
             }
         }
@@ -745,7 +827,7 @@ impl Evaluator {
                 break;
             }
         }
-        self.catalog_new.push(CatalogVerdict {
+        self.learned.catalog.push(CatalogVerdict {
             engine: i,
             code: code.to_string(),
             verdict: result.clone(),
@@ -927,8 +1009,8 @@ mod tests {
         assert!(!may_give(Mode::Long64, &want[0], &rdtsc));
     }
 
-    /// The catalog verdicts an evaluator measured are handed out once, and
-    /// an evaluator given them does not measure them again: it uses them.
+    /// What an evaluator learned is handed out once, and an evaluator
+    /// given it does not measure it again: it uses it.
     #[test]
     fn catalog_verdicts_go_from_one_worker_to_the_next() {
         let open = || {
@@ -940,23 +1022,29 @@ mod tests {
         let mov_cs = [0x8c, 0xc8];
         let mut first = open();
         let found = first.eval(&mov_cs).unwrap().findings;
-        let known = first.take_catalog_verdicts();
-        assert_eq!(known.len(), 1, "{known:?}");
-        assert_eq!(known[0].code, "Mov_r32m16_Sreg");
-        assert!(matches!(known[0].verdict, Some((true, _))), "{known:?}");
-        assert!(first.take_catalog_verdicts().is_empty());
+        let known = first.take_learned();
+        assert_eq!(known.catalog.len(), 1, "{known:?}");
+        assert_eq!(known.catalog[0].code, "Mov_r32m16_Sreg");
+        assert!(
+            matches!(known.catalog[0].verdict, Some((true, _))),
+            "{known:?}"
+        );
+        assert!(first.take_learned().is_empty());
         let mut next = open();
-        next.know_catalog_verdicts(&known);
+        next.know(&known);
         assert_eq!(next.eval(&mov_cs).unwrap().findings, found);
-        assert!(next.take_catalog_verdicts().is_empty());
+        assert!(next.take_learned().is_empty());
         // Told that the catalog does not report it, an evaluator reports
         // it as a new violator candidate.
         let mut told = open();
         let not = CatalogVerdict {
             verdict: Some((false, "innocuous".into())),
-            ..known[0].clone()
+            ..known.catalog[0].clone()
         };
-        told.know_catalog_verdicts(&[not]);
+        told.know(&Learned {
+            catalog: vec![not],
+            ..Learned::default()
+        });
         let pg: Vec<_> = told
             .eval(&mov_cs)
             .unwrap()
@@ -965,6 +1053,79 @@ mod tests {
             .filter(|f| f.kind == Kind::Pg)
             .collect();
         assert_eq!(pg.len(), 1, "{pg:?}");
+    }
+
+    /// Whole-matrix verdicts of no violation and length findings go from
+    /// one evaluator of a lane to the next, which then neither judges nor
+    /// measures them again, and finds what the first would have.
+    #[test]
+    fn clean_verdicts_and_lengths_go_from_one_worker_to_the_next() {
+        let open = || {
+            let o = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
+            Evaluator::new(o, Mode::Long64, Config::UMIP_OFF).expect("evaluator")
+        };
+        // LOCK RDTSC looks sensitive in the quick look and violates
+        // nothing over the whole matrix; VADDPS zmm0 (EVEX) raises #UD
+        // where the decoder reads 6 bytes.
+        let rdtsc = [0xf0, 0x0f, 0x31];
+        let evex = [0x62, 0xf1, 0x7c, 0x48, 0x58, 0xc0];
+        let mut first = open();
+        let rdtsc_found = first.eval_with(&rdtsc, Lengths::Unfound).unwrap().findings;
+        let evex_found = first.eval_with(&evex, Lengths::Unfound).unwrap().findings;
+        assert!(evex_found.iter().any(|f| f.signature.contains("|length|")));
+        let learned = first.take_learned();
+        assert_eq!(learned.clean.len(), 1, "{learned:?}");
+        assert_eq!(learned.clean[0].what, "INVALID|Map0F/31");
+        assert_eq!(learned.lengths.len(), 1, "{learned:?}");
+        assert_eq!(learned.lengths[0].1, "62f17c4858c0");
+        // The first again: known, nothing new.
+        assert_eq!(
+            first.eval_with(&rdtsc, Lengths::Unfound).unwrap().findings,
+            rdtsc_found
+        );
+        assert!(first
+            .eval_with(&evex, Lengths::Unfound)
+            .unwrap()
+            .findings
+            .is_empty());
+        assert!(first.take_learned().is_empty());
+        // The next evaluator of the lane, told, does as the first did.
+        let mut next = open();
+        next.know(&learned);
+        assert_eq!(
+            next.eval_with(&rdtsc, Lengths::Unfound).unwrap().findings,
+            rdtsc_found
+        );
+        assert!(next
+            .eval_with(&evex, Lengths::Unfound)
+            .unwrap()
+            .findings
+            .is_empty());
+        assert!(next.take_learned().is_empty());
+        // Untold, it judges and measures again.
+        let mut untold = open();
+        assert_eq!(
+            untold.eval_with(&evex, Lengths::Unfound).unwrap().findings,
+            evex_found
+        );
+        assert_eq!(untold.take_learned().lengths, learned.lengths);
+    }
+
+    /// A lane keeps, of a length signature, the least input.
+    #[test]
+    fn what_lanes_learned_keeps_the_least_input_of_a_length() {
+        let of = |lengths: &[(&str, &str)]| Learned {
+            lengths: lengths
+                .iter()
+                .map(|(s, h)| (s.to_string(), h.to_string()))
+                .collect(),
+            ..Learned::default()
+        };
+        let mut l = of(&[("a", "62f1"), ("b", "0f0b")]);
+        l.absorb(of(&[("a", "62f0"), ("b", "0f0b0f"), ("c", "90")]));
+        assert_eq!(l, of(&[("a", "62f0"), ("b", "0f0b"), ("c", "90")]));
+        l.absorb(of(&[("c", "")]));
+        assert_eq!(l.lengths[2], ("c".to_string(), String::new()));
     }
 
     /// In a lane, a #UD's length finding found already for an input no

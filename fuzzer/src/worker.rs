@@ -6,7 +6,7 @@
 //! Every input is a pure function of the job (see [`input_at`]), so the
 //! parent knows the input a worker died on and resumes after it.
 
-use crate::eval::{CatalogVerdict, Evaluator, Lengths};
+use crate::eval::{Evaluator, Learned, Lengths};
 use crate::finding::Finding;
 use crate::gen::{self, GenKind, Generators};
 use crate::rng::Rng;
@@ -44,9 +44,9 @@ pub struct LaneJob {
     /// has them, and a worker that encoded the catalog itself would spend
     /// most of its start on it.
     pub templates: Vec<String>,
-    /// Catalog verdicts the lane's earlier workers measured.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub catalog: Vec<CatalogVerdict>,
+    /// What the lane's earlier workers learned.
+    #[serde(default, skip_serializing_if = "Learned::is_empty")]
+    pub learned: Learned,
 }
 
 /// One input's reply.
@@ -62,10 +62,10 @@ pub enum Reply {
         /// The length the tunnel advances by.
         adv: usize,
         f: Vec<Finding>,
-        /// Catalog verdicts measured for this input, which the lane's
-        /// next worker is given after a death.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        cat: Vec<CatalogVerdict>,
+        /// What was learned from this input, which the lane's next worker
+        /// is given after a death.
+        #[serde(default, skip_serializing_if = "Learned::is_empty")]
+        learned: Learned,
     },
     /// A candidate of a `Minimize` job was evaluated: the worker is alive
     /// (one finding's minimization may take many evaluations).
@@ -185,7 +185,7 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                         ran: analyzer::observe::hex(&e.ran),
                         adv: e.advance,
                         f: e.findings,
-                        cat: ev.take_catalog_verdicts(),
+                        learned: ev.take_learned(),
                     })?;
                 }
             }
@@ -196,7 +196,7 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                     let f = minimize(ev.mode(), &bytes, signature, |cand| {
                         let e = ev.eval(cand).map_err(|e| e.to_string())?;
                         // Only a lane's workers hand theirs on.
-                        ev.take_catalog_verdicts();
+                        ev.take_learned();
                         reply(&Reply::Tried)?;
                         Ok::<_, String>(Some(e.findings))
                     })?;
@@ -210,7 +210,7 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                 let corpus = hex_list(&job.corpus);
                 let templates = hex_list(&job.templates);
                 let mut tunnel = job.tunnel.clone();
-                ev.know_catalog_verdicts(&job.catalog);
+                ev.know(&job.learned);
                 for index in job.start..job.start.saturating_add(job.count) {
                     let Some((g, bytes)) =
                         input_at(&job, index, tunnel.as_ref(), ev.mode(), &templates, &corpus)
@@ -236,7 +236,7 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                         ran: analyzer::observe::hex(&e.ran),
                         adv: e.advance,
                         f: e.findings,
-                        cat: ev.take_catalog_verdicts(),
+                        learned: ev.take_learned(),
                     })?;
                 }
             }
