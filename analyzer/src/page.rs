@@ -18,6 +18,17 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
+/// Pages [`Page::with_bytes_at`] keeps per thread before it lets them all
+/// go, unless the thread asks for another number ([`Page::keep_made`]): a
+/// scan prepares 256 entries in an image before it runs them, and finds
+/// their pages again in the next image.
+pub const KEPT: usize = 1024;
+
+thread_local! {
+    /// How many pages this thread's [`Page::with_bytes_at`] keeps.
+    static KEEP: std::cell::Cell<usize> = const { std::cell::Cell::new(KEPT) };
+}
+
 /// Bytes of guest memory, shared by reference count and copied on write.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Page(Arc<[u8]>);
@@ -33,14 +44,21 @@ impl Page {
         Arc::ptr_eq(&a.0, &b.0)
     }
 
+    /// Sets how many pages this thread's [`Page::with_bytes_at`] keeps
+    /// (at least one). A thread that seldom asks for a page again (the
+    /// fuzzer's, whose inputs each make new pages) keeps few: the pages
+    /// kept are memory the thread touches, which a fresh process (a fuzz
+    /// worker's child after a death) pays for in page faults.
+    pub fn keep_made(pages: usize) {
+        KEEP.with(|k| k.set(pages.max(1)));
+    }
+
     /// `base` with `bytes` written at `at` (panics where they do not fit).
     /// The same arguments give the same buffer as long as this thread made
     /// it lately: a test's code page is the same on both sides and in most
     /// states, so it is made once, not once per run (and an engine that
     /// loaded it for the last run need not compare it again).
     pub fn with_bytes_at(base: &Page, at: usize, bytes: &[u8]) -> Page {
-        /// Pages kept per thread before they are all let go.
-        const KEPT: usize = 1024;
         type Key = (usize, usize, Vec<u8>);
         thread_local! {
             /// By (base buffer, offset, bytes): the base, kept alive so
@@ -62,7 +80,7 @@ impl Page {
             let mut page = base.clone();
             page[at..at + bytes.len()].copy_from_slice(bytes);
             let mut made = made.borrow_mut();
-            if made.len() >= KEPT {
+            if made.len() >= KEEP.with(std::cell::Cell::get) {
                 made.clear();
             }
             made.insert(key, (base.clone(), page.clone()));
@@ -170,6 +188,26 @@ mod tests {
             let p = Page::with_bytes_at(&base, 0, &i.to_le_bytes());
             assert_eq!(&p[..4], &i.to_le_bytes());
         }
+    }
+
+    #[test]
+    fn a_thread_keeps_as_many_pages_as_it_asks_for() {
+        std::thread::spawn(|| {
+            Page::keep_made(2);
+            let base = Page::filled(0, 32);
+            let a = Page::with_bytes_at(&base, 0, &[1]);
+            let b = Page::with_bytes_at(&base, 0, &[2]);
+            assert!(Page::same(&a, &Page::with_bytes_at(&base, 0, &[1])));
+            assert!(Page::same(&b, &Page::with_bytes_at(&base, 0, &[2])));
+            // A third lets the two go: made again, equal, not the same.
+            let c = Page::with_bytes_at(&base, 0, &[3]);
+            assert_eq!(c[0], 3);
+            let again = Page::with_bytes_at(&base, 0, &[1]);
+            assert_eq!(again, a);
+            assert!(!Page::same(&again, &a));
+        })
+        .join()
+        .expect("the thread's checks");
     }
 
     #[test]

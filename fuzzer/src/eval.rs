@@ -120,6 +120,15 @@ fn input_order(hex: &str) -> (usize, &str) {
     (hex.len(), hex)
 }
 
+/// Pages an evaluating thread keeps made ([`analyzer::page::Page::keep_made`]):
+/// an input's pages (its code page, the same on both sides and in most
+/// states, and its placements at the page boundary) are seldom another
+/// input's, and a worker's child that kept the scan's 1,024 touched 4 MB
+/// more in each life. Structured 40,000 inputs, one worker, on an AMD EPYC
+/// host: 0.86-0.94 times the time (three sets of four or five rounds
+/// alternating), 55,000 page faults against 80,000.
+pub const PAGES_KEPT: usize = 64;
+
 /// The engines, the states, and what was judged already.
 pub struct Evaluator {
     mode: Mode,
@@ -191,7 +200,9 @@ fn engine_level(o: &Outcome) -> bool {
 
 impl Evaluator {
     /// Opens every engine and builds the base state of `mode` in `config`.
+    /// The thread keeps few pages made ([`PAGES_KEPT`]).
     pub fn new(engines: Vec<Opener>, mode: Mode, config: Config) -> Result<Evaluator, ProbeError> {
+        analyzer::page::Page::keep_made(PAGES_KEPT);
         let probers = engines
             .into_iter()
             .map(Prober::open)
