@@ -86,9 +86,9 @@ pub struct Learned {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clean: Vec<Clean>,
     /// Length findings found in [`Lengths::Unfound`] evaluations: the
-    /// signature and the least input (hex) found with it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lengths: Vec<(String, String)>,
+    /// signature to the least input (hex) found with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lengths: BTreeMap<String, String>,
 }
 
 impl Learned {
@@ -102,13 +102,9 @@ impl Learned {
         self.catalog.extend(more.catalog);
         self.clean.extend(more.clean);
         for (sig, input) in more.lengths {
-            match self.lengths.iter_mut().find(|(s, _)| *s == sig) {
-                Some((_, known)) => {
-                    if input_order(&input) < input_order(known) {
-                        *known = input;
-                    }
-                }
-                None => self.lengths.push((sig, input)),
+            let known = self.lengths.entry(sig).or_insert_with(|| input.clone());
+            if input_order(&input) < input_order(known) {
+                *known = input;
             }
         }
     }
@@ -662,7 +658,7 @@ impl Evaluator {
                     self.lengths_found.insert(sig.clone(), ran.clone());
                     self.learned
                         .lengths
-                        .push((sig, analyzer::observe::hex(&ran)));
+                        .insert(sig, analyzer::observe::hex(&ran));
                 }
             }
         }
@@ -1088,7 +1084,10 @@ mod tests {
         assert_eq!(learned.clean.len(), 1, "{learned:?}");
         assert_eq!(learned.clean[0].what, "INVALID|Map0F/31");
         assert_eq!(learned.lengths.len(), 1, "{learned:?}");
-        assert_eq!(learned.lengths[0].1, "62f17c4858c0");
+        assert_eq!(
+            learned.lengths.values().next().map(String::as_str),
+            Some("62f17c4858c0")
+        );
         // The first again: known, nothing new.
         assert_eq!(
             first.eval_with(&rdtsc, Lengths::Unfound).unwrap().findings,
@@ -1136,7 +1135,7 @@ mod tests {
         l.absorb(of(&[("a", "62f0"), ("b", "0f0b0f"), ("c", "90")]));
         assert_eq!(l, of(&[("a", "62f0"), ("b", "0f0b"), ("c", "90")]));
         l.absorb(of(&[("c", "")]));
-        assert_eq!(l.lengths[2], ("c".to_string(), String::new()));
+        assert_eq!(l.lengths["c"], "");
     }
 
     /// In a lane, a #UD's length finding found already for an input no
