@@ -429,7 +429,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                     }
                     res.restarts += 1;
                     let Some((g, bytes)) = input_at(
-                        &job_at(&job, next),
+                        &job,
                         next,
                         cursor.as_ref(),
                         opts.mode,
@@ -455,13 +455,6 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         }
     }
     Ok(res)
-}
-
-fn job_at(job: &LaneJob, start: u64) -> LaneJob {
-    LaneJob {
-        start,
-        ..job.clone()
-    }
 }
 
 /// Whether a finding is kept as it was found: a worker's death (its input
