@@ -644,7 +644,7 @@ impl Evaluator {
                 f.observed_by = observed.map(|(_, by)| by.to_string());
             }
         }
-        if wanted == Lengths::Unfound {
+        if wanted == Lengths::Unfound && found.iter().any(|f| f.kind == Kind::DecoderVsEngine) {
             for name in &names {
                 let sig = length_signature(name);
                 if !found.iter().any(|f| f.signature == sig) {
