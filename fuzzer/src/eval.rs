@@ -1088,30 +1088,17 @@ mod tests {
             learned.lengths.values().next().map(String::as_str),
             Some("62f17c4858c0")
         );
-        // The first again: known, nothing new.
-        assert_eq!(
-            first.eval_with(&rdtsc, Lengths::Unfound).unwrap().findings,
-            rdtsc_found
-        );
-        assert!(first
-            .eval_with(&evex, Lengths::Unfound)
-            .unwrap()
-            .findings
-            .is_empty());
-        assert!(first.take_learned().is_empty());
-        // The next evaluator of the lane, told, does as the first did.
+        // The first again, and the lane's next evaluator told what the
+        // first learned: known, nothing judged, measured or learned anew.
         let mut next = open();
         next.know(&learned);
-        assert_eq!(
-            next.eval_with(&rdtsc, Lengths::Unfound).unwrap().findings,
-            rdtsc_found
-        );
-        assert!(next
-            .eval_with(&evex, Lengths::Unfound)
-            .unwrap()
-            .findings
-            .is_empty());
-        assert!(next.take_learned().is_empty());
+        for ev in [&mut first, &mut next] {
+            let again = ev.eval_with(&rdtsc, Lengths::Unfound).unwrap();
+            assert_eq!(again.findings, rdtsc_found);
+            let again = ev.eval_with(&evex, Lengths::Unfound).unwrap();
+            assert!(again.findings.is_empty(), "{:?}", again.findings);
+            assert!(ev.take_learned().is_empty());
+        }
         // Untold, it judges and measures again.
         let mut untold = open();
         assert_eq!(
