@@ -375,12 +375,12 @@ fn a_worker_reports_a_dead_child_serves_on_and_takes_its_child_with_it() {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
     };
     // The planted crash aborts the process that runs the job: reported.
-    writeln!(stdin, r#"{{"Eval":["91"]}}"#).expect("send");
+    writeln!(stdin, r#"{{"Eval":{{"inputs":["91"]}}}}"#).expect("send");
     let died = reply();
     let status = died["Died"]["status"].as_str().unwrap_or_default();
     assert!(status.starts_with("signal: 6 (SIGABRT)"), "{died}");
     // The same worker runs the next job, in a new child.
-    writeln!(stdin, r#"{{"Eval":["90"]}}"#).expect("send");
+    writeln!(stdin, r#"{{"Eval":{{"inputs":["90"]}}}}"#).expect("send");
     let input = reply();
     assert_eq!(input["Input"]["ran"], "90", "{input}");
     assert_eq!(reply(), serde_json::json!("Done"));

@@ -48,9 +48,10 @@ impl Page {
     /// (at least one). A thread that seldom asks for a page again (the
     /// fuzzer's, whose inputs each make new pages) keeps few: the pages
     /// kept are memory the thread touches, which a fresh process (a fuzz
-    /// worker's child after a death) pays for in page faults.
-    pub fn keep_made(pages: usize) {
-        KEEP.with(|k| k.set(pages.max(1)));
+    /// worker's child after a death) pays for in page faults. Returns the
+    /// number kept before, for the caller to set again when done.
+    pub fn keep_made(pages: usize) -> usize {
+        KEEP.with(|k| k.replace(pages.max(1)))
     }
 
     /// `base` with `bytes` written at `at` (panics where they do not fit).
@@ -193,7 +194,7 @@ mod tests {
     #[test]
     fn a_thread_keeps_as_many_pages_as_it_asks_for() {
         std::thread::spawn(|| {
-            Page::keep_made(2);
+            assert_eq!(Page::keep_made(2), KEPT, "the number kept before");
             let base = Page::filled(0, 32);
             let a = Page::with_bytes_at(&base, 0, &[1]);
             let b = Page::with_bytes_at(&base, 0, &[2]);
@@ -205,6 +206,7 @@ mod tests {
             let again = Page::with_bytes_at(&base, 0, &[1]);
             assert_eq!(again, a);
             assert!(!Page::same(&again, &a));
+            assert_eq!(Page::keep_made(KEPT), 2);
         })
         .join()
         .expect("the thread's checks");

@@ -217,7 +217,7 @@ impl Worker {
             return false;
         };
         self.paced
-            .store(!matches!(job, Job::Eval(_)), Ordering::Relaxed);
+            .store(!matches!(job, Job::Eval { .. }), Ordering::Relaxed);
         s.push('\n');
         let sent = self.stdin.write_all(s.as_bytes()).is_ok() && self.stdin.flush().is_ok();
         self.gone |= !sent;
@@ -474,6 +474,9 @@ fn minimized(f: &Finding, least: Option<Finding>) -> Finding {
 /// Minimizes one finding with a job per candidate, so that a candidate a
 /// worker dies on only keeps nothing (the worker is restarted for the
 /// next): what a finding gets whose minimization took a worker with it.
+/// A worker after a death is told what the ones before it learned, so
+/// that the minimization is the one a worker that never died would make,
+/// skipping the candidates that killed one.
 fn minimize_one_by_one(
     opts: &Options,
     f: &Finding,
@@ -483,19 +486,29 @@ fn minimize_one_by_one(
         return Ok(f.clone());
     };
     let mut w: Option<Worker> = None;
+    let mut learned = Learned::default();
     let least = crate::worker::minimize(
         opts.mode,
         &input,
         &f.signature,
         |cand| -> Result<_, FuzzError> {
             let mut worker = Worker::again(w.take(), opts)?;
-            if !worker.send(&Job::Eval(vec![analyzer::observe::hex(cand)])) {
+            // Told every time (a worker that lives on knows it already):
+            // this runs only where minimizing killed a worker.
+            let job = Job::Eval {
+                inputs: vec![analyzer::observe::hex(cand)],
+                learned: learned.clone(),
+            };
+            if !worker.send(&job) {
                 return Ok(None);
             }
             let mut got = None;
             loop {
                 match worker.next(stop) {
-                    Ok(Reply::Input { f, .. }) => got = Some(f),
+                    Ok(Reply::Input { f, learned: l, .. }) => {
+                        learned.absorb(l);
+                        got = Some(f);
+                    }
                     Ok(Reply::Done) => break,
                     Ok(Reply::Minimized { .. } | Reply::Tried | Reply::Died { .. }) => {}
                     Err(_) => {

@@ -7,7 +7,7 @@
 //! through the whole matrix and judged as `scan` judges ([`Prober::judge`]).
 //! No engine or observation code of its own.
 
-use crate::finding::{Decoded, Finding, Kind};
+use crate::finding::{input_order, Decoded, Finding, Kind};
 use crate::gen;
 use analyzer::catalog::{self, Entry};
 use analyzer::machine::{GuestImage, Variant};
@@ -75,7 +75,8 @@ pub struct Clean {
 
 /// What an evaluator learned that a later evaluator of the same lane (the
 /// next worker, after a death) uses instead of measuring it again: a lane
-/// then finds what one long-lived worker would have found.
+/// then finds what one worker that never died would have found, but for
+/// what the input it died on would have taught.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Learned {
     /// Catalog verdicts: the catalog's scan of a Code is the same whoever
@@ -96,8 +97,11 @@ impl Learned {
         self.catalog.is_empty() && self.clean.is_empty() && self.lengths.is_empty()
     }
 
-    /// Adds what `more` holds and this does not (of a length signature,
-    /// the least input).
+    /// Adds what `more` holds (of a length signature, the least input).
+    /// The catalog and clean verdicts are appended as they come, not
+    /// deduplicated: a lane's evaluators are told what the earlier ones
+    /// learned and never learn it again, so a lane's replies hold each
+    /// once (and [`Evaluator::know`] takes a repeat as the same verdict).
     pub fn absorb(&mut self, more: Learned) {
         self.catalog.extend(more.catalog);
         self.clean.extend(more.clean);
@@ -108,12 +112,6 @@ impl Learned {
             }
         }
     }
-}
-
-/// The order of inputs a campaign keeps the least of (by length, then
-/// bytes), of an input written in hex.
-fn input_order(hex: &str) -> (usize, &str) {
-    (hex.len(), hex)
 }
 
 /// Pages an evaluating thread keeps made ([`analyzer::page::Page::keep_made`]):
@@ -196,7 +194,11 @@ fn engine_level(o: &Outcome) -> bool {
 
 impl Evaluator {
     /// Opens every engine and builds the base state of `mode` in `config`.
-    /// The thread keeps few pages made ([`PAGES_KEPT`]).
+    /// The thread keeps few pages made ([`PAGES_KEPT`]), and goes on so
+    /// after the evaluator is dropped: the setting is the thread's, and
+    /// evaluators of one thread may overlap and end in any order, so none
+    /// of them could tell which number to set again. A thread that scans
+    /// the catalog after fuzzing sets its own.
     pub fn new(engines: Vec<Opener>, mode: Mode, config: Config) -> Result<Evaluator, ProbeError> {
         analyzer::page::Page::keep_made(PAGES_KEPT);
         let probers = engines
@@ -262,7 +264,7 @@ impl Evaluator {
                 .lengths_found
                 .entry(sig.clone())
                 .or_insert_with(|| input.clone());
-            if (input.len(), &input) < (least.len(), &*least) {
+            if input_order(&input) < input_order(least) {
                 *least = input;
             }
         }
@@ -364,7 +366,7 @@ impl Evaluator {
         for (i, runs) in all_runs.iter().enumerate().filter(|_| !deferred) {
             if wanted == Lengths::Unfound && self.length_side_raised_ud(runs) {
                 let known = self.lengths_found.get(&length_signature(&names[i]));
-                if known.is_some_and(|k| (k.len(), k) <= (ran.len(), &ran)) {
+                if known.is_some_and(|k| input_order(k) <= input_order(&ran)) {
                     unmeasured.push(i);
                     continue;
                 }
@@ -653,7 +655,7 @@ impl Evaluator {
                 let least = self
                     .lengths_found
                     .get(&sig)
-                    .is_none_or(|k| (ran.len(), &ran) < (k.len(), k));
+                    .is_none_or(|k| input_order(&ran) < input_order(k));
                 if least {
                     self.lengths_found.insert(sig.clone(), ran.clone());
                     self.learned
@@ -1099,13 +1101,19 @@ mod tests {
             assert!(again.findings.is_empty(), "{:?}", again.findings);
             assert!(ev.take_learned().is_empty());
         }
-        // Untold, it judges and measures again.
+        // Untold, it judges and measures again, and learns the same.
         let mut untold = open();
+        assert_eq!(
+            untold.eval_with(&rdtsc, Lengths::Unfound).unwrap().findings,
+            rdtsc_found
+        );
         assert_eq!(
             untold.eval_with(&evex, Lengths::Unfound).unwrap().findings,
             evex_found
         );
-        assert_eq!(untold.take_learned().lengths, learned.lengths);
+        let relearned = untold.take_learned();
+        assert_eq!(relearned.clean, learned.clean);
+        assert_eq!(relearned.lengths, learned.lengths);
     }
 
     /// A lane keeps, of a length signature, the least input.

@@ -78,6 +78,14 @@ impl Finding {
     }
 }
 
+/// The order a campaign keeps the least of inputs by: the shorter first,
+/// then by bytes. Inputs written in lower-case hex (as findings and the
+/// learned state hold them) are in the same order by their text.
+pub fn input_order<T: AsRef<[u8]> + ?Sized>(input: &T) -> (usize, &[u8]) {
+    let bytes = input.as_ref();
+    (bytes.len(), bytes)
+}
+
 /// One finding per signature, the one of the least input (so that any
 /// split of the same inputs keeps the same one), sorted by kind and
 /// signature.
@@ -86,7 +94,7 @@ pub fn dedupe(findings: impl IntoIterator<Item = Finding>) -> Vec<Finding> {
     for f in findings {
         let k = (f.kind, f.signature.clone());
         match best.get(&k) {
-            Some(b) if (b.input.len(), &b.input) <= (f.input.len(), &f.input) => {}
+            Some(b) if input_order(&b.input) <= input_order(&f.input) => {}
             _ => {
                 best.insert(k, f);
             }
