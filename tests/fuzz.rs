@@ -107,6 +107,41 @@ fn a_seeded_campaign_is_reproducible_and_reports_its_summary() {
     assert_eq!(summary(&sa).1, summary(&sb).1);
 }
 
+/// The findings do not depend on how many workers run the lanes: with
+/// one, a worker runs every lane in turn and then minimizes what they
+/// found; with three, each lane has its own.
+#[test]
+fn the_same_lanes_over_one_worker_or_three_find_the_same() {
+    let d = tempfile::tempdir().expect("tmp");
+    let run = |jobs: &str| {
+        let out = d.path().join(jobs);
+        let o = fuzz(
+            &[
+                "--iterations",
+                "900",
+                "--seed",
+                "5",
+                "--lanes",
+                "3",
+                "--jobs",
+                jobs,
+                "--generator",
+                "all",
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+            &[],
+        );
+        let (so, eo) = text(&o);
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{eo}");
+        let files = ["findings.jsonl", "corpus.txt"].map(|f| std::fs::read(out.join(f)).expect(f));
+        (summary(&so).2, files)
+    };
+    let (one, three) = (run("1"), run("3"));
+    assert!(one.0 > 0, "nothing found to compare");
+    assert_eq!(one, three);
+}
+
 #[test]
 fn the_tunnel_walks_the_space_by_length_and_ends_by_itself() {
     // First byte 0x00 (ADD r/m8, r8) in 16-bit mode: every length the
@@ -347,6 +382,19 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// Whether process `pid` is gone or a zombie (dead, not yet reaped).
+/// The children of `pid` once there are `n` of them (a worker forks its
+/// spare right after it relays a job), or as they are after 10 s.
+fn children_when(pid: u32, n: usize) -> Vec<u32> {
+    let t = std::time::Instant::now();
+    loop {
+        let kids = children_of(pid);
+        if kids.len() == n || t.elapsed() > std::time::Duration::from_secs(10) {
+            return kids;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 fn dead(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
         s.rsplit_once(')')
@@ -384,14 +432,54 @@ fn a_worker_reports_a_dead_child_serves_on_and_takes_its_child_with_it() {
     let input = reply();
     assert_eq!(input["Input"]["ran"], "90", "{input}");
     assert_eq!(reply(), serde_json::json!("Done"));
-    let kids = children_of(w.id());
-    assert_eq!(kids.len(), 1, "{kids:?}");
-    // Killed, the worker takes its child with it.
+    // The child that ran it and the spare that waits for the next death.
+    let kids = children_when(w.id(), 2);
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    // Killed, the worker takes its children with it.
     w.kill().expect("kill");
     let _ = w.wait();
     let t = std::time::Instant::now();
-    while !dead(kids[0]) && t.elapsed() < std::time::Duration::from_secs(10) {
+    while !kids.iter().all(|&k| dead(k)) && t.elapsed() < std::time::Duration::from_secs(10) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(dead(kids[0]), "child {} outlived its worker", kids[0]);
+    for k in kids {
+        assert!(dead(k), "child {k} outlived its worker");
+    }
+}
+
+#[test]
+fn a_worker_at_the_end_of_its_jobs_leaves_no_child_behind() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut w = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["__fuzz-worker", "--engine", "planted", "--mode", "64"])
+        .env("POPEK_FUZZ_PLANT_CRASH", "91")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a worker");
+    let mut stdin = w.stdin.take().expect("stdin");
+    let mut out = BufReader::new(w.stdout.take().expect("stdout"));
+    // Two deaths: each next job goes to the spare, and a new spare waits.
+    for _ in 0..2 {
+        writeln!(stdin, r#"{{"Eval":{{"inputs":["91"]}}}}"#).expect("send");
+        let mut line = String::new();
+        out.read_line(&mut line).expect("a reply");
+        assert!(line.starts_with(r#"{"Died""#), "{line}");
+    }
+    writeln!(stdin, r#"{{"Eval":{{"inputs":["90"]}}}}"#).expect("send");
+    let kids = children_when(w.id(), 2);
+    drop(stdin);
+    let rest: Vec<String> = out.lines().map_while(Result::ok).collect();
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert!(rest[0].contains(r#""ran":"90""#), "{rest:?}");
+    assert_eq!(rest[1], r#""Done""#);
+    // The end of the jobs: the worker exits 0, its last child and the
+    // spare ended and waited for.
+    assert!(w.wait().expect("wait").success());
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    for k in kids {
+        assert!(dead(k), "child {k} left behind");
+    }
 }

@@ -359,7 +359,15 @@ struct Shared<'a> {
     found: AtomicU64,
 }
 
-fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzError> {
+/// Runs one lane on `worker` (the thread's: started where there is none),
+/// which is left there for the thread's next lane and its minimization
+/// unless the lane stopped with a job under way.
+fn run_lane(
+    sh: &Shared<'_>,
+    lane: u32,
+    count: u64,
+    worker: &mut Option<Worker>,
+) -> Result<LaneResult, FuzzError> {
     let opts = sh.opts;
     let range = tunnel_range(lane, opts.lanes, opts.tunnel);
     let mut job = LaneJob {
@@ -377,7 +385,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
     let mut next = 0u64;
     let mut cursor = job.tunnel.clone();
     // The worker of the last job, where it lives on after a death.
-    let mut last: Option<Worker> = None;
+    let mut last: Option<Worker> = worker.take();
     'lane: while next < count && !sh.stop.load(Ordering::Relaxed) {
         job.start = next;
         job.count = count - next;
@@ -391,7 +399,10 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
         }
         loop {
             match w.next(sh.stop) {
-                Ok(Reply::Done) => break 'lane,
+                Ok(Reply::Done) => {
+                    last = Some(w);
+                    break 'lane;
+                }
                 Ok(Reply::Input {
                     i,
                     g,
@@ -436,6 +447,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
                         sh.templates,
                         &sh.corpus,
                     ) else {
+                        last = Some(w);
                         break 'lane;
                     };
                     res.inputs += 1;
@@ -454,6 +466,7 @@ fn run_lane(sh: &Shared<'_>, lane: u32, count: u64) -> Result<LaneResult, FuzzEr
             }
         }
     }
+    *worker = last;
     Ok(res)
 }
 
@@ -531,9 +544,10 @@ fn minimize_some(
     opts: &Options,
     findings: &[&Finding],
     stop: &AtomicBool,
+    worker: Option<Worker>,
 ) -> Result<Vec<Finding>, FuzzError> {
     let mut out = Vec::with_capacity(findings.len());
-    let mut last: Option<Worker> = None;
+    let mut last = worker;
     while out.len() < findings.len() {
         let base = out.len();
         let items = findings[base..]
@@ -562,8 +576,14 @@ fn minimize_some(
 }
 
 /// Minimizes every finding (see [`worker::minimize`]), over `opts.jobs`
-/// workers at once; the result is in the order given.
-fn minimize_all(opts: &Options, findings: Vec<Finding>) -> Result<Vec<Finding>, FuzzError> {
+/// workers at once, the lanes' `workers` first (a worker's minimization
+/// forgets what its lanes left: see [`Job::Minimize`]); the result is in
+/// the order given.
+fn minimize_all(
+    opts: &Options,
+    findings: Vec<Finding>,
+    mut workers: Vec<Worker>,
+) -> Result<Vec<Finding>, FuzzError> {
     // Minimization runs to its end even after a stop: it is short.
     let no_stop = AtomicBool::new(false);
     let todo: Vec<&Finding> = findings.iter().filter(|f| !kept_whole(f)).collect();
@@ -571,7 +591,11 @@ fn minimize_all(opts: &Options, findings: Vec<Finding>) -> Result<Vec<Finding>, 
     let parts: Vec<Result<Vec<Finding>, FuzzError>> = std::thread::scope(|s| {
         let handles: Vec<_> = todo
             .chunks(per)
-            .map(|chunk| s.spawn(|| minimize_some(opts, chunk, &no_stop)))
+            .map(|chunk| {
+                let w = workers.pop();
+                let no_stop = &no_stop;
+                s.spawn(move || minimize_some(opts, chunk, no_stop, w))
+            })
             .collect();
         handles
             .into_iter()
@@ -665,6 +689,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     let queue = Mutex::new(lanes);
     let results: Mutex<Vec<(u32, LaneResult)>> = Mutex::new(Vec::new());
     let error: Mutex<Option<FuzzError>> = Mutex::new(None);
+    // The lanes' workers, for the minimization.
+    let pool: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
     let active = AtomicU64::new(opts.jobs as u64);
     let deadline = opts.duration.map(|d| start + d);
     std::thread::scope(|s| {
@@ -678,13 +704,14 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
         });
         for _ in 0..opts.jobs {
             s.spawn(|| {
+                let mut worker = None;
                 loop {
                     let lane = match queue.lock() {
                         Ok(mut q) => q.pop_front(),
                         Err(_) => None,
                     };
                     let Some(lane) = lane else { break };
-                    match run_lane(&sh, lane, per_lane(lane)) {
+                    match run_lane(&sh, lane, per_lane(lane), &mut worker) {
                         Ok(r) => {
                             if let Ok(mut v) = results.lock() {
                                 v.push((lane, r));
@@ -698,6 +725,9 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
                             break;
                         }
                     }
+                }
+                if let (Some(w), Ok(mut p)) = (worker, pool.lock()) {
+                    p.push(w);
                 }
                 active.fetch_sub(1, Ordering::Relaxed);
             });
@@ -720,7 +750,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
         all.extend(r.findings);
     }
     let deduped = finding::dedupe(all);
-    let findings = finding::dedupe(minimize_all(opts, deduped)?);
+    let workers = pool.into_inner().unwrap_or_default();
+    let findings = finding::dedupe(minimize_all(opts, deduped, workers)?);
     write_outputs(&opts.out, &findings)?;
     Ok(Summary {
         inputs,

@@ -1,9 +1,10 @@
 //! The worker as a fork server: the worker process forks a child that runs
 //! the jobs, and when the child dies (an engine aborted the process, say),
-//! reports how and forks the next one for the next job. A restart then
-//! costs a fork, not a new process that loads popek and builds iced-x86's
-//! tables again (the child still opens its engines, which start threads,
-//! so it does that after the fork).
+//! reports how and gives the next job to the next child, a spare forked
+//! beforehand. A restart then costs neither a new process that loads popek
+//! and builds iced-x86's tables again nor the wait for the child to open
+//! its engines (which start threads, so it does that after the fork): the
+//! spare did that while the last one worked.
 //!
 //! The server relays stdin to the child a job line at a time, through a
 //! pipe of the child's own: a job that reached a child that died is gone
@@ -208,6 +209,21 @@ impl Child {
         }
     }
 
+    /// Ends a child that was never given a job (a spare): killed, then
+    /// waited for.
+    fn discard(self) {
+        // SAFETY: kill and waitpid of our own child, which has not been
+        // waited for, so its pid is still its own.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            let mut raw = 0;
+            while libc::waitpid(self.pid, &raw mut raw, 0) < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+            }
+        }
+    }
+
     /// Waits for the child's end (its stdin closed first): how it ended.
     fn reap(mut self) -> std::io::Result<Death> {
         self.stdin = None;
@@ -232,10 +248,17 @@ impl Child {
 }
 
 /// Serves: relays each job line of stdin to a child that runs `run` (its
-/// exit code ends the child), forked when a job comes and none is alive;
-/// after each death calls `report` (which writes it on stdout). Returns
-/// the worker's exit code: the last child's once stdin has ended (0 when
-/// it exited normally).
+/// exit code ends the child); after each death calls `report` (which
+/// writes it on stdout). Returns the worker's exit code: the last child's
+/// once stdin has ended (0 when it exited normally).
+///
+/// Once the first job has come, a spare child waits beside the one that
+/// runs the jobs, forked when that one got its first job: it opens its
+/// engines (a few milliseconds: Unicorn's code buffer and state, the base
+/// image) while the other works, and takes the next job after a death.
+/// A restart then costs what relaying a job does. A spare is a child like
+/// any other, forked from the same server: the same as one forked at the
+/// death.
 ///
 /// Must be called while the process has one thread: the child has only
 /// the thread that forked.
@@ -258,6 +281,7 @@ pub fn serve(run: impl Fn() -> i32, mut report: impl FnMut(&Death)) -> i32 {
     let jobs = unsafe { File::from_raw_fd(jobs) };
     let mut stdin = BufReader::new(&jobs);
     let mut child: Option<Child> = None;
+    let mut spare: Option<Child> = None;
     loop {
         // A line already read waits in the buffer: no need to poll.
         let (job, heard) = if stdin.buffer().is_empty() {
@@ -287,6 +311,9 @@ pub fn serve(run: impl Fn() -> i32, mut report: impl FnMut(&Death)) -> i32 {
         match stdin.read_line(&mut line) {
             Ok(0) => {
                 // The end of the jobs: the child ends with them.
+                if let Some(s) = spare.take() {
+                    s.discard();
+                }
                 let Some(c) = child.take() else { return 0 };
                 return match c.reap() {
                     Ok(d) if d.status.success() => 0,
@@ -301,7 +328,10 @@ pub fn serve(run: impl Fn() -> i32, mut report: impl FnMut(&Death)) -> i32 {
             Err(e) => return fail("read a job", e),
         }
         if child.is_none() {
-            match Child::fork(server, &jobs, &run) {
+            match spare
+                .take()
+                .map_or_else(|| Child::fork(server, &jobs, &run), Ok)
+            {
                 Ok(c) => child = Some(c),
                 Err(e) => return fail("fork the child", e),
             }
@@ -321,6 +351,14 @@ pub fn serve(run: impl Fn() -> i32, mut report: impl FnMut(&Death)) -> i32 {
                     Ok(d) => report(&d),
                     Err(e) => return fail("wait for the child", e),
                 }
+            }
+        }
+        // The next child starts while this one works (the server is
+        // small: its fork is quick).
+        if spare.is_none() {
+            match Child::fork(server, &jobs, &run) {
+                Ok(c) => spare = Some(c),
+                Err(e) => return fail("fork a spare child", e),
             }
         }
     }

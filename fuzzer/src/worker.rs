@@ -217,6 +217,9 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
                 let corpus = hex_list(&job.corpus);
                 let templates = hex_list(&job.templates);
                 let mut tunnel = job.tunnel.clone();
+                // A worker may have run another lane before: a lane
+                // starts from what its own earlier workers learned alone.
+                ev.forget_history();
                 ev.know(&job.learned);
                 for index in job.start..job.start.saturating_add(job.count) {
                     let Some((g, bytes)) =
@@ -317,6 +320,10 @@ pub fn main(args: &[String]) -> i32 {
                 return 2;
             }
         };
+        // Before the first job (a spare child, before a death; see
+        // `forkserver`). An engine failure here is left to the inputs to
+        // show: a death now would be taken for the first input's.
+        let _ = ev.warm_up();
         let stdin = std::io::stdin();
         let stdout = std::io::stdout();
         match serve(&mut ev, stdin.lock(), stdout.lock()) {
