@@ -8,7 +8,7 @@
 use crate::eval::Learned;
 use crate::finding::{self, CorpusEntry, Decoded, Finding, FindingsError, Kind};
 use crate::gen::{self, Generators};
-use crate::worker::{input_at, Job, LaneJob, Reply};
+use crate::worker::{input_at, Job, JobRef, LaneJob, Reply};
 use analyzer::mode::{Config, Mode};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -212,12 +212,14 @@ impl Worker {
         })
     }
 
-    fn send(&mut self, job: &Job) -> bool {
+    /// Sends a job ([`Job`], or [`JobRef`] as one); `paced`: whether the
+    /// reader paces itself while it runs (a long job; not a one-by-one
+    /// minimization's single candidate).
+    fn send(&mut self, job: &impl serde::Serialize, paced: bool) -> bool {
         let Ok(mut s) = serde_json::to_string(job) else {
             return false;
         };
-        self.paced
-            .store(!matches!(job, Job::Eval { .. }), Ordering::Relaxed);
+        self.paced.store(paced, Ordering::Relaxed);
         s.push('\n');
         let sent = self.stdin.write_all(s.as_bytes()).is_ok() && self.stdin.flush().is_ok();
         self.gone |= !sent;
@@ -391,7 +393,7 @@ fn run_lane(
         job.count = count - next;
         job.tunnel = cursor.clone();
         let mut w = Worker::again(last.take(), opts)?;
-        if !w.send(&Job::Lane(job.clone())) {
+        if !w.send(&JobRef::Lane(&job), true) {
             let how = w.ending();
             if next == 0 && res.restarts == 0 {
                 return Err(FuzzError::WorkerFailed(how));
@@ -512,7 +514,7 @@ fn minimize_one_by_one(
                 inputs: vec![analyzer::observe::hex(cand)],
                 learned: learned.clone(),
             };
-            if !worker.send(&job) {
+            if !worker.send(&job, false) {
                 return Ok(None);
             }
             let mut got = None;
@@ -555,7 +557,7 @@ fn minimize_some(
             .map(|f| (f.input.clone(), f.signature.clone()))
             .collect();
         let mut w = Worker::again(last.take(), opts)?;
-        let sent = w.send(&Job::Minimize(items));
+        let sent = w.send(&Job::Minimize(items), true);
         let mut done = false;
         while sent && !done {
             match w.next(stop) {

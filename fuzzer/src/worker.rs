@@ -34,6 +34,14 @@ pub enum Job {
     Minimize(Vec<(String, String)>),
 }
 
+/// A [`Job`] of borrowed parts, serialized as the job: a lane's job is
+/// sent again after every death (its templates, corpus and what the lane
+/// learned: 60-180 KB), and is not copied to be sent.
+#[derive(Serialize)]
+pub enum JobRef<'a> {
+    Lane(&'a LaneJob),
+}
+
 /// A lane's inputs from some index on.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LaneJob {
@@ -403,6 +411,28 @@ mod tests {
             Ok::<_, ()>(Some(Vec::new()))
         });
         assert_eq!(none, Ok(None));
+    }
+
+    #[test]
+    fn a_job_of_borrowed_parts_is_sent_as_the_job() {
+        let job = LaneJob {
+            gens: Generators::All,
+            lane: 2,
+            seed: 9,
+            start: 5,
+            count: 7,
+            tunnel: Some(gen::Tunnel::start(0x0f, 0x10)),
+            corpus: vec!["90".into()],
+            templates: vec!["0f31".into(), "9c".into()],
+            learned: Learned {
+                lengths: [("s".to_string(), "62".to_string())].into(),
+                ..Learned::default()
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&JobRef::Lane(&job)).expect("json"),
+            serde_json::to_string(&Job::Lane(job.clone())).expect("json")
+        );
     }
 
     fn replies(ev: &mut Evaluator, job: &Job) -> Vec<String> {
