@@ -5,7 +5,8 @@
 //! disarms it right after; the interrupt is only ever called while armed and
 //! with the watchdog's lock held, and disarming takes that lock, so an
 //! interrupt never reaches a run that has ended. A run that ends in time
-//! costs no wake-up of the thread (it sleeps until the deadline it knows of).
+//! costs no wake-up of the thread (it sleeps until the deadline it knows of,
+//! and arming wakes it only for a deadline before that one).
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -31,11 +32,34 @@ struct State<I> {
     armed: Option<(Instant, I)>,
     /// The watchdog interrupted the run armed last.
     fired: bool,
-    /// The thread waits for no deadline: arming must wake it. (Otherwise
-    /// it wakes at the deadline it waits for and looks again, so a run that
-    /// ends in time costs the thread nothing.)
-    idle: bool,
+    /// How the thread waits: arming must wake it where it waits for no
+    /// deadline or for a later one than the run's. (Otherwise it wakes at
+    /// the deadline it waits for and looks again, so a run that ends in
+    /// time costs the thread nothing.)
+    sleep: Sleep,
     quit: bool,
+}
+
+/// How the watchdog thread waits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sleep {
+    /// It does not: it holds the lock and looks at the deadline.
+    Awake,
+    /// For no deadline.
+    Idle,
+    /// Until this instant.
+    Until(Instant),
+}
+
+impl Sleep {
+    /// Whether a run armed with `deadline` must wake the thread.
+    fn must_wake(self, deadline: Instant) -> bool {
+        match self {
+            Sleep::Awake => false,
+            Sleep::Idle => true,
+            Sleep::Until(t) => deadline < t,
+        }
+    }
 }
 
 type Shared<I> = Arc<(Mutex<State<I>>, Condvar)>;
@@ -53,7 +77,7 @@ impl<I: Interrupt> Watchdog<I> {
             Mutex::new(State {
                 armed: None,
                 fired: false,
-                idle: false,
+                sleep: Sleep::Awake,
                 quit: false,
             }),
             Condvar::new(),
@@ -75,13 +99,13 @@ impl<I: Interrupt> Watchdog<I> {
     /// Interrupts with `how` from `deadline` on, until the returned guard
     /// is dropped (also when the run unwinds).
     pub(crate) fn arm(&self, deadline: Instant, how: I) -> Armed<'_, I> {
-        let idle = {
+        let wake = {
             let mut st = self.state();
             st.armed = Some((deadline, how));
             st.fired = false;
-            st.idle
+            st.sleep.must_wake(deadline)
         };
-        if idle {
+        if wake {
             self.shared.1.notify_all();
         }
         Armed(self)
@@ -129,7 +153,7 @@ fn serve<I: Interrupt>(shared: &Shared<I>) {
                 again.map(|t| t.saturating_duration_since(now))
             }
         };
-        st.idle = wait.is_none();
+        st.sleep = wait.map_or(Sleep::Idle, |d| Sleep::Until(now + d));
         st = match wait {
             None => wake.wait(st).unwrap_or_else(|p| p.into_inner()),
             Some(d) => wake
@@ -137,7 +161,7 @@ fn serve<I: Interrupt>(shared: &Shared<I>) {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0),
         };
-        st.idle = false;
+        st.sleep = Sleep::Awake;
     }
 }
 
@@ -171,6 +195,47 @@ mod tests {
         fn again(&self) -> Option<Duration> {
             self.0
         }
+    }
+
+    static EARLY: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Clone, Copy)]
+    struct Early;
+    impl Interrupt for Early {
+        fn interrupt(&self) {
+            EARLY.fetch_add(1, Ordering::SeqCst);
+        }
+        fn again(&self) -> Option<Duration> {
+            None
+        }
+    }
+
+    /// A run armed with an earlier deadline than the one the thread sleeps
+    /// until (a run before it had a long one and ended in time) is
+    /// interrupted at its own, not at the earlier run's.
+    #[test]
+    fn an_earlier_deadline_wakes_the_sleeping_thread() {
+        let dog = Watchdog::<Early>::new("test-watchdog").expect("thread");
+        let long = dog.arm(Instant::now() + Duration::from_secs(600), Early);
+        // The thread goes to sleep until the long deadline.
+        let t = Instant::now();
+        while !matches!(dog.state().sleep, Sleep::Until(_)) && t.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(matches!(dog.state().sleep, Sleep::Until(_)));
+        assert!(!long.disarm());
+        let short = dog.arm(Instant::now() + Duration::from_millis(20), Early);
+        let t = Instant::now();
+        while EARLY.load(Ordering::SeqCst) == 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(EARLY.load(Ordering::SeqCst), 1, "not interrupted in 10 s");
+        assert!(short.disarm());
+        // A later deadline than the one slept for wakes nothing.
+        assert!(!Sleep::Until(t).must_wake(t + Duration::from_secs(1)));
+        assert!(Sleep::Idle.must_wake(t));
+        assert!(!Sleep::Awake.must_wake(t));
     }
 
     #[test]
