@@ -305,6 +305,50 @@ fn a_worker_that_crashes_is_restarted_and_the_campaign_completes() {
         .contains("the worker died on this input (signal: 6 (SIGABRT)"));
 }
 
+/// A lane whose last input kills its worker, then the thread's next lane on
+/// the same worker (one job), gives what a worker per lane gives (two).
+#[test]
+fn a_lane_after_a_death_at_the_last_input_of_the_one_before_runs_as_its_own() {
+    let d = tempfile::tempdir().expect("tmp");
+    let run = |jobs: &str| {
+        let out = d.path().join(jobs);
+        let o = fuzz(
+            &[
+                "--generator",
+                "tunnel",
+                "--tunnel-range",
+                "91-92",
+                "--lanes",
+                "2",
+                "--iterations",
+                "300",
+                "--jobs",
+                jobs,
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+            // Lane 0 is 91 alone (XCHG ECX, EAX), lane 1 is 92.
+            &[
+                ("POPEK_FUZZ_PLANTED", "1"),
+                ("POPEK_FUZZ_PLANT_CRASH", "91"),
+            ],
+        );
+        let (so, eo) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{so}{eo}");
+        let (inputs, _, _, restarts) = summary(&so);
+        assert_eq!((inputs, restarts), (2, 1), "{so}");
+        std::fs::read(out.join("findings.jsonl")).expect("findings")
+    };
+    let one = run("1");
+    assert_eq!(one, run("2"));
+    let f = findings(&d.path().join("1"));
+    assert!(
+        f.iter()
+            .any(|x| x["kind"] == "engine-failure" && x["input"] == "91"),
+        "{f:?}"
+    );
+}
+
 #[test]
 fn shards_merged_equal_the_unsharded_run() {
     let d = tempfile::tempdir().expect("tmp");
@@ -381,7 +425,6 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Whether process `pid` is gone or a zombie (dead, not yet reaped).
 /// The children of `pid` once there are `n` of them (a worker forks its
 /// spare right after it relays a job), or as they are after 10 s.
 fn children_when(pid: u32, n: usize) -> Vec<u32> {
@@ -395,6 +438,7 @@ fn children_when(pid: u32, n: usize) -> Vec<u32> {
     }
 }
 
+/// Whether process `pid` is gone or a zombie (dead, not yet reaped).
 fn dead(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
         s.rsplit_once(')')
@@ -445,6 +489,74 @@ fn a_worker_reports_a_dead_child_serves_on_and_takes_its_child_with_it() {
     for k in kids {
         assert!(dead(k), "child {k} outlived its worker");
     }
+}
+
+/// When process `pid` started (clock ticks after boot).
+fn started(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.rsplit_once(')')?;
+            // Field 22 of stat; `rest` starts at field 3.
+            rest.split_whitespace().nth(19)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A spare that dies before it has a job (killed here, as the OOM killer
+/// might) has no death to report: the job after the next death goes to a
+/// child forked for it, and runs.
+#[test]
+fn a_spare_that_died_waiting_is_no_job_s_death() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut w = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["__fuzz-worker", "--engine", "planted", "--mode", "64"])
+        .env("POPEK_FUZZ_PLANT_CRASH", "92")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a worker");
+    let mut stdin = w.stdin.take().expect("stdin");
+    let mut out = BufReader::new(w.stdout.take().expect("stdout"));
+    let mut reply = || -> String {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("a reply");
+        line
+    };
+    let mut job = |hex: &str| {
+        writeln!(stdin, r#"{{"Eval":{{"inputs":["{hex}"]}}}}"#).expect("send");
+    };
+    job("91");
+    let first = reply();
+    assert!(first.contains(r#""ran":"91""#), "{first}");
+    assert_eq!(reply().trim(), r#""Done""#);
+    // The spare is the child forked last.
+    let kids = children_when(w.id(), 2);
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let spare = *kids.iter().max_by_key(|&&k| started(k)).expect("two");
+    let killed = Command::new("kill")
+        .args(["-KILL", &spare.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let t = std::time::Instant::now();
+    while !dead(spare) && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(dead(spare));
+    // 92 kills the child at work: its death.
+    job("92");
+    let died = reply();
+    assert!(died.starts_with(r#"{"Died""#), "{died}");
+    // The next job is not taken for the dead spare's: it runs.
+    job("91");
+    let next = reply();
+    assert!(next.contains(r#""ran":"91""#), "{next}");
+    assert_eq!(reply().trim(), r#""Done""#);
+    drop(stdin);
+    assert!(w.wait().expect("wait").success());
 }
 
 #[test]

@@ -220,6 +220,11 @@ impl Worker {
             return false;
         };
         self.paced.store(paced, Ordering::Relaxed);
+        // What the worker says of a death in this job is said from now on
+        // (a worker lives on through lanes and the minimization).
+        if let Ok(mut said) = self.stderr.lock() {
+            said.clear();
+        }
         s.push('\n');
         let sent = self.stdin.write_all(s.as_bytes()).is_ok() && self.stdin.flush().is_ok();
         self.gone |= !sent;
@@ -392,8 +397,16 @@ fn run_lane(
         job.start = next;
         job.count = count - next;
         job.tunnel = cursor.clone();
+        let reused = last.as_ref().is_some_and(|w| !w.gone);
         let mut w = Worker::again(last.take(), opts)?;
-        if !w.send(&JobRef::Lane(&job), true) {
+        let mut sent = w.send(&JobRef::Lane(&job), true);
+        if !sent && reused {
+            // The worker kept from the last lane or job went away while it
+            // had none: a new one.
+            w = Worker::start(opts)?;
+            sent = w.send(&JobRef::Lane(&job), true);
+        }
+        if !sent {
             let how = w.ending();
             if next == 0 && res.restarts == 0 {
                 return Err(FuzzError::WorkerFailed(how));
@@ -590,6 +603,8 @@ fn minimize_all(
     let no_stop = AtomicBool::new(false);
     let todo: Vec<&Finding> = findings.iter().filter(|f| !kept_whole(f)).collect();
     let per = todo.len().div_ceil(opts.jobs.max(1)).max(1);
+    // Those without a share end now.
+    workers.truncate(todo.len().div_ceil(per));
     let parts: Vec<Result<Vec<Finding>, FuzzError>> = std::thread::scope(|s| {
         let handles: Vec<_> = todo
             .chunks(per)

@@ -245,9 +245,12 @@ impl Evaluator {
     /// first input finds the engines warm: a process's first evaluation
     /// loads the base state into the engines, translates the harness and
     /// touches their memory (on Unicorn about 2 ms, against 0.2 ms for the
-    /// next). It judges nothing and learns nothing.
+    /// next). What it may have judged or learned is forgotten.
     pub fn warm_up(&mut self) -> Result<(), ProbeError> {
-        self.eval(&[0x90]).map(drop)
+        let done = self.eval(&[0x90]).map(drop);
+        self.forget_history();
+        self.learned = Learned::default();
+        done
     }
 
     /// What was learned since the last call, for a later worker of the

@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
@@ -136,20 +136,46 @@ impl Said {
     }
 }
 
-/// A running child: its pid, the write end of its stdin, its stderr.
+/// How a spare child tells the server it is ready for a job (given to
+/// `run` in a spare only): once it has opened its engines and warmed up.
+pub struct Ready(File);
+
+impl Ready {
+    /// Tells the server this child is ready.
+    pub fn signal(mut self) {
+        let _ = self.0.write_all(b"r");
+    }
+}
+
+/// How long the server waits for a spare to be ready when a job needs it
+/// (it takes a few milliseconds); one that is not is ended, and the job
+/// goes to a child forked for it.
+const SPARE_PATIENCE_MS: libc::c_int = 10_000;
+
+/// A running child: its pid, the write end of its stdin, its stderr, and
+/// (a spare's) the read end of its [`Ready`].
 struct Child {
     pid: libc::pid_t,
     stdin: Option<File>,
     stderr: File,
     said: Said,
+    ready: Option<File>,
 }
 
 impl Child {
     /// Forks a child that runs `run` with stdin from a new pipe and stderr
-    /// into another.
-    fn fork(server: libc::pid_t, jobs: &File, run: &impl Fn() -> i32) -> std::io::Result<Child> {
+    /// into another; a `spare` is given its [`Ready`]. The child holds no
+    /// descriptor of the server's but its stdout: neither the server's
+    /// stdin nor another child's pipes (which would keep that child from
+    /// seeing the end of its stdin, or the server the end of its stderr).
+    fn fork(
+        server: libc::pid_t,
+        run: &impl Fn(Option<Ready>) -> i32,
+        spare: bool,
+    ) -> std::io::Result<Child> {
         let (in_read, in_write) = pipe()?;
         let (err_read, err_write) = pipe()?;
+        let ready = if spare { Some(pipe()?) } else { None };
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         // SAFETY: the process has one thread (see `serve`), so the child
@@ -161,27 +187,40 @@ impl Child {
         if pid == 0 {
             drop(in_write);
             drop(err_read);
-            // SAFETY: prctl(PR_SET_PDEATHSIG) takes the signal; dup2 of two
-            // open descriptors onto stdin and stderr; close of the server's
-            // own copy of its stdin, which the child never reads (nor
-            // closes otherwise: it leaves through `exit`); getppid and
-            // _exit have no preconditions.
+            let (in_fd, err_fd) = (in_read.into_raw_fd(), err_write.into_raw_fd());
+            let ready_fd = ready.map(|(r, w)| {
+                drop(r);
+                w.into_raw_fd()
+            });
+            // SAFETY: prctl(PR_SET_PDEATHSIG) takes the signal; dup2 of
+            // open descriptors onto 0, 2 and 3 (the pipes' descriptors are
+            // above 2, and the ones for 0 and 2 are copied before 3 is
+            // written over); close_range of every descriptor above those,
+            // none of which an owner in this process closes again (the
+            // child leaves through `exit`, and the pipes' ends were made
+            // raw descriptors); getppid and _exit have no preconditions.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 // The server died before the child could ask to die with it.
                 if libc::getppid() != server
-                    || libc::dup2(in_read.as_raw_fd(), 0) < 0
-                    || libc::dup2(err_write.as_raw_fd(), 2) < 0
+                    || libc::dup2(in_fd, 0) < 0
+                    || libc::dup2(err_fd, 2) < 0
+                    || ready_fd.is_some_and(|fd| fd != 3 && libc::dup2(fd, 3) < 0)
                 {
                     libc::_exit(1);
                 }
-                libc::close(jobs.as_raw_fd());
+                let first = if ready_fd.is_some() { 4 } else { 3 };
+                if libc::close_range(first, libc::c_uint::MAX, 0) != 0 {
+                    libc::_exit(1);
+                }
             }
-            drop(in_read);
-            drop(err_write);
+            // SAFETY: descriptor 3 is the ready pipe's write end, which
+            // nothing else owns since the close_range.
+            let ready = ready_fd.map(|_| Ready(unsafe { File::from_raw_fd(3) }));
             // A panic does not unwind into the server's frames (which own
             // descriptors the child closed): it is the child's end.
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or(101);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(ready)))
+                .unwrap_or(101);
             let _ = std::io::stdout().flush();
             std::process::exit(code);
         }
@@ -190,7 +229,38 @@ impl Child {
             stdin: Some(File::from(in_write)),
             stderr: File::from(err_read),
             said: Said::default(),
+            ready: ready.map(|(r, _)| File::from(r)),
         })
+    }
+
+    /// A spare taking over a job: once it is ready (waited for a while) and
+    /// still alive. A spare that died or is not ready in time is ended here
+    /// (what it wrote to stderr passed on; no death is reported: it had no
+    /// job), and `None` is returned.
+    fn take_over(mut self) -> Option<Child> {
+        let ready = self.ready.take()?;
+        let mut fds = [libc::pollfd {
+            fd: ready.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, SPARE_PATIENCE_MS) };
+        let mut byte = [0u8; 1];
+        let said = n == 1 && matches!((&ready).read(&mut byte), Ok(1));
+        let mut raw = 0;
+        // SAFETY: a non-blocking wait for our own child, not yet waited for.
+        let alive = unsafe { libc::waitpid(self.pid, &raw mut raw, libc::WNOHANG) } == 0;
+        if said && alive {
+            return Some(self);
+        }
+        if alive {
+            self.discard();
+        } else {
+            // Waited for above: what it wrote is passed on.
+            while self.hear() {}
+        }
+        None
     }
 
     /// Reads what the child wrote to stderr, passing it on to the server's
@@ -209,19 +279,18 @@ impl Child {
         }
     }
 
-    /// Ends a child that was never given a job (a spare): killed, then
-    /// waited for.
-    fn discard(self) {
-        // SAFETY: kill and waitpid of our own child, which has not been
-        // waited for, so its pid is still its own.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            let mut raw = 0;
-            while libc::waitpid(self.pid, &raw mut raw, 0) < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-            {
-            }
-        }
+    /// Ends a child that was never given a job (a spare): killed, what it
+    /// wrote to stderr passed on, then waited for.
+    fn discard(mut self) {
+        // SAFETY: kill of our own child, which has not been waited for, so
+        // its pid is still its own.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        while self.hear() {}
+        let mut raw = 0;
+        // SAFETY: waits for that child; `raw` receives its status.
+        while unsafe { libc::waitpid(self.pid, &raw mut raw, 0) } < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
     }
 
     /// Waits for the child's end (its stdin closed first): how it ended.
@@ -254,15 +323,18 @@ impl Child {
 ///
 /// Once the first job has come, a spare child waits beside the one that
 /// runs the jobs, forked when that one got its first job: it opens its
-/// engines (a few milliseconds: Unicorn's code buffer and state, the base
-/// image) while the other works, and takes the next job after a death.
-/// A restart then costs what relaying a job does. A spare is a child like
-/// any other, forked from the same server: the same as one forked at the
-/// death.
+/// engines and warms up (a few milliseconds: Unicorn's code buffer and
+/// state, the base image) while the other works, says it is [`Ready`], and
+/// takes the next job after a death. A restart then costs what relaying a
+/// job does. A spare is a child like any other, forked from the same
+/// server: the same as one forked at the death. One that dies before it
+/// has a job (in its warm-up, say) has no death to report: the job goes to
+/// a child forked for it, as it would without spares; so does one where
+/// the spare cannot be forked.
 ///
 /// Must be called while the process has one thread: the child has only
 /// the thread that forked.
-pub fn serve(run: impl Fn() -> i32, mut report: impl FnMut(&Death)) -> i32 {
+pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death)) -> i32 {
     let fail = |what: &str, e: std::io::Error| {
         eprintln!("popek fuzz worker: {what}: {e}");
         2
@@ -330,7 +402,8 @@ pub fn serve(run: impl Fn() -> i32, mut report: impl FnMut(&Death)) -> i32 {
         if child.is_none() {
             match spare
                 .take()
-                .map_or_else(|| Child::fork(server, &jobs, &run), Ok)
+                .and_then(Child::take_over)
+                .map_or_else(|| Child::fork(server, &run, false), Ok)
             {
                 Ok(c) => child = Some(c),
                 Err(e) => return fail("fork the child", e),
@@ -355,10 +428,11 @@ pub fn serve(run: impl Fn() -> i32, mut report: impl FnMut(&Death)) -> i32 {
         }
         // The next child starts while this one works (the server is
         // small: its fork is quick).
+        // Without one, the next job's child is forked when it comes.
         if spare.is_none() {
-            match Child::fork(server, &jobs, &run) {
+            match Child::fork(server, &run, true) {
                 Ok(c) => spare = Some(c),
-                Err(e) => return fail("fork a spare child", e),
+                Err(e) => eprintln!("popek fuzz worker: fork a spare child: {e}"),
             }
         }
     }

@@ -318,7 +318,7 @@ pub fn main(args: &[String]) -> i32 {
     // What every child needs and starts no thread, made once: iced-x86's
     // tables (the first entry built makes them).
     let _ = analyzer::explain::raw_entry(&[0x90], mode);
-    let child = || {
+    let child = |ready: Option<crate::forkserver::Ready>| {
         let ev = openers(&engines)
             .and_then(|o| Evaluator::new(o, mode, config).map_err(|e| e.to_string()));
         let mut ev = match ev {
@@ -328,10 +328,14 @@ pub fn main(args: &[String]) -> i32 {
                 return 2;
             }
         };
-        // Before the first job (a spare child, before a death; see
-        // `forkserver`). An engine failure here is left to the inputs to
-        // show: a death now would be taken for the first input's.
-        let _ = ev.warm_up();
+        // A spare warms up before it says it is ready (see `forkserver`);
+        // the first child goes straight to its job. An engine failure in
+        // the warm-up is left to the inputs to show, and a death in it is
+        // no input's: the server gives the job to a new child instead.
+        if let Some(ready) = ready {
+            let _ = ev.warm_up();
+            ready.signal();
+        }
         let stdin = std::io::stdin();
         let stdout = std::io::stdout();
         match serve(&mut ev, stdin.lock(), stdout.lock()) {
