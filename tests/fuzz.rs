@@ -438,6 +438,29 @@ fn children_when(pid: u32, n: usize) -> Vec<u32> {
     }
 }
 
+/// A fuzz worker on the planted engine, crashing on `crash` (hex): the
+/// process, its stdin and its stdout.
+fn planted_worker(
+    crash: &str,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::process::Stdio;
+    let mut w = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["__fuzz-worker", "--engine", "planted", "--mode", "64"])
+        .env("POPEK_FUZZ_PLANT_CRASH", crash)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a worker");
+    let stdin = w.stdin.take().expect("stdin");
+    let out = std::io::BufReader::new(w.stdout.take().expect("stdout"));
+    (w, stdin, out)
+}
+
 /// Whether process `pid` is gone or a zombie (dead, not yet reaped).
 fn dead(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
@@ -449,18 +472,8 @@ fn dead(pid: u32) -> bool {
 
 #[test]
 fn a_worker_reports_a_dead_child_serves_on_and_takes_its_child_with_it() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
-    let mut w = Command::new(env!("CARGO_BIN_EXE_popek"))
-        .args(["__fuzz-worker", "--engine", "planted", "--mode", "64"])
-        .env("POPEK_FUZZ_PLANT_CRASH", "91")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start a worker");
-    let mut stdin = w.stdin.take().expect("stdin");
-    let mut out = BufReader::new(w.stdout.take().expect("stdout"));
+    use std::io::{BufRead, Write};
+    let (mut w, mut stdin, mut out) = planted_worker("91");
     let mut reply = || -> serde_json::Value {
         let mut line = String::new();
         out.read_line(&mut line).expect("a reply");
@@ -508,18 +521,8 @@ fn started(pid: u32) -> u64 {
 /// child forked for it, and runs.
 #[test]
 fn a_spare_that_died_waiting_is_no_job_s_death() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
-    let mut w = Command::new(env!("CARGO_BIN_EXE_popek"))
-        .args(["__fuzz-worker", "--engine", "planted", "--mode", "64"])
-        .env("POPEK_FUZZ_PLANT_CRASH", "92")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start a worker");
-    let mut stdin = w.stdin.take().expect("stdin");
-    let mut out = BufReader::new(w.stdout.take().expect("stdout"));
+    use std::io::{BufRead, Write};
+    let (mut w, mut stdin, mut out) = planted_worker("92");
     let mut reply = || -> String {
         let mut line = String::new();
         out.read_line(&mut line).expect("a reply");
@@ -561,18 +564,8 @@ fn a_spare_that_died_waiting_is_no_job_s_death() {
 
 #[test]
 fn a_worker_at_the_end_of_its_jobs_leaves_no_child_behind() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
-    let mut w = Command::new(env!("CARGO_BIN_EXE_popek"))
-        .args(["__fuzz-worker", "--engine", "planted", "--mode", "64"])
-        .env("POPEK_FUZZ_PLANT_CRASH", "91")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start a worker");
-    let mut stdin = w.stdin.take().expect("stdin");
-    let mut out = BufReader::new(w.stdout.take().expect("stdout"));
+    use std::io::{BufRead, Write};
+    let (mut w, mut stdin, mut out) = planted_worker("91");
     // Two deaths: each next job goes to the spare, and a new spare waits.
     for _ in 0..2 {
         writeln!(stdin, r#"{{"Eval":{{"inputs":["91"]}}}}"#).expect("send");
