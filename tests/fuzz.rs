@@ -504,16 +504,20 @@ fn a_worker_reports_a_dead_child_serves_on_and_takes_its_child_with_it() {
     }
 }
 
-/// When process `pid` started (clock ticks after boot).
-fn started(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let (_, rest) = s.rsplit_once(')')?;
-            // Field 22 of stat; `rest` starts at field 3.
-            rest.split_whitespace().nth(19)?.parse().ok()
-        })
-        .unwrap_or(0)
+/// The children of `pid` in the order it forked them, as the kernel keeps
+/// them (`/proc/PID/task/PID/children`); by pid where it does not list them.
+fn children_in_fork_order(pid: u32) -> Vec<u32> {
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        Ok(s) => s
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        Err(_) => {
+            let mut kids = children_of(pid);
+            kids.sort_unstable();
+            kids
+        }
+    }
 }
 
 /// A spare that dies before it has a job (killed here, as the OOM killer
@@ -536,14 +540,14 @@ fn a_spare_that_died_waiting_is_no_job_s_death() {
     assert!(first.contains(r#""ran":"91""#), "{first}");
     assert_eq!(reply().trim(), r#""Done""#);
     // The spare is the child forked last.
-    let kids = children_when(w.id(), 2);
+    assert_eq!(children_when(w.id(), 2).len(), 2);
+    let kids = children_in_fork_order(w.id());
     assert_eq!(kids.len(), 2, "{kids:?}");
-    let spare = *kids.iter().max_by_key(|&&k| started(k)).expect("two");
-    let killed = Command::new("kill")
-        .args(["-KILL", &spare.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    let spare = kids[1];
+    // SAFETY: kill has no memory preconditions; the pid is a child of
+    // this test's own worker.
+    let killed = unsafe { libc::kill(spare as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(killed, 0);
     let t = std::time::Instant::now();
     while !dead(spare) && t.elapsed() < std::time::Duration::from_secs(10) {
         std::thread::sleep(std::time::Duration::from_millis(5));

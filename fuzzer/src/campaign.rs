@@ -122,6 +122,8 @@ struct Worker {
     died: Option<String>,
     /// The worker itself is gone (or was killed).
     gone: bool,
+    /// Jobs sent to it.
+    jobs: u64,
 }
 
 /// How a worker ended, from its wait status and what it wrote to stderr.
@@ -209,6 +211,7 @@ impl Worker {
             stderr: err,
             died: None,
             gone: false,
+            jobs: 0,
         })
     }
 
@@ -220,11 +223,15 @@ impl Worker {
             return false;
         };
         self.paced.store(paced, Ordering::Relaxed);
-        // What the worker says of a death in this job is said from now on
-        // (a worker lives on through lanes and the minimization).
-        if let Ok(mut said) = self.stderr.lock() {
-            said.clear();
+        // What a kept worker says of a death in this job is said from now
+        // on (a worker lives on through lanes and the minimization); a new
+        // one's is kept whole (why it could not start).
+        if self.jobs > 0 {
+            if let Ok(mut said) = self.stderr.lock() {
+                said.clear();
+            }
         }
+        self.jobs += 1;
         s.push('\n');
         let sent = self.stdin.write_all(s.as_bytes()).is_ok() && self.stdin.flush().is_ok();
         self.gone |= !sent;
@@ -406,11 +413,9 @@ fn run_lane(
             w = Worker::start(opts)?;
             sent = w.send(&JobRef::Lane(&job), true);
         }
+        // A new worker that takes no job cannot start (and no input ran).
         if !sent {
-            let how = w.ending();
-            if next == 0 && res.restarts == 0 {
-                return Err(FuzzError::WorkerFailed(how));
-            }
+            return Err(FuzzError::WorkerFailed(w.ending()));
         }
         loop {
             match w.next(sh.stop) {

@@ -136,6 +136,52 @@ impl Said {
     }
 }
 
+/// Writes `what` to stderr and ends the process (a child that cannot set
+/// itself up).
+fn die_saying(what: &[u8]) -> ! {
+    // SAFETY: a write of a valid buffer to descriptor 2, then _exit, which
+    // has no preconditions.
+    unsafe {
+        libc::write(2, what.as_ptr().cast(), what.len());
+        libc::_exit(1)
+    }
+}
+
+/// Closes every descriptor from `first` up (in a child: see
+/// [`Child::fork`]): by the close_range system call (Linux 5.9), else one by
+/// one as /proc lists them (a kernel without the call, or a seccomp filter
+/// that refuses it).
+fn close_from(first: libc::c_uint) {
+    // SAFETY: close_range takes two descriptor numbers and flags; none of
+    // the descriptors it closes is owned by anything in this child that
+    // closes it again (see `Child::fork`).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+    if r == 0 {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        die_saying(b"popek fuzz worker: a child could not close the server's descriptors\n");
+    };
+    let open: Vec<libc::c_int> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open.into_iter().filter(|&fd| fd >= first as libc::c_int) {
+        // SAFETY: as above; the directory's own descriptor, listed too, is
+        // closed already (EBADF is harmless).
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Whether process `pid` (a child) has ended or is ending: its main thread
+/// is a zombie (or dead), as /proc shows it.
+fn exiting(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
 /// How a spare child tells the server it is ready for a job (given to
 /// `run` in a spare only): once it has opened its engines and warmed up.
 pub struct Ready(File);
@@ -195,27 +241,27 @@ impl Child {
             // SAFETY: prctl(PR_SET_PDEATHSIG) takes the signal; dup2 of
             // open descriptors onto 0, 2 and 3 (the pipes' descriptors are
             // above 2, and the ones for 0 and 2 are copied before 3 is
-            // written over); close_range of every descriptor above those,
-            // none of which an owner in this process closes again (the
+            // written over); getppid and _exit have no preconditions.
+            // Every descriptor above those is closed next (`close_from`),
+            // none of which an owner in this process closes again: the
             // child leaves through `exit`, and the pipes' ends were made
-            // raw descriptors); getppid and _exit have no preconditions.
+            // raw descriptors.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 // The server died before the child could ask to die with it.
-                if libc::getppid() != server
-                    || libc::dup2(in_fd, 0) < 0
+                if libc::getppid() != server {
+                    libc::_exit(1);
+                }
+                if libc::dup2(in_fd, 0) < 0
                     || libc::dup2(err_fd, 2) < 0
                     || ready_fd.is_some_and(|fd| fd != 3 && libc::dup2(fd, 3) < 0)
                 {
-                    libc::_exit(1);
-                }
-                let first = if ready_fd.is_some() { 4 } else { 3 };
-                if libc::close_range(first, libc::c_uint::MAX, 0) != 0 {
-                    libc::_exit(1);
+                    die_saying(b"popek fuzz worker: a child could not set up its pipes\n");
                 }
             }
+            close_from(if ready_fd.is_some() { 4 } else { 3 });
             // SAFETY: descriptor 3 is the ready pipe's write end, which
-            // nothing else owns since the close_range.
+            // nothing else owns since `close_from`.
             let ready = ready_fd.map(|_| Ready(unsafe { File::from_raw_fd(3) }));
             // A panic does not unwind into the server's frames (which own
             // descriptors the child closed): it is the child's end.
@@ -238,20 +284,34 @@ impl Child {
     /// (what it wrote to stderr passed on; no death is reported: it had no
     /// job), and `None` is returned.
     fn take_over(mut self) -> Option<Child> {
-        let ready = self.ready.take()?;
+        let Some(ready) = self.ready.take() else {
+            self.discard();
+            return None;
+        };
         let mut fds = [libc::pollfd {
             fd: ready.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, SPARE_PATIENCE_MS) };
+        let until =
+            std::time::Instant::now() + std::time::Duration::from_millis(SPARE_PATIENCE_MS as u64);
+        let n = loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, left.as_millis() as libc::c_int) };
+            // A signal (Ctrl-C, which the campaign handles) is no answer.
+            if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break n;
+            }
+        };
         let mut byte = [0u8; 1];
         let said = n == 1 && matches!((&ready).read(&mut byte), Ok(1));
         let mut raw = 0;
         // SAFETY: a non-blocking wait for our own child, not yet waited for.
         let alive = unsafe { libc::waitpid(self.pid, &raw mut raw, libc::WNOHANG) } == 0;
-        if said && alive {
+        // A killed child whose engine threads are still ending is not yet
+        // waited for, but it is gone: its main thread is a zombie.
+        if said && alive && !exiting(self.pid) {
             return Some(self);
         }
         if alive {
@@ -354,6 +414,8 @@ pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death))
     let mut stdin = BufReader::new(&jobs);
     let mut child: Option<Child> = None;
     let mut spare: Option<Child> = None;
+    // Whether a spare could not be forked and it was said.
+    let mut said_no_spare = false;
     loop {
         // A line already read waits in the buffer: no need to poll.
         let (job, heard) = if stdin.buffer().is_empty() {
@@ -432,7 +494,11 @@ pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death))
         if spare.is_none() {
             match Child::fork(server, &run, true) {
                 Ok(c) => spare = Some(c),
-                Err(e) => eprintln!("popek fuzz worker: fork a spare child: {e}"),
+                Err(e) if !said_no_spare => {
+                    said_no_spare = true;
+                    eprintln!("popek fuzz worker: fork a spare child: {e} (going on without)");
+                }
+                Err(_) => {}
             }
         }
     }
