@@ -293,11 +293,15 @@ impl Worker {
     }
 
     /// The worker for the next job: the last one unless it is gone (after
-    /// a death it reported, it has a new process for the next job), else a
-    /// new one.
+    /// a death it reported, it has a new process for the next job), also
+    /// where it went away while it had no job (kept from a lane before),
+    /// else a new one.
     fn again(last: Option<Worker>, opts: &Options) -> Result<Worker, FuzzError> {
         match last {
             Some(mut w) if !w.gone => {
+                if !matches!(w.child.try_wait(), Ok(None)) {
+                    return Worker::start(opts);
+                }
                 w.died = None;
                 Ok(w)
             }
@@ -404,17 +408,9 @@ fn run_lane(
         job.start = next;
         job.count = count - next;
         job.tunnel = cursor.clone();
-        let reused = last.as_ref().is_some_and(|w| !w.gone);
         let mut w = Worker::again(last.take(), opts)?;
-        let mut sent = w.send(&JobRef::Lane(&job), true);
-        if !sent && reused {
-            // The worker kept from the last lane or job went away while it
-            // had none: a new one.
-            w = Worker::start(opts)?;
-            sent = w.send(&JobRef::Lane(&job), true);
-        }
-        // A new worker that takes no job cannot start (and no input ran).
-        if !sent {
+        // A worker that takes no job cannot start (and no input ran).
+        if !w.send(&JobRef::Lane(&job), true) {
             return Err(FuzzError::WorkerFailed(w.ending()));
         }
         loop {

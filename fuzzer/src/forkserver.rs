@@ -489,8 +489,8 @@ pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death))
             }
         }
         // The next child starts while this one works (the server is
-        // small: its fork is quick).
-        // Without one, the next job's child is forked when it comes.
+        // small: its fork is quick); without one, the next job's child is
+        // forked when it comes.
         if spare.is_none() {
             match Child::fork(server, &run, true) {
                 Ok(c) => spare = Some(c),
