@@ -83,6 +83,17 @@ pub fn build(mode: Mode) -> Catalog {
 /// `mode`: what `build(mode).find_code(code)` gives, in the same order,
 /// without encoding every other `Code`.
 pub fn code_entries(mode: Mode, code: &str) -> Vec<Entry> {
+    let Some(c) = code_named(code) else {
+        return Vec::new();
+    };
+    let mut cat = Catalog::default();
+    encode::build_code(mode, c, &mut cat);
+    cat.entries
+}
+
+/// The iced-x86 `Code` named `name` as in [`Entry::code`] (in any case,
+/// surrounding blanks ignored).
+pub fn code_named(name: &str) -> Option<iced_x86::Code> {
     static BY_NAME: std::sync::OnceLock<std::collections::HashMap<String, iced_x86::Code>> =
         std::sync::OnceLock::new();
     let by_name = BY_NAME.get_or_init(|| {
@@ -90,12 +101,16 @@ pub fn code_entries(mode: Mode, code: &str) -> Vec<Entry> {
             .map(|c| (format!("{c:?}").to_ascii_lowercase(), c))
             .collect()
     });
-    let Some(&c) = by_name.get(&code.trim().to_ascii_lowercase()) else {
-        return Vec::new();
-    };
-    let mut cat = Catalog::default();
-    encode::build_code(mode, c, &mut cat);
-    cat.entries
+    by_name.get(&name.trim().to_ascii_lowercase()).copied()
+}
+
+/// Makes the tables popek builds on first use and keeps for the process
+/// (iced-x86's decoder, formatter, op-code and encoder tables, the names of
+/// the `Code`s): a process that forks makes them once, before the fork,
+/// and no child pays for them again.
+pub fn make_tables(mode: Mode) {
+    let _ = crate::explain::raw_entry(&[0x90], mode);
+    let _ = code_entries(mode, "Nopd");
 }
 
 /// The catalogs of several modes, concatenated in the order given.

@@ -316,8 +316,8 @@ pub fn main(args: &[String]) -> i32 {
         return 2;
     };
     // What every child needs and starts no thread, made once: iced-x86's
-    // tables (the first entry built makes them).
-    let _ = analyzer::explain::raw_entry(&[0x90], mode);
+    // tables and the names of its Codes.
+    analyzer::catalog::make_tables(mode);
     let child = |ready: Option<crate::forkserver::Ready>| {
         let ev = openers(&engines)
             .and_then(|o| Evaluator::new(o, mode, config).map_err(|e| e.to_string()));

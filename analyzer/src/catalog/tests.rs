@@ -315,6 +315,18 @@ fn one_codes_entries_are_the_catalogs() {
     assert!(!code_entries(Mode::Prot32, "Pushd_ES").is_empty());
 }
 
+/// Every `Code` is found by its name, as entries spell it and in any case.
+#[test]
+fn every_code_is_found_by_its_name() {
+    for c in Code::values() {
+        let name = format!("{c:?}");
+        assert_eq!(code_named(&name), Some(c), "{name}");
+        assert_eq!(code_named(&name.to_ascii_uppercase()), Some(c), "{name}");
+    }
+    assert_eq!(code_named(" nopd "), Some(Code::Nopd));
+    assert_eq!(code_named("no_such_code"), None);
+}
+
 /// Writes every entry to `/tmp/popek-catalog-<mode>.txt` for review:
 /// `cargo test -p analyzer dump_catalog -- --ignored`.
 #[test]

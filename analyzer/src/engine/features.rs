@@ -31,10 +31,9 @@ use crate::catalog::Entry;
 use crate::machine::{Gpr, GuestImage, Setup, Sym, Variant};
 use crate::mode::Mode;
 use crate::observe::{Outcome, Side};
-use iced_x86::{Code, DecoderOptions, EncodingKind, OpKind, Register};
-use std::collections::{BTreeMap, HashMap};
+use iced_x86::{DecoderOptions, EncodingKind, OpKind, Register};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::LazyLock;
 
 /// A CPUID output register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -416,12 +415,6 @@ pub fn worth_probing<'e>(entries: impl IntoIterator<Item = &'e Entry>) -> bool {
     entries.into_iter().any(|e| !e.doc.cpuid.is_empty())
 }
 
-fn code_of(name: &str) -> Option<Code> {
-    static CODES: LazyLock<HashMap<String, Code>> =
-        LazyLock::new(|| Code::values().map(|c| (format!("{c:?}"), c)).collect());
-    CODES.get(name).copied()
-}
-
 /// XCR0 state components a VEX- or EVEX-encoded instruction needs, from its
 /// registers: SSE and AVX state for any XMM/YMM/ZMM register (or a VSIB
 /// index), AVX-512 state too for EVEX, AMX state for tile registers; none
@@ -451,7 +444,7 @@ fn xcr0_needed(instr: &iced_x86::Instruction, encoding: EncodingKind) -> u64 {
 /// instruction and CR4.OSXSAVE is clear or XCR0 lacks its state. `None`
 /// where nothing says so (or nothing is known). Pure.
 pub fn must_ud(f: &EngineFeatures, entry: &Entry) -> Option<String> {
-    let code = code_of(&entry.code)?;
+    let code = crate::catalog::code_named(&entry.code)?;
     let op = code.op_code();
     if op.decoder_option() != DecoderOptions::NONE {
         return None;
