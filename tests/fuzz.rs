@@ -592,3 +592,63 @@ fn a_worker_at_the_end_of_its_jobs_leaves_no_child_behind() {
         assert!(dead(k), "child {k} left behind");
     }
 }
+
+/// A worker's child that aborts leaves no core, even with no limit on its
+/// size: checked where the kernel writes core files into the crashing
+/// process's directory (`kernel.core_pattern` a plain file name, Debian's
+/// default), skipped elsewhere.
+#[test]
+fn a_child_that_aborts_dumps_no_core() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let pattern = pattern.trim();
+    if pattern.is_empty() || pattern.starts_with('|') || pattern.contains('/') {
+        println!("skipped: kernel.core_pattern is {pattern:?}, not a file in the crashing process's directory");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tmp");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_popek"));
+    cmd.args(["__fuzz-worker", "--engine", "planted", "--mode", "64"])
+        .env("POPEK_FUZZ_PLANT_CRASH", "91")
+        .current_dir(d.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let all = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // Raising the hard limit needs privilege; the soft one up to
+            // the hard one does not.
+            if libc::setrlimit(libc::RLIMIT_CORE, &all) != 0 {
+                let mut now = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_CORE, &mut now);
+                now.rlim_cur = now.rlim_max;
+                libc::setrlimit(libc::RLIMIT_CORE, &now);
+            }
+            Ok(())
+        });
+    }
+    let mut w = cmd.spawn().expect("start a worker");
+    let mut stdin = w.stdin.take().expect("stdin");
+    let mut out = std::io::BufReader::new(w.stdout.take().expect("stdout"));
+    writeln!(stdin, r#"{{"Eval":{{"inputs":["91"]}}}}"#).expect("send");
+    let mut line = String::new();
+    out.read_line(&mut line).expect("a reply");
+    assert!(line.contains("SIGABRT"), "{line}");
+    drop(stdin);
+    let _ = w.wait();
+    let left: Vec<String> = std::fs::read_dir(d.path())
+        .expect("read the directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(left.is_empty(), "the worker left {left:?}");
+}
