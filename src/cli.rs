@@ -632,6 +632,9 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
         ..Config::default()
     };
     let kinds = parse_engines(&a.engine)?;
+    if let Some(code) = explain_apart(&kinds)? {
+        return Ok(code);
+    }
     note_mode_32_on_pvm(&kinds, &[a.mode]);
     let cat = catalog::build(a.mode);
     let entries = match (&target, a.raw) {
@@ -665,6 +668,41 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
         out!("{}", explain::render_text(&all));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Set in the process that runs an explanation's engines for its parent
+/// (see [`explain_apart`]).
+const EXPLAIN_INSIDE: &str = "POPEK_EXPLAIN_INSIDE";
+
+/// Runs this `popek explain` again in a child process where Unicorn is
+/// among the engines, and gives the child's exit code. Unicorn runs in the
+/// process that asks it (KVM's guest and the native engine's child do
+/// not), and some inputs make it abort the process: LOCK BT, BTS, BTR and
+/// BTC with a register, the fuzzer's worker-death findings, whose
+/// `reproduce` line is this command. The child writes the command's
+/// output; a child killed by a signal is said to be an engine failure
+/// (exit 1), where popek would otherwise have died with no word. `None`:
+/// this is the child, or no engine needs it; run here.
+fn explain_apart(kinds: &[EngineKind]) -> Result<Option<ExitCode>> {
+    if !kinds.contains(&EngineKind::Unicorn) || std::env::var_os(EXPLAIN_INSIDE).is_some() {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe().context("cannot find the popek executable")?;
+    let status = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(EXPLAIN_INSIDE, "1")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("cannot start the process that runs the engines")?;
+    if let Some(code) = status.code() {
+        return Ok(Some(ExitCode::from(u8::try_from(code).unwrap_or(2))));
+    }
+    eprintln!(
+        "popek: the process running the engines died ({status}): an engine failure, \
+         not an outcome of the instruction (Unicorn aborts on some inputs, such as LOCK BT, \
+         BTS, BTR and BTC with a register); --engine kvm or native shows what a CPU does"
+    );
+    Ok(Some(ExitCode::from(1)))
 }
 
 fn cmd_engines() -> Result<ExitCode> {

@@ -89,6 +89,35 @@ fn explain_prints_the_page_boundary_length_beside_the_decoders() {
     );
 }
 
+/// The `reproduce` line of a fuzz finding where Unicorn took its worker
+/// down (Unicorn 2.1 aborts the process on LOCK BTS with a register) says
+/// so and exits 1, where popek itself would die with no word.
+#[test]
+fn explain_says_when_an_engine_takes_the_process_down() {
+    for extra in [&[][..], &["--json"][..]] {
+        let args = [
+            &["explain", "f0360fa3c1", "--hex", "--raw", "--mode", "64"][..],
+            extra,
+        ]
+        .concat();
+        let o = popek(&args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains(
+                "died (signal: 6 (SIGABRT)): an engine failure, not an outcome of the instruction"
+            ),
+            "{err}"
+        );
+    }
+    // What Unicorn survives is explained as ever, by the child.
+    let o = popek(&["explain", "0f 01 c8", "--mode", "64", "--json"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{v}");
+}
+
 #[test]
 fn bad_input_gets_a_clear_error_and_a_failing_exit() {
     let cases: &[(&[&str], &str)] = &[
