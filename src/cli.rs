@@ -680,29 +680,72 @@ const EXPLAIN_INSIDE: &str = "POPEK_EXPLAIN_INSIDE";
 /// not), and some inputs make it abort the process: LOCK BT, BTS, BTR and
 /// BTC with a register, the fuzzer's worker-death findings, whose
 /// `reproduce` line is this command. The child writes the command's
-/// output; a child killed by a signal is said to be an engine failure
-/// (exit 1), where popek would otherwise have died with no word. `None`:
-/// this is the child, or no engine needs it; run here.
+/// output; a child that died of a crash signal is said to be an engine
+/// failure (exit 1), where popek would otherwise have died with no word;
+/// one ended by another signal ends this one as that signal would (128 +
+/// its number). The child dies with this process. `None`: this is the
+/// child, no engine needs it, or no child could be started (said); run
+/// here.
 fn explain_apart(kinds: &[EngineKind]) -> Result<Option<ExitCode>> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     if !kinds.contains(&EngineKind::Unicorn) || std::env::var_os(EXPLAIN_INSIDE).is_some() {
         return Ok(None);
     }
-    let exe = std::env::current_exe().context("cannot find the popek executable")?;
-    let status = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(EXPLAIN_INSIDE, "1")
-        .stdin(std::process::Stdio::null())
-        .status()
-        .context("cannot start the process that runs the engines")?;
-    if let Some(code) = status.code() {
-        return Ok(Some(ExitCode::from(u8::try_from(code).unwrap_or(2))));
+    let here = |why: String| {
+        eprintln!(
+            "popek: warning: {why}; the engines run in this process, which Unicorn may abort"
+        );
+        Ok(None)
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return here(format!("cannot find the popek executable ({e})")),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(EXPLAIN_INSIDE, "1");
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure makes only the prctl,
+    // getppid and _exit system calls, which are async-signal-safe, and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            // This process ended before the child could ask to die with it.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
-    eprintln!(
-        "popek: the process running the engines died ({status}): an engine failure, \
-         not an outcome of the instruction (Unicorn aborts on some inputs, such as LOCK BT, \
-         BTS, BTR and BTC with a register); --engine kvm or native shows what a CPU does"
-    );
-    Ok(Some(ExitCode::from(1)))
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) => return here(format!("cannot start a process to run the engines ({e})")),
+    };
+    let Some(sig) = status.signal() else {
+        let code = status.code().unwrap_or(2);
+        return Ok(Some(ExitCode::from(u8::try_from(code).unwrap_or(2))));
+    };
+    let crash = [
+        (libc::SIGABRT, "SIGABRT"),
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGBUS, "SIGBUS"),
+        (libc::SIGILL, "SIGILL"),
+        (libc::SIGFPE, "SIGFPE"),
+        (libc::SIGTRAP, "SIGTRAP"),
+        (libc::SIGSYS, "SIGSYS"),
+    ];
+    if let Some((_, name)) = crash.iter().find(|(n, _)| *n == sig) {
+        eprintln!(
+            "popek: the process running the engines died of signal {sig} ({name}): an engine \
+             failure, not an outcome of the instruction (Unicorn aborts on some inputs, such as \
+             LOCK BT, BTS, BTR and BTC with a register); --engine kvm or native shows what a \
+             CPU does"
+        );
+        return Ok(Some(ExitCode::from(1)));
+    }
+    eprintln!("popek: the process running the engines was ended by signal {sig}");
+    Ok(Some(ExitCode::from(u8::try_from(128 + sig).unwrap_or(2))))
 }
 
 fn cmd_engines() -> Result<ExitCode> {

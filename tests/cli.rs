@@ -94,19 +94,40 @@ fn explain_prints_the_page_boundary_length_beside_the_decoders() {
 /// so and exits 1, where popek itself would die with no word.
 #[test]
 fn explain_says_when_an_engine_takes_the_process_down() {
+    use std::os::unix::process::CommandExt;
+    let d = tempfile::tempdir().expect("tmp");
     for extra in [&[][..], &["--json"][..]] {
         let args = [
             &["explain", "f0360fa3c1", "--hex", "--raw", "--mode", "64"][..],
             extra,
         ]
         .concat();
-        let o = popek(&args);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_popek"));
+        cmd.args(&args).current_dir(d.path());
+        // SAFETY: the closure makes only the getrlimit and setrlimit
+        // system calls, which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // No core of the abort: a soft limit of one byte stops core
+                // files and piped handlers alike.
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_CORE, &mut lim) == 0 {
+                    lim.rlim_cur = lim.rlim_max.min(1);
+                    libc::setrlimit(libc::RLIMIT_CORE, &lim);
+                }
+                Ok(())
+            });
+        }
+        let o = cmd.output().expect("run popek");
         let (out, err) = text(&o);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
         assert!(out.is_empty(), "{out}");
         assert!(
             err.contains(
-                "died (signal: 6 (SIGABRT)): an engine failure, not an outcome of the instruction"
+                "died of signal 6 (SIGABRT): an engine failure, not an outcome of the instruction"
             ),
             "{err}"
         );

@@ -410,7 +410,7 @@ pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death))
     // a pipe, and fork keeps the setting (exec, which no child makes, would
     // reset it). The process still reads its own /proc entries.
     // SAFETY: prctl(PR_SET_DUMPABLE) takes a value and no pointer.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) } != 0 {
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong) } != 0 {
         return fail("turn core dumps off", std::io::Error::last_os_error());
     }
     // SAFETY: getpid has no preconditions.
