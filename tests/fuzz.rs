@@ -408,6 +408,32 @@ fn bad_fuzz_options_exit_2() {
     }
 }
 
+/// A worker whose engine cannot open ends the campaign with exit 2 and the
+/// whole reason, not its first 40 characters.
+#[test]
+fn a_worker_that_cannot_open_its_engine_says_why() {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("out");
+    let o = fuzz(
+        &[
+            "--engine",
+            "kvm",
+            "--iterations",
+            "10",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ],
+        &[("POPEK_KVM_DEVICE", "/dev/null")],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("a fuzz worker cannot start"), "{err}");
+    assert!(
+        err.contains("is /dev/null (from POPEK_KVM_DEVICE) a KVM device?"),
+        "{err}"
+    );
+}
+
 /// The processes whose parent is `pid` (from /proc).
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

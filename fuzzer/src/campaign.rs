@@ -117,22 +117,45 @@ struct Worker {
     /// Whether the reader paces itself (see [`PACE`]).
     paced: Arc<AtomicBool>,
     stderr: Arc<Mutex<String>>,
-    /// How the process that ran the jobs ended, where the worker reported
-    /// its death ([`Reply::Died`]) and lives on for the next job.
-    died: Option<String>,
+    /// How the process that ran the jobs ended (its wait status and its
+    /// stderr), where the worker reported its death ([`Reply::Died`]) and
+    /// lives on for the next job.
+    died: Option<Ending>,
     /// The worker itself is gone (or was killed).
     gone: bool,
     /// Jobs sent to it.
     jobs: u64,
 }
 
-/// How a worker ended, from its wait status and what it wrote to stderr.
-fn how(status: &str, stderr: &str) -> String {
-    let err = stderr.trim();
-    if err.is_empty() {
-        status.to_string()
-    } else {
-        format!("{status}: {}", analyzer::input::clip(err))
+/// How a worker (or the process that ran its jobs) ended: its wait status
+/// and what it wrote to stderr.
+#[derive(Clone, Debug, Default)]
+struct Ending {
+    status: String,
+    stderr: String,
+}
+
+impl Ending {
+    /// What a finding says of it: the status and the start of stderr.
+    fn how(&self) -> String {
+        self.said(analyzer::input::clip)
+    }
+
+    /// What an error says of it: the status and stderr whole (as much as
+    /// the campaign keeps), so that the cause shows (`cannot open the
+    /// engine: kvm is not available: permission denied opening /dev/kvm:
+    /// ...`, which `how` cut after 40 characters).
+    fn told(&self) -> String {
+        self.said(|e| e.replace('\n', "; "))
+    }
+
+    fn said(&self, err: impl Fn(&str) -> String) -> String {
+        let e = self.stderr.trim();
+        if e.is_empty() {
+            self.status.clone()
+        } else {
+            format!("{}: {}", self.status, err(e))
+        }
     }
 }
 
@@ -253,7 +276,7 @@ impl Worker {
                     continue;
                 }
                 Some(Reply::Died { status, stderr }) => {
-                    self.died = Some(how(&status, &stderr));
+                    self.died = Some(Ending { status, stderr });
                     // What the next process writes is its own (the dead
                     // one's, passed on by the worker, may still come).
                     if let Ok(mut s) = self.stderr.lock() {
@@ -282,14 +305,14 @@ impl Worker {
 
     /// How the worker ended (after it died): the death it reported, or its
     /// own (it is killed if it still runs).
-    fn ending(&mut self) -> String {
-        if let Some(how) = self.died.clone() {
-            return how;
+    fn ending(&mut self) -> Ending {
+        if let Some(e) = self.died.clone() {
+            return e;
         }
         let _ = self.child.kill();
         let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-        let err = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
-        how(&status, &err)
+        let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        Ending { status, stderr }
     }
 
     /// The worker for the next job: the last one unless it is gone (after
@@ -411,7 +434,7 @@ fn run_lane(
         let mut w = Worker::again(last.take(), opts)?;
         // A worker that takes no job cannot start (and no input ran).
         if !w.send(&JobRef::Lane(&job), true) {
-            return Err(FuzzError::WorkerFailed(w.ending()));
+            return Err(FuzzError::WorkerFailed(w.ending().told()));
         }
         loop {
             match w.next(sh.stop) {
@@ -448,11 +471,12 @@ fn run_lane(
                 Ok(Reply::Minimized { .. } | Reply::Tried | Reply::Died { .. }) => {}
                 Err(false) => break 'lane,
                 Err(true) => {
-                    let how = w.ending();
+                    let ending = w.ending();
+                    let how = ending.how();
                     // A worker that never answered is broken, not crashed.
                     if res.inputs == 0 && res.restarts == 0 && next == 0 && !how.contains("signal")
                     {
-                        return Err(FuzzError::WorkerFailed(how));
+                        return Err(FuzzError::WorkerFailed(ending.told()));
                     }
                     res.restarts += 1;
                     let Some((g, bytes)) = input_at(
