@@ -453,6 +453,8 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
         Some(d) if !(d.is_finite() && d > 0.0) => {
             bail!("--duration {d}: a positive number of seconds")
         }
+        // About 31 years: a campaign's deadline must be a time there is.
+        Some(d) if d > 1e9 => bail!("--duration {d:e}: at most 1e9 seconds"),
         Some(d) => Some(std::time::Duration::from_secs_f64(d)),
         None => None,
     };

@@ -401,6 +401,9 @@ fn bad_fuzz_options_exit_2() {
         &["--iterations", "10", "--generator", "nope"],
         &["--iterations", "10", "--tunnel-range", "zz-00"],
         &["--duration", "-1"],
+        &["--duration", "1e300", "--iterations", "10"],
+        &["--duration", "1e19", "--iterations", "10"],
+        &["--iterations", "10", "--lanes", "2000000"],
         &["--mode", "64"],
     ] {
         let o = fuzz(args, &[]);
@@ -432,6 +435,43 @@ fn a_worker_that_cannot_open_its_engine_says_why() {
         err.contains("is /dev/null (from POPEK_KVM_DEVICE) a KVM device?"),
         "{err}"
     );
+}
+
+/// Findings that cannot be written end the campaign with exit 2 and the
+/// cause; a directory that cannot take them is refused before it runs.
+#[test]
+fn findings_that_cannot_be_written_say_why() {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("out");
+    std::fs::create_dir_all(out.join("findings.jsonl")).expect("mkdir");
+    let o = fuzz(
+        &[
+            "--iterations",
+            "20",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("findings.jsonl") && err.contains("a directory is in the way"),
+        "{err}"
+    );
+    // Not a directory at all: refused at once.
+    let file = d.path().join("file");
+    std::fs::write(&file, "x").expect("write");
+    let o = fuzz(
+        &[
+            "--iterations",
+            "20",
+            "--out",
+            file.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
 }
 
 /// The processes whose parent is `pid` (from /proc).

@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 /// that no longer answers at all).
 pub const WORKER_PATIENCE: Duration = Duration::from_secs(60);
 
+/// The most lanes a campaign has (each lane is an entry of the queue the
+/// jobs take lanes from; shards of a job array need no more).
+pub const MAX_LANES: u32 = 1 << 20;
+
 /// How to start a worker: the program and the arguments before the
 /// worker's own (`popek __fuzz-worker`).
 #[derive(Clone, Debug)]
@@ -681,7 +685,19 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
             "--lanes and --jobs must be at least 1".into(),
         ));
     }
+    if opts.lanes > MAX_LANES {
+        return Err(FuzzError::Usage(format!(
+            "--lanes {}: at most {MAX_LANES}",
+            opts.lanes
+        )));
+    }
     std::fs::create_dir_all(&opts.out).map_err(|source| FindingsError::Io {
+        path: opts.out.clone(),
+        source,
+    })?;
+    // Where the findings cannot be written, say so before the campaign
+    // runs, not after it (a temporary file made and removed at once).
+    tempfile::tempfile_in(&opts.out).map_err(|source| FindingsError::Io {
         path: opts.out.clone(),
         source,
     })?;
@@ -734,7 +750,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     // The lanes' workers, for the minimization.
     let pool: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
     let active = AtomicU64::new(opts.jobs as u64);
-    let deadline = opts.duration.map(|d| start + d);
+    // A deadline past what the clock holds is none.
+    let deadline = opts.duration.and_then(|d| start.checked_add(d));
     std::thread::scope(|s| {
         s.spawn(|| {
             while active.load(Ordering::Relaxed) > 0 {
@@ -747,12 +764,17 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
         for _ in 0..opts.jobs {
             s.spawn(|| {
                 let mut worker = None;
-                loop {
+                // A stop ends the lanes not yet begun too.
+                while !halt.load(Ordering::Relaxed) {
                     let lane = match queue.lock() {
                         Ok(mut q) => q.pop_front(),
                         Err(_) => None,
                     };
                     let Some(lane) = lane else { break };
+                    // A lane of no inputs has nothing to run.
+                    if per_lane(lane) == 0 {
+                        continue;
+                    }
                     match run_lane(&sh, lane, per_lane(lane), &mut worker) {
                         Ok(r) => {
                             if let Ok(mut v) = results.lock() {

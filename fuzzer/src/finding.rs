@@ -131,9 +131,16 @@ pub const MAX_FILE: u64 = 256 << 20;
 /// ([`analyzer::report::write_atomic`]: a fresh temporary file beside it,
 /// synced, then renamed; removed on an interrupt).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FindingsError> {
-    analyzer::report::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| FindingsError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+    analyzer::report::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| {
+        // The cause goes with the message (the report error's source).
+        let why = match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        };
+        FindingsError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(why),
+        }
     })
 }
 

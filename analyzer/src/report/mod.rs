@@ -348,21 +348,30 @@ impl ReportSet {
 
     /// Renames every file into place, then removes the stale ones; returns
     /// the paths written. The lock is held throughout, so a stop lands
-    /// before or after the whole commit. A target that is a directory is
-    /// refused before anything is renamed.
+    /// before or after the whole commit. A target that is a directory, or
+    /// anything else but a regular file (a device, a fifo, a socket; also
+    /// through a symbolic link), is refused before anything is renamed: a
+    /// rename would put a report in the place of `/dev/full` or a pipe.
     pub fn commit(mut self) -> Result<Vec<PathBuf>, ReportError> {
         let files = std::mem::take(&mut self.files);
         let stale = std::mem::take(&mut self.stale);
         for (path, _) in &files {
-            if path.is_dir() {
-                return Err(ReportError::Write {
-                    path: path.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::IsADirectory,
-                        "a directory is in the way",
-                    ),
-                });
-            }
+            let Ok(m) = fs::metadata(path) else { continue };
+            let (kind, why) = if m.is_dir() {
+                (io::ErrorKind::IsADirectory, "a directory is in the way")
+            } else if !m.is_file() {
+                (
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file (a device, fifo or socket is in the way): \
+                     popek replaces report files, and writes into nothing else",
+                )
+            } else {
+                continue;
+            };
+            return Err(ReportError::Write {
+                path: path.clone(),
+                source: io::Error::new(kind, why),
+            });
         }
         let mut g = pending();
         let mut written = Vec::new();
@@ -487,6 +496,39 @@ pub(crate) mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).expect("scratch dir");
         d
+    }
+
+    /// A fifo (directly or through a symbolic link) where a report goes is
+    /// refused and left as it was, not replaced by a regular file.
+    #[test]
+    fn a_target_that_is_no_regular_file_is_refused_and_kept() {
+        use std::os::unix::fs::FileTypeExt;
+        let d = scratch("fifo-target");
+        let fifo = d.join("out.md");
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+        // SAFETY: mkfifo reads the NUL-terminated path, alive for the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let link = d.join("link.md");
+        std::os::unix::fs::symlink(&fifo, &link).expect("symlink");
+        for target in [&fifo, &link] {
+            let e = write_atomic(target, |w| w.write_all(b"report")).expect_err("refused");
+            let why = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            assert!(why.contains("not a regular file"), "{e}: {why}");
+        }
+        assert!(fs::metadata(&fifo).expect("fifo").file_type().is_fifo());
+        assert!(fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink());
+        // No temporary file left beside them.
+        let left: Vec<_> = fs::read_dir(&d)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]
