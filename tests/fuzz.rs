@@ -459,6 +459,25 @@ fn findings_that_cannot_be_written_say_why() {
         err.contains("findings.jsonl") && err.contains("a directory is in the way"),
         "{err}"
     );
+    // The two files go as a set: with corpus.txt unwritable, the old
+    // findings stay as they were.
+    let out2 = d.path().join("out2");
+    std::fs::create_dir_all(out2.join("corpus.txt")).expect("mkdir");
+    std::fs::write(out2.join("findings.jsonl"), "old\n").expect("write");
+    let o = fuzz(
+        &[
+            "--iterations",
+            "20",
+            "--out",
+            out2.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    assert_eq!(
+        std::fs::read_to_string(out2.join("findings.jsonl")).expect("read"),
+        "old\n"
+    );
     // Not a directory at all: refused at once.
     let file = d.path().join("file");
     std::fs::write(&file, "x").expect("write");

@@ -826,12 +826,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     })
 }
 
-/// Writes `findings.jsonl` and `corpus.txt` (each atomically).
+/// Writes `findings.jsonl` and `corpus.txt`, atomically as one set.
 fn write_outputs(out: &Path, findings: &[Finding]) -> Result<(), FuzzError> {
-    finding::write_atomic(
-        &out.join("findings.jsonl"),
-        finding::to_jsonl(findings).as_bytes(),
-    )?;
     let mut corpus: Vec<CorpusEntry> = findings
         .iter()
         .filter_map(|f| {
@@ -844,9 +840,12 @@ fn write_outputs(out: &Path, findings: &[Finding]) -> Result<(), FuzzError> {
         .collect();
     corpus.sort();
     corpus.dedup();
-    finding::write_atomic(
-        &out.join("corpus.txt"),
-        finding::corpus_text(&corpus).as_bytes(),
+    finding::write_set(
+        out,
+        &[
+            ("findings.jsonl", finding::to_jsonl(findings).as_bytes()),
+            ("corpus.txt", finding::corpus_text(&corpus).as_bytes()),
+        ],
     )?;
     Ok(())
 }

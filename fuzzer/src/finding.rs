@@ -131,17 +131,39 @@ pub const MAX_FILE: u64 = 256 << 20;
 /// ([`analyzer::report::write_atomic`]: a fresh temporary file beside it,
 /// synced, then renamed; removed on an interrupt).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FindingsError> {
-    analyzer::report::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    write_set(dir, &[(name, bytes)])
+}
+
+/// Writes files into `dir` as one set ([`analyzer::report::ReportSet`]):
+/// every one is written to a temporary file first, and they are renamed
+/// into place only once all are, so a failure (a full disk, a directory in
+/// the way) leaves the old set whole, not new findings beside an old
+/// corpus.
+pub fn write_set(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), FindingsError> {
+    let fail = |e: analyzer::report::ReportError| {
         // The cause goes with the message (the report error's source).
         let why = match std::error::Error::source(&e) {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
         };
         FindingsError::Io {
-            path: path.to_path_buf(),
+            path: dir.to_path_buf(),
             source: std::io::Error::other(why),
         }
-    })
+    };
+    let mut set = analyzer::report::ReportSet::new(dir);
+    for (name, bytes) in files {
+        set.add(name, |w| w.write_all(bytes)).map_err(fail)?;
+    }
+    set.commit().map(|_| ()).map_err(fail)
 }
 
 /// `findings.jsonl` text.
