@@ -394,6 +394,55 @@ fn shards_merged_equal_the_unsharded_run() {
     );
 }
 
+/// Campaigns of different modes or configurations merge into all of their
+/// findings (a signature names neither), the same for any order of the
+/// directories.
+#[test]
+fn campaigns_of_different_settings_merge_whole_in_any_order() {
+    let d = tempfile::tempdir().expect("tmp");
+    let dir = |n: &str| d.path().join(n);
+    let path = |n: &str| dir(n).to_str().expect("utf-8").to_string();
+    for (out, extra) in [("m32", ["--mode", "32"]), ("u64", ["--config", "umip=on"])] {
+        let o = path(out);
+        let r = fuzz(
+            &[
+                &["--iterations", "300", "--seed", "3", "--out", &o][..],
+                &extra,
+            ]
+            .concat(),
+            &[],
+        );
+        assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
+    }
+    let o = path("m64");
+    let r = fuzz(&["--iterations", "300", "--seed", "3", "--out", &o], &[]);
+    assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
+    let merge = |order: [&str; 3], out: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_popek"));
+        c.arg("merge");
+        for n in order {
+            c.arg(dir(n));
+        }
+        let o = c.arg("--out").arg(dir(out)).output().expect("merge");
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        std::fs::read_to_string(dir(out).join("findings.jsonl")).expect("merged")
+    };
+    let forward = merge(["m32", "m64", "u64"], "f");
+    let backward = merge(["u64", "m64", "m32"], "b");
+    assert_eq!(forward, backward);
+    let lines = |n: &str| {
+        std::fs::read_to_string(dir(n).join("findings.jsonl"))
+            .expect("findings")
+            .lines()
+            .count()
+    };
+    assert!(lines("m64") > 0 && lines("u64") > 0, "no findings to merge");
+    assert_eq!(
+        forward.lines().count(),
+        lines("m32") + lines("m64") + lines("u64")
+    );
+}
+
 #[test]
 fn bad_fuzz_options_exit_2() {
     for args in [

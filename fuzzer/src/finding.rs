@@ -86,13 +86,21 @@ pub fn input_order<T: AsRef<[u8]> + ?Sized>(input: &T) -> (usize, &[u8]) {
     (bytes.len(), bytes)
 }
 
-/// One finding per signature, the one of the least input (so that any
-/// split of the same inputs keeps the same one), sorted by kind and
-/// signature.
+/// One finding per signature and campaign setting (mode and
+/// configuration), the one of the least input (so that any split of the
+/// same inputs keeps the same one), sorted by kind and signature, then
+/// mode and configuration. A signature does not name the mode or the
+/// configuration: `merge` of campaigns of different ones kept only one of
+/// them, which depended on the order of the directories given.
 pub fn dedupe(findings: impl IntoIterator<Item = Finding>) -> Vec<Finding> {
-    let mut best: BTreeMap<(Kind, String), Finding> = BTreeMap::new();
+    let mut best: BTreeMap<(String, String, Kind, String), Finding> = BTreeMap::new();
     for f in findings {
-        let k = (f.kind, f.signature.clone());
+        let k = (
+            f.mode.clone(),
+            f.config.clone(),
+            f.kind,
+            f.signature.clone(),
+        );
         match best.get(&k) {
             Some(b) if input_order(&b.input) <= input_order(&f.input) => {}
             _ => {
@@ -101,7 +109,11 @@ pub fn dedupe(findings: impl IntoIterator<Item = Finding>) -> Vec<Finding> {
         }
     }
     let mut v: Vec<Finding> = best.into_values().collect();
-    v.sort_by(|a, b| a.key().cmp(&b.key()));
+    v.sort_by(|a, b| {
+        a.key()
+            .cmp(&b.key())
+            .then_with(|| (&a.mode, &a.config).cmp(&(&b.mode, &b.config)))
+    });
     v
 }
 
