@@ -406,7 +406,16 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
         let o = path(out);
         let r = fuzz(
             &[
-                &["--iterations", "300", "--seed", "3", "--out", &o][..],
+                &[
+                    "--iterations",
+                    "300",
+                    "--seed",
+                    "3",
+                    "--jobs",
+                    "2",
+                    "--out",
+                    &o,
+                ][..],
                 &extra,
             ]
             .concat(),
@@ -415,7 +424,19 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
         assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
     }
     let o = path("m64");
-    let r = fuzz(&["--iterations", "300", "--seed", "3", "--out", &o], &[]);
+    let r = fuzz(
+        &[
+            "--iterations",
+            "300",
+            "--seed",
+            "3",
+            "--jobs",
+            "2",
+            "--out",
+            &o,
+        ],
+        &[],
+    );
     assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
     let merge = |order: [&str; 3], out: &str| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_popek"));

@@ -851,7 +851,7 @@ fn write_outputs(out: &Path, findings: &[Finding]) -> Result<(), FuzzError> {
 }
 
 /// Merges the findings of shard directories into `out`: the same rule as
-/// one campaign's (one finding per signature, the least input), so merged
+/// one campaign's (one finding per signature and setting, the least input), so merged
 /// shards equal the unsharded run. Returns the number of findings.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<usize, FuzzError> {
     let mut all = Vec::new();

@@ -147,18 +147,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FindingsError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Err(FindingsError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+        });
+    };
     write_set(dir, &[(name, bytes)])
 }
 
 /// Writes files into `dir` as one set ([`analyzer::report::ReportSet`]):
 /// every one is written to a temporary file first, and they are renamed
-/// into place only once all are, so a failure (a full disk, a directory in
-/// the way) leaves the old set whole, not new findings beside an old
-/// corpus.
+/// into place only once all are and no target is in the way, so a full
+/// disk or a directory in the way leaves the old set whole, not new
+/// findings beside an old corpus (a rename that fails midway, which is
+/// rare, can still leave the first renamed).
 pub fn write_set(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), FindingsError> {
     let fail = |e: analyzer::report::ReportError| {
         // The cause goes with the message (the report error's source).

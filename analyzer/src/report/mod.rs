@@ -353,9 +353,9 @@ impl ReportSet {
     /// through a symbolic link), is refused before anything is renamed: a
     /// rename would put a report in the place of `/dev/full` or a pipe.
     pub fn commit(mut self) -> Result<Vec<PathBuf>, ReportError> {
-        let files = std::mem::take(&mut self.files);
-        let stale = std::mem::take(&mut self.stale);
-        for (path, _) in &files {
+        // Checked while the set still holds its files, so that a refusal
+        // drops them through `Drop`, which forgets them too.
+        for (path, _) in &self.files {
             let Ok(m) = fs::metadata(path) else { continue };
             let (kind, why) = if m.is_dir() {
                 (io::ErrorKind::IsADirectory, "a directory is in the way")
@@ -373,6 +373,8 @@ impl ReportSet {
                 source: io::Error::new(kind, why),
             });
         }
+        let files = std::mem::take(&mut self.files);
+        let stale = std::mem::take(&mut self.stale);
         let mut g = pending();
         let mut written = Vec::new();
         let mut failed = None;
