@@ -402,30 +402,14 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
     let d = tempfile::tempdir().expect("tmp");
     let dir = |n: &str| d.path().join(n);
     let path = |n: &str| dir(n).to_str().expect("utf-8").to_string();
-    for (out, extra) in [("m32", ["--mode", "32"]), ("u64", ["--config", "umip=on"])] {
+    let settings: [(&str, &[&str]); 3] = [
+        ("m32", &["--mode", "32"]),
+        ("m64", &[]),
+        ("u64", &["--config", "umip=on"]),
+    ];
+    for (out, extra) in settings {
         let o = path(out);
-        let r = fuzz(
-            &[
-                &[
-                    "--iterations",
-                    "300",
-                    "--seed",
-                    "3",
-                    "--jobs",
-                    "2",
-                    "--out",
-                    &o,
-                ][..],
-                &extra,
-            ]
-            .concat(),
-            &[],
-        );
-        assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
-    }
-    let o = path("m64");
-    let r = fuzz(
-        &[
+        let common = [
             "--iterations",
             "300",
             "--seed",
@@ -434,10 +418,10 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
             "2",
             "--out",
             &o,
-        ],
-        &[],
-    );
-    assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
+        ];
+        let r = fuzz(&[&common[..], extra].concat(), &[]);
+        assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
+    }
     let merge = |order: [&str; 3], out: &str| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_popek"));
         c.arg("merge");

@@ -772,10 +772,11 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
                     };
                     let Some(lane) = lane else { break };
                     // A lane of no inputs has nothing to run.
-                    if per_lane(lane) == 0 {
+                    let count = per_lane(lane);
+                    if count == 0 {
                         continue;
                     }
-                    match run_lane(&sh, lane, per_lane(lane), &mut worker) {
+                    match run_lane(&sh, lane, count, &mut worker) {
                         Ok(r) => {
                             if let Ok(mut v) = results.lock() {
                                 v.push((lane, r));

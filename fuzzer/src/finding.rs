@@ -143,17 +143,7 @@ pub const MAX_FILE: u64 = 256 << 20;
 /// ([`analyzer::report::write_atomic`]: a fresh temporary file beside it,
 /// synced, then renamed; removed on an interrupt).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FindingsError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return Err(FindingsError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
-        });
-    };
-    write_set(dir, &[(name, bytes)])
+    analyzer::report::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| with_cause(path, e))
 }
 
 /// Writes files into `dir` as one set ([`analyzer::report::ReportSet`]):
@@ -163,22 +153,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FindingsError> {
 /// findings beside an old corpus (a rename that fails midway, which is
 /// rare, can still leave the first renamed).
 pub fn write_set(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), FindingsError> {
-    let fail = |e: analyzer::report::ReportError| {
-        // The cause goes with the message (the report error's source).
-        let why = match std::error::Error::source(&e) {
-            Some(cause) => format!("{e}: {cause}"),
-            None => e.to_string(),
-        };
-        FindingsError::Io {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(why),
-        }
-    };
     let mut set = analyzer::report::ReportSet::new(dir);
     for (name, bytes) in files {
-        set.add(name, |w| w.write_all(bytes)).map_err(fail)?;
+        set.add(name, |w| w.write_all(bytes))
+            .map_err(|e| with_cause(dir, e))?;
     }
-    set.commit().map(|_| ()).map_err(fail)
+    set.commit().map(|_| ()).map_err(|e| with_cause(dir, e))
+}
+
+/// A report writer's error as findings', its cause in the message (the
+/// report error's source, which `to_string` alone drops).
+fn with_cause(path: &Path, e: analyzer::report::ReportError) -> FindingsError {
+    let why = match std::error::Error::source(&e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
+    FindingsError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(why),
+    }
 }
 
 /// `findings.jsonl` text.
