@@ -38,7 +38,11 @@ fn write_stdout(text: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other,
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("cannot write to standard output: {e}"),
+        )),
+        Ok(()) => Ok(()),
     }
 }
 
@@ -379,14 +383,19 @@ pub fn install_signal_cleanup() {
         );
         return;
     };
+    // The child that runs `explain`'s engines gets a terminal's Ctrl-C
+    // with its parent, which says it once for both.
+    let quiet = std::env::var_os(EXPLAIN_INSIDE).is_some();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             let _held = analyzer::report::abandon_pending();
             // Never panic here (stderr may be gone after SIGHUP): always exit.
-            let _ = writeln!(
-                std::io::stderr(),
-                "popek: interrupted (signal {sig}); its temporary files are removed"
-            );
+            if !quiet {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "popek: interrupted (signal {sig}); its temporary files are removed"
+                );
+            }
             std::process::exit(128 + sig);
         }
     });
@@ -500,11 +509,13 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
         progress: std::io::stderr().is_terminal(),
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signal = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for sig in [
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ] {
+        let _ = signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize);
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
     let summary = fuzzer::campaign::run(&opts, &stop)?;
@@ -513,6 +524,13 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
         "popek: findings in {}",
         a.out.join("findings.jsonl").display()
     );
+    // Stopped by a signal: what was found is written, and the exit code
+    // says the campaign was cut short, as every command's does.
+    let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
+    if sig != 0 {
+        eprintln!("popek: interrupted (signal {sig}); the campaign's findings so far are written");
+        return Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(2)));
+    }
     Ok(if summary.findings == 0 {
         ExitCode::SUCCESS
     } else {
@@ -591,7 +609,8 @@ fn cmd_replay(a: ReplayArgs) -> Result<ExitCode> {
     let [kind] = kinds[..] else {
         bail!("--engine: replay runs on one engine (unicorn or kvm)");
     };
-    let files = if a.dir.is_file() {
+    // Anything but a directory is read as one vector file (bounded).
+    let files = if !a.dir.is_dir() && a.dir.exists() {
         vec![a.dir.clone()]
     } else {
         vectors::list_dir(&a.dir)?

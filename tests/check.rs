@@ -435,6 +435,7 @@ fn a_check_that_cannot_be_made_is_an_error_not_drift() {
     let mut v = read(&base);
     let recs = v["records"].as_array_mut().expect("records");
     recs.retain(|r| r["config"] == "umip=off");
+    v["header"]["configurations"] = serde_json::json!(["umip=off"]);
     let off = d.path().join("off.json");
     write(&off, &v);
     assert_error(

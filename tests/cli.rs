@@ -520,6 +520,27 @@ fn a_closed_pipe_ends_output_quietly() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
 }
 
+/// Output that cannot be written (a full disk behind stdout) is an error
+/// that says it was the standard output.
+#[test]
+fn a_full_stdout_is_named_in_the_error() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        println!("skipped: no /dev/full on this host");
+        return;
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .arg("engines")
+        .stdout(full)
+        .output()
+        .expect("run popek");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot write to standard output: No space left on device"),
+        "{err}"
+    );
+}
+
 #[test]
 fn vectors_replay_clean_and_a_tampered_vector_is_caught() {
     let d = tempfile::tempdir().expect("tmp");

@@ -458,6 +458,7 @@ fn bad_fuzz_options_exit_2() {
         &["--duration", "1e300", "--iterations", "10"],
         &["--duration", "1e19", "--iterations", "10"],
         &["--iterations", "10", "--lanes", "2000000"],
+        &["--iterations", "10", "--lanes", "2", "--shard", "3/4"],
         &["--mode", "64"],
     ] {
         let o = fuzz(args, &[]);
@@ -544,7 +545,131 @@ fn findings_that_cannot_be_written_say_why() {
         ],
         &[],
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a directory"), "{err}");
+}
+
+/// Ctrl-C ends a campaign cleanly: the summary, the findings so far
+/// written whole, and the exit code of every interrupted command (130).
+#[test]
+fn an_interrupted_campaign_writes_what_it_found_and_exits_130() {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args([
+            "fuzz",
+            "--duration",
+            "120",
+            "--seed",
+            "3",
+            "--jobs",
+            "2",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start popek fuzz");
+    // Interrupted once its workers are at it (their children exist).
+    let t = std::time::Instant::now();
+    while children_of(child.id()).is_empty() && t.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill has no memory preconditions; the pid is this test's child.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(sent, 0);
+    let o = child.wait_with_output().expect("wait");
+    let (stdout, err) = text(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted (signal 2)"), "{err}");
+    let (inputs, _, found, _) = summary(&stdout);
+    assert!(inputs > 0, "{stdout}");
+    assert_eq!(findings(&out).len() as u64, found);
+    assert!(out.join("corpus.txt").is_file());
+}
+
+/// `merge` reads only what a campaign could have written: a finding with
+/// a mode, configuration or input no campaign makes is refused by its
+/// line (it would become a corpus that `fuzz` refuses), and a findings
+/// file that never ends is refused at its limit, not read until memory
+/// runs out.
+#[test]
+fn merge_refuses_findings_no_campaign_wrote() {
+    let d = tempfile::tempdir().expect("tmp");
+    let camp = d.path().join("camp");
+    let r = fuzz(
+        &[
+            "--iterations",
+            "200",
+            "--seed",
+            "3",
+            "--out",
+            camp.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
+    let good = std::fs::read_to_string(camp.join("findings.jsonl")).expect("findings");
+    let first = good.lines().next().expect("a finding");
+    let merge = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_popek"))
+            .arg("merge")
+            .arg(dir)
+            .arg("--out")
+            .arg(d.path().join("merged"))
+            .output()
+            .expect("merge")
+    };
+    let mut f: serde_json::Value = serde_json::from_str(first).expect("json");
+    let bad = d.path().join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    for (field, value, said) in [
+        ("mode", "65", "mode"),
+        ("config", "umip=maybe", "config"),
+        ("bytes", "zz", "bytes"),
+        ("input", "", "input: no bytes"),
+    ] {
+        let keep = f[field].clone();
+        f[field] = serde_json::json!(value);
+        std::fs::write(bad.join("findings.jsonl"), format!("{first}\n{f}\n")).expect("write");
+        f[field] = keep;
+        let o = merge(&bad);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{field}: {err}");
+        assert!(
+            err.contains(":2: not a popek finding: ") && err.contains(said),
+            "{field}: {err}"
+        );
+    }
+    let endless = d.path().join("endless");
+    std::fs::create_dir_all(&endless).expect("mkdir");
+    std::os::unix::fs::symlink("/dev/zero", endless.join("findings.jsonl")).expect("symlink");
+    let o = merge(&endless);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("larger than"), "{err}");
+    assert!(!d.path().join("merged").join("findings.jsonl").exists());
+}
+
+/// A corpus that is no text, or never ends, is refused with where and why.
+#[test]
+fn a_bad_corpus_is_named_with_its_line() {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("out");
+    let bin = d.path().join("bin.txt");
+    std::fs::write(&bin, b"90 64 fine\n\x90\x90 64\n").expect("write");
+    for (corpus, said) in [
+        (bin.as_path(), "line 2"),
+        (Path::new("/dev/zero"), "larger than"),
+    ] {
+        let o = mutate(corpus, &out, "1", &[], &[]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(said), "{corpus:?}: {err}");
+    }
 }
 
 /// The processes whose parent is `pid` (from /proc).

@@ -413,10 +413,16 @@ fn messages_name_what_failed_once() {
     );
     // An OS error is said once.
     let d = tempfile::tempdir().expect("temp dir");
-    let o = popek(&["scan", "--only", "hlt", "--facts", path(d.path())]);
+    let missing = d.path().join("missing.tsv");
+    let o = popek(&["scan", "--only", "hlt", "--facts", path(&missing)]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.matches("(os error").count(), 1, "{err}");
+    // A directory is said to be one, once.
+    let o = popek(&["scan", "--only", "hlt", "--facts", path(d.path())]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("a directory, not a file").count(), 1, "{err}");
 }
 
 #[test]

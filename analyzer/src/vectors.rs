@@ -585,7 +585,8 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
             size: meta.len(),
         });
     }
-    let raw = std::fs::read(path).map_err(io_err(path))?;
+    // Bounded again: the file may have grown, or be no regular file.
+    let raw = crate::input::read_bytes(path, MAX_FILE).map_err(io_err(path))?;
     let text = if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])

@@ -7,11 +7,12 @@
 
 use crate::eval::Learned;
 use crate::finding::{self, CorpusEntry, Decoded, Finding, FindingsError, Kind};
+use crate::forkserver::Said;
 use crate::gen::{self, Generators};
 use crate::worker::{input_at, Job, JobRef, LaneJob, Reply};
 use analyzer::mode::{Config, Mode};
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,7 +121,10 @@ struct Worker {
     pending: VecDeque<Reply>,
     /// Whether the reader paces itself (see [`PACE`]).
     paced: Arc<AtomicBool>,
-    stderr: Arc<Mutex<String>>,
+    /// What it wrote to stderr, kept as the fork server keeps a child's.
+    stderr: Arc<Mutex<Said>>,
+    /// Says when the worker's stderr is read to its end.
+    stderr_done: mpsc::Receiver<()>,
     /// How the process that ran the jobs ended (its wait status and its
     /// stderr), where the worker reported its death ([`Reply::Died`]) and
     /// lives on for the next job.
@@ -217,17 +221,27 @@ impl Worker {
             }
             let _ = tx.send(None);
         });
-        let err = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(Said::default()));
         let e2 = Arc::clone(&err);
+        let (said_all, stderr_done) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut s) = e2.lock() {
-                    if s.len() < 4096 {
-                        s.push_str(&line);
-                        s.push('\n');
+            let mut stderr = stderr;
+            let mut buf = [0u8; 4096];
+            // Read to the end, kept by the fork server's rule (a worker that
+            // writes without end neither blocks nor fills memory).
+            loop {
+                match stderr.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Ok(mut s) = e2.lock() {
+                            s.hear(&buf[..n]);
+                        }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
                 }
             }
+            let _ = said_all.send(());
         });
         Ok(Worker {
             child,
@@ -236,6 +250,7 @@ impl Worker {
             pending: VecDeque::new(),
             paced,
             stderr: err,
+            stderr_done,
             died: None,
             gone: false,
             jobs: 0,
@@ -255,7 +270,7 @@ impl Worker {
         // one's is kept whole (why it could not start).
         if self.jobs > 0 {
             if let Ok(mut said) = self.stderr.lock() {
-                said.clear();
+                *said = Said::default();
             }
         }
         self.jobs += 1;
@@ -284,7 +299,7 @@ impl Worker {
                     // What the next process writes is its own (the dead
                     // one's, passed on by the worker, may still come).
                     if let Ok(mut s) = self.stderr.lock() {
-                        s.clear();
+                        *s = Said::default();
                     }
                     return Err(true);
                 }
@@ -315,7 +330,10 @@ impl Worker {
         }
         let _ = self.child.kill();
         let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-        let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        // What it wrote before it died is read to the end first (its
+        // children, which hold the pipe too, die with it).
+        let _ = self.stderr_done.recv_timeout(Duration::from_millis(500));
+        let stderr = self.stderr.lock().map(|s| s.so_far()).unwrap_or_default();
         Ending { status, stderr }
     }
 
@@ -691,10 +709,15 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
             opts.lanes
         )));
     }
-    std::fs::create_dir_all(&opts.out).map_err(|source| FindingsError::Io {
-        path: opts.out.clone(),
-        source,
-    })?;
+    if opts.lanes <= k {
+        // Its outputs would be empty files over whatever the directory held.
+        return Err(FuzzError::Usage(format!(
+            "--shard {k}/{n} with --lanes {}: this shard has no lane to run \
+             (lanes are dealt to shards one by one; give --lanes {n} or more)",
+            opts.lanes
+        )));
+    }
+    make_out_dir(&opts.out)?;
     // Where the findings cannot be written, say so before the campaign
     // runs, not after it (a temporary file made and removed at once).
     tempfile::tempfile_in(&opts.out).map_err(|source| FindingsError::Io {
@@ -860,12 +883,26 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<usize, FuzzError> {
         all.extend(finding::read_jsonl(&d.join("findings.jsonl"))?);
     }
     let findings = finding::dedupe(all);
-    std::fs::create_dir_all(out).map_err(|source| FindingsError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    make_out_dir(out)?;
     write_outputs(out, &findings)?;
     Ok(findings.len())
+}
+
+/// Makes the `--out` directory where there is none; something else in
+/// its place is said to be in the way (not "File exists").
+fn make_out_dir(out: &Path) -> Result<(), FindingsError> {
+    let io = |source| FindingsError::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(out) {
+        Ok(m) if !m.is_dir() => Err(io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "--out names something that is not a directory",
+        ))),
+        Ok(_) => Ok(()),
+        Err(_) => std::fs::create_dir_all(out).map_err(io),
+    }
 }
 
 #[cfg(test)]

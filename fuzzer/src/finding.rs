@@ -132,12 +132,15 @@ pub enum FindingsError {
         line: usize,
         msg: String,
     },
-    #[error("{path}: {size} bytes is more than a findings file may hold ({max})")]
-    TooLarge { path: PathBuf, size: u64, max: u64 },
 }
 
 /// The largest findings or corpus file read back.
 pub const MAX_FILE: u64 = 256 << 20;
+
+/// The most corpus entries a campaign reads (a 40,000-input campaign
+/// keeps about 3,000; a million short lines take a few hundred MB once
+/// parsed, where the 256 MiB a file may hold took 16 GB).
+pub const MAX_CORPUS: usize = 1_000_000;
 
 /// Writes a file atomically through the reports' writer
 /// ([`analyzer::report::write_atomic`]: a fresh temporary file beside it,
@@ -185,38 +188,55 @@ pub fn to_jsonl(findings: &[Finding]) -> String {
 }
 
 fn read_bounded(path: &Path) -> Result<String, FindingsError> {
-    let io = |source| FindingsError::Io {
+    analyzer::input::read_text(path, MAX_FILE).map_err(|source| FindingsError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > MAX_FILE {
-        return Err(FindingsError::TooLarge {
-            path: path.to_path_buf(),
-            size,
-            max: MAX_FILE,
-        });
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
-    String::from_utf8(bytes).map_err(|_| FindingsError::Corrupt {
-        path: path.to_path_buf(),
-        line: 0,
-        msg: "not UTF-8".into(),
     })
 }
 
-/// Reads a `findings.jsonl`.
+/// The bytes of an input as a finding or corpus line holds them: hex of 1
+/// to 15 bytes.
+fn input_bytes(hex: &str) -> Result<Vec<u8>, String> {
+    let bytes = analyzer::explain::parse_hex(hex).map_err(|e| e.to_string())?;
+    if bytes.is_empty() || bytes.len() > crate::gen::MAX_LEN {
+        return Err(format!("{} bytes (1 to 15)", bytes.len()));
+    }
+    Ok(bytes)
+}
+
+impl Finding {
+    /// What a campaign could have written: a mode and configuration
+    /// popek knows, and inputs of 1 to 15 bytes (which `merge` writes
+    /// into a corpus a campaign reads back).
+    fn check(&self) -> Result<(), String> {
+        self.mode
+            .parse::<analyzer::mode::Mode>()
+            .map_err(|e| format!("mode: {e}"))?;
+        self.config
+            .parse::<analyzer::mode::Config>()
+            .map_err(|e| format!("config: {e}"))?;
+        input_bytes(&self.bytes).map_err(|e| format!("bytes: {e}"))?;
+        input_bytes(&self.input).map_err(|e| format!("input: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Reads a `findings.jsonl`; a line that is no finding a campaign could
+/// have written is an error naming it.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Finding>, FindingsError> {
     let text = read_bounded(path)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| FindingsError::Corrupt {
+            let bad = |msg: String| FindingsError::Corrupt {
                 path: path.to_path_buf(),
                 line: i + 1,
-                msg: e.to_string(),
-            })
+                msg,
+            };
+            let f: Finding = serde_json::from_str(l).map_err(|e| bad(e.to_string()))?;
+            f.check().map_err(bad)?;
+            Ok(f)
         })
         .collect()
 }
@@ -253,6 +273,13 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        if out.len() == MAX_CORPUS {
+            return Err(FindingsError::Corrupt {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg: format!("more than {MAX_CORPUS} entries, the most a corpus may hold"),
+            });
+        }
         let mut parts = line.splitn(3, char::is_whitespace);
         let (hex, mode) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let bad = |msg: String| FindingsError::Corrupt {
@@ -260,10 +287,7 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
             line: i + 1,
             msg,
         };
-        let bytes = analyzer::explain::parse_hex(hex).map_err(|e| bad(e.to_string()))?;
-        if bytes.is_empty() || bytes.len() > crate::gen::MAX_LEN {
-            return Err(bad(format!("{} bytes (1 to 15)", bytes.len())));
-        }
+        let bytes = input_bytes(hex).map_err(bad)?;
         mode.parse::<analyzer::mode::Mode>()
             .map_err(|e| bad(format!("mode: {e}")))?;
         out.push(CorpusEntry {
@@ -278,13 +302,13 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
 /// Every corpus entry under `dir` (`*.txt`, sorted by file name), or of
 /// one file.
 pub fn read_corpus_dir(dir: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
-    if dir.is_file() {
-        return read_corpus(dir);
-    }
     let io = |source| FindingsError::Io {
         path: dir.to_path_buf(),
         source,
     };
+    if !std::fs::metadata(dir).map_err(io)?.is_dir() {
+        return read_corpus(dir);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(Result::ok)
@@ -295,6 +319,15 @@ pub fn read_corpus_dir(dir: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
     let mut out = Vec::new();
     for f in files {
         out.extend(read_corpus(&f)?);
+        if out.len() > MAX_CORPUS {
+            return Err(FindingsError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("more than {MAX_CORPUS} corpus entries in its files, the most a campaign reads"),
+                ),
+            });
+        }
     }
     Ok(out)
 }

@@ -72,17 +72,32 @@ fn readable(jobs: &File, child_err: Option<&File>) -> std::io::Result<(bool, boo
 }
 
 /// How much of a child's stderr a report keeps: lines while fewer than
-/// this many bytes are kept, as the campaign kept a worker's.
+/// this many bytes are kept, as the campaign keeps a worker's.
 const SAID: usize = 4096;
 
-/// The longest line of a child's stderr kept whole.
-const LONGEST: usize = 1 << 20;
+/// The longest line of a child's stderr kept whole (so that what is kept
+/// stays under twice [`SAID`], whatever the child writes).
+const LONGEST: usize = SAID;
 
-/// What a report keeps of a child's stderr: its lines (without their
-/// ends) while fewer than [`SAID`] bytes are kept, until one is not UTF-8;
-/// the rule by which the campaign keeps a worker's.
+/// A line cut at [`LONGEST`] bytes as text: `None` where it is not UTF-8
+/// (a character that the cut splits is left out).
+fn cut_text(line: &[u8]) -> Option<&str> {
+    let line = &line[..line.len().min(LONGEST)];
+    match std::str::from_utf8(line) {
+        Ok(l) => Some(l),
+        Err(e) if e.error_len().is_none() && line.len() == LONGEST => {
+            std::str::from_utf8(&line[..e.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    }
+}
+
+/// What a report keeps of a child's stderr, and the campaign of a
+/// worker's: its lines (without their ends, each cut at [`LONGEST`]
+/// bytes) while fewer than [`SAID`] bytes are kept, until one is not
+/// UTF-8. Everything is read (a writer never blocks on a full pipe).
 #[derive(Default)]
-struct Said {
+pub(crate) struct Said {
     kept: String,
     /// The line being read.
     partial: Vec<u8>,
@@ -91,9 +106,10 @@ struct Said {
 }
 
 impl Said {
+    /// A line whole (without its end of line), cut here.
     fn line(&mut self, line: &[u8]) {
-        match std::str::from_utf8(line) {
-            Ok(l) if !self.broken => {
+        match cut_text(line) {
+            Some(l) if !self.broken => {
                 if self.kept.len() < SAID {
                     self.kept.push_str(l);
                     self.kept.push('\n');
@@ -104,22 +120,24 @@ impl Said {
     }
 
     /// Bytes as read.
-    fn hear(&mut self, bytes: &[u8]) {
+    pub(crate) fn hear(&mut self, bytes: &[u8]) {
         for piece in bytes.split_inclusive(|&b| b == b'\n') {
             if self.broken || self.kept.len() >= SAID {
                 return;
             }
-            // A line longer than this is cut (the campaign kept it whole).
-            if self.partial.len() < LONGEST {
-                self.partial.extend_from_slice(piece);
-            }
-            if piece.last() == Some(&b'\n') {
+            let (text, ends) = match piece.strip_suffix(b"\n") {
+                Some(t) => (t, true),
+                None => (piece, false),
+            };
+            // Kept to one byte past the cut: the '\r' of a "\r\n" that
+            // came in two reads.
+            let room = (LONGEST + 1).saturating_sub(self.partial.len());
+            self.partial
+                .extend_from_slice(&text[..text.len().min(room)]);
+            if ends {
                 let mut line = std::mem::take(&mut self.partial);
-                if line.last() == Some(&b'\n') {
+                if line.last() == Some(&b'\r') {
                     line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
                 }
                 self.line(&line);
             }
@@ -127,12 +145,22 @@ impl Said {
     }
 
     /// The end: a last line without its end of line counts too.
-    fn end(mut self) -> String {
+    pub(crate) fn end(mut self) -> String {
         let last = std::mem::take(&mut self.partial);
         if !last.is_empty() {
             self.line(&last);
         }
         self.kept
+    }
+
+    /// What [`Said::end`] would give now.
+    pub(crate) fn so_far(&self) -> String {
+        Said {
+            kept: self.kept.clone(),
+            partial: self.partial.clone(),
+            broken: self.broken,
+        }
+        .end()
     }
 }
 
@@ -521,14 +549,19 @@ pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death))
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufRead;
-
-    /// The campaign's rule for a worker's stderr, which `Said` keeps.
-    fn campaigns(bytes: &[u8]) -> String {
+    /// The rule `Said` keeps by, on the whole of what was written.
+    fn rule(bytes: &[u8]) -> String {
         let mut s = String::new();
-        for line in std::io::BufReader::new(bytes).lines().map_while(Result::ok) {
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let line = match line.strip_suffix(b"\n") {
+                Some(l) => l.strip_suffix(b"\r").unwrap_or(l),
+                None => line,
+            };
+            let Some(l) = cut_text(line) else {
+                break;
+            };
             if s.len() < SAID {
-                s.push_str(&line);
+                s.push_str(l);
                 s.push('\n');
             }
         }
@@ -544,6 +577,9 @@ mod tests {
             b"no end of line".to_vec(),
             b"crlf\r\nthen\rmid\r\n\nlast\r".to_vec(),
             format!("{long}\nafter the cap\n").into_bytes(),
+            format!("short\n{}\nafter\n", "y".repeat(3 * SAID)).into_bytes(),
+            format!("{}\r\nafter\n", "z".repeat(LONGEST)).into_bytes(),
+            format!("{}é\nafter\n", "w".repeat(LONGEST - 1)).into_bytes(),
             [&b"ok\n"[..], &[0xff, 0xfe, b'\n'], b"after bad utf-8\n"].concat(),
             (0..2000)
                 .flat_map(|i| format!("line {i}\n").into_bytes())
@@ -555,7 +591,10 @@ mod tests {
                 for c in bytes.chunks(chunk) {
                     said.hear(c);
                 }
-                assert_eq!(said.end(), campaigns(&bytes), "{bytes:?} by {chunk}");
+                assert_eq!(said.so_far(), rule(&bytes), "{bytes:?} by {chunk}");
+                let kept = said.end();
+                assert_eq!(kept, rule(&bytes), "{bytes:?} by {chunk}");
+                assert!(kept.len() < 2 * SAID + 2, "{bytes:?} by {chunk}");
             }
         }
     }

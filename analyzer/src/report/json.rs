@@ -66,6 +66,34 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
             )));
         }
     }
+    // The header speaks for the records (`violators --mode` asks it which
+    // modes a report holds): one that lists others is no report popek wrote.
+    let set = |v: Vec<String>| v.into_iter().collect::<std::collections::BTreeSet<_>>();
+    let held =
+        |f: fn(&crate::report::Record) -> String| set(report.records.iter().map(f).collect());
+    for (what, header, records) in [
+        (
+            "modes",
+            set(report.header.modes.clone()),
+            held(|r| r.mode.name().to_string()),
+        ),
+        (
+            "configurations",
+            set(report.header.configurations.clone()),
+            held(|r| r.config.clone()),
+        ),
+    ] {
+        if header != records {
+            let list = |s: &std::collections::BTreeSet<String>| {
+                s.iter().cloned().collect::<Vec<_>>().join(", ")
+            };
+            return Err(not(format!(
+                "its header lists the {what} [{}], its records hold [{}]",
+                list(&header),
+                list(&records)
+            )));
+        }
+    }
     Ok(report)
 }
 
@@ -118,5 +146,12 @@ mod tests {
         let e = parse_report(p(), "{\"header\": {\"tool\": \"popek\"}, \"records\": []}")
             .expect_err("fields");
         assert!(e.to_string().contains("missing field"), "{e}");
+        // A header that claims a mode its records do not hold.
+        let mut r = sample();
+        r.header.modes.push("16".into());
+        let mut out = Vec::new();
+        write_json(&mut out, &r).expect("write");
+        let e = parse_report(p(), &String::from_utf8(out).expect("utf8")).expect_err("header");
+        assert!(e.to_string().contains("its header lists the modes"), "{e}");
     }
 }
