@@ -12,6 +12,7 @@ use crate::gen::{self, Generators};
 use crate::worker::{input_at, Job, JobRef, LaneJob, Reply};
 use analyzer::mode::{Config, Mode};
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -371,11 +372,27 @@ fn tunnel_range(lane: u32, lanes: u32, (lo, hi): (u8, u8)) -> Option<(u8, u8)> {
     (b > a).then(|| (a as u8, (b - 1) as u8))
 }
 
+/// The distinct inputs run: each as one number ([`distinct_key`]), so
+/// that counting them takes no allocation per input and a cheap hash
+/// (they are the campaign's own inputs, and the set is only counted).
+type Distinct = HashSet<u128, BuildHasherDefault<analyzer::fasthash::FastHasher>>;
+
+/// An input of at most 15 bytes as one number: its bytes, then its length
+/// in the top byte (a longer one, which no generator makes, by its first
+/// 15 bytes and its length).
+fn distinct_key(bytes: &[u8]) -> u128 {
+    let mut k = [0u8; 16];
+    let n = bytes.len().min(15);
+    k[..n].copy_from_slice(&bytes[..n]);
+    k[15] = bytes.len().min(255) as u8;
+    u128::from_le_bytes(k)
+}
+
 /// A lane's results.
 #[derive(Default)]
 struct LaneResult {
     inputs: u64,
-    distinct: HashSet<Vec<u8>>,
+    distinct: Distinct,
     findings: Vec<Finding>,
     restarts: u64,
 }
@@ -476,7 +493,7 @@ fn run_lane(
                     job.learned.absorb(learned);
                     res.inputs += 1;
                     if let Ok(b) = analyzer::explain::parse_hex(&ran) {
-                        res.distinct.insert(b);
+                        res.distinct.insert(distinct_key(&b));
                     }
                     if g == gen::GenKind::Tunnel {
                         cursor = cursor.and_then(|c| c.next(adv));
@@ -513,7 +530,7 @@ fn run_lane(
                         break 'lane;
                     };
                     res.inputs += 1;
-                    res.distinct.insert(bytes.clone());
+                    res.distinct.insert(distinct_key(&bytes));
                     res.findings.push(crash_finding(opts, &bytes, &how));
                     sh.found.fetch_add(1, Ordering::Relaxed);
                     sh.bar.inc(1);
@@ -829,11 +846,16 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     results.sort_by_key(|(l, _)| *l);
     let mut inputs = 0;
     let mut restarts = 0;
-    let mut distinct: HashSet<Vec<u8>> = HashSet::new();
+    // The lanes' sets join into the largest one (not all into a new one,
+    // which hashed every input a second time).
+    let mut distinct = Distinct::default();
     let mut all = Vec::new();
-    for (_, r) in results {
+    for (_, mut r) in results {
         inputs += r.inputs;
         restarts += r.restarts;
+        if r.distinct.len() > distinct.len() {
+            std::mem::swap(&mut distinct, &mut r.distinct);
+        }
         distinct.extend(r.distinct);
         all.extend(r.findings);
     }
@@ -919,6 +941,16 @@ mod tests {
         assert_eq!(seen, (0u8..=0xff).collect::<Vec<_>>());
         assert_eq!(tunnel_range(0, 1, (0x01, 0x01)), Some((0x01, 0x01)));
         assert_eq!(tunnel_range(1, 4, (0x01, 0x01)), None);
+    }
+
+    #[test]
+    fn inputs_count_as_distinct_by_bytes_and_length() {
+        let keys: HashSet<u128> = [&b""[..], b"\0", b"\0\0", b"\x90", b"\x90\0", &[0xff; 15]]
+            .iter()
+            .map(|b| distinct_key(b))
+            .collect();
+        assert_eq!(keys.len(), 6);
+        assert_eq!(distinct_key(b"\x0f\x01"), distinct_key(&[0x0f, 0x01]));
     }
 
     #[test]
