@@ -495,7 +495,21 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
         iterations: a.iterations,
         duration,
         jobs,
-        lanes: a.lanes.unwrap_or(jobs as u32),
+        lanes: match a.lanes {
+            Some(l) => l,
+            // The default lanes are the job count, which is the host's:
+            // shards of one campaign on different hosts would split it
+            // differently, and their merge would be no one campaign.
+            None if shard.1 > 1 => bail!(
+                "--shard {}/{}: give --lanes L too, the same on every shard and at least {} \
+                 (the lanes split the campaign; without it they are the job count, which \
+                 differs from host to host)",
+                shard.0,
+                shard.1,
+                shard.1
+            ),
+            None => jobs as u32,
+        },
         shard,
         tunnel,
         corpus,
@@ -519,6 +533,8 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
     let summary = fuzzer::campaign::run(&opts, &stop)?;
+    // A signal after the campaign ended cut nothing short.
+    let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
     outln!("{}", summary.line());
     eprintln!(
         "popek: findings in {}",
@@ -526,7 +542,6 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
     );
     // Stopped by a signal: what was found is written, and the exit code
     // says the campaign was cut short, as every command's does.
-    let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
     if sig != 0 {
         eprintln!("popek: interrupted (signal {sig}); the campaign's findings so far are written");
         return Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(2)));

@@ -459,6 +459,8 @@ fn bad_fuzz_options_exit_2() {
         &["--duration", "1e19", "--iterations", "10"],
         &["--iterations", "10", "--lanes", "2000000"],
         &["--iterations", "10", "--lanes", "2", "--shard", "3/4"],
+        &["--iterations", "2", "--lanes", "4", "--shard", "3/4"],
+        &["--iterations", "10", "--shard", "1/2"],
         &["--mode", "64"],
     ] {
         let o = fuzz(args, &[]);

@@ -734,6 +734,21 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
             opts.lanes
         )));
     }
+    let total = opts.iterations.unwrap_or(u64::MAX);
+    let per_lane = |l: u32| {
+        let n = u64::from(opts.lanes);
+        total / n + u64::from(u64::from(l) < total % n)
+    };
+    if n > 1
+        && (0..opts.lanes)
+            .filter(|l| l % n == k)
+            .all(|l| per_lane(l) == 0)
+    {
+        return Err(FuzzError::Usage(format!(
+            "--shard {k}/{n}: {total} iterations over {} lanes leave this shard no input to run",
+            opts.lanes
+        )));
+    }
     make_out_dir(&opts.out)?;
     // Where the findings cannot be written, say so before the campaign
     // runs, not after it (a temporary file made and removed at once).
@@ -743,11 +758,6 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     })?;
     let start = Instant::now();
     let templates = gen::templates(opts.mode);
-    let total = opts.iterations.unwrap_or(u64::MAX);
-    let per_lane = |l: u32| {
-        let n = u64::from(opts.lanes);
-        total / n + u64::from(u64::from(l) < total % n)
-    };
     let lanes: VecDeque<u32> = (0..opts.lanes).filter(|l| l % n == k).collect();
     let bar = if opts.progress {
         let len = opts
@@ -950,7 +960,10 @@ mod tests {
             .map(|b| distinct_key(b))
             .collect();
         assert_eq!(keys.len(), 6);
-        assert_eq!(distinct_key(b"\x0f\x01"), distinct_key(&[0x0f, 0x01]));
+        let mut a = [0x90u8; 15];
+        let b = a;
+        a[14] = 0x91;
+        assert_ne!(distinct_key(&a), distinct_key(&b));
     }
 
     #[test]

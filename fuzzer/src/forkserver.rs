@@ -80,12 +80,14 @@ const SAID: usize = 4096;
 const LONGEST: usize = SAID;
 
 /// A line cut at [`LONGEST`] bytes as text: `None` where it is not UTF-8
-/// (a character that the cut splits is left out).
+/// (a character that the cut splits is left out; a line that ends in part
+/// of one without a cut is not text).
 fn cut_text(line: &[u8]) -> Option<&str> {
+    let cut = line.len() > LONGEST;
     let line = &line[..line.len().min(LONGEST)];
     match std::str::from_utf8(line) {
         Ok(l) => Some(l),
-        Err(e) if e.error_len().is_none() && line.len() == LONGEST => {
+        Err(e) if cut && e.error_len().is_none() => {
             std::str::from_utf8(&line[..e.valid_up_to()]).ok()
         }
         Err(_) => None,
@@ -566,6 +568,42 @@ mod tests {
             }
         }
         s
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_a_cut_character_left_out() {
+        let z = "z".repeat(LONGEST);
+        let w = "w".repeat(LONGEST - 1);
+        let lone = [
+            &"v".repeat(LONGEST - 1).into_bytes()[..],
+            &[0xc3],
+            b"\nafter\n",
+        ]
+        .concat();
+        for (bytes, kept) in [
+            (
+                format!("short\n{}\nafter\n", "y".repeat(3 * SAID)).into_bytes(),
+                format!("short\n{}\n", "y".repeat(LONGEST)),
+            ),
+            (
+                format!("{z}\r\nafter\n").into_bytes(),
+                format!("{z}\n"),
+            ),
+            (
+                format!("{w}é\nafter\n").into_bytes(),
+                format!("{w}\n"),
+            ),
+            // Exactly LONGEST bytes that end inside a character: not text.
+            (lone, String::new()),
+        ] {
+            for chunk in [1, 7, 4096] {
+                let mut said = Said::default();
+                for c in bytes.chunks(chunk) {
+                    said.hear(c);
+                }
+                assert_eq!(said.end(), kept, "by {chunk}");
+            }
+        }
     }
 
     #[test]
