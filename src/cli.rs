@@ -378,9 +378,7 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 pub fn install_signal_cleanup() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-        eprintln!(
-            "popek: warning: cannot watch for signals; an interrupt may leave temporary files"
-        );
+        say!("popek: warning: cannot watch for signals; an interrupt may leave temporary files");
         return;
     };
     // The child that runs `explain`'s engines gets a terminal's Ctrl-C
@@ -421,6 +419,26 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
     note_mode_32_on_pvm(&kinds, &[a.mode]);
     let engines: Vec<String> = kinds.iter().map(|k| k.name().to_string()).collect();
+    // The host CPU runs only the host's configuration: alone in another,
+    // the campaign would run nothing and say "0 findings".
+    if let Some(why) = kinds
+        .contains(&EngineKind::Native)
+        .then(|| analyzer::engine::unmodeled("native", &a.config.name()))
+        .flatten()
+    {
+        if kinds.len() == 1 {
+            bail!(
+                "--engine native --config {}: {why}; the host CPU runs only the host's \
+                 configuration (see `popek engines`)",
+                a.config.name()
+            );
+        }
+        say!(
+            "popek: note: native runs nothing in --config {} ({why}); the campaign compares no \
+             engine with it",
+            a.config.name()
+        );
+    }
     let gens: fuzzer::gen::Generators = a.generator.parse().map_err(anyhow::Error::msg)?;
     check_jobs(a.jobs)?;
     let jobs = if a.jobs == 0 {
@@ -536,14 +554,14 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
     // A signal after the campaign ended cut nothing short.
     let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
     outln!("{}", summary.line());
-    eprintln!(
+    say!(
         "popek: findings in {}",
         a.out.join("findings.jsonl").display()
     );
     // Stopped by a signal: what was found is written, and the exit code
     // says the campaign was cut short, as every command's does.
     if sig != 0 {
-        eprintln!("popek: interrupted (signal {sig}); the campaign's findings so far are written");
+        say!("popek: interrupted (signal {sig}); the campaign's findings so far are written");
         return Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(2)));
     }
     Ok(if summary.findings == 0 {
@@ -581,7 +599,7 @@ fn note_mode_32_on_pvm(kinds: &[EngineKind], modes: &[Mode]) {
         && modes.contains(&Mode::Prot32)
         && analyzer::engine::kvm::Flavor::detect() == analyzer::engine::kvm::Flavor::Pvm
     {
-        eprintln!("{}", PVM_MODE_32_NOTE);
+        say!("{}", PVM_MODE_32_NOTE);
     }
 }
 
@@ -599,7 +617,7 @@ fn cmd_vectors(a: VectorsArgs) -> Result<ExitCode> {
     for kind in kinds {
         match Prober::open(Arc::new(move || engine::open(kind))) {
             Ok(p) => probers.push(p),
-            Err(err) if is_all(&a.engine) => eprintln!("popek: skipping engine {kind}: {err}"),
+            Err(err) if is_all(&a.engine) => say!("popek: skipping engine {kind}: {err}"),
             Err(err) => return Err(err).with_context(|| format!("cannot open engine {kind}")),
         }
     }
@@ -615,7 +633,7 @@ fn cmd_vectors(a: VectorsArgs) -> Result<ExitCode> {
         std::io::stderr().is_terminal(),
     )?;
     let n = w.commit()?;
-    eprintln!("popek: {n} test vectors written to {}", a.out.display());
+    say!("popek: {n} test vectors written to {}", a.out.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -649,7 +667,7 @@ fn cmd_replay(a: ReplayArgs) -> Result<ExitCode> {
             outln!("{}: {l}", f.display());
         }
     }
-    eprintln!(
+    say!(
         "popek: {} vectors replayed on {kind}, {mismatched} with mismatches",
         vecs.len()
     );
@@ -684,7 +702,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<ExitCode> {
         match Prober::open(Arc::new(move || engine::open(kind))) {
             Ok(p) => probers.push(p),
             Err(err) if is_all(&a.engine) => {
-                eprintln!("popek: skipping engine {kind}: {err}");
+                say!("popek: skipping engine {kind}: {err}");
             }
             Err(err) => return Err(err).with_context(|| format!("cannot open engine {kind}")),
         }
@@ -728,9 +746,7 @@ fn explain_apart(kinds: &[EngineKind]) -> Result<Option<ExitCode>> {
         return Ok(None);
     }
     let here = |why: String| {
-        eprintln!(
-            "popek: warning: {why}; the engines run in this process, which Unicorn may abort"
-        );
+        say!("popek: warning: {why}; the engines run in this process, which Unicorn may abort");
         Ok(None)
     };
     let exe = match std::env::current_exe() {
@@ -772,7 +788,7 @@ fn explain_apart(kinds: &[EngineKind]) -> Result<Option<ExitCode>> {
         (libc::SIGSYS, "SIGSYS"),
     ];
     if let Some((_, name)) = crash.iter().find(|(n, _)| *n == sig) {
-        eprintln!(
+        say!(
             "popek: the process running the engines died of signal {sig} ({name}): an engine \
              failure, not an outcome of the instruction (Unicorn aborts on some inputs, such as \
              LOCK BT, BTS, BTR and BTC with a register); --engine kvm or native shows what a \
@@ -780,7 +796,7 @@ fn explain_apart(kinds: &[EngineKind]) -> Result<Option<ExitCode>> {
         );
         return Ok(Some(ExitCode::from(1)));
     }
-    eprintln!("popek: the process running the engines was ended by signal {sig}");
+    say!("popek: the process running the engines was ended by signal {sig}");
     Ok(Some(ExitCode::from(u8::try_from(128 + sig).unwrap_or(2))))
 }
 
@@ -896,7 +912,7 @@ fn scan_kept(
     .with_context(|| format!("scan on {kind} failed"))?;
     let secs = start.elapsed().as_secs_f64();
     let n = runs.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!(
+    say!(
         "popek: {kind}: {n} runs in {secs:.1} s, {} runs/s",
         if secs > 0.0 {
             (n as f64 / secs).round() as u64
@@ -950,7 +966,7 @@ pub fn load_facts(arg: Option<&str>, entries: &[catalog::Entry]) -> Result<Optio
         None => {
             let p = Path::new(truth::DEFAULT_PATH);
             if !p.exists() {
-                eprintln!(
+                say!(
                     "popek: warning: {} not found; verdicts are not compared with the documented facts (--facts PATH, or --facts none)",
                     p.display()
                 );
@@ -984,9 +1000,13 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         load_facts(a.facts.as_deref(), &cat.entries)?
     };
     let mut unexpected = 0;
+    if a.out.exists() && !a.out.is_dir() {
+        bail!("--out {}: not a directory", a.out.display());
+    }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create the report directory {}", a.out.display()))?;
     let mut set = report::ReportSet::new(&a.out);
+    let mut shown: std::io::Result<()> = Ok(());
     // Two or more engines: every pair is compared (see `write_comparisons`),
     // so each engine's outcomes are kept state by state.
     let compare = kinds.len() > 1;
@@ -999,7 +1019,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             None => None,
             Some(Ok(e)) => Some(e),
             Some(Err(e)) if all => {
-                eprintln!("popek: engine {kind} is not available, scanning without it: {e}");
+                say!("popek: engine {kind} is not available, scanning without it: {e}");
                 // Its reports of an earlier scan would read as current.
                 for f in Format::ALL {
                     set.remove_stale(&report::report_name(kind.name(), f));
@@ -1014,14 +1034,16 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         let (rep, findings, scanned) =
             scan_report(kind, &plan, &selected, a.jobs, facts.as_ref(), compare)?;
         set.add_report_with_facts(&a.format, &rep, facts.as_ref())?;
-        out!("{}", summary(&rep));
+        // Shown as each engine's scan ends; stdout that cannot take it
+        // fails the command only once the reports are written.
+        shown = shown.and(write_stdout(&summary(&rep)));
         if let Some(findings) = &findings {
             for f in findings.iter().filter(|f| f.status == Status::Disagrees) {
-                eprintln!("popek: unexpected disagreement: {f}");
+                say!("popek: unexpected disagreement: {f}");
             }
             let tally = Tally::of(findings);
             unexpected += tally.unexpected;
-            outln!("{} {tally}", kind.name());
+            shown = shown.and(write_stdout(&format!("{} {tally}\n", kind.name())));
         }
         reports.push(rep);
         ran.push((kind, scanned, executors));
@@ -1030,12 +1052,11 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         write_comparisons(&mut set, &a.format, &reports, &ran, facts.as_ref())?;
     }
     for path in set.commit()? {
-        eprintln!("popek: wrote {}", path.display());
+        say!("popek: wrote {}", path.display());
     }
+    shown?;
     if a.strict && unexpected > 0 {
-        eprintln!(
-            "popek: --strict: {unexpected} unexpected disagreements with the documented facts"
-        );
+        say!("popek: --strict: {unexpected} unexpected disagreements with the documented facts");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -1101,7 +1122,7 @@ fn write_comparisons(
     facts: Option<&Facts>,
 ) -> Result<()> {
     if ran.len() < 2 {
-        eprintln!("popek: only one engine ran; no engine comparison written");
+        say!("popek: only one engine ran; no engine comparison written");
         for name in COMPARISON.iter().chain(&RUNS_COMPARISON) {
             set.remove_stale(name);
         }
@@ -1112,7 +1133,7 @@ fn write_comparisons(
         .collect();
     let verdict_pairs = pairs_of(&judges);
     if verdict_pairs.is_empty() {
-        eprintln!(
+        say!(
             "popek: fewer than two engines that run the supervisor side ran; no verdict comparison written"
         );
         for name in COMPARISON {
@@ -1157,7 +1178,7 @@ fn write_comparisons(
             _ => set.remove_stale(COMPARISON[2]),
         }
         let n: usize = compared.iter().map(|(_, _, d)| d.len()).sum();
-        eprintln!("popek: {n} differences between the engines");
+        say!("popek: {n} differences between the engines");
     }
     let run_pairs = pairs_of(&(0..ran.len()).collect::<Vec<_>>());
     let by_runs: Vec<(String, String, Vec<compare::RunDifference>)> = run_pairs
@@ -1198,7 +1219,7 @@ fn write_comparisons(
         .flat_map(|(_, _, d)| d)
         .map(|d| d.states.len())
         .sum();
-    eprintln!("popek: run by run, {states} states where two engines' outcomes differ");
+    say!("popek: run by run, {states} states where two engines' outcomes differ");
     Ok(())
 }
 
@@ -1314,7 +1335,7 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
                 d.b.as_ref().map(|s| s.class.as_str()).unwrap_or("missing"),
             );
         }
-        eprintln!(
+        say!(
             "popek: {} differences between {} and {}",
             diffs.len(),
             a.a.display(),
@@ -1450,9 +1471,9 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
     }
     out!("{}", outcome.render_text());
     for w in outcome.warnings(&opts.known) {
-        eprintln!("popek: warning: {w}");
+        say!("popek: warning: {w}");
     }
-    eprintln!("popek: check: {}", outcome.summary());
+    say!("popek: check: {}", outcome.summary());
     // Drift is what this command exists to report: 1 when any is not known.
     Ok(if outcome.drifted() {
         ExitCode::from(1)

@@ -3,6 +3,16 @@
 //! no difference, 1 a difference or finding the command exists to report,
 //! 2 bad usage, unreadable input or any other error).
 
+/// `eprintln!` that never panics: a message that cannot be written to
+/// stderr (closed, or a full disk behind it) is dropped, and the command
+/// goes on to write its results and exit as it would.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 
 use clap::Parser;
@@ -13,8 +23,15 @@ use std::process::ExitCode;
 const FUZZ_WORKER: &str = "__fuzz-worker";
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(FUZZ_WORKER) {
+    // As the OS gives them: a file name need not be UTF-8 (clap says so of
+    // an argument that must be, with exit 2).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == FUZZ_WORKER) {
+        // The campaign's own arguments, always UTF-8.
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         // Ctrl-C is for the campaign, which stops its workers itself.
         let _ = signal_hook::flag::register(
             signal_hook::consts::SIGINT,
@@ -28,8 +45,16 @@ fn main() -> ExitCode {
         Err(e) => {
             // --help and --version are successes; every other parse error is usage.
             if !e.use_stderr() {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
+                // Help that cannot be written (a full disk) is no success.
+                use std::io::Write as _;
+                let written = e.print().and_then(|()| std::io::stdout().flush());
+                return match written {
+                    Err(w) if w.kind() != std::io::ErrorKind::BrokenPipe => {
+                        say!("popek: error: cannot write to standard output: {w}");
+                        ExitCode::from(2)
+                    }
+                    _ => ExitCode::SUCCESS,
+                };
             }
             // clap echoes a rejected value whole: clip huge ones.
             let text = e.render().to_string();
@@ -51,9 +76,10 @@ fn main() -> ExitCode {
                     .rev()
                     .find(|&i| text.is_char_boundary(i))
                     .unwrap_or(0);
-                eprintln!("{}… ({} bytes in all)", &text[..cut], text.len());
+                say!("{}… ({} bytes in all)", &text[..cut], text.len());
             } else {
-                eprint!("{text}");
+                use std::io::Write as _;
+                let _ = write!(std::io::stderr(), "{text}");
             }
             return ExitCode::from(2);
         }
@@ -66,7 +92,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("popek: error: {}", cli::error_chain(&e));
+            say!("popek: error: {}", cli::error_chain(&e));
             ExitCode::from(2)
         }
     }

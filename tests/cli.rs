@@ -541,6 +541,70 @@ fn a_full_stdout_is_named_in_the_error() {
     );
 }
 
+/// A stderr that cannot take the messages loses nothing else: the reports
+/// are written and the exit is the command's own; a full stdout fails the
+/// command only after its reports are in place.
+#[test]
+fn a_full_stderr_or_stdout_keeps_the_reports() {
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full");
+    if full().is_err() {
+        println!("skipped: no /dev/full on this host");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tmp");
+    for (name, to_stderr) in [("err", true), ("out", false)] {
+        let out = d.path().join(name);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_popek"));
+        c.args([
+            "scan", "--mode", "64", "--only", "hlt", "--facts", "none", "--out",
+        ])
+        .arg(&out);
+        if to_stderr {
+            c.stderr(full().expect("/dev/full"));
+        } else {
+            c.stdout(full().expect("/dev/full"));
+        }
+        let o = c.output().expect("run popek");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(if to_stderr { 0 } else { 2 }),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            out.join("popek-unicorn.json").is_file(),
+            "{name}: no report"
+        );
+    }
+}
+
+/// An argument that is not UTF-8 is a usage error, not a crash; a file
+/// name that is not UTF-8 is a file name.
+#[test]
+fn arguments_that_are_not_utf8_are_usage_errors_or_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    let o = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .arg("explain")
+        .arg(bad)
+        .output()
+        .expect("run popek");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("invalid UTF-8"), "{err}");
+    let d = tempfile::tempdir().expect("tmp");
+    let o = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["diff"])
+        .arg(d.path().join(bad))
+        .arg(d.path().join("b.json"))
+        .output()
+        .expect("run popek");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("No such file"), "{err}");
+}
+
 #[test]
 fn vectors_replay_clean_and_a_tampered_vector_is_caught() {
     let d = tempfile::tempdir().expect("tmp");

@@ -461,6 +461,18 @@ fn bad_fuzz_options_exit_2() {
         &["--iterations", "10", "--lanes", "2", "--shard", "3/4"],
         &["--iterations", "2", "--lanes", "4", "--shard", "3/4"],
         &["--iterations", "10", "--shard", "1/2"],
+        &[
+            "--iterations",
+            "100",
+            "--generator",
+            "tunnel",
+            "--tunnel-range",
+            "ff-ff",
+            "--lanes",
+            "8",
+            "--shard",
+            "1/8",
+        ],
         &["--mode", "64"],
     ] {
         let o = fuzz(args, &[]);
@@ -535,6 +547,31 @@ fn findings_that_cannot_be_written_say_why() {
         std::fs::read_to_string(out2.join("findings.jsonl")).expect("read"),
         "old\n"
     );
+    // A fifo where the corpus goes: refused before the campaign runs (a
+    // day-long one here, which would otherwise lose its findings at the end).
+    let out3 = d.path().join("out3");
+    std::fs::create_dir_all(&out3).expect("mkdir");
+    let fifo = std::ffi::CString::new(
+        out3.join("corpus.txt")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("path");
+    // SAFETY: `fifo` is a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let o = fuzz(
+        &[
+            "--duration",
+            "86400",
+            "--out",
+            out3.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    let (stdout, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(!stdout.contains("fuzz:"), "{stdout}");
     // Not a directory at all: refused at once.
     let file = d.path().join("file");
     std::fs::write(&file, "x").expect("write");
@@ -633,6 +670,8 @@ fn merge_refuses_findings_no_campaign_wrote() {
         ("config", "umip=maybe", "config"),
         ("bytes", "zz", "bytes"),
         ("input", "", "input: no bytes"),
+        ("bytes", "0x0f01", "not written as a campaign writes hex"),
+        ("signature", "a b\nc", "signature: empty or not one line"),
     ] {
         let keep = f[field].clone();
         f[field] = serde_json::json!(value);

@@ -100,3 +100,39 @@ fn explain_on_native_runs_the_user_side_only() {
     );
     assert!(out.contains("verdict: not-judged"), "{out}");
 }
+
+/// A campaign on the host CPU alone in a configuration the host does not
+/// run would run nothing and say "0 findings": it is refused, and the
+/// host's own runs.
+#[test]
+fn fuzz_on_native_alone_is_refused_in_a_configuration_the_host_does_not_run() {
+    if let Some(why) = unavailable() {
+        println!("skipped: {why}");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tmp");
+    let other = if host_umip() == "on" { "off" } else { "on" };
+    let run = |umip: &str| {
+        let out = d.path().join(umip);
+        let o = popek(&[
+            "fuzz",
+            "--engine",
+            "native",
+            "--config",
+            &format!("umip={umip}"),
+            "--iterations",
+            "20",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ]);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(other);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not modeled") && err.contains("host"), "{err}");
+    let (code, err) = run(host_umip());
+    assert!(matches!(code, Some(0 | 1)), "{err}");
+}

@@ -434,6 +434,8 @@ pub enum VectorError {
     NotVectorDir(PathBuf),
     #[error("{0}: no test vectors there")]
     Empty(PathBuf),
+    #[error("{dir}: not the whole set its {INDEX} lists: {msg}")]
+    Incomplete { dir: PathBuf, msg: String },
     #[error(transparent)]
     Probe(#[from] crate::probe::ProbeError),
 }
@@ -639,6 +641,58 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
     }
     let mut out = Vec::new();
     walk(dir, &mut out)?;
+    // The index names every file the set was written with: one missing,
+    // or something else in its place, is a set that cannot pass whole.
+    let index = dir.join(INDEX);
+    if index.exists() {
+        let text = crate::input::read_text(&index, MAX_FILE).map_err(io_err(&index))?;
+        let corrupt = |msg: String| VectorError::Corrupt {
+            path: index.clone(),
+            msg,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let listed = v
+            .get("files")
+            .and_then(|f| f.as_array())
+            .ok_or_else(|| corrupt("no files list".into()))?;
+        for name in listed {
+            let name = name
+                .as_str()
+                .ok_or_else(|| corrupt("a file name that is no string".into()))?;
+            let rel = Path::new(name);
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(corrupt(format!(
+                    "{} is not a path inside the set",
+                    crate::input::clip(name)
+                )));
+            }
+            let path = dir.join(rel);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    if !out.contains(&path) {
+                        out.push(path);
+                    }
+                }
+                Ok(_) => {
+                    return Err(VectorError::Incomplete {
+                        dir: dir.to_path_buf(),
+                        msg: format!("{} is not a regular file", crate::input::clip(name)),
+                    })
+                }
+                Err(e) => {
+                    return Err(VectorError::Incomplete {
+                        dir: dir.to_path_buf(),
+                        msg: format!("{}: {e}", crate::input::clip(name)),
+                    })
+                }
+            }
+        }
+    }
     out.sort();
     if out.is_empty() {
         return Err(VectorError::Empty(dir.to_path_buf()));
@@ -961,6 +1015,17 @@ mod tests {
             Err(VectorError::NotVectorDir(_))
         ));
         assert!(other.join("keep.txt").exists());
+        // A file the index lists that is gone, or not a file, fails the set.
+        write_dir(&out, std::slice::from_ref(&v), false).expect("write");
+        let listed = list_dir(&out).expect("list").remove(0);
+        std::fs::remove_file(&listed).expect("remove");
+        assert!(matches!(
+            list_dir(&out),
+            Err(VectorError::Incomplete { .. })
+        ));
+        std::fs::create_dir(&listed).expect("a directory in its place");
+        let e = list_dir(&out).expect_err("a directory");
+        assert!(e.to_string().contains("is not a regular file"), "{e}");
         // Corrupt, foreign and huge files are errors.
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, "{ not json").expect("write");

@@ -152,15 +152,24 @@ pub fn render_groups(records: &[&Record]) -> String {
             .unwrap_or(0)
     };
     let (w0, w1, w2) = (width(0), width(1), width(2));
-    let mut s = format!(
-        "{:<w0$}  {:>w1$}  {:<w2$}  {}\n",
-        head[0], head[1], head[2], head[3]
-    );
+    // Padded by hand: a format width may not pass 65,535, and a report's
+    // names may be longer.
+    let line = |s: &mut String, c: [&str; 4]| {
+        let pad = |s: &mut String, n: usize| s.extend(std::iter::repeat_n(' ', n));
+        s.push_str(c[0]);
+        pad(s, w0 - c[0].len() + 2);
+        pad(s, w1 - c[1].len());
+        s.push_str(c[1]);
+        pad(s, 2);
+        s.push_str(c[2]);
+        pad(s, w2 - c[2].len() + 2);
+        s.push_str(c[3]);
+        s.push('\n');
+    };
+    let mut s = String::new();
+    line(&mut s, head);
     for r in &rows {
-        s.push_str(&format!(
-            "{:<w0$}  {:>w1$}  {:<w2$}  {}\n",
-            r[0], r[1], r[2], r[3]
-        ));
+        line(&mut s, [&r[0], &r[1], &r[2], &r[3]]);
     }
     let forms: usize = groups.iter().map(|g| g.forms).sum();
     s.push_str(&format!(
@@ -213,6 +222,25 @@ mod tests {
         assert!(text.starts_with("32   umip=off   sgdt "));
         assert!(text.contains("location,user"));
         assert!(text.trim_end().ends_with("(data[0x2..] 00 vs 10)"));
+    }
+
+    #[test]
+    fn names_longer_than_any_format_width_are_laid_out() {
+        let long = "m".repeat(70_000);
+        let records = [
+            record(&long, Class::SensitiveUnprivileged, false),
+            record("sgdt", Class::SensitiveUnprivileged, false),
+        ];
+        let refs: Vec<&Record> = records.iter().collect();
+        let text = render_groups(&refs);
+        let lines: Vec<&str> = text.lines().collect();
+        // The forms column ends at the same place on every row: after the
+        // longest name, two spaces, and "forms" (the widest cell).
+        let forms = |l: &str| l[70_002..70_007].to_string();
+        assert_eq!(forms(lines[0]), "forms");
+        assert_eq!(forms(lines[1]), "    1");
+        assert_eq!(forms(lines[2]), "    1");
+        assert!(lines[1..3].iter().any(|l| l.starts_with(&long)));
     }
 
     #[test]

@@ -739,17 +739,33 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
         let n = u64::from(opts.lanes);
         total / n + u64::from(u64::from(l) < total % n)
     };
-    if n > 1
-        && (0..opts.lanes)
-            .filter(|l| l % n == k)
-            .all(|l| per_lane(l) == 0)
-    {
+    // A tunnel lane beyond the range's first bytes has none to walk.
+    let tunnel_only = opts.gens == Generators::One(gen::GenKind::Tunnel);
+    let idle = |l: u32| {
+        per_lane(l) == 0 || (tunnel_only && tunnel_range(l, opts.lanes, opts.tunnel).is_none())
+    };
+    let idle_lanes = (0..opts.lanes).filter(|l| l % n == k && idle(*l)).count();
+    let lanes_here = (0..opts.lanes).filter(|l| l % n == k).count();
+    if n > 1 && idle_lanes == lanes_here {
         return Err(FuzzError::Usage(format!(
-            "--shard {k}/{n}: {total} iterations over {} lanes leave this shard no input to run",
+            "--shard {k}/{n}: the iterations and the tunnel range over {} lanes leave this \
+             shard no input to run",
             opts.lanes
         )));
     }
+    if idle_lanes > 0 {
+        say!(
+            "popek: note: {idle_lanes} of the {lanes_here} lanes run nothing (fewer iterations \
+             or tunnel first bytes than lanes)"
+        );
+    }
     make_out_dir(&opts.out)?;
+    // What is in the way of the outputs is said now, not after the
+    // campaign (whose findings would then be lost).
+    for name in OUTPUTS {
+        analyzer::report::check_target(&opts.out.join(name))
+            .map_err(|e| finding::with_cause(&opts.out, e))?;
+    }
     // Where the findings cannot be written, say so before the campaign
     // runs, not after it (a temporary file made and removed at once).
     tempfile::tempfile_in(&opts.out).map_err(|source| FindingsError::Io {
@@ -882,6 +898,9 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     })
 }
 
+/// The files a campaign and a merge write into `--out`.
+const OUTPUTS: [&str; 2] = ["findings.jsonl", "corpus.txt"];
+
 /// Writes `findings.jsonl` and `corpus.txt`, atomically as one set.
 fn write_outputs(out: &Path, findings: &[Finding]) -> Result<(), FuzzError> {
     let mut corpus: Vec<CorpusEntry> = findings
@@ -899,8 +918,8 @@ fn write_outputs(out: &Path, findings: &[Finding]) -> Result<(), FuzzError> {
     finding::write_set(
         out,
         &[
-            ("findings.jsonl", finding::to_jsonl(findings).as_bytes()),
-            ("corpus.txt", finding::corpus_text(&corpus).as_bytes()),
+            (OUTPUTS[0], finding::to_jsonl(findings).as_bytes()),
+            (OUTPUTS[1], finding::corpus_text(&corpus).as_bytes()),
         ],
     )?;
     Ok(())

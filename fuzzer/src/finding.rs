@@ -126,10 +126,12 @@ pub enum FindingsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}: not a popek finding: {msg}")]
+    #[error("{path}:{line}: not a popek {what}: {msg}")]
     Corrupt {
         path: PathBuf,
         line: usize,
+        /// What the line should have been: a finding, a corpus line.
+        what: &'static str,
         msg: String,
     },
 }
@@ -166,7 +168,7 @@ pub fn write_set(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), FindingsErro
 
 /// A report writer's error as findings', its cause in the message (the
 /// report error's source, which `to_string` alone drops).
-fn with_cause(path: &Path, e: analyzer::report::ReportError) -> FindingsError {
+pub(crate) fn with_cause(path: &Path, e: analyzer::report::ReportError) -> FindingsError {
     let why = match std::error::Error::source(&e) {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),
@@ -215,8 +217,24 @@ impl Finding {
         self.config
             .parse::<analyzer::mode::Config>()
             .map_err(|e| format!("config: {e}"))?;
-        input_bytes(&self.bytes).map_err(|e| format!("bytes: {e}"))?;
-        input_bytes(&self.input).map_err(|e| format!("input: {e}"))?;
+        for (what, hex) in [("bytes", &self.bytes), ("input", &self.input)] {
+            let b = input_bytes(hex).map_err(|e| format!("{what}: {e}"))?;
+            // As a campaign writes it (merge writes it on as it is read).
+            if analyzer::observe::hex(&b) != *hex {
+                return Err(format!(
+                    "{what}: {} is not written as a campaign writes hex (lower case, no spaces)",
+                    analyzer::input::clip(hex)
+                ));
+            }
+        }
+        if self.cpl.is_some_and(|c| c > 3) {
+            return Err(format!("cpl {}: 0 to 3", self.cpl.unwrap_or(0)));
+        }
+        // The signature becomes the corpus line's note, and the key of
+        // deduplication: one line of printable text.
+        if self.signature.is_empty() || self.signature.chars().any(char::is_control) {
+            return Err("signature: empty or not one line of printable text".into());
+        }
         Ok(())
     }
 }
@@ -232,6 +250,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Finding>, FindingsError> {
             let bad = |msg: String| FindingsError::Corrupt {
                 path: path.to_path_buf(),
                 line: i + 1,
+                what: "finding",
                 msg,
             };
             let f: Finding = serde_json::from_str(l).map_err(|e| bad(e.to_string()))?;
@@ -277,6 +296,7 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
             return Err(FindingsError::Corrupt {
                 path: path.to_path_buf(),
                 line: i + 1,
+                what: "corpus line",
                 msg: format!("more than {MAX_CORPUS} entries, the most a corpus may hold"),
             });
         }
@@ -285,6 +305,7 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
         let bad = |msg: String| FindingsError::Corrupt {
             path: path.to_path_buf(),
             line: i + 1,
+            what: "corpus line",
             msg,
         };
         let bytes = input_bytes(hex).map_err(bad)?;
@@ -317,7 +338,19 @@ pub fn read_corpus_dir(dir: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
         .collect();
     files.sort();
     let mut out = Vec::new();
+    let mut bytes = 0u64;
     for f in files {
+        // The files together are held to what one may hold.
+        bytes += std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+        if bytes > MAX_FILE {
+            return Err(FindingsError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("its corpus files hold more than {MAX_FILE} bytes, the most a campaign reads"),
+                ),
+            });
+        }
         out.extend(read_corpus(&f)?);
         if out.len() > MAX_CORPUS {
             return Err(FindingsError::Io {

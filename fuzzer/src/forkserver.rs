@@ -433,7 +433,7 @@ impl Child {
 /// the thread that forked.
 pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death)) -> i32 {
     let fail = |what: &str, e: std::io::Error| {
-        eprintln!("popek fuzz worker: {what}: {e}");
+        say!("popek fuzz worker: {what}: {e}");
         2
     };
     // Not dumpable: the kernel writes no core of the process, to a file or
@@ -540,7 +540,7 @@ pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death))
                 Ok(c) => spare = Some(c),
                 Err(e) if !said_no_spare => {
                     said_no_spare = true;
-                    eprintln!("popek fuzz worker: fork a spare child: {e} (going on without)");
+                    say!("popek fuzz worker: fork a spare child: {e} (going on without)");
                 }
                 Err(_) => {}
             }
@@ -585,14 +585,8 @@ mod tests {
                 format!("short\n{}\nafter\n", "y".repeat(3 * SAID)).into_bytes(),
                 format!("short\n{}\n", "y".repeat(LONGEST)),
             ),
-            (
-                format!("{z}\r\nafter\n").into_bytes(),
-                format!("{z}\n"),
-            ),
-            (
-                format!("{w}é\nafter\n").into_bytes(),
-                format!("{w}\n"),
-            ),
+            (format!("{z}\r\nafter\n").into_bytes(), format!("{z}\n")),
+            (format!("{w}é\nafter\n").into_bytes(), format!("{w}\n")),
             // Exactly LONGEST bytes that end inside a character: not text.
             (lone, String::new()),
         ] {

@@ -301,18 +301,18 @@ pub fn main(args: &[String]) -> i32 {
             "--config" => match v.parse::<Config>() {
                 Ok(c) => config = c,
                 Err(e) => {
-                    eprintln!("popek fuzz worker: --config: {e}");
+                    say!("popek fuzz worker: --config: {e}");
                     return 2;
                 }
             },
             _ => {
-                eprintln!("popek fuzz worker: unknown argument {a}");
+                say!("popek fuzz worker: unknown argument {a}");
                 return 2;
             }
         }
     }
     let Some(mode) = mode else {
-        eprintln!("popek fuzz worker: --mode is needed");
+        say!("popek fuzz worker: --mode is needed");
         return 2;
     };
     // What every child needs and starts no thread, made once: iced-x86's
@@ -324,7 +324,7 @@ pub fn main(args: &[String]) -> i32 {
         let mut ev = match ev {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("popek fuzz worker: {e}");
+                say!("popek fuzz worker: {e}");
                 return 2;
             }
         };
@@ -341,7 +341,7 @@ pub fn main(args: &[String]) -> i32 {
         match serve(&mut ev, stdin.lock(), stdout.lock()) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("popek fuzz worker: {e}");
+                say!("popek fuzz worker: {e}");
                 3
             }
         }

@@ -32,26 +32,45 @@ pub fn read_report(path: &Path) -> Result<Report, ReportError> {
 
 /// Parses report text; `path` only names the source in errors.
 pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ReportError::Parse {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column(),
-        msg: e.to_string(),
-    })?;
     let not = |why: String| ReportError::NotAReport {
         path: path.to_path_buf(),
         why,
     };
-    match value
-        .get("header")
-        .and_then(|h| h.get("tool"))
-        .and_then(|t| t.as_str())
-    {
-        Some(TOOL) => {}
-        Some(other) => return Err(not(format!("written by '{other}', not {TOOL}"))),
-        None => return Err(not("no header.tool field".into())),
+    // A first look at the header's tool and that the records are a list,
+    // which keeps nothing of them (a whole `Value` of a large report took
+    // many times the report's size).
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        header: Option<PeekHeader>,
+        records: Option<Vec<serde::de::IgnoredAny>>,
     }
-    if !value.get("records").is_some_and(|r| r.is_array()) {
+    #[derive(serde::Deserialize)]
+    struct PeekHeader {
+        tool: Option<serde_json::Value>,
+    }
+    let peek: Peek = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            not(format!("line {}, column {}: {e}", e.line(), e.column()))
+        } else {
+            ReportError::Parse {
+                path: path.to_path_buf(),
+                line: e.line(),
+                column: e.column(),
+                msg: e.to_string(),
+            }
+        }
+    })?;
+    match peek.header.and_then(|h| h.tool) {
+        Some(serde_json::Value::String(t)) if t == TOOL => {}
+        Some(serde_json::Value::String(other)) => {
+            return Err(not(format!(
+                "written by '{}', not {TOOL}",
+                crate::input::clip(&other)
+            )))
+        }
+        _ => return Err(not("no header.tool field".into())),
+    }
+    if peek.records.is_none() {
         return Err(not("no records array".into()));
     }
     let report: Report = serde_json::from_str(text)

@@ -251,6 +251,32 @@ pub fn abandon_pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     g
 }
 
+/// Whether a set may put a file at `path`: nothing there, or a regular
+/// file (also behind a symbolic link). A directory, a device, a fifo or a
+/// socket is refused: a rename would put a file in the place of
+/// `/dev/full` or a pipe. [`ReportSet::commit`] checks every target so; a
+/// command that runs long checks its targets with it before it starts.
+pub fn check_target(path: &Path) -> Result<(), ReportError> {
+    let Ok(m) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let (kind, why) = if m.is_dir() {
+        (io::ErrorKind::IsADirectory, "a directory is in the way")
+    } else if !m.is_file() {
+        (
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a device, fifo or socket is in the way): \
+             popek replaces report files, and writes into nothing else",
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ReportError::Write {
+        path: path.to_path_buf(),
+        source: io::Error::new(kind, why),
+    })
+}
+
 /// A set of report files written together: every file is written to a
 /// temporary file of its own in the target directory (a fresh name created
 /// with O_EXCL, so an existing file or a symlink planted there is never
@@ -356,22 +382,7 @@ impl ReportSet {
         // Checked while the set still holds its files, so that a refusal
         // drops them through `Drop`, which forgets them too.
         for (path, _) in &self.files {
-            let Ok(m) = fs::metadata(path) else { continue };
-            let (kind, why) = if m.is_dir() {
-                (io::ErrorKind::IsADirectory, "a directory is in the way")
-            } else if !m.is_file() {
-                (
-                    io::ErrorKind::InvalidInput,
-                    "not a regular file (a device, fifo or socket is in the way): \
-                     popek replaces report files, and writes into nothing else",
-                )
-            } else {
-                continue;
-            };
-            return Err(ReportError::Write {
-                path: path.clone(),
-                source: io::Error::new(kind, why),
-            });
+            check_target(path)?;
         }
         let files = std::mem::take(&mut self.files);
         let stale = std::mem::take(&mut self.stale);
