@@ -419,24 +419,28 @@ fn cmd_fuzz(a: FuzzArgs) -> Result<ExitCode> {
     let kinds = parse_engines(&a.engine)?;
     note_mode_32_on_pvm(&kinds, &[a.mode]);
     let engines: Vec<String> = kinds.iter().map(|k| k.name().to_string()).collect();
-    // The host CPU runs only the host's configuration: alone in another,
-    // the campaign would run nothing and say "0 findings".
-    if let Some(why) = kinds
-        .contains(&EngineKind::Native)
-        .then(|| analyzer::engine::unmodeled("native", &a.config.name()))
-        .flatten()
-    {
+    // The host CPU runs only the host's configuration, in 64-bit and
+    // compatibility-mode code: alone in another, the campaign would run
+    // nothing and say "0 findings".
+    let native_why = if !a.mode.is_long() {
+        Some(format!(
+            "mode {} is not one a user process runs in (native runs 64 and 32c only)",
+            a.mode
+        ))
+    } else {
+        analyzer::engine::unmodeled("native", &a.config.name())
+    };
+    if let Some(why) = native_why.filter(|_| kinds.contains(&EngineKind::Native)) {
+        let setting = format!("--mode {} --config {}", a.mode, a.config.name());
         if kinds.len() == 1 {
             bail!(
-                "--engine native --config {}: {why}; the host CPU runs only the host's \
-                 configuration (see `popek engines`)",
-                a.config.name()
+                "--engine native {setting}: {why}; the host CPU runs only the host's \
+                 configuration (see `popek engines`)"
             );
         }
         say!(
-            "popek: note: native runs nothing in --config {} ({why}); the campaign compares no \
-             engine with it",
-            a.config.name()
+            "popek: note: native runs nothing in {setting} ({why}); the campaign compares no \
+             engine with it"
         );
     }
     let gens: fuzzer::gen::Generators = a.generator.parse().map_err(anyhow::Error::msg)?;

@@ -450,33 +450,67 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
 
 #[test]
 fn bad_fuzz_options_exit_2() {
-    for args in [
-        &["--iterations", "10", "--shard", "2/2"][..],
-        &["--iterations", "10", "--generator", "nope"],
-        &["--iterations", "10", "--tunnel-range", "zz-00"],
-        &["--duration", "-1"],
-        &["--duration", "1e300", "--iterations", "10"],
-        &["--duration", "1e19", "--iterations", "10"],
-        &["--iterations", "10", "--lanes", "2000000"],
-        &["--iterations", "10", "--lanes", "2", "--shard", "3/4"],
-        &["--iterations", "2", "--lanes", "4", "--shard", "3/4"],
-        &["--iterations", "10", "--shard", "1/2"],
-        &[
-            "--iterations",
-            "100",
-            "--generator",
-            "tunnel",
-            "--tunnel-range",
-            "ff-ff",
-            "--lanes",
-            "8",
-            "--shard",
-            "1/8",
-        ],
-        &["--mode", "64"],
+    // Each refused with its reason, and nothing written into `--out`.
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("out");
+    for (args, said) in [
+        (
+            &["--iterations", "10", "--shard", "2/2"][..],
+            "K must be below N",
+        ),
+        (&["--iterations", "10", "--generator", "nope"], "nope"),
+        (
+            &["--iterations", "10", "--tunnel-range", "zz-00"],
+            "LO is not a hex byte",
+        ),
+        (&["--duration=-1"], "a positive number of seconds"),
+        (
+            &["--duration", "1e300", "--iterations", "10"],
+            "at most 1e9 seconds",
+        ),
+        (
+            &["--duration", "1e19", "--iterations", "10"],
+            "at most 1e9 seconds",
+        ),
+        (&["--iterations", "10", "--lanes", "2000000"], "at most"),
+        (
+            &["--iterations", "10", "--lanes", "2", "--shard", "3/4"],
+            "this shard has no lane to run",
+        ),
+        (
+            &["--iterations", "2", "--lanes", "4", "--shard", "3/4"],
+            "leave this shard no input to run",
+        ),
+        (
+            &["--iterations", "10", "--shard", "1/2"],
+            "give --lanes L too",
+        ),
+        (
+            &[
+                "--iterations",
+                "100",
+                "--generator",
+                "tunnel",
+                "--tunnel-range",
+                "ff-ff",
+                "--lanes",
+                "8",
+                "--shard",
+                "1/8",
+            ],
+            "leave this shard no input to run",
+        ),
+        (&["--mode", "64"], "give --iterations N or --duration SECS"),
     ] {
-        let o = fuzz(args, &[]);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o).1);
+        let args = [args, &["--out", out.to_str().expect("utf-8 path")]].concat();
+        let o = fuzz(&args, &[]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(said), "{args:?}: {err}");
+        assert!(
+            !out.join("findings.jsonl").exists(),
+            "{args:?} wrote findings"
+        );
     }
 }
 
@@ -559,15 +593,22 @@ fn findings_that_cannot_be_written_say_why() {
     .expect("path");
     // SAFETY: `fifo` is a NUL-terminated path that lives across the call.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-    let o = fuzz(
-        &[
-            "--duration",
-            "86400",
-            "--out",
-            out3.to_str().expect("utf-8 path"),
-        ],
-        &[],
-    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["fuzz", "--duration", "86400", "--out"])
+        .arg(&out3)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start popek fuzz");
+    let t = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the campaign ran: the fifo was not refused before it");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().expect("wait");
     let (stdout, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("not a regular file"), "{err}");
@@ -666,15 +707,24 @@ fn merge_refuses_findings_no_campaign_wrote() {
     let bad = d.path().join("bad");
     std::fs::create_dir_all(&bad).expect("mkdir");
     for (field, value, said) in [
-        ("mode", "65", "mode"),
-        ("config", "umip=maybe", "config"),
-        ("bytes", "zz", "bytes"),
-        ("input", "", "input: no bytes"),
-        ("bytes", "0x0f01", "not written as a campaign writes hex"),
-        ("signature", "a b\nc", "signature: empty or not one line"),
+        ("mode", serde_json::json!("65"), "mode"),
+        ("config", serde_json::json!("umip=maybe"), "config"),
+        ("bytes", serde_json::json!("zz"), "bytes"),
+        ("input", serde_json::json!(""), "input: no bytes"),
+        (
+            "bytes",
+            serde_json::json!("0x0f01"),
+            "not written as a campaign writes hex",
+        ),
+        (
+            "signature",
+            serde_json::json!("a b\nc"),
+            "signature: empty or not one line",
+        ),
+        ("cpl", serde_json::json!(7), "cpl 7: 0 to 3"),
     ] {
         let keep = f[field].clone();
-        f[field] = serde_json::json!(value);
+        f[field] = value;
         std::fs::write(bad.join("findings.jsonl"), format!("{first}\n{f}\n")).expect("write");
         f[field] = keep;
         let o = merge(&bad);

@@ -135,4 +135,21 @@ fn fuzz_on_native_alone_is_refused_in_a_configuration_the_host_does_not_run() {
     assert!(err.contains("not modeled") && err.contains("host"), "{err}");
     let (code, err) = run(host_umip());
     assert!(matches!(code, Some(0 | 1)), "{err}");
+    // Nor does it run 16-bit code.
+    let o = popek(&[
+        "fuzz",
+        "--engine",
+        "native",
+        "--mode",
+        "16",
+        "--config",
+        &format!("umip={}", host_umip()),
+        "--iterations",
+        "20",
+        "--out",
+        d.path().join("m16").to_str().expect("utf-8 path"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not one a user process runs in"), "{err}");
 }

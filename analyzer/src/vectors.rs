@@ -645,6 +645,7 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
     // or something else in its place, is a set that cannot pass whole.
     let index = dir.join(INDEX);
     if index.exists() {
+        let found: std::collections::HashSet<PathBuf> = out.iter().cloned().collect();
         let text = crate::input::read_text(&index, MAX_FILE).map_err(io_err(&index))?;
         let corrupt = |msg: String| VectorError::Corrupt {
             path: index.clone(),
@@ -674,7 +675,7 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
             let path = dir.join(rel);
             match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => {
-                    if !out.contains(&path) {
+                    if !found.contains(&path) {
                         out.push(path);
                     }
                 }

@@ -41,31 +41,37 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
     // many times the report's size).
     #[derive(serde::Deserialize)]
     struct Peek {
-        header: Option<PeekHeader>,
+        header: Option<serde_json::Value>,
         records: Option<Vec<serde::de::IgnoredAny>>,
     }
-    #[derive(serde::Deserialize)]
-    struct PeekHeader {
-        tool: Option<serde_json::Value>,
+    let syntax = |e: serde_json::Error| ReportError::Parse {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        msg: e.to_string(),
+    };
+    // A struct reads from a JSON array too: a report is an object.
+    if !text.trim_start().starts_with('{') {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(syntax)?;
+        return Err(not("not a JSON object".into()));
     }
     let peek: Peek = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             not(format!("line {}, column {}: {e}", e.line(), e.column()))
         } else {
-            ReportError::Parse {
-                path: path.to_path_buf(),
-                line: e.line(),
-                column: e.column(),
-                msg: e.to_string(),
-            }
+            syntax(e)
         }
     })?;
-    match peek.header.and_then(|h| h.tool) {
+    let header = peek.header.unwrap_or_default();
+    if !header.is_object() {
+        return Err(not("no header object".into()));
+    }
+    match header.get("tool") {
         Some(serde_json::Value::String(t)) if t == TOOL => {}
         Some(serde_json::Value::String(other)) => {
             return Err(not(format!(
                 "written by '{}', not {TOOL}",
-                crate::input::clip(&other)
+                crate::input::clip(other)
             )))
         }
         _ => return Err(not("no header.tool field".into())),
@@ -162,6 +168,17 @@ mod tests {
         );
         let e = parse_report(p(), "[1, 2]").expect_err("array");
         assert!(matches!(e, ReportError::NotAReport { .. }));
+        // A report's parts in an array, or a header as one, are no report.
+        let mut out = Vec::new();
+        write_json(&mut out, &sample()).expect("write");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        let arr = serde_json::json!([v["header"], v["records"]]).to_string();
+        let e = parse_report(p(), &arr).expect_err("array of parts");
+        assert!(e.to_string().contains("not a JSON object"), "{e}");
+        let mut h = v.clone();
+        h["header"] = serde_json::json!(["popek"]);
+        let e = parse_report(p(), &h.to_string()).expect_err("header array");
+        assert!(e.to_string().contains("no header object"), "{e}");
         let e = parse_report(p(), "{\"header\": {\"tool\": \"popek\"}, \"records\": []}")
             .expect_err("fields");
         assert!(e.to_string().contains("missing field"), "{e}");
