@@ -91,6 +91,35 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
             )));
         }
     }
+    // As popek writes them: one engine's records, in configurations it
+    // knows, and each mode and configuration named once in the header.
+    for r in &report.records {
+        if r.engine != report.header.engine {
+            return Err(not(format!(
+                "a record of engine {} in a report of engine {}",
+                crate::input::clip(&r.engine),
+                crate::input::clip(&report.header.engine)
+            )));
+        }
+        if let Err(e) = r.config.parse::<crate::mode::Config>() {
+            return Err(not(format!(
+                "a record of configuration {}: {e}",
+                crate::input::clip(&r.config)
+            )));
+        }
+    }
+    for (what, names) in [
+        ("mode", &report.header.modes),
+        ("configuration", &report.header.configurations),
+    ] {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = names.iter().find(|n| !seen.insert(*n)) {
+            return Err(not(format!(
+                "its header names the {what} {} twice",
+                crate::input::clip(twice)
+            )));
+        }
+    }
     // The header speaks for the records (`violators --mode` asks it which
     // modes a report holds): one that lists others is no report popek wrote.
     let set = |v: Vec<String>| v.into_iter().collect::<std::collections::BTreeSet<_>>();
@@ -182,6 +211,26 @@ mod tests {
         let e = parse_report(p(), "{\"header\": {\"tool\": \"popek\"}, \"records\": []}")
             .expect_err("fields");
         assert!(e.to_string().contains("missing field"), "{e}");
+        // Records of another engine, or of a configuration popek does not
+        // know, and a header that names a mode twice.
+        for (tamper, said) in [
+            (r#""engine":"fake""#, r#""engine":"other""#),
+            (r#""config":"umip=off""#, r#""config":"umip=maybe""#),
+        ] {
+            let mut out = Vec::new();
+            write_json(&mut out, &sample()).expect("write");
+            let text = String::from_utf8(out)
+                .expect("utf8")
+                .replacen(tamper, said, 1);
+            let e = parse_report(p(), &text).expect_err(said);
+            assert!(e.to_string().contains("a record of"), "{e}");
+        }
+        let mut r = sample();
+        r.header.modes.push("32".into());
+        let mut out = Vec::new();
+        write_json(&mut out, &r).expect("write");
+        let e = parse_report(p(), &String::from_utf8(out).expect("utf8")).expect_err("twice");
+        assert!(e.to_string().contains("names the mode 32 twice"), "{e}");
         // A header that claims a mode its records do not hold.
         let mut r = sample();
         r.header.modes.push("16".into());
