@@ -10,6 +10,7 @@ use analyzer::mode::{Config, Mode};
 use analyzer::probe::Prober;
 use analyzer::record::Record;
 use analyzer::report::{self, Format, Report};
+use analyzer::say;
 use analyzer::scan::{self, ScanPlan};
 use analyzer::truth::{self, Facts, Status, Tally};
 use analyzer::vectors;
@@ -1004,9 +1005,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         load_facts(a.facts.as_deref(), &cat.entries)?
     };
     let mut unexpected = 0;
-    if a.out.exists() && !a.out.is_dir() {
-        bail!("--out {}: not a directory", a.out.display());
-    }
+    report::check_out_dir(&a.out).with_context(|| a.out.display().to_string())?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create the report directory {}", a.out.display()))?;
     let mut set = report::ReportSet::new(&a.out);

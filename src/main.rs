@@ -3,18 +3,9 @@
 //! no difference, 1 a difference or finding the command exists to report,
 //! 2 bad usage, unreadable input or any other error).
 
-/// `eprintln!` that never panics: a message that cannot be written to
-/// stderr (closed, or a full disk behind it) is dropped, and the command
-/// goes on to write its results and exit as it would.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 mod cli;
 
+use analyzer::say;
 use clap::Parser;
 use std::process::ExitCode;
 

@@ -476,6 +476,7 @@ pub struct DirWriter {
 
 impl DirWriter {
     pub fn new(out: &Path, gzip: bool) -> Result<DirWriter, VectorError> {
+        crate::report::check_out_dir(out).map_err(io_err(out))?;
         if out.exists() && !out.join(INDEX).is_file() {
             let empty = std::fs::read_dir(out)
                 .map_err(io_err(out))?
@@ -580,14 +581,8 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 
 /// Reads one vector file (`.json` or `.json.gz`), checking its schema.
 pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
-    let meta = std::fs::metadata(path).map_err(io_err(path))?;
-    if meta.len() > MAX_FILE {
-        return Err(VectorError::TooLarge {
-            path: path.to_path_buf(),
-            size: meta.len(),
-        });
-    }
-    // Bounded again: the file may have grown, or be no regular file.
+    // Bounded (a regular file measured first; anything else read to the
+    // limit and no further).
     let raw = crate::input::read_bytes(path, MAX_FILE).map_err(io_err(path))?;
     let text = if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
@@ -621,7 +616,10 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
     Ok(v)
 }
 
-/// The vector files under `dir` (`*.json`, `*.json.gz`, not the index), sorted.
+/// The vector files under `dir` (`*.json`, `*.json.gz`, not the index),
+/// sorted; where `dir` has an index, every file it lists must be there as
+/// a regular file (also behind a symbolic link, which the walk itself
+/// passes over), or the set is [`VectorError::Incomplete`].
 pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<(), VectorError> {
         for e in std::fs::read_dir(d).map_err(io_err(d))? {
@@ -986,6 +984,24 @@ mod tests {
     }
 
     #[test]
+    fn a_set_missing_a_file_its_index_lists_is_incomplete() {
+        let mut p = unicorn();
+        let (v, _, _) = sgdt_vector(&mut p);
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("tv");
+        write_dir(&out, std::slice::from_ref(&v), false).expect("write");
+        let listed = list_dir(&out).expect("list").remove(0);
+        std::fs::remove_file(&listed).expect("remove");
+        assert!(matches!(
+            list_dir(&out),
+            Err(VectorError::Incomplete { .. })
+        ));
+        std::fs::create_dir(&listed).expect("a directory in its place");
+        let e = list_dir(&out).expect_err("a directory");
+        assert!(e.to_string().contains("is not a regular file"), "{e}");
+    }
+
+    #[test]
     fn vectors_are_written_as_a_set_and_read_back() {
         let mut p = unicorn();
         let (v, _, _) = sgdt_vector(&mut p);
@@ -1016,17 +1032,6 @@ mod tests {
             Err(VectorError::NotVectorDir(_))
         ));
         assert!(other.join("keep.txt").exists());
-        // A file the index lists that is gone, or not a file, fails the set.
-        write_dir(&out, std::slice::from_ref(&v), false).expect("write");
-        let listed = list_dir(&out).expect("list").remove(0);
-        std::fs::remove_file(&listed).expect("remove");
-        assert!(matches!(
-            list_dir(&out),
-            Err(VectorError::Incomplete { .. })
-        ));
-        std::fs::create_dir(&listed).expect("a directory in its place");
-        let e = list_dir(&out).expect_err("a directory");
-        assert!(e.to_string().contains("is not a regular file"), "{e}");
         // Corrupt, foreign and huge files are errors.
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, "{ not json").expect("write");

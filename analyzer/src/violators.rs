@@ -153,16 +153,24 @@ pub fn render_groups(records: &[&Record]) -> String {
     };
     let (w0, w1, w2) = (width(0), width(1), width(2));
     // Padded by hand: a format width may not pass 65,535, and a report's
-    // names may be longer.
+    // names may be longer. As `{:<w$}` did, a cell is padded to the width
+    // by its characters (the widths are the cells' bytes).
     let line = |s: &mut String, c: [&str; 4]| {
-        let pad = |s: &mut String, n: usize| s.extend(std::iter::repeat_n(' ', n));
+        let pad = |s: &mut String, w: usize, cell: &str| {
+            s.extend(std::iter::repeat_n(
+                ' ',
+                w.saturating_sub(cell.chars().count()),
+            ));
+        };
         s.push_str(c[0]);
-        pad(s, w0 - c[0].len() + 2);
-        pad(s, w1 - c[1].len());
+        pad(s, w0, c[0]);
+        s.push_str("  ");
+        pad(s, w1, c[1]);
         s.push_str(c[1]);
-        pad(s, 2);
+        s.push_str("  ");
         s.push_str(c[2]);
-        pad(s, w2 - c[2].len() + 2);
+        pad(s, w2, c[2]);
+        s.push_str("  ");
         s.push_str(c[3]);
         s.push('\n');
     };
@@ -241,6 +249,20 @@ mod tests {
         assert_eq!(forms(lines[1]), "    1");
         assert_eq!(forms(lines[2]), "    1");
         assert!(lines[1..3].iter().any(|l| l.starts_with(&long)));
+        // A name of other characters than ASCII is laid out as the format
+        // width laid it out (by characters, to a width of bytes).
+        let records = [
+            record("sgdtéé", Class::SensitiveUnprivileged, false),
+            record("sidt", Class::SensitiveUnprivileged, false),
+        ];
+        let refs: Vec<&Record> = records.iter().collect();
+        let text = render_groups(&refs);
+        let w0 = "sgdtéé".len();
+        for l in text.lines().take(3) {
+            let name = l.split("  ").next().unwrap_or("");
+            let want = format!("{name:<w0$}  ");
+            assert!(l.starts_with(&want), "{l:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::forkserver::Said;
 use crate::gen::{self, Generators};
 use crate::worker::{input_at, Job, JobRef, LaneJob, Reply};
 use analyzer::mode::{Config, Mode};
+use analyzer::say;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -744,8 +745,10 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     let idle = |l: u32| {
         per_lane(l) == 0 || (tunnel_only && tunnel_range(l, opts.lanes, opts.tunnel).is_none())
     };
-    let idle_lanes = (0..opts.lanes).filter(|l| l % n == k && idle(*l)).count();
-    let lanes_here = (0..opts.lanes).filter(|l| l % n == k).count();
+    // This shard's lanes.
+    let lanes: VecDeque<u32> = (0..opts.lanes).filter(|l| l % n == k).collect();
+    let idle_lanes = lanes.iter().filter(|&&l| idle(l)).count();
+    let lanes_here = lanes.len();
     if n > 1 && idle_lanes == lanes_here {
         return Err(FuzzError::Usage(format!(
             "--shard {k}/{n}: the iterations and the tunnel range over {} lanes leave this \
@@ -774,7 +777,6 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     })?;
     let start = Instant::now();
     let templates = gen::templates(opts.mode);
-    let lanes: VecDeque<u32> = (0..opts.lanes).filter(|l| l % n == k).collect();
     let bar = if opts.progress {
         let len = opts
             .iterations
@@ -946,14 +948,8 @@ fn make_out_dir(out: &Path) -> Result<(), FindingsError> {
         path: out.to_path_buf(),
         source,
     };
-    match std::fs::metadata(out) {
-        Ok(m) if !m.is_dir() => Err(io(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "--out names something that is not a directory",
-        ))),
-        Ok(_) => Ok(()),
-        Err(_) => std::fs::create_dir_all(out).map_err(io),
-    }
+    analyzer::report::check_out_dir(out).map_err(io)?;
+    std::fs::create_dir_all(out).map_err(io)
 }
 
 #[cfg(test)]

@@ -285,8 +285,15 @@ pub fn corpus_text(entries: &[CorpusEntry]) -> String {
 /// Reads a corpus file (see [`corpus_text`]); a malformed line is an error
 /// naming it.
 pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
-    let text = read_bounded(path)?;
     let mut out = Vec::new();
+    read_corpus_into(path, &mut out)?;
+    Ok(out)
+}
+
+/// Appends a corpus file's entries to `out`, which holds at most
+/// [`MAX_CORPUS`] (whatever files they come from).
+fn read_corpus_into(path: &Path, out: &mut Vec<CorpusEntry>) -> Result<(), FindingsError> {
+    let text = read_bounded(path)?;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -297,7 +304,9 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
                 path: path.to_path_buf(),
                 line: i + 1,
                 what: "corpus line",
-                msg: format!("more than {MAX_CORPUS} entries, the most a corpus may hold"),
+                msg: format!(
+                    "more than {MAX_CORPUS} entries, the most a corpus (all its files) may hold"
+                ),
             });
         }
         let mut parts = line.splitn(3, char::is_whitespace);
@@ -317,7 +326,7 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
             note: parts.next().unwrap_or("").trim().to_string(),
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Every corpus entry under `dir` (`*.txt`, sorted by file name), or of
@@ -351,16 +360,7 @@ pub fn read_corpus_dir(dir: &Path) -> Result<Vec<CorpusEntry>, FindingsError> {
                 ),
             });
         }
-        out.extend(read_corpus(&f)?);
-        if out.len() > MAX_CORPUS {
-            return Err(FindingsError::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("more than {MAX_CORPUS} corpus entries in its files, the most a campaign reads"),
-                ),
-            });
-        }
+        read_corpus_into(&f, &mut out)?;
     }
     Ok(out)
 }

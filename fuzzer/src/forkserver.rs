@@ -17,6 +17,7 @@
 //! the campaign does with one gone silent, takes the child with it. Every
 //! `unsafe` block of the fuzzer is here.
 
+use analyzer::say;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -601,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn a_childs_stderr_is_kept_as_the_campaign_keeps_a_workers() {
+    fn what_is_kept_is_the_same_however_stderr_comes_in_reads() {
         let long = "x".repeat(5000);
         let cases: Vec<Vec<u8>> = vec![
             b"".to_vec(),

@@ -12,16 +12,6 @@
 //! - [`finding`]: findings, their deduplication, `findings.jsonl` and the
 //!   corpus files; [`planted`]: the test engine of the fuzzer's own tests.
 
-/// `eprintln!` that never panics: a message that cannot be written to
-/// stderr (closed, or a full disk behind it) is dropped, and the command
-/// goes on to write its results and exit as it would.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 pub mod campaign;
 pub mod eval;
 pub mod finding;

@@ -12,6 +12,7 @@ use crate::gen::{self, GenKind, Generators};
 use crate::rng::Rng;
 use analyzer::mode::{Config, Mode};
 use analyzer::probe::Opener;
+use analyzer::say;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::sync::Arc;

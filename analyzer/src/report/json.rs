@@ -197,6 +197,10 @@ mod tests {
         );
         let e = parse_report(p(), "[1, 2]").expect_err("array");
         assert!(matches!(e, ReportError::NotAReport { .. }));
+    }
+
+    #[test]
+    fn reports_popek_could_not_have_written_are_refused() {
         // A report's parts in an array, or a header as one, are no report.
         let mut out = Vec::new();
         write_json(&mut out, &sample()).expect("write");

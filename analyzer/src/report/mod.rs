@@ -251,6 +251,20 @@ pub fn abandon_pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     g
 }
 
+/// Whether `out` can be an output directory: nothing there yet, or a
+/// directory. Something else in its place is an error that says so (where
+/// creating it would say "File exists" and reading it "Not a directory").
+/// Every command's `--out` is checked with it.
+pub fn check_out_dir(out: &Path) -> io::Result<()> {
+    match fs::metadata(out) {
+        Ok(m) if !m.is_dir() => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "--out names something that is not a directory",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Whether a set may put a file at `path`: nothing there, or a regular
 /// file (also behind a symbolic link). A directory, a device, a fifo or a
 /// socket is refused: a rename would put a file in the place of
