@@ -88,8 +88,25 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
 }
 
 /// `s` as it may appear in a message: at most 40 characters, with the
-/// length of the rest said (`abc… (100000 characters)`).
+/// length of the rest said (`abc… (100000 characters)`), and control
+/// characters written as escapes (`\u{1b}`), so that a word echoed back
+/// cannot move a terminal's cursor or hide what follows it.
 pub fn clip(s: &str) -> String {
+    clip_raw(s)
+        .chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect()
+}
+
+/// [`clip`] without the escapes: for text kept in a file as it was (a
+/// worker's stderr in a finding's detail), not shown to a terminal.
+pub fn clip_raw(s: &str) -> String {
     const SHOWN: usize = 40;
     let n = s.chars().count();
     if n <= SHOWN {
@@ -125,6 +142,13 @@ mod tests {
         // SAFETY: `c` is a NUL-terminated path that lives across the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(read_text(&fifo, 1024).expect("no writer: empty"), "");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_messages() {
+        assert_eq!(clip("a\u{1b}[2Jb\0"), "a\\u{1b}[2Jb\\u{0}");
+        assert_eq!(clip("tab\there"), "tab\\there");
+        assert_eq!(clip_raw("a\nb"), "a\nb");
     }
 
     #[test]

@@ -148,7 +148,7 @@ struct Ending {
 impl Ending {
     /// What a finding says of it: the status and the start of stderr.
     fn how(&self) -> String {
-        self.said(analyzer::input::clip)
+        self.said(analyzer::input::clip_raw)
     }
 
     /// What an error says of it: the status and stderr whole (as much as
