@@ -586,7 +586,8 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
     let raw = crate::input::read_bytes(path, MAX_FILE).map_err(io_err(path))?;
     let text = if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        let mut gz = flate2::bufread::GzDecoder::new(&raw[..]);
+        (&mut gz)
             .take(MAX_FILE + 1)
             .read_to_end(&mut out)
             .map_err(|e| VectorError::Corrupt {
@@ -597,6 +598,14 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
             return Err(VectorError::TooLarge {
                 path: path.to_path_buf(),
                 size: out.len() as u64,
+            });
+        }
+        // popek writes one gzip member and nothing after it.
+        let rest = gz.into_inner().len();
+        if rest > 0 {
+            return Err(VectorError::Corrupt {
+                path: path.to_path_buf(),
+                msg: format!("gzip: {rest} bytes after the compressed vector"),
             });
         }
         out
@@ -1032,6 +1041,15 @@ mod tests {
             Err(VectorError::NotVectorDir(_))
         ));
         assert!(other.join("keep.txt").exists());
+        // A gzip file with bytes after its one member (a second member,
+        // garbage) is no vector popek wrote.
+        write_dir(&out, std::slice::from_ref(&v), true).expect("write");
+        let gzf = list_dir(&out).expect("list").remove(0);
+        let mut bytes = std::fs::read(&gzf).expect("read");
+        bytes.extend_from_slice(b"garbage");
+        std::fs::write(&gzf, &bytes).expect("write");
+        let e = read_file(&gzf).expect_err("trailing bytes");
+        assert!(e.to_string().contains("7 bytes after"), "{e}");
         // Corrupt, foreign and huge files are errors.
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, "{ not json").expect("write");
