@@ -348,6 +348,12 @@ pub fn parse_engines(s: &str) -> Result<Vec<EngineKind>> {
     if is_all(s) {
         return Ok(EngineKind::ALL.to_vec());
     }
+    if s.split(',').count() > 1 && s.split(',').any(is_all) {
+        bail!(
+            "--engine {}: all stands alone (it is every engine)",
+            analyzer::input::clip(s)
+        );
+    }
     let kinds = s
         .split(',')
         .map(|p| p.parse::<EngineKind>().map_err(anyhow::Error::from))
@@ -1254,6 +1260,10 @@ pub fn summary(rep: &Report) -> String {
 
 fn cmd_violators(a: ViolatorsArgs) -> Result<ExitCode> {
     let config = match &a.config {
+        Some(c) if c.contains(',') => bail!(
+            "--config {}: violators takes one configuration (a list is for scan)",
+            analyzer::input::clip(c)
+        ),
         Some(c) => Some(parse_config(c).map_err(anyhow::Error::msg)?.name()),
         None => None,
     };

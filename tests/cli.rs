@@ -158,6 +158,15 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit() {
         ),
         (&["scan", "--config", "umip=maybe"], "umip"),
         (&["scan", "--engine", "bochs"], "unknown engine 'bochs'"),
+        (&["scan", "--engine", "all,unicorn"], "all stands alone"),
+        (
+            &["violators", "--config", "umip=off,umip=on"],
+            "violators takes one configuration",
+        ),
+        (
+            &["scan", "--only", "hl\u{1b}[2Jt"],
+            "'hl\\u{1b}[2Jt' is no mnemonic",
+        ),
         (
             &["violators", "--report", "/nonexistent/report.json"],
             "/nonexistent/report.json",
