@@ -92,16 +92,15 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
 /// characters written as escapes (`\u{1b}`), so that a word echoed back
 /// cannot move a terminal's cursor or hide what follows it.
 pub fn clip(s: &str) -> String {
-    clip_raw(s)
-        .chars()
-        .flat_map(|c| {
-            let escaped = c.is_control().then(|| c.escape_default());
-            escaped
-                .into_iter()
-                .flatten()
-                .chain((!c.is_control()).then_some(c))
-        })
-        .collect()
+    let mut out = String::new();
+    for c in clip_raw(s).chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// [`clip`] without the escapes: for text kept in a file as it was (a

@@ -727,14 +727,6 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
             opts.lanes
         )));
     }
-    if opts.lanes <= k {
-        // Its outputs would be empty files over whatever the directory held.
-        return Err(FuzzError::Usage(format!(
-            "--shard {k}/{n} with --lanes {}: this shard has no lane to run \
-             (lanes are dealt to shards one by one; give --lanes {n} or more)",
-            opts.lanes
-        )));
-    }
     let total = opts.iterations.unwrap_or(u64::MAX);
     let per_lane = |l: u32| {
         let n = u64::from(opts.lanes);
@@ -749,6 +741,15 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     let lanes: VecDeque<u32> = (0..opts.lanes).filter(|l| l % n == k).collect();
     let idle_lanes = lanes.iter().filter(|&&l| idle(l)).count();
     let lanes_here = lanes.len();
+    // A shard with nothing to run would write empty files over whatever
+    // the directory held.
+    if lanes.is_empty() {
+        return Err(FuzzError::Usage(format!(
+            "--shard {k}/{n} with --lanes {}: this shard has no lane to run \
+             (lanes are dealt to shards one by one; give --lanes {n} or more)",
+            opts.lanes
+        )));
+    }
     if n > 1 && idle_lanes == lanes_here {
         return Err(FuzzError::Usage(format!(
             "--shard {k}/{n}: the iterations and the tunnel range over {} lanes leave this \

@@ -227,8 +227,8 @@ impl Finding {
                 ));
             }
         }
-        if self.cpl.is_some_and(|c| c > 3) {
-            return Err(format!("cpl {}: 0 to 3", self.cpl.unwrap_or(0)));
+        if let Some(c) = self.cpl.filter(|&c| c > 3) {
+            return Err(format!("cpl {c}: 0 to 3"));
         }
         // The signature becomes the corpus line's note, and the key of
         // deduplication: one line of printable text.

@@ -92,7 +92,7 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
         }
     }
     // As popek writes them: one engine's records, in configurations it
-    // knows, and each mode and configuration named once in the header.
+    // knows.
     for r in &report.records {
         if r.engine != report.header.engine {
             return Err(not(format!(
@@ -108,43 +108,36 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
             )));
         }
     }
-    for (what, names) in [
-        ("mode", &report.header.modes),
-        ("configuration", &report.header.configurations),
+    // The header speaks for the records (`violators --mode` asks it which
+    // modes a report holds): each of its modes and configurations named
+    // once, and the ones its records hold.
+    let modes: Vec<&str> = report.records.iter().map(|r| r.mode.name()).collect();
+    let configs: Vec<&str> = report.records.iter().map(|r| r.config.as_str()).collect();
+    for (one, many, named, held) in [
+        ("mode", "modes", &report.header.modes, modes),
+        (
+            "configuration",
+            "configurations",
+            &report.header.configurations,
+            configs,
+        ),
     ] {
-        let mut seen = std::collections::BTreeSet::new();
-        if let Some(twice) = names.iter().find(|n| !seen.insert(*n)) {
+        let mut header = std::collections::BTreeSet::new();
+        if let Some(twice) = named.iter().find(|n| !header.insert(n.as_str())) {
             return Err(not(format!(
-                "its header names the {what} {} twice",
+                "its header names the {one} {} twice",
                 crate::input::clip(twice)
             )));
         }
-    }
-    // The header speaks for the records (`violators --mode` asks it which
-    // modes a report holds): one that lists others is no report popek wrote.
-    let set = |v: Vec<String>| v.into_iter().collect::<std::collections::BTreeSet<_>>();
-    let held =
-        |f: fn(&crate::report::Record) -> String| set(report.records.iter().map(f).collect());
-    for (what, header, records) in [
-        (
-            "modes",
-            set(report.header.modes.clone()),
-            held(|r| r.mode.name().to_string()),
-        ),
-        (
-            "configurations",
-            set(report.header.configurations.clone()),
-            held(|r| r.config.clone()),
-        ),
-    ] {
-        if header != records {
-            let list = |s: &std::collections::BTreeSet<String>| {
-                s.iter().cloned().collect::<Vec<_>>().join(", ")
+        let held: std::collections::BTreeSet<&str> = held.into_iter().collect();
+        if header != held {
+            let list = |s: &std::collections::BTreeSet<&str>| {
+                s.iter().copied().collect::<Vec<_>>().join(", ")
             };
             return Err(not(format!(
-                "its header lists the {what} [{}], its records hold [{}]",
+                "its header lists the {many} [{}], its records hold [{}]",
                 list(&header),
-                list(&records)
+                list(&held)
             )));
         }
     }
