@@ -415,6 +415,17 @@ fn results_do_not_depend_on_the_run_before() {
         .concat(),
         jump_to_gate,
         vec![0x90],
+        // A breakpoint at the test's first byte (DR0, enabled in DR7),
+        // then what runs there next.
+        [
+            vec![0xB8],
+            (crate::machine::CODE as u32).to_le_bytes().to_vec(),
+            vec![0x0F, 0x23, 0xC0], // mov dr0, eax
+            vec![0xB8, 0x02, 0x04, 0, 0],
+            vec![0x0F, 0x23, 0xF8], // mov dr7, eax
+        ]
+        .concat(),
+        vec![0x90],
     ];
     let mut shared = UnicornEngine::new().unwrap();
     for v in Variant::matrix(Mode::Prot32, &cfg) {
@@ -768,5 +779,46 @@ fn translations_of_one_image_are_not_run_in_another() {
         let _ = e.run(&base, Side::Supervisor, &q);
         let after = e.run(&shifted, Side::Supervisor, &p).outcome;
         assert_eq!(after, alone, "after {bytes:02x?} in the base image");
+    }
+}
+
+#[test]
+fn breakpoints_the_guest_leaves_are_counted_by_dr7() {
+    assert_eq!(instruction_breakpoints(0x400), 0);
+    assert_eq!(instruction_breakpoints(0x402), 1);
+    // L0 and G1.
+    assert_eq!(instruction_breakpoints(0x409), 2);
+    assert_eq!(instruction_breakpoints(0x4ff), 4);
+    // Enabled, but a write watchpoint (slot 0) and I/O (slot 1).
+    assert_eq!(instruction_breakpoints(0x0021_0405), 0);
+    assert_eq!(instruction_breakpoints(0xffff_ffff), 0);
+}
+
+#[test]
+fn an_instance_full_of_breakpoints_is_replaced_and_runs_as_a_new_one() {
+    // mov eax, 0x4ff; mov dr7, eax: four breakpoints at CPL 0.
+    let set = [0xB8, 0xFF, 0x04, 0, 0, 0x0F, 0x23, 0xF8];
+    let cfg = Config::UMIP_OFF;
+    for mode in [Mode::Prot32, Mode::Long64] {
+        let img = GuestImage::build(mode, cfg, Variant::base(&cfg));
+        let mut e = UnicornEngine::new().unwrap();
+        let mut most = 0;
+        for round in 0..3 * BREAKPOINT_LIMIT {
+            for (bytes, side) in [(&set[..], Side::Supervisor), (&[0x90][..], Side::User)] {
+                let p = img.prepare(side, bytes, &NONE).unwrap();
+                let o = e.run(&img, side, &p);
+                assert!(
+                    completed(&o),
+                    "{mode} {round} {bytes:02x?}: {:?}",
+                    o.outcome
+                );
+                let alone = UnicornEngine::new().unwrap().run(&img, side, &p);
+                assert_eq!(o, alone, "{mode} {round} {bytes:02x?}");
+            }
+            most = most.max(e.machines[0].1.breakpoints);
+        }
+        assert_eq!(e.machines.len(), 1);
+        assert!(most >= BREAKPOINT_LIMIT - 4, "{mode}: counted {most}");
+        assert!(e.machines[0].1.breakpoints < BREAKPOINT_LIMIT, "{mode}");
     }
 }
