@@ -349,6 +349,53 @@ fn a_lane_after_a_death_at_the_last_input_of_the_one_before_runs_as_its_own() {
     );
 }
 
+/// A lane resumed after a death in its middle, on a worker that ran
+/// another lane before (its fork server took in both; a child forked
+/// while it had the first resumes only that one), gives what a worker per
+/// lane gives.
+#[test]
+fn a_lane_resumed_after_a_death_on_a_worker_of_two_lanes_runs_as_its_own() {
+    let d = tempfile::tempdir().expect("tmp");
+    let run = |jobs: &str| {
+        let out = d.path().join(jobs);
+        let o = fuzz(
+            &[
+                "--generator",
+                "tunnel",
+                "--tunnel-range",
+                "90-93",
+                "--lanes",
+                "2",
+                "--iterations",
+                "300",
+                "--jobs",
+                jobs,
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+            // Lane 0 is 90 and 91, lane 1 is 92 (the death) and 93.
+            &[
+                ("POPEK_FUZZ_PLANTED", "1"),
+                ("POPEK_FUZZ_PLANT_CRASH", "92"),
+            ],
+        );
+        let (so, eo) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{so}{eo}");
+        let (inputs, _, _, restarts) = summary(&so);
+        assert_eq!((inputs, restarts), (4, 1), "{so}{eo}");
+        std::fs::read(out.join("findings.jsonl")).expect("findings")
+    };
+    let one = run("1");
+    assert_eq!(one, run("2"));
+    let f = findings(&d.path().join("1"));
+    let crashes: Vec<_> = f
+        .iter()
+        .filter(|x| x["kind"] == "engine-failure")
+        .map(|x| &x["input"])
+        .collect();
+    assert_eq!(crashes, ["92"], "{f:?}");
+}
+
 #[test]
 fn shards_merged_equal_the_unsharded_run() {
     let d = tempfile::tempdir().expect("tmp");

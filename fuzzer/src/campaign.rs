@@ -9,7 +9,7 @@ use crate::eval::Learned;
 use crate::finding::{self, CorpusEntry, Decoded, Finding, FindingsError, Kind};
 use crate::forkserver::Said;
 use crate::gen::{self, Generators};
-use crate::worker::{input_at, Job, JobRef, LaneJob, Reply};
+use crate::worker::{input_at, Job, JobRef, LaneJob, Reply, Resume};
 use analyzer::mode::{Config, Mode};
 use analyzer::say;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -135,6 +135,9 @@ struct Worker {
     gone: bool,
     /// Jobs sent to it.
     jobs: u64,
+    /// The lane of the last `Lane` job sent to it, which its fork server
+    /// keeps for a `Resume` ([`crate::worker::Base`]).
+    lane_given: Option<u32>,
 }
 
 /// How a worker (or the process that ran its jobs) ended: its wait status
@@ -256,6 +259,7 @@ impl Worker {
             died: None,
             gone: false,
             jobs: 0,
+            lane_given: None,
         })
     }
 
@@ -463,6 +467,9 @@ fn run_lane(
         learned: Learned::default(),
     };
     let mut res = LaneResult::default();
+    // What the lane's workers learned since its last job was sent (which a
+    // `Resume` adds to what the worker has).
+    let mut since_sent = Learned::default();
     let mut next = 0u64;
     let mut cursor = job.tunnel.clone();
     // The worker of the last job, where it lives on after a death.
@@ -472,8 +479,26 @@ fn run_lane(
         job.count = count - next;
         job.tunnel = cursor.clone();
         let mut w = Worker::again(last.take(), opts)?;
+        // A worker that was given the lane is told where it goes on, and
+        // what was learned since; any other, the lane whole.
+        let learned = std::mem::take(&mut since_sent);
+        let sent = if w.lane_given == Some(lane) {
+            w.send(
+                &Job::Resume(Resume {
+                    lane,
+                    start: job.start,
+                    count: job.count,
+                    tunnel: job.tunnel.clone(),
+                    learned,
+                }),
+                true,
+            )
+        } else {
+            w.lane_given = Some(lane);
+            w.send(&JobRef::Lane(&job), true)
+        };
         // A worker that takes no job cannot start (and no input ran).
-        if !w.send(&JobRef::Lane(&job), true) {
+        if !sent {
             return Err(FuzzError::WorkerFailed(w.ending().told()));
         }
         loop {
@@ -491,7 +516,10 @@ fn run_lane(
                     learned,
                 }) => {
                     // What this worker measured, its successor need not.
-                    job.learned.absorb(learned);
+                    if !learned.is_empty() {
+                        since_sent.absorb(learned.clone());
+                        job.learned.absorb(learned);
+                    }
                     res.inputs += 1;
                     if let Ok(b) = analyzer::explain::parse_hex(&ran) {
                         res.distinct.insert(distinct_key(&b));

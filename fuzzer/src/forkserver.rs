@@ -245,9 +245,10 @@ impl Child {
     /// descriptor of the server's but its stdout: neither the server's
     /// stdin nor another child's pipes (which would keep that child from
     /// seeing the end of its stdin, or the server the end of its stderr).
-    fn fork(
+    fn fork<S>(
         server: libc::pid_t,
-        run: &impl Fn(Option<Ready>) -> i32,
+        state: &S,
+        run: &impl Fn(&S, Option<Ready>) -> i32,
         spare: bool,
     ) -> std::io::Result<Child> {
         let (in_read, in_write) = pipe()?;
@@ -296,7 +297,7 @@ impl Child {
             let ready = ready_fd.map(|_| Ready(unsafe { File::from_raw_fd(3) }));
             // A panic does not unwind into the server's frames (which own
             // descriptors the child closed): it is the child's end.
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(ready)))
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(state, ready)))
                 .unwrap_or(101);
             let _ = std::io::stdout().flush();
             std::process::exit(code);
@@ -412,6 +413,13 @@ impl Child {
 /// writes it on stdout). Returns the worker's exit code: the last child's
 /// once stdin has ended (0 when it exited normally).
 ///
+/// The server keeps a `state` that `take_in` updates with every job line
+/// once it was relayed, and a child runs with the state of its fork: one
+/// forked for a line has what the lines before it gave, a spare what the
+/// lines up to the last gave, and each is sent the lines after. Where
+/// `take_in` says a line makes forked spares stale, the spare is ended and
+/// another forked.
+///
 /// Once the first job has come, a spare child waits beside the one that
 /// runs the jobs, forked when that one got its first job: it opens its
 /// engines and warms up (a few milliseconds: Unicorn's code buffer and
@@ -432,7 +440,12 @@ impl Child {
 ///
 /// Must be called while the process has one thread: the child has only
 /// the thread that forked.
-pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death)) -> i32 {
+pub fn serve<S>(
+    mut state: S,
+    take_in: impl Fn(&mut S, &str) -> bool,
+    run: impl Fn(&S, Option<Ready>) -> i32,
+    mut report: impl FnMut(&Death),
+) -> i32 {
     let fail = |what: &str, e: std::io::Error| {
         say!("popek fuzz worker: {what}: {e}");
         2
@@ -510,7 +523,7 @@ pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death))
             match spare
                 .take()
                 .and_then(Child::take_over)
-                .map_or_else(|| Child::fork(server, &run, false), Ok)
+                .map_or_else(|| Child::fork(server, &state, &run, false), Ok)
             {
                 Ok(c) => child = Some(c),
                 Err(e) => return fail("fork the child", e),
@@ -533,11 +546,16 @@ pub fn serve(run: impl Fn(Option<Ready>) -> i32, mut report: impl FnMut(&Death))
                 }
             }
         }
+        if take_in(&mut state, &line) {
+            if let Some(s) = spare.take() {
+                s.discard();
+            }
+        }
         // The next child starts while this one works (the server is
         // small: its fork is quick); without one, the next job's child is
         // forked when it comes.
         if spare.is_none() {
-            match Child::fork(server, &run, true) {
+            match Child::fork(server, &state, &run, true) {
                 Ok(c) => spare = Some(c),
                 Err(e) if !said_no_spare => {
                     said_no_spare = true;

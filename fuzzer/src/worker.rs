@@ -33,11 +33,85 @@ pub enum Job {
     /// Minimize these findings' inputs (hex, with the signature to keep),
     /// in order (see [`minimize`]).
     Minimize(Vec<(String, String)>),
+    /// A lane again after a death, from an index on: the lane of the last
+    /// `Lane` job the worker was given, which a new child has from the
+    /// server (see [`Base`]) and is not sent again.
+    Resume(Resume),
 }
 
-/// A [`Job`] of borrowed parts, serialized as the job: a lane's job is
-/// sent again after every death (its templates, corpus and what the lane
-/// learned: 60-180 KB), and is not copied to be sent.
+/// The part of a lane's job that changes when it is given again after a
+/// death: where it goes on, and what the lane's workers learned since the
+/// worker was last given a job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Resume {
+    pub lane: u32,
+    pub start: u64,
+    pub count: u64,
+    pub tunnel: Option<gen::Tunnel>,
+    #[serde(default, skip_serializing_if = "Learned::is_empty")]
+    pub learned: Learned,
+}
+
+/// The lane a worker was last given whole, as its fork server keeps it
+/// (with what every `Resume` of it added to what was learned) and its
+/// children have it: a child forked after a job line was taken in has
+/// what that line gave, and is sent what comes after. A lane's job holds
+/// its templates, corpus and what the lane learned (60-270 KB), which a
+/// new child once read and parsed after every death.
+#[derive(Default)]
+pub struct Base {
+    lane: Option<LaneBase>,
+}
+
+struct LaneBase {
+    /// The job, its templates, corpus and learned moved out.
+    job: LaneJob,
+    templates: Vec<Vec<u8>>,
+    corpus: Vec<Vec<u8>>,
+    learned: Learned,
+}
+
+impl Base {
+    /// Takes in a job line as the server relays it. Returns whether a
+    /// child forked before the line would resume another lane than the
+    /// one a `Resume` now names (a new lane came): such a spare is stale.
+    /// A line that is not a job changes nothing (its child says why).
+    pub fn take_in(&mut self, line: &str) -> bool {
+        match serde_json::from_str::<Job>(line) {
+            Ok(Job::Lane(mut job)) => {
+                self.lane = Some(LaneBase {
+                    templates: hex_list(&std::mem::take(&mut job.templates)),
+                    corpus: hex_list(&std::mem::take(&mut job.corpus)),
+                    learned: std::mem::take(&mut job.learned),
+                    job,
+                });
+                true
+            }
+            Ok(Job::Resume(r)) => {
+                if let Some(b) = self.lane.as_mut().filter(|b| b.job.lane == r.lane) {
+                    b.learned.absorb(r.learned);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Tells a spare's evaluator what the lane's workers learned, while it
+    /// waits (it was a death's cost: 1-2 ms late in a 40,000-input lane).
+    /// Returns the lane, which a `Resume` of it as the spare's first job
+    /// then need not tell again.
+    pub fn tell(&self, ev: &mut Evaluator) -> Option<u32> {
+        let b = self.lane.as_ref()?;
+        ev.forget_history();
+        ev.know(&b.learned);
+        Some(b.job.lane)
+    }
+}
+
+/// A [`Job`] of borrowed parts, serialized as the job: a lane's job (its
+/// templates, corpus and what the lane learned: 60-270 KB) is sent whole
+/// to every new worker process of the lane, and is not copied to be sent.
 #[derive(Serialize)]
 pub enum JobRef<'a> {
     Lane(&'a LaneJob),
@@ -173,15 +247,30 @@ fn hex_list(v: &[String]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Serves jobs from `input` until it ends. An engine failure the probe
-/// layer reports is an error (the worker exits and the parent restarts it).
-pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Result<(), String> {
+/// Serves jobs from `input` until it ends, a `Resume` of the lane `base`
+/// holds; `told`: the lane whose learned `ev` was told already
+/// ([`Base::tell`]), which a first job resuming it does not tell again.
+/// An engine failure the probe layer reports is an error (the worker exits
+/// and the parent restarts it).
+pub fn serve(
+    ev: &mut Evaluator,
+    base: &Base,
+    mut told: Option<u32>,
+    input: impl BufRead,
+    mut out: impl Write,
+) -> Result<(), String> {
     for line in input.lines() {
         let line = line.map_err(|e| format!("read a job: {e}"))?;
         if line.trim().is_empty() {
             continue;
         }
         let job: Job = serde_json::from_str(&line).map_err(|e| format!("a bad job: {e}"))?;
+        let told = told.take();
+        // A spare told a lane it does not resume starts, as any child,
+        // from no history.
+        if told.is_some() && !matches!(&job, Job::Resume(r) if told == Some(r.lane)) {
+            ev.forget_history();
+        }
         let mut reply = |r: &Reply| -> Result<(), String> {
             let mut s = serde_json::to_string(r).map_err(|e| e.to_string())?;
             s.push('\n');
@@ -225,42 +314,85 @@ pub fn serve(ev: &mut Evaluator, input: impl BufRead, mut out: impl Write) -> Re
             Job::Lane(job) => {
                 let corpus = hex_list(&job.corpus);
                 let templates = hex_list(&job.templates);
-                let mut tunnel = job.tunnel.clone();
-                // A worker may have run another lane before: a lane
-                // starts from what its own earlier workers learned alone.
-                ev.forget_history();
-                ev.know(&job.learned);
-                for index in job.start..job.start.saturating_add(job.count) {
-                    let Some((g, bytes)) =
-                        input_at(&job, index, tunnel.as_ref(), ev.mode(), &templates, &corpus)
-                    else {
-                        break;
-                    };
-                    let e = ev
-                        .eval_with(
-                            &bytes,
-                            if g == GenKind::Tunnel {
-                                Lengths::All
-                            } else {
-                                Lengths::Unfound
-                            },
-                        )
-                        .map_err(|e| e.to_string())?;
-                    if g == GenKind::Tunnel {
-                        tunnel = tunnel.and_then(|t| t.next(e.advance));
-                    }
-                    reply(&Reply::Input {
-                        i: index,
-                        g,
-                        ran: analyzer::observe::hex(&e.ran),
-                        adv: e.advance,
-                        f: e.findings,
-                        learned: ev.take_learned(),
-                    })?;
-                }
+                run_lane(
+                    ev,
+                    &job,
+                    Some(&[&job.learned]),
+                    &templates,
+                    &corpus,
+                    &mut reply,
+                )?;
+            }
+            Job::Resume(r) => {
+                let Some(b) = base.lane.as_ref().filter(|b| b.job.lane == r.lane) else {
+                    return Err(format!("a resumed lane {} it was not given", r.lane));
+                };
+                let job = LaneJob {
+                    start: r.start,
+                    count: r.count,
+                    tunnel: r.tunnel,
+                    ..b.job.clone()
+                };
+                let known: Option<&[&Learned]> = if told == Some(r.lane) {
+                    ev.know(&r.learned);
+                    None
+                } else {
+                    Some(&[&b.learned, &r.learned])
+                };
+                run_lane(ev, &job, known, &b.templates, &b.corpus, &mut reply)?;
             }
         }
         reply(&Reply::Done)?;
+    }
+    Ok(())
+}
+
+/// Runs a lane's inputs `job.start..job.start + job.count`, told first
+/// what its earlier workers learned (`known`; `None`: `ev` knows that
+/// and nothing else already).
+fn run_lane(
+    ev: &mut Evaluator,
+    job: &LaneJob,
+    known: Option<&[&Learned]>,
+    templates: &[Vec<u8>],
+    corpus: &[Vec<u8>],
+    reply: &mut impl FnMut(&Reply) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut tunnel = job.tunnel.clone();
+    // A worker may have run another lane before: a lane starts from what
+    // its own earlier workers learned alone.
+    if let Some(known) = known {
+        ev.forget_history();
+        for k in known {
+            ev.know(k);
+        }
+    }
+    for index in job.start..job.start.saturating_add(job.count) {
+        let Some((g, bytes)) = input_at(job, index, tunnel.as_ref(), ev.mode(), templates, corpus)
+        else {
+            break;
+        };
+        let e = ev
+            .eval_with(
+                &bytes,
+                if g == GenKind::Tunnel {
+                    Lengths::All
+                } else {
+                    Lengths::Unfound
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        if g == GenKind::Tunnel {
+            tunnel = tunnel.and_then(|t| t.next(e.advance));
+        }
+        reply(&Reply::Input {
+            i: index,
+            g,
+            ran: analyzer::observe::hex(&e.ran),
+            adv: e.advance,
+            f: e.findings,
+            learned: ev.take_learned(),
+        })?;
     }
     Ok(())
 }
@@ -319,7 +451,7 @@ pub fn main(args: &[String]) -> i32 {
     // What every child needs and starts no thread, made once: iced-x86's
     // tables and the names of its Codes.
     analyzer::catalog::make_tables(mode);
-    let child = |ready: Option<crate::forkserver::Ready>| {
+    let child = |base: &Base, ready: Option<crate::forkserver::Ready>| {
         let ev = openers(&engines)
             .and_then(|o| Evaluator::new(o, mode, config).map_err(|e| e.to_string()));
         let mut ev = match ev {
@@ -333,13 +465,15 @@ pub fn main(args: &[String]) -> i32 {
         // the first child goes straight to its job. An engine failure in
         // the warm-up is left to the inputs to show, and a death in it is
         // no input's: the server gives the job to a new child instead.
-        if let Some(ready) = ready {
+        let told = ready.and_then(|ready| {
             let _ = ev.warm_up();
+            let told = base.tell(&mut ev);
             ready.signal();
-        }
+            told
+        });
         let stdin = std::io::stdin();
         let stdout = std::io::stdout();
-        match serve(&mut ev, stdin.lock(), stdout.lock()) {
+        match serve(&mut ev, base, told, stdin.lock(), stdout.lock()) {
             Ok(()) => 0,
             Err(e) => {
                 say!("popek fuzz worker: {e}");
@@ -347,7 +481,7 @@ pub fn main(args: &[String]) -> i32 {
             }
         }
     };
-    crate::forkserver::serve(child, |death| {
+    crate::forkserver::serve(Base::default(), Base::take_in, child, |death| {
         let died = Reply::Died {
             status: death.status.to_string(),
             stderr: death.stderr.clone(),
@@ -441,9 +575,14 @@ mod tests {
     }
 
     fn replies(ev: &mut Evaluator, job: &Job) -> Vec<String> {
+        replies_in(ev, &Base::default(), None, job)
+    }
+
+    /// The replies of a child that has `base` (and was told `told`).
+    fn replies_in(ev: &mut Evaluator, base: &Base, told: Option<u32>, job: &Job) -> Vec<String> {
         let line = serde_json::to_string(job).expect("json");
         let mut out = Vec::new();
-        serve(ev, format!("{line}\n").as_bytes(), &mut out).expect("serve");
+        serve(ev, base, told, format!("{line}\n").as_bytes(), &mut out).expect("serve");
         let mut lines: Vec<String> = String::from_utf8(out)
             .expect("utf-8")
             .lines()
@@ -512,14 +651,74 @@ mod tests {
         let told = replies(
             &mut open(),
             &Job::Lane(LaneJob {
-                learned,
+                learned: learned.clone(),
                 ..second.clone()
             }),
         );
-        assert_eq!([first, told].concat(), whole);
+        assert_eq!([&first[..], &told].concat(), whole);
         // Untold, the second worker learns again what the first had.
-        let untold = replies(&mut open(), &Job::Lane(second));
+        let untold = replies(&mut open(), &Job::Lane(second.clone()));
         assert_ne!(untold, whole[split as usize..]);
+
+        // As a worker's next child resumes it: the lane as the server
+        // took it in from the first job's line, then a `Resume` with what
+        // was learned since.
+        let mut base = Base::default();
+        let first_job = Job::Lane(LaneJob {
+            count: split,
+            ..job.clone()
+        });
+        assert!(base.take_in(&serde_json::to_string(&first_job).expect("json")));
+        let resume = |learned: &Learned| {
+            Job::Resume(Resume {
+                lane: 0,
+                start: split,
+                count: job.count - split,
+                tunnel: None,
+                learned: learned.clone(),
+            })
+        };
+        // A child forked for the line, and a spare told the lane before.
+        assert_eq!(
+            replies_in(&mut open(), &base, None, &resume(&learned)),
+            told
+        );
+        let mut spare = open();
+        spare.warm_up().expect("warm up");
+        assert_eq!(base.tell(&mut spare), Some(0));
+        assert_eq!(
+            replies_in(&mut spare, &base, Some(0), &resume(&learned)),
+            told
+        );
+        // A child forked after the resume was taken in has what it told.
+        assert!(!base.take_in(&serde_json::to_string(&resume(&learned)).expect("json")));
+        let nothing_new = Learned::default();
+        assert_eq!(
+            replies_in(&mut open(), &base, None, &resume(&nothing_new)),
+            told
+        );
+        let mut spare = open();
+        assert_eq!(base.tell(&mut spare), Some(0));
+        assert_eq!(
+            replies_in(&mut spare, &base, Some(0), &resume(&nothing_new)),
+            told
+        );
+        // Another lane's job makes spares stale; a resume of a lane the
+        // child does not have is refused, not run.
+        assert!(base.take_in(
+            &serde_json::to_string(&Job::Lane(LaneJob { lane: 1, ..second })).expect("json")
+        ));
+        let mut out = Vec::new();
+        let line = serde_json::to_string(&resume(&learned)).expect("json");
+        let e = serve(
+            &mut open(),
+            &base,
+            None,
+            format!("{line}\n").as_bytes(),
+            &mut out,
+        );
+        assert_eq!(e, Err("a resumed lane 0 it was not given".into()));
+        assert!(out.is_empty());
     }
 
     #[test]
@@ -536,7 +735,14 @@ mod tests {
         let job = serde_json::to_string(&Job::Minimize(vec![(input.into(), signature.into())]))
             .expect("json");
         let mut out = Vec::new();
-        serve(&mut ev, format!("{job}\n").as_bytes(), &mut out).expect("serve");
+        serve(
+            &mut ev,
+            &Base::default(),
+            None,
+            format!("{job}\n").as_bytes(),
+            &mut out,
+        )
+        .expect("serve");
         let replies: Vec<Reply> = String::from_utf8(out)
             .expect("utf-8")
             .lines()
