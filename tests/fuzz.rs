@@ -305,42 +305,53 @@ fn a_worker_that_crashes_is_restarted_and_the_campaign_completes() {
         .contains("the worker died on this input (signal: 6 (SIGABRT)"));
 }
 
+/// A tunnel campaign over `range` in two lanes whose worker aborts on
+/// inputs holding `crash`, with `jobs` workers, into `dir/jobs`: it must
+/// end with findings after `inputs` inputs and `restarts` restarts.
+/// Returns its findings file.
+fn two_lanes_with_a_crash(
+    dir: &Path,
+    range: &str,
+    crash: &str,
+    jobs: &str,
+    (inputs, restarts): (u64, u64),
+) -> Vec<u8> {
+    let out = dir.join(jobs);
+    let o = fuzz(
+        &[
+            "--generator",
+            "tunnel",
+            "--tunnel-range",
+            range,
+            "--lanes",
+            "2",
+            "--iterations",
+            "300",
+            "--jobs",
+            jobs,
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        &[
+            ("POPEK_FUZZ_PLANTED", "1"),
+            ("POPEK_FUZZ_PLANT_CRASH", crash),
+        ],
+    );
+    let (so, eo) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{so}{eo}");
+    let (got_inputs, _, _, got_restarts) = summary(&so);
+    assert_eq!((got_inputs, got_restarts), (inputs, restarts), "{so}{eo}");
+    std::fs::read(out.join("findings.jsonl")).expect("findings")
+}
+
 /// A lane whose last input kills its worker, then the thread's next lane on
 /// the same worker (one job), gives what a worker per lane gives (two).
 #[test]
 fn a_lane_after_a_death_at_the_last_input_of_the_one_before_runs_as_its_own() {
     let d = tempfile::tempdir().expect("tmp");
-    let run = |jobs: &str| {
-        let out = d.path().join(jobs);
-        let o = fuzz(
-            &[
-                "--generator",
-                "tunnel",
-                "--tunnel-range",
-                "91-92",
-                "--lanes",
-                "2",
-                "--iterations",
-                "300",
-                "--jobs",
-                jobs,
-                "--out",
-                out.to_str().expect("utf-8"),
-            ],
-            // Lane 0 is 91 alone (XCHG ECX, EAX), lane 1 is 92.
-            &[
-                ("POPEK_FUZZ_PLANTED", "1"),
-                ("POPEK_FUZZ_PLANT_CRASH", "91"),
-            ],
-        );
-        let (so, eo) = text(&o);
-        assert_eq!(o.status.code(), Some(1), "{so}{eo}");
-        let (inputs, _, _, restarts) = summary(&so);
-        assert_eq!((inputs, restarts), (2, 1), "{so}");
-        std::fs::read(out.join("findings.jsonl")).expect("findings")
-    };
-    let one = run("1");
-    assert_eq!(one, run("2"));
+    // Lane 0 is 91 alone (XCHG ECX, EAX), lane 1 is 92.
+    let run = |jobs| two_lanes_with_a_crash(d.path(), "91-92", "91", jobs, (2, 1));
+    assert_eq!(run("1"), run("2"));
     let f = findings(&d.path().join("1"));
     assert!(
         f.iter()
@@ -356,37 +367,9 @@ fn a_lane_after_a_death_at_the_last_input_of_the_one_before_runs_as_its_own() {
 #[test]
 fn a_lane_resumed_after_a_death_on_a_worker_of_two_lanes_runs_as_its_own() {
     let d = tempfile::tempdir().expect("tmp");
-    let run = |jobs: &str| {
-        let out = d.path().join(jobs);
-        let o = fuzz(
-            &[
-                "--generator",
-                "tunnel",
-                "--tunnel-range",
-                "90-93",
-                "--lanes",
-                "2",
-                "--iterations",
-                "300",
-                "--jobs",
-                jobs,
-                "--out",
-                out.to_str().expect("utf-8"),
-            ],
-            // Lane 0 is 90 and 91, lane 1 is 92 (the death) and 93.
-            &[
-                ("POPEK_FUZZ_PLANTED", "1"),
-                ("POPEK_FUZZ_PLANT_CRASH", "92"),
-            ],
-        );
-        let (so, eo) = text(&o);
-        assert_eq!(o.status.code(), Some(1), "{so}{eo}");
-        let (inputs, _, _, restarts) = summary(&so);
-        assert_eq!((inputs, restarts), (4, 1), "{so}{eo}");
-        std::fs::read(out.join("findings.jsonl")).expect("findings")
-    };
-    let one = run("1");
-    assert_eq!(one, run("2"));
+    // Lane 0 is 90 and 91, lane 1 is 92 (the death) and 93.
+    let run = |jobs| two_lanes_with_a_crash(d.path(), "90-93", "92", jobs, (4, 1));
+    assert_eq!(run("1"), run("2"));
     let f = findings(&d.path().join("1"));
     let crashes: Vec<_> = f
         .iter()
