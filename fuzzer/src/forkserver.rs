@@ -426,7 +426,8 @@ impl Child {
 /// state, the base image) while the other works, says it is [`Ready`], and
 /// takes the next job after a death. A restart then costs what relaying a
 /// job does. A spare is a child like any other, forked from the same
-/// server: the same as one forked at the death. One that dies before it
+/// server: the same as one forked at the death but for what `run` does
+/// while it waits. One that dies before it
 /// has a job (in its warm-up, say) has no death to report: the job goes to
 /// a child forked for it, as it would without spares; so does one where
 /// the spare cannot be forked.
@@ -551,9 +552,9 @@ pub fn serve<S>(
                 s.discard();
             }
         }
-        // The next child starts while this one works (the server is
-        // small: its fork is quick); without one, the next job's child is
-        // forked when it comes.
+        // The next child starts while this one works (the server holds
+        // little beyond its state, a lane's job: its fork is quick);
+        // without one, the next job's child is forked when it comes.
         if spare.is_none() {
             match Child::fork(server, &state, &run, true) {
                 Ok(c) => spare = Some(c),

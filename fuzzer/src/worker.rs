@@ -247,9 +247,10 @@ fn hex_list(v: &[String]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Serves jobs from `input` until it ends, a `Resume` of the lane `base`
-/// holds; `told`: the lane whose learned `ev` was told already
-/// ([`Base::tell`]), which a first job resuming it does not tell again.
+/// Serves jobs from `input` until it ends. A `Resume` continues the lane
+/// that `base` holds; `told` is the lane whose learned `ev` was told
+/// already ([`Base::tell`]), which a first job resuming it does not tell
+/// again.
 /// An engine failure the probe layer reports is an error (the worker exits
 /// and the parent restarts it).
 pub fn serve(

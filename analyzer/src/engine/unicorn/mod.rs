@@ -45,9 +45,6 @@ pub const INSN_LIMIT: usize = 256;
 pub const TIME_LIMIT: Duration = Duration::from_millis(200);
 /// How many times [`TIME_LIMIT`] a run that timed out gets when it runs again.
 pub const RETRY_PATIENCE: u32 = 10;
-/// How many instruction breakpoints the guest may have left in an instance
-/// before it is replaced by a new one (see [`Machine::breakpoints`]).
-const BREAKPOINT_LIMIT: u32 = 16;
 
 /// Pages of guest memory, one bit each in a `u64`.
 const PAGES: usize = (MEM_SIZE / PAGE) as usize;
@@ -133,24 +130,23 @@ struct Machine {
     ran_unknown: bool,
     /// Guest memory as read back to find the pages the guest changed.
     guest_copy: Vec<u8>,
-    /// Instruction breakpoints that runs enabled in DR7 (at CPL 0: MOV
-    /// DR7) and that Unicorn still keeps. Unicorn lists them outside the
-    /// CPU state a context holds, and a context restore loses its own
-    /// references to them, so no later run removes them: the list only
-    /// grows, and the translation of every instruction walks all of it
-    /// (some 13% of a 64-bit lane's time after 400,000 structured inputs in
-    /// one instance). They change no outcome (a later run at such an
-    /// address runs as on a new instance); past [`BREAKPOINT_LIMIT`] the
-    /// instance is replaced by a new one.
-    breakpoints: u32,
+    /// A run left DR7 enabling an instruction breakpoint (at CPL 0: MOV
+    /// DR7), which Unicorn keeps in a list outside the CPU state a context
+    /// holds: the context restore drops Unicorn's own references to it, so
+    /// no later run removes it. Every later run of the instance would then
+    /// raise #DB where it reaches the breakpoint's address (whatever DR7
+    /// holds by then), and the translation of every instruction walks the
+    /// whole list (13% of a 64-bit lane's time after 400,000 structured
+    /// inputs in one instance). The instance is replaced by a new one
+    /// before the next run. (Data breakpoints are no matter: Unicorn keeps
+    /// no watchpoints.)
+    breakpoints_left: bool,
 }
 
-/// The instruction breakpoints a DR7 value enables: the slots with an
+/// Whether a DR7 value enables an instruction breakpoint: a slot with an
 /// enable bit (local or global) and the type "execute".
-fn instruction_breakpoints(dr7: u64) -> u32 {
-    (0..4)
-        .filter(|i| (dr7 >> (2 * i)) & 3 != 0 && (dr7 >> (16 + 4 * i)) & 3 == 0)
-        .count() as u32
+fn enables_instruction_breakpoint(dr7: u64) -> bool {
+    (0..4).any(|i| (dr7 >> (2 * i)) & 3 != 0 && (dr7 >> (16 + 4 * i)) & 3 == 0)
 }
 
 /// The general registers of `mode` in hardware order (RAX..RDI, then
@@ -268,7 +264,7 @@ impl Machine {
             ran_pages: Default::default(),
             ran_unknown: true,
             guest_copy: Vec::new(),
-            breakpoints: 0,
+            breakpoints_left: false,
         })
     }
 
@@ -545,7 +541,8 @@ impl Machine {
             .reg_read(if long { R::RIP } else { R::EIP })
             .unwrap_or(u64::MAX);
         let ev = *self.uc.get_data();
-        self.breakpoints += instruction_breakpoints(self.uc.reg_read(R::DR7).unwrap_or(0));
+        self.breakpoints_left |=
+            enables_instruction_breakpoint(self.uc.reg_read(R::DR7).unwrap_or(0));
         let cs_changed = self.uc.reg_read(R::CS).ok() != Some(before.segs[0].selector as u64);
         let stopped_elsewhere = pc & !(PAGE - 1) != CODE;
         self.translated_elsewhere |= fired || ev.ran_elsewhere || stopped_elsewhere || cs_changed;
@@ -749,10 +746,10 @@ impl UnicornEngine {
         insn_limit: usize,
     ) -> Observation {
         let at = self.machines.iter().position(|(m, _)| *m == image.mode);
-        // A new machine where there is none, or where the guest left too
-        // many breakpoints in the old one.
+        // A new machine where there is none, or where the guest left a
+        // breakpoint in the old one.
         let at = match at {
-            Some(at) if self.machines[at].1.breakpoints < BREAKPOINT_LIMIT => at,
+            Some(at) if !self.machines[at].1.breakpoints_left => at,
             _ => match Machine::new(image.mode) {
                 Ok(m) => match at {
                     Some(at) => {
