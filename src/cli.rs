@@ -1187,7 +1187,10 @@ fn write_comparisons(
             _ => set.remove_stale(COMPARISON[2]),
         }
         let n: usize = compared.iter().map(|(_, _, d)| d.len()).sum();
-        say!("popek: {n} differences between the engines");
+        say!(
+            "popek: {n} {} between the engines",
+            report::plural(n, "difference", "differences")
+        );
     }
     let run_pairs = pairs_of(&(0..ran.len()).collect::<Vec<_>>());
     let by_runs: Vec<(String, String, Vec<compare::RunDifference>)> = run_pairs
@@ -1349,8 +1352,9 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
             );
         }
         say!(
-            "popek: {} differences between {} and {}",
+            "popek: {} {} between {} and {}",
             diffs.len(),
+            report::plural(diffs.len(), "difference", "differences"),
             a.a.display(),
             a.b.display()
         );

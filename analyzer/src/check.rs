@@ -176,14 +176,6 @@ fn names<T: AsRef<str>>(v: &[T]) -> String {
     v.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(",")
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
-    if n == 1 {
-        one.to_string()
-    } else {
-        many.to_string()
-    }
-}
-
 /// Checks, before anything runs, that every subject has exactly one
 /// baseline of its engine, of the same tool version, modes and
 /// configurations, and that every baseline is checked. Returns, per
@@ -298,7 +290,7 @@ fn same_scope(bname: &str, b: &Scope, s: &Scope) -> Result<(), CheckError> {
             format!("mode {m}"),
             format!(
                 "{} {}",
-                plural(s.modes.len(), "mode", "modes"),
+                crate::report::plural(s.modes.len(), "mode", "modes"),
                 mode_names(&s.modes)
             ),
         ));
@@ -308,7 +300,7 @@ fn same_scope(bname: &str, b: &Scope, s: &Scope) -> Result<(), CheckError> {
             format!("mode {m}"),
             format!(
                 "{} {}",
-                plural(b.modes.len(), "mode", "modes"),
+                crate::report::plural(b.modes.len(), "mode", "modes"),
                 mode_names(&b.modes)
             ),
         ));
@@ -316,7 +308,7 @@ fn same_scope(bname: &str, b: &Scope, s: &Scope) -> Result<(), CheckError> {
     let configs = |c: &[String]| {
         format!(
             "{} {}",
-            plural(c.len(), "configuration", "configurations"),
+            crate::report::plural(c.len(), "configuration", "configurations"),
             names(c)
         )
     };
@@ -506,8 +498,8 @@ impl Outcome {
             "{} records compared with {}: {drift} changed, {known} known {}, {stale} stale known {}",
             self.records(),
             self.baselines.join(", "),
-            plural(known, "failure", "failures"),
-            plural(stale, "failure", "failures"),
+            crate::report::plural(known, "failure", "failures"),
+            crate::report::plural(stale, "failure", "failures"),
         )
     }
 }
@@ -811,7 +803,7 @@ pub fn write_markdown<W: Write>(
         writeln!(
             w,
             "**Failed: {drift} {} no known failure expects.** {}.\n",
-            plural(drift, "change", "changes"),
+            crate::report::plural(drift, "change", "changes"),
             outcome.summary()
         )?;
     }

@@ -286,7 +286,12 @@ pub fn write_differences_md<W: Write>(
         writeln!(w, "No differences.")?;
         return w.flush();
     }
-    writeln!(w, "{} differences.\n", diffs.len())?;
+    writeln!(
+        w,
+        "{} {}.\n",
+        diffs.len(),
+        crate::report::plural(diffs.len(), "difference", "differences")
+    )?;
     for d in diffs {
         writeln!(w, "## {} {} `{}` ({})\n", d.mode, d.config, d.form, d.code)?;
         writeln!(w, "- differs in: {}", d.fields.join(", "))?;
@@ -521,6 +526,10 @@ mod tests {
         write_differences_md(&mut out, "unicorn", "kvm", &d).expect("write");
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.contains("3 differences."));
+        let mut one = Vec::new();
+        write_differences_md(&mut one, "unicorn", "kvm", &d[..1]).expect("write");
+        let one = String::from_utf8(one).expect("utf8");
+        assert!(one.contains("\n1 difference.\n"), "{one}");
         assert!(text.contains("## 32 umip=off `sgdt` (SGDT_x)\n\n- differs in: class, privileged"));
         assert!(text
             .contains("- kvm: privileged — privileged: base@cpl0 completed vs base@cpl3 #GP(0x0)"));

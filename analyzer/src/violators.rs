@@ -181,10 +181,13 @@ pub fn render_groups(records: &[&Record]) -> String {
     }
     let forms: usize = groups.iter().map(|g| g.forms).sum();
     s.push_str(&format!(
-        "{} mnemonics, {} forms ({} records) break P&G theorem 1; --forms: one line per form\n",
+        "{} {}, {} {} ({} {}) break P&G theorem 1; --forms: one line per form\n",
         groups.len(),
+        crate::report::plural(groups.len(), "mnemonic", "mnemonics"),
         forms,
-        records.len()
+        crate::report::plural(forms, "form", "forms"),
+        records.len(),
+        crate::report::plural(records.len(), "record", "records"),
     ));
     let mut notes: Vec<String> = Vec::new();
     for g in &groups {
@@ -300,6 +303,11 @@ mod tests {
         assert!(line.contains("32,64 in umip=off; 32 in umip=on*"), "{line}");
         assert!(line.trim_end().ends_with("location, user"), "{line}");
         assert!(text.contains("2 mnemonics, 3 forms (4 records)"), "{text}");
+        let one = render_groups(&all[..1]);
+        assert!(
+            one.contains("\n1 mnemonic, 1 form (1 record) break"),
+            "{one}"
+        );
         assert!(
             text.contains("* umip=on: not modeled: Unicorn has no CR4.UMIP"),
             "{text}"

@@ -737,8 +737,9 @@ fn write_comparison<W: Write>(w: &mut W, page: &Page, diffs: &[Difference]) -> i
     writeln!(w, "<section id=\"comparison\">\n<h2>Engine comparison</h2>")?;
     writeln!(
         w,
-        "<p>{} differences between {} and {}: every instruction and configuration where their verdicts differ, or that only one of them has.</p>",
+        "<p>{} {} between {} and {}: every instruction and configuration where their verdicts differ, or that only one of them has.</p>",
         diffs.len(),
+        crate::report::plural(diffs.len(), "difference", "differences"),
         esc(name(0)),
         esc(name(1))
     )?;

@@ -459,6 +459,15 @@ impl Drop for ReportSet {
 }
 
 /// The file name of an engine's report in a format: `popek-<engine>.<ext>`.
+/// The word for `n` things: `one` for one, else `many`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        one.to_string()
+    } else {
+        many.to_string()
+    }
+}
+
 pub fn report_name(engine: &str, format: Format) -> String {
     format!("popek-{engine}.{}", format.extension())
 }
