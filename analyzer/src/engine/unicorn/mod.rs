@@ -141,6 +141,38 @@ struct Machine {
     /// before the next run. (Data breakpoints are no matter: Unicorn keeps
     /// no watchpoints.)
     breakpoints_left: bool,
+    /// The MSRs Unicorn keeps outside the CPU state a context holds, with
+    /// their values in a new instance: the MTRRs and the machine-check
+    /// controls and banks. A WRMSR at CPL 0 changes them for every later
+    /// run (a RDMSR of MTRRdefType after a WRMSR of it read the value
+    /// written), so they are put back before the run after one that may
+    /// have run one (`msrs_suspect`).
+    msrs_outside: Vec<(u32, u64)>,
+    /// The last run may have run a WRMSR (see `execute`).
+    msrs_suspect: bool,
+}
+
+/// The MSRs of [`Machine::msrs_outside`] in an instance whose MCG_CAP is
+/// `mcg_cap`: the variable-range MTRRs (bases and masks), the fixed-range
+/// ones, MTRRdefType, MCG_CTL, and four MSRs per machine-check bank.
+fn msrs_outside_the_context(mcg_cap: u64) -> Vec<u32> {
+    let banks = (mcg_cap & 0xff) as u32;
+    (0x200..0x210)
+        .chain([0x250, 0x258, 0x259])
+        .chain(0x268..0x270)
+        .chain([0x2ff, 0x17b])
+        .chain(0x400..0x400 + 4 * banks)
+        .collect()
+}
+
+const _: () = assert!(crate::machine::SEG_SHIFT != 0 && crate::machine::SEG_SHIFT % PAGE == 0);
+
+/// IA32_MCG_CAP, whose low byte is the number of machine-check banks.
+const MCG_CAP: u32 = 0x179;
+
+/// Whether `code` (a test's bytes) holds a WRMSR (`0f 30`) anywhere.
+fn holds_wrmsr(code: &[u8]) -> bool {
+    code.windows(2).any(|w| w == [0x0f, 0x30])
 }
 
 /// Whether a DR7 value enables an instruction breakpoint: a slot with an
@@ -265,7 +297,32 @@ impl Machine {
             ran_unknown: true,
             guest_copy: Vec::new(),
             breakpoints_left: false,
-        })
+            msrs_outside: Vec::new(),
+            msrs_suspect: false,
+        }
+        .with_msrs_read())
+    }
+
+    /// The machine with the values of its MSRs outside the context read
+    /// (MCG_CAP says how many machine-check banks there are).
+    fn with_msrs_read(mut self) -> Machine {
+        let cap = ffi::read_msr(&self.uc, MCG_CAP);
+        self.msrs_outside = msrs_outside_the_context(cap)
+            .into_iter()
+            .map(|rid| (rid, ffi::read_msr(&self.uc, rid)))
+            .collect();
+        self
+    }
+
+    /// Puts back the MSRs outside the context that differ from a new
+    /// instance's.
+    fn put_back_msrs(&mut self) -> Result<(), UnicornError> {
+        for &(rid, value) in &self.msrs_outside {
+            if ffi::read_msr(&self.uc, rid) != value {
+                ffi::write_msr(&mut self.uc, rid, value)?;
+            }
+        }
+        Ok(())
     }
 
     fn system_state(&self, image: &GuestImage) -> SystemState {
@@ -475,6 +532,9 @@ impl Machine {
         patience: u32,
     ) -> Result<(Outcome, bool), UnicornError> {
         self.timed_out = false;
+        if std::mem::take(&mut self.msrs_suspect) {
+            self.put_back_msrs()?;
+        }
         // Restore the pages an instruction may dirty, then write the test's
         // own: only what differs from guest memory. Outside the pages the
         // last runs wrote (`dirty`), guest memory equals `loaded`, and
@@ -582,6 +642,25 @@ impl Machine {
                 self.ran_unknown = true;
             }
         }
+        // A WRMSR may have run: the test holds one and started at CPL 0,
+        // or code ran where the hooks do not tell which (outside the code
+        // page, in another code segment, or stopped by the watchdog). A
+        // test placed at the end of the code page (a length probe) has no
+        // sentinel in it: its bytes run to the page's end. The one
+        // instruction the code hooks leave out where an image shifts the
+        // code page (at linear TEST_RIP) is followed by one they see off
+        // the code page, or the run stops off the code page's offsets (the
+        // shift is a whole number of pages), or the watchdog stops it.
+        let start_cpl0 = !image.mode.is_protected() || before.cpl == 0;
+        let code = match test.encoding() {
+            [] => test
+                .code_page
+                .get(test.rip.wrapping_sub(CODE) as usize..)
+                .unwrap_or(&[]),
+            code => code,
+        };
+        self.msrs_suspect =
+            fired || ev.ran_high || ran_outside || cs_changed || (start_cpl0 && holds_wrmsr(code));
         if fired {
             return Ok((Outcome::Hang, false));
         }

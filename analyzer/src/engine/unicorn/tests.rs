@@ -828,3 +828,54 @@ fn a_breakpoint_left_at_the_test_does_not_trap_later_runs() {
         assert_eq!(e.machines.len(), 1);
     }
 }
+
+#[test]
+fn msrs_a_run_wrote_outside_the_context_are_put_back() {
+    let cfg = Config::UMIP_OFF;
+    for mode in [Mode::Prot32, Mode::Long64] {
+        let img = GuestImage::build(mode, cfg, Variant::base(&cfg));
+        let mut e = UnicornEngine::new().unwrap();
+        // MTRRdefType, a variable and a fixed MTRR, MCG_CTL, MC0_STATUS.
+        for (msr, value) in [
+            (0x2ffu32, 0xc06u32),
+            (0x200, 6),
+            (0x26f, 0x0606),
+            (0x17b, 0),
+            (0x401, 5),
+        ] {
+            // mov ecx, msr; mov eax, value; xor edx, edx; wrmsr
+            let write = [
+                vec![0xB9],
+                msr.to_le_bytes().to_vec(),
+                vec![0xB8],
+                value.to_le_bytes().to_vec(),
+                vec![0x31, 0xD2, 0x0F, 0x30],
+            ]
+            .concat();
+            // mov ecx, msr; rdmsr
+            let read = [vec![0xB9], msr.to_le_bytes().to_vec(), vec![0x0F, 0x32]].concat();
+            let p = img.prepare(Side::Supervisor, &write, &NONE).unwrap();
+            assert!(
+                completed(&e.run(&img, Side::Supervisor, &p)),
+                "{mode} {msr:#x}"
+            );
+            let p = img.prepare(Side::Supervisor, &read, &NONE).unwrap();
+            let after = e.run(&img, Side::Supervisor, &p);
+            let alone = UnicornEngine::new()
+                .unwrap()
+                .run(&img, Side::Supervisor, &p);
+            assert!(completed(&after), "{mode} {msr:#x}: {:?}", after.outcome);
+            assert_eq!(after, alone, "{mode} {msr:#x}");
+        }
+    }
+}
+
+#[test]
+fn the_msrs_outside_the_context_are_the_mtrrs_and_machine_check_ones() {
+    let all = msrs_outside_the_context(0x0a);
+    assert_eq!(all.len(), 16 + 11 + 2 + 40);
+    assert!(all.contains(&0x2ff) && all.contains(&0x20f) && all.contains(&0x427));
+    assert!(!all.contains(&0x428) && !all.contains(&0x174));
+    assert!(holds_wrmsr(&[0xB9, 0, 0, 0, 0, 0x0F, 0x30]));
+    assert!(!holds_wrmsr(&[0x0F, 0x32, 0x30]));
+}
