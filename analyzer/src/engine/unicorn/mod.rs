@@ -165,7 +165,8 @@ fn msrs_outside_the_context(mcg_cap: u64) -> Vec<u32> {
         .collect()
 }
 
-const _: () = assert!(crate::machine::SEG_SHIFT != 0 && crate::machine::SEG_SHIFT % PAGE == 0);
+const _: () =
+    assert!(crate::machine::SEG_SHIFT != 0 && crate::machine::SEG_SHIFT.is_multiple_of(PAGE));
 
 /// IA32_MCG_CAP, whose low byte is the number of machine-check banks.
 const MCG_CAP: u32 = 0x179;
@@ -471,23 +472,34 @@ impl Machine {
             }
         };
         let mut result = self.execute(image, test, (ctx, before), watchdog, insn_limit, 1);
+        let before = before.clone();
         if self.timed_out {
             // The wall clock, not the instruction count, ended the run: on a
             // loaded machine a run can stall past the limit, so it runs once
             // more with RETRY_PATIENCE times the time before it counts as a
-            // hang (reports must not depend on the machine's load).
+            // hang (reports must not depend on the machine's load), on a new
+            // instance where the first left a breakpoint.
+            if self.breakpoints_left {
+                match Machine::new(image.mode) {
+                    Ok(m) => *self = m,
+                    Err(e) => return engine_error(e),
+                }
+            }
             result = self.load(image).and_then(|()| {
-                self.execute(
-                    image,
-                    test,
-                    (ctx, before),
-                    watchdog,
-                    insn_limit,
-                    RETRY_PATIENCE,
-                )
+                let booted = self.booted(image, side)?;
+                match &*booted {
+                    Ok((ctx, before)) => self.execute(
+                        image,
+                        test,
+                        (ctx, before),
+                        watchdog,
+                        insn_limit,
+                        RETRY_PATIENCE,
+                    ),
+                    Err(e) => Ok((Outcome::EngineError(format!("boot: {e}")), false)),
+                }
             });
         }
-        let before = before.clone();
         match result {
             Ok((outcome, done)) => {
                 let (after, user) = if done {
@@ -659,8 +671,16 @@ impl Machine {
                 .unwrap_or(&[]),
             code => code,
         };
-        self.msrs_suspect =
-            fired || ev.ran_high || ran_outside || cs_changed || (start_cpl0 && holds_wrmsr(code));
+        // Code the test wrote (its own page, or any other through a stray
+        // store, which is how a shifted image reaches its code page at
+        // linear CODE) or mapped anew may hold a WRMSR its bytes did not.
+        let code_written = ev.written & (1u64 << (image.code_phys / PAGE)) != 0;
+        self.msrs_suspect = fired
+            || ev.ran_high
+            || ran_outside
+            || cs_changed
+            || (start_cpl0
+                && (holds_wrmsr(code) || code_written || ev.stray_write || paging_changed));
         if fired {
             return Ok((Outcome::Hang, false));
         }

@@ -871,6 +871,41 @@ fn msrs_a_run_wrote_outside_the_context_are_put_back() {
 }
 
 #[test]
+fn a_wrmsr_the_test_wrote_into_its_own_code_is_put_back_too() {
+    // mov ecx, 0x2ff; mov eax, 0xc06; xor edx, edx;
+    // inc byte [TEST_RIP + 20]; 0f 2f, which the INC makes a WRMSR.
+    let at = (crate::machine::TEST_RIP as u32 + 20).to_le_bytes();
+    let write = [
+        vec![0xB9, 0xFF, 0x02, 0, 0, 0xB8, 0x06, 0x0C, 0, 0, 0x31, 0xD2],
+        vec![0xFE, 0x04, 0x25],
+        at.to_vec(),
+        vec![0x0F, 0x2F],
+    ]
+    .concat();
+    assert!(!holds_wrmsr(&write));
+    // mov ecx, 0x2ff; rdmsr
+    let read = [0xB9, 0xFF, 0x02, 0, 0, 0x0F, 0x32];
+    let cfg = Config::UMIP_OFF;
+    for mode in [Mode::Prot32, Mode::Long64] {
+        let img = GuestImage::build(mode, cfg, Variant::base(&cfg));
+        let mut e = UnicornEngine::new().unwrap();
+        let p = img.prepare(Side::Supervisor, &write, &NONE).unwrap();
+        assert!(completed(&e.run(&img, Side::Supervisor, &p)), "{mode}");
+        let p = img.prepare(Side::Supervisor, &read, &NONE).unwrap();
+        let after = e.run(&img, Side::Supervisor, &p);
+        let alone = UnicornEngine::new()
+            .unwrap()
+            .run(&img, Side::Supervisor, &p);
+        assert_eq!(
+            after.user.as_ref().map(|u| u.gprs[0]),
+            alone.user.as_ref().map(|u| u.gprs[0]),
+            "{mode}"
+        );
+        assert_eq!(after, alone, "{mode}");
+    }
+}
+
+#[test]
 fn the_msrs_outside_the_context_are_the_mtrrs_and_machine_check_ones() {
     let all = msrs_outside_the_context(0x0a);
     assert_eq!(all.len(), 16 + 11 + 2 + 40);
