@@ -118,6 +118,10 @@ pub(super) struct Guest {
     region: kvm_userspace_memory_region,
     /// The XSAVE-managed state every run starts from ([`super::vcpu::reset_xsave`]).
     pub(super) xsave_reset: Option<kvm_bindings::kvm_xsave>,
+    /// The MSRs beyond the image's that a run may write, with the values a
+    /// new vCPU has ([`super::vcpu::reset_msrs`]), set again with the
+    /// image's.
+    pub(super) msrs_reset: Vec<(u32, u64)>,
     /// The engine changed a page that may hold page tables since KVM last
     /// built its translations: under shadow paging (PVM; any host without
     /// EPT or NPT) KVM tracks only the guest's own writes to page tables,
@@ -220,6 +224,7 @@ impl Guest {
         let xsave_reset = super::vcpu::reset_xsave(&vcpu);
         Ok(Guest {
             xsave_reset,
+            msrs_reset: Vec::new(),
             vcpu,
             vm,
             mem,

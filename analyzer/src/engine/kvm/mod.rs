@@ -232,6 +232,7 @@ impl Ending {
 /// registers into the sync_regs area after every run.
 fn set_up_vcpu(guest: &mut Guest, cpuid: &kvm_bindings::CpuId, sync: bool) -> Result<(), KvmError> {
     guest.vcpu.set_cpuid2(cpuid).map_err(KvmError::SetCpuid)?;
+    guest.msrs_reset = vcpu::reset_msrs(&guest.vcpu);
     if sync {
         vcpu::sync_after_every_run(&mut guest.vcpu);
     }
@@ -389,7 +390,7 @@ impl KvmEngine {
             if clear_events {
                 vcpu::clear_events(v)?;
             }
-            vcpu::set_state(v, xsave, image, side, test)?;
+            vcpu::set_state(v, xsave, &self.guest.msrs_reset, image, side, test)?;
         }
         // Left dirty: the XSAVE state this run did not reset.
         self.dirty = Touches {

@@ -129,11 +129,41 @@ pub(super) fn set_state_synced(
     Ok(())
 }
 
+/// The MSRs a run's WRMSR may change that the image does not set: PAT and
+/// the MTRRs (MTRRdefType, the variable and the fixed ranges). KVM keeps
+/// them in the vCPU from run to run (measured on PVM: a RDMSR of PAT, INC,
+/// WRMSR read one more in every state after the first, and a WRMSR of
+/// MTRRdefType made the next states' #GP).
+const MSRS_A_RUN_MAY_CHANGE: [u32; 29] = [
+    0x277, 0x2ff, 0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a,
+    0x20b, 0x20c, 0x20d, 0x20e, 0x20f, 0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c,
+    0x26d, 0x26e, 0x26f,
+];
+
+/// The values a new vCPU has of [`MSRS_A_RUN_MAY_CHANGE`], of those KVM
+/// reads (one at a time: KVM_GET_MSRS stops at the first it does not).
+pub(super) fn reset_msrs(vcpu: &VcpuFd) -> Vec<(u32, u64)> {
+    MSRS_A_RUN_MAY_CHANGE
+        .iter()
+        .filter_map(|&index| {
+            let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+                index,
+                ..Default::default()
+            }])
+            .ok()?;
+            let n = vcpu.get_msrs(&mut msrs).ok()?;
+            (n == 1).then(|| (index, msrs.as_slice()[0].data))
+        })
+        .collect()
+}
+
 /// Sets every register for the start of a run of `test` on `side`, one
-/// ioctl per part (the full way).
+/// ioctl per part (the full way), and the MSRs of `msrs_reset` to their
+/// values in a new vCPU.
 pub(super) fn set_state(
     vcpu: &VcpuFd,
     xsave: Option<&kvm_xsave>,
+    msrs_reset: &[(u32, u64)],
     image: &GuestImage,
     side: Side,
     test: &Prepared,
@@ -148,10 +178,11 @@ pub(super) fn set_state(
     let sregs = vcpu.get_sregs().map_err(KvmError::GetSregs)?;
     vcpu.set_sregs(&sregs_for(sregs, sys, e))
         .map_err(KvmError::SetSregs)?;
-    if !sys.msrs.is_empty() {
+    if !sys.msrs.is_empty() || !msrs_reset.is_empty() {
         let entries: Vec<kvm_msr_entry> = sys
             .msrs
             .iter()
+            .chain(msrs_reset)
             .map(|&(index, data)| kvm_msr_entry {
                 index,
                 data,
