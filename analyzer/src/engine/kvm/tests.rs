@@ -842,14 +842,14 @@ fn ring_compression_runs_through_the_exit_stubs() {
     }
 }
 
-/// PAT and the MTRRs, which KVM keeps in the vCPU, are what a new vCPU has
+/// The MSRs KVM keeps in the vCPU (PAT, the MTRRs, ...) are what a new vCPU has
 /// at the start of every run after one that wrote them.
 #[test]
 fn msrs_a_run_wrote_are_put_back() {
     let Some(mut e) = engine() else { return };
     // RDMSR, INC EAX, WRMSR of each: a run that read what an earlier one
     // wrote would write one more.
-    for msr in [0x277u32, 0x2ff, 0x200, 0x250] {
+    for msr in [0x277u32, 0x2ff, 0x200, 0x250, 0x1a0, 0x3b, 0x17a] {
         let mut bytes = vec![0xB9];
         bytes.extend(msr.to_le_bytes());
         bytes.extend([0x0F, 0x32, 0xFF, 0xC0, 0x0F, 0x30]);

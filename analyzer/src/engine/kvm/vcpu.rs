@@ -129,15 +129,16 @@ pub(super) fn set_state_synced(
     Ok(())
 }
 
-/// The MSRs a run's WRMSR may change that the image does not set: PAT and
-/// the MTRRs (MTRRdefType, the variable and the fixed ranges). KVM keeps
-/// them in the vCPU from run to run (measured on PVM: a RDMSR of PAT, INC,
-/// WRMSR read one more in every state after the first, and a WRMSR of
-/// MTRRdefType made the next states' #GP).
-const MSRS_A_RUN_MAY_CHANGE: [u32; 29] = [
-    0x277, 0x2ff, 0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a,
-    0x20b, 0x20c, 0x20d, 0x20e, 0x20f, 0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c,
-    0x26d, 0x26e, 0x26f,
+/// The MSRs a run's WRMSR may change that the image does not set: PAT, the
+/// MTRRs (MTRRdefType, the variable and the fixed ranges), MISC_ENABLE,
+/// TSC_ADJUST and MCG_STATUS. KVM keeps them in the vCPU from run to run
+/// (measured on PVM: a RDMSR, INC, WRMSR of each read one more in every
+/// state after the first, and a WRMSR of MTRRdefType made the next states'
+/// #GP).
+const MSRS_A_RUN_MAY_CHANGE: [u32; 32] = [
+    0x277, 0x1a0, 0x3b, 0x17a, 0x2ff, 0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207,
+    0x208, 0x209, 0x20a, 0x20b, 0x20c, 0x20d, 0x20e, 0x20f, 0x250, 0x258, 0x259, 0x268, 0x269,
+    0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
 ];
 
 /// The values a new vCPU has of [`MSRS_A_RUN_MAY_CHANGE`], of those KVM
