@@ -285,6 +285,11 @@ pub struct KvmEngine {
     befores: HashMap<(ImageKey, Side), SystemState>,
     /// The last run ended at engine level: clear pending events first.
     reset_events: bool,
+    /// A run since the MSRs of `Guest::msrs_reset` were last set back may
+    /// have run a WRMSR: it started at CPL 0, or may have run code other
+    /// than its test (it wrote where code may be, or ended at engine
+    /// level). A run at CPL 3 reaches CPL 0 only in the harness's stubs.
+    msrs_written: bool,
     /// Whether KVM offers the guest CR4.UMIP (CPUID.7.0:ECX bit 2 of the
     /// supported CPUID), in hardware or emulated.
     umip: bool,
@@ -339,6 +344,7 @@ impl KvmEngine {
             modes: HashMap::new(),
             befores: HashMap::new(),
             reset_events: false,
+            msrs_written: false,
             umip,
             sync,
             synced: false,
@@ -390,7 +396,12 @@ impl KvmEngine {
             if clear_events {
                 vcpu::clear_events(v)?;
             }
-            vcpu::set_state(v, xsave, &self.guest.msrs_reset, image, side, test)?;
+            let msrs_reset: &[(u32, u64)] = if std::mem::take(&mut self.msrs_written) {
+                &self.guest.msrs_reset
+            } else {
+                &[]
+            };
+            vcpu::set_state(v, xsave, msrs_reset, image, side, test)?;
         }
         // Left dirty: the XSAVE state this run did not reset.
         self.dirty = Touches {
@@ -422,6 +433,7 @@ impl KvmEngine {
                     self.guest = g;
                     self.synced = false;
                     self.dirty = Touches::ALL;
+                    self.msrs_written = false;
                 }
                 Err(e) => return fail(e, SystemState::default()),
             }
@@ -431,6 +443,7 @@ impl KvmEngine {
             // The last run wrote where code may be (or the engine cannot
             // tell where it wrote): it may have run more than its test.
             self.dirty = Touches::ALL;
+            self.msrs_written = true;
         }
         self.quiet_pages = memory::page_mask(
             image
@@ -450,6 +463,7 @@ impl KvmEngine {
         if let Err(e) = self.set_state(image, side, test, known.is_some(), touches) {
             self.reset_events = true;
             self.synced = false;
+            self.msrs_written = true;
             return fail(e, SystemState::default());
         }
         // The before-state is what KVM reported right after setting it
@@ -467,10 +481,12 @@ impl KvmEngine {
         };
         let msrs = (!touches.msrs).then_some(&before.msrs[..]);
         let result = self.execute(image, side, test, msrs);
+        self.msrs_written |= side == Side::Supervisor;
         if !matches!(&result, Ok(end) if !end.outcome.is_engine_level()) {
             self.reset_events = true;
             if !self.stopped_at_start(&result, test) {
                 self.dirty = Touches::ALL;
+                self.msrs_written = true;
             }
         } else {
             self.dirty = self.dirty.or(touches);
