@@ -468,7 +468,8 @@ fn run_lane(
     };
     let mut res = LaneResult::default();
     // What the lane's workers learned since its last job was sent (which a
-    // `Resume` adds to what the worker has).
+    // `Resume` adds to what the worker has); `job.learned` holds what they
+    // learned before.
     let mut since_sent = Learned::default();
     let mut next = 0u64;
     let mut cursor = job.tunnel.clone();
@@ -481,19 +482,19 @@ fn run_lane(
         let mut w = Worker::again(last.take(), opts)?;
         // A worker that was given the lane is told where it goes on, and
         // what was learned since; any other, the lane whole.
-        let learned = std::mem::take(&mut since_sent);
         let sent = if w.lane_given == Some(lane) {
-            w.send(
-                &Job::Resume(Resume {
-                    lane,
-                    start: job.start,
-                    count: job.count,
-                    tunnel: job.tunnel.clone(),
-                    learned,
-                }),
-                true,
-            )
+            let resume = Resume {
+                lane,
+                start: job.start,
+                count: job.count,
+                tunnel: job.tunnel.clone(),
+                learned: std::mem::take(&mut since_sent),
+            };
+            let sent = w.send(&JobRef::Resume(&resume), true);
+            job.learned.absorb(resume.learned);
+            sent
         } else {
+            job.learned.absorb(std::mem::take(&mut since_sent));
             w.lane_given = Some(lane);
             w.send(&JobRef::Lane(&job), true)
         };
@@ -516,10 +517,7 @@ fn run_lane(
                     learned,
                 }) => {
                     // What this worker measured, its successor need not.
-                    if !learned.is_empty() {
-                        since_sent.absorb(learned.clone());
-                        job.learned.absorb(learned);
-                    }
+                    since_sent.absorb(learned);
                     res.inputs += 1;
                     if let Ok(b) = analyzer::explain::parse_hex(&ran) {
                         res.distinct.insert(distinct_key(&b));

@@ -115,6 +115,7 @@ impl Base {
 #[derive(Serialize)]
 pub enum JobRef<'a> {
     Lane(&'a LaneJob),
+    Resume(&'a Resume),
 }
 
 /// A lane's inputs from some index on.
@@ -572,6 +573,17 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&JobRef::Lane(&job)).expect("json"),
             serde_json::to_string(&Job::Lane(job.clone())).expect("json")
+        );
+        let resume = Resume {
+            lane: 2,
+            start: 6,
+            count: 6,
+            tunnel: job.tunnel.clone(),
+            learned: job.learned.clone(),
+        };
+        assert_eq!(
+            serde_json::to_string(&JobRef::Resume(&resume)).expect("json"),
+            serde_json::to_string(&Job::Resume(resume.clone())).expect("json")
         );
     }
 

@@ -441,6 +441,7 @@ impl Machine {
         Ok(booted)
     }
 
+    /// A run of `test` with `patience` times the time limit.
     fn run(
         &mut self,
         image: &GuestImage,
@@ -448,6 +449,7 @@ impl Machine {
         test: &Prepared,
         watchdog: &Watchdog,
         insn_limit: usize,
+        patience: u32,
     ) -> Observation {
         let engine_error = |e: UnicornError| {
             Observation::outcome_only(
@@ -455,6 +457,8 @@ impl Machine {
                 SystemState::default(),
             )
         };
+        // A run that fails before it starts did not time out.
+        self.timed_out = false;
         if let Err(e) = self.load(image) {
             return engine_error(e);
         }
@@ -471,35 +475,8 @@ impl Machine {
                 )
             }
         };
-        let mut result = self.execute(image, test, (ctx, before), watchdog, insn_limit, 1);
+        let result = self.execute(image, test, (ctx, before), watchdog, insn_limit, patience);
         let before = before.clone();
-        if self.timed_out {
-            // The wall clock, not the instruction count, ended the run: on a
-            // loaded machine a run can stall past the limit, so it runs once
-            // more with RETRY_PATIENCE times the time before it counts as a
-            // hang (reports must not depend on the machine's load), on a new
-            // instance where the first left a breakpoint.
-            if self.breakpoints_left {
-                match Machine::new(image.mode) {
-                    Ok(m) => *self = m,
-                    Err(e) => return engine_error(e),
-                }
-            }
-            result = self.load(image).and_then(|()| {
-                let booted = self.booted(image, side)?;
-                match &*booted {
-                    Ok((ctx, before)) => self.execute(
-                        image,
-                        test,
-                        (ctx, before),
-                        watchdog,
-                        insn_limit,
-                        RETRY_PATIENCE,
-                    ),
-                    Err(e) => Ok((Outcome::EngineError(format!("boot: {e}")), false)),
-                }
-            });
-        }
         match result {
             Ok((outcome, done)) => {
                 let (after, user) = if done {
@@ -543,7 +520,6 @@ impl Machine {
         insn_limit: usize,
         patience: u32,
     ) -> Result<(Outcome, bool), UnicornError> {
-        self.timed_out = false;
         if std::mem::take(&mut self.msrs_suspect) {
             self.put_back_msrs()?;
         }
@@ -844,6 +820,28 @@ impl UnicornEngine {
         test: &Prepared,
         insn_limit: usize,
     ) -> Observation {
+        let (o, timed_out) = self.run_once(image, side, test, insn_limit, 1);
+        if !timed_out {
+            return o;
+        }
+        // The wall clock, not the instruction count, ended the run: on a
+        // loaded machine a run can stall past the limit, so it runs once
+        // more with RETRY_PATIENCE times the time before it counts as a
+        // hang (reports must not depend on the machine's load).
+        self.run_once(image, side, test, insn_limit, RETRY_PATIENCE)
+            .0
+    }
+
+    /// One run on the machine of the test's mode, and whether the watchdog
+    /// ended it.
+    fn run_once(
+        &mut self,
+        image: &GuestImage,
+        side: Side,
+        test: &Prepared,
+        insn_limit: usize,
+        patience: u32,
+    ) -> (Observation, bool) {
         let at = self.machines.iter().position(|(m, _)| *m == image.mode);
         // A new machine where there is none, or where the guest left a
         // breakpoint in the old one.
@@ -861,16 +859,17 @@ impl UnicornEngine {
                     }
                 },
                 Err(e) => {
-                    return Observation::outcome_only(
+                    let o = Observation::outcome_only(
                         Outcome::EngineError(EngineError::from(e).to_string()),
                         SystemState::default(),
-                    )
+                    );
+                    return (o, false);
                 }
             },
         };
-        self.machines[at]
-            .1
-            .run(image, side, test, &self.watchdog, insn_limit)
+        let m = &mut self.machines[at].1;
+        let o = m.run(image, side, test, &self.watchdog, insn_limit, patience);
+        (o, m.timed_out)
     }
 }
 
