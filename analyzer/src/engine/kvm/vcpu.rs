@@ -142,7 +142,8 @@ const MSRS_A_RUN_MAY_CHANGE: [u32; 32] = [
 ];
 
 /// The values a new vCPU has of [`MSRS_A_RUN_MAY_CHANGE`], of those KVM
-/// reads (one at a time: KVM_GET_MSRS stops at the first it does not).
+/// reads and takes back (one at a time: KVM_GET_MSRS and KVM_SET_MSRS
+/// stop at the first they do not), so that setting them cannot fail a run.
 pub(super) fn reset_msrs(vcpu: &VcpuFd) -> Vec<(u32, u64)> {
     MSRS_A_RUN_MAY_CHANGE
         .iter()
@@ -152,8 +153,8 @@ pub(super) fn reset_msrs(vcpu: &VcpuFd) -> Vec<(u32, u64)> {
                 ..Default::default()
             }])
             .ok()?;
-            let n = vcpu.get_msrs(&mut msrs).ok()?;
-            (n == 1).then(|| (index, msrs.as_slice()[0].data))
+            (vcpu.get_msrs(&mut msrs).ok()? == 1).then_some(())?;
+            (vcpu.set_msrs(&msrs).ok()? == 1).then(|| (index, msrs.as_slice()[0].data))
         })
         .collect()
 }
