@@ -216,6 +216,18 @@ impl Prober {
         })
     }
 
+    /// Readies the prober to be carried into a child of a fork
+    /// ([`Engine::park`]): an engine that cannot be carried is dropped, and
+    /// opened again when a run needs it. What the prober measured (its
+    /// baselines and features) stays.
+    pub fn park(&mut self) {
+        if let Some(e) = self.engine.as_mut() {
+            if !e.park() {
+                self.engine = None;
+            }
+        }
+    }
+
     /// The engine's name (`unicorn`, `kvm`, ...).
     pub fn name(&self) -> &str {
         &self.name

@@ -253,6 +253,29 @@ impl Evaluator {
         done
     }
 
+    /// [`Evaluator::warm_up`], and a NOP through the whole matrix before
+    /// it: every state the matrix has is built, booted and measured (its
+    /// baseline) on every engine, which a first input that needs the whole
+    /// matrix does otherwise (on Unicorn about 2 ms). What the fork server
+    /// does once, for every child to have (see [`crate::worker::main`]).
+    pub fn warm_up_full(&mut self) -> Result<(), ProbeError> {
+        let nop = analyzer::explain::raw_entry(&[0x90], self.mode);
+        self.full()?;
+        let matrix = self.full.as_ref().expect("built");
+        for p in &mut self.probers {
+            p.probe(matrix, &nop)?;
+        }
+        self.warm_up()
+    }
+
+    /// Readies the evaluator to be carried into a child of a fork
+    /// ([`Prober::park`]): no thread of its engines is left.
+    pub fn park(&mut self) {
+        for p in &mut self.probers {
+            p.park();
+        }
+    }
+
     /// What was learned since the last call, for a later worker of the
     /// same lane ([`Evaluator::know`]).
     pub fn take_learned(&mut self) -> Learned {
@@ -1135,9 +1158,14 @@ mod tests {
             let o = crate::worker::openers(&["unicorn".to_string()]).expect("unicorn");
             Evaluator::new(o, Mode::Long64, Config::UMIP_OFF).expect("evaluator")
         };
-        let (mut warm, mut cold) = (open(), open());
+        let (mut warm, mut cold, mut full) = (open(), open(), open());
         warm.warm_up().expect("warm-up");
         assert!(warm.take_learned().is_empty());
+        // Warmed over the whole matrix and parked, as the fork server's:
+        // its next run starts the watchdog again.
+        full.warm_up_full().expect("full warm-up");
+        full.park();
+        assert!(full.take_learned().is_empty());
         // SMSW, LOCK RDTSC, EVEX VADDPS, PUSHF.
         let inputs: [&[u8]; 4] = [
             &[0x0f, 0x01, 0xe0],
@@ -1148,8 +1176,12 @@ mod tests {
         for input in inputs {
             let w = warm.eval_with(input, Lengths::Unfound).expect("warm");
             let c = cold.eval_with(input, Lengths::Unfound).expect("cold");
+            let f = full.eval_with(input, Lengths::Unfound).expect("full");
             assert_eq!(w.findings, c.findings, "{input:02x?}");
-            assert_eq!(warm.take_learned(), cold.take_learned(), "{input:02x?}");
+            assert_eq!(f.findings, c.findings, "{input:02x?}");
+            let learned = cold.take_learned();
+            assert_eq!(warm.take_learned(), learned, "{input:02x?}");
+            assert_eq!(full.take_learned(), learned, "{input:02x?}");
         }
     }
 

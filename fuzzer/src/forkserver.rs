@@ -213,6 +213,17 @@ fn exiting(pid: libc::pid_t) -> bool {
     })
 }
 
+/// How many threads the process has, as /proc shows it.
+pub(crate) fn threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// How a spare child tells the server it is ready for a job (given to
 /// `run` in a spare only): once it has opened its engines and warmed up.
 pub struct Ready(File);

@@ -82,4 +82,7 @@ impl Engine for Planted {
         }
         obs
     }
+    fn park(&mut self) -> bool {
+        self.inner.park()
+    }
 }

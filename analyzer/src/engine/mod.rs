@@ -42,6 +42,15 @@ pub trait Engine {
     fn executor(&self, _mode: Mode, _cpl: u8) -> Executor {
         Executor::Emulator
     }
+    /// Readies the engine to be carried into a child of a fork (which has
+    /// only the thread that forked): ends its threads, which its next run
+    /// starts again. False where it cannot be carried: its state lies
+    /// outside the process's memory (KVM's in the kernel, which a child
+    /// would share), or it holds threads it cannot end. The caller then
+    /// drops it. By default false.
+    fn park(&mut self) -> bool {
+        false
+    }
 }
 
 /// What executed a run: software that decodes and carries out the

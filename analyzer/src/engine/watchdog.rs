@@ -68,6 +68,7 @@ type Shared<I> = Arc<(Mutex<State<I>>, Condvar)>;
 pub(crate) struct Watchdog<I: Interrupt> {
     shared: Shared<I>,
     thread: Option<JoinHandle<()>>,
+    name: String,
 }
 
 impl<I: Interrupt> Watchdog<I> {
@@ -82,14 +83,48 @@ impl<I: Interrupt> Watchdog<I> {
             }),
             Condvar::new(),
         ));
-        let s = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || serve(&s))?;
-        Ok(Watchdog {
+        let mut dog = Watchdog {
             shared,
-            thread: Some(thread),
-        })
+            thread: None,
+            name: name.into(),
+        };
+        dog.start()?;
+        Ok(dog)
+    }
+
+    /// Starts the thread where it is stopped ([`Watchdog::stop`]).
+    pub(crate) fn start(&mut self) -> std::io::Result<()> {
+        if self.thread.is_some() {
+            return Ok(());
+        }
+        {
+            let mut st = self.state();
+            st.quit = false;
+            st.sleep = Sleep::Awake;
+        }
+        let s = Arc::clone(&self.shared);
+        self.thread = Some(
+            std::thread::Builder::new()
+                .name(self.name.clone())
+                .spawn(move || serve(&s))?,
+        );
+        Ok(())
+    }
+
+    /// Ends the thread and waits for it, so that the process can fork with
+    /// no thread of the watchdog's (a child has only the thread that
+    /// forked). Until [`Watchdog::start`], an armed run is not interrupted:
+    /// the engine starts it again before its next run.
+    pub(crate) fn stop(&mut self) {
+        {
+            let mut st = self.state();
+            st.armed = None;
+            st.quit = true;
+        }
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State<I>> {
@@ -167,15 +202,7 @@ fn serve<I: Interrupt>(shared: &Shared<I>) {
 
 impl<I: Interrupt> Drop for Watchdog<I> {
     fn drop(&mut self) {
-        {
-            let mut st = self.state();
-            st.armed = None;
-            st.quit = true;
-        }
-        self.shared.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
@@ -262,5 +289,40 @@ mod tests {
         let after = CALLS.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(CALLS.load(Ordering::SeqCst), after);
+    }
+
+    static AFTER: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Clone, Copy)]
+    struct After;
+    impl Interrupt for After {
+        fn interrupt(&self) {
+            AFTER.fetch_add(1, Ordering::SeqCst);
+        }
+        fn again(&self) -> Option<Duration> {
+            None
+        }
+    }
+
+    /// A stopped watchdog has no thread and interrupts nothing; started
+    /// again, it interrupts as before.
+    #[test]
+    fn a_stopped_watchdog_starts_again() {
+        let mut dog = Watchdog::<After>::new("test-watchdog").expect("thread");
+        dog.stop();
+        assert!(dog.thread.is_none());
+        let armed = dog.arm(Instant::now(), After);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!armed.disarm());
+        assert_eq!(AFTER.load(Ordering::SeqCst), 0);
+        dog.start().expect("thread");
+        dog.start().expect("started already: nothing to do");
+        let armed = dog.arm(Instant::now(), After);
+        let t = Instant::now();
+        while AFTER.load(Ordering::SeqCst) == 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(armed.disarm());
+        assert_eq!(AFTER.load(Ordering::SeqCst), 1);
     }
 }

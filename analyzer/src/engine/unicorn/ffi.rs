@@ -333,6 +333,16 @@ impl Watchdog {
         })
     }
 
+    /// Ends the watchdog's thread (see [`crate::engine::Engine::park`]).
+    pub(super) fn park(&mut self) {
+        self.dog.stop();
+    }
+
+    /// Starts the thread where [`Watchdog::park`] ended it: before a run.
+    pub(super) fn ready(&mut self) -> Result<(), UnicornError> {
+        self.dog.start().map_err(UnicornError::StartWatchdog)
+    }
+
     /// Runs the emulation of `uc` from `begin` until `until` (at most
     /// `Events::limit` instructions) under the deadline (`patience`
     /// times the limit): what `emu_start` returned, and whether the watchdog

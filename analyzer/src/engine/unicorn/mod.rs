@@ -820,6 +820,12 @@ impl UnicornEngine {
         test: &Prepared,
         insn_limit: usize,
     ) -> Observation {
+        if let Err(e) = self.watchdog.ready() {
+            return Observation::outcome_only(
+                Outcome::EngineError(EngineError::from(e).to_string()),
+                SystemState::default(),
+            );
+        }
         let (o, timed_out) = self.run_once(image, side, test, insn_limit, 1);
         if !timed_out {
             return o;
@@ -893,5 +899,12 @@ impl Engine for UnicornEngine {
     /// which would leave the length not measured.
     fn run_fetch(&mut self, image: &GuestImage, side: Side, test: &Prepared) -> Observation {
         self.run_limited(image, side, test, 1)
+    }
+
+    /// Unicorn's instances are the process's memory, which a child has a
+    /// copy of; the watchdog's thread is the engine's only one.
+    fn park(&mut self) -> bool {
+        self.watchdog.park();
+        true
     }
 }
