@@ -424,20 +424,25 @@ fn shards_merged_equal_the_unsharded_run() {
     );
 }
 
-/// Campaigns of different modes or configurations merge into all of their
-/// findings (a signature names neither), the same for any order of the
+/// Campaigns of different modes, configurations or engines merge into
+/// all of their findings (a signature names neither the mode nor the
+/// configuration, nor every engine), the same for any order of the
 /// directories.
 #[test]
 fn campaigns_of_different_settings_merge_whole_in_any_order() {
     let d = tempfile::tempdir().expect("tmp");
     let dir = |n: &str| d.path().join(n);
     let path = |n: &str| dir(n).to_str().expect("utf-8").to_string();
-    let settings: [(&str, &[&str]); 3] = [
-        ("m32", &["--mode", "32"]),
-        ("m64", &[]),
-        ("u64", &["--config", "umip=on"]),
+    let planted = [("POPEK_FUZZ_PLANTED", "1")];
+    let settings: [(&str, &[&str], &[(&str, &str)]); 4] = [
+        ("m32", &["--mode", "32"], &[]),
+        ("m64", &[], &[]),
+        ("u64", &["--config", "umip=on"], &[]),
+        // Unicorn and the planted engine (Unicorn with nothing planted):
+        // Unicorn's findings are m64's, of the same signatures.
+        ("p64", &[], &planted),
     ];
-    for (out, extra) in settings {
+    for (out, extra, env) in settings {
         let o = path(out);
         let common = [
             "--iterations",
@@ -449,10 +454,10 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
             "--out",
             &o,
         ];
-        let r = fuzz(&[&common[..], extra].concat(), &[]);
+        let r = fuzz(&[&common[..], extra].concat(), env);
         assert!(matches!(r.status.code(), Some(0 | 1)), "{}", text(&r).1);
     }
-    let merge = |order: [&str; 3], out: &str| {
+    let merge = |order: [&str; 4], out: &str| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_popek"));
         c.arg("merge");
         for n in order {
@@ -462,8 +467,8 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
         std::fs::read_to_string(dir(out).join("findings.jsonl")).expect("merged")
     };
-    let forward = merge(["m32", "m64", "u64"], "f");
-    let backward = merge(["u64", "m64", "m32"], "b");
+    let forward = merge(["m32", "m64", "u64", "p64"], "f");
+    let backward = merge(["p64", "u64", "m64", "m32"], "b");
     assert_eq!(forward, backward);
     let lines = |n: &str| {
         std::fs::read_to_string(dir(n).join("findings.jsonl"))
@@ -472,9 +477,19 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
             .count()
     };
     assert!(lines("m64") > 0 && lines("u64") > 0, "no findings to merge");
+    let signatures = |n: &str| -> std::collections::BTreeSet<String> {
+        findings(&dir(n))
+            .iter()
+            .map(|f| f["signature"].as_str().expect("signature").to_string())
+            .collect()
+    };
+    assert!(
+        !signatures("m64").is_disjoint(&signatures("p64")),
+        "no signature of m64 in p64"
+    );
     assert_eq!(
         forward.lines().count(),
-        lines("m32") + lines("m64") + lines("u64")
+        lines("m32") + lines("m64") + lines("u64") + lines("p64")
     );
 }
 

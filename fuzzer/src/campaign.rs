@@ -423,7 +423,12 @@ fn crash_finding(opts: &Options, bytes: &[u8], how: &str) -> Finding {
             code: entry.code,
             form: entry.form,
         },
-        engines: BTreeMap::new(),
+        // Each engine the worker ran, with no outcome: it died.
+        engines: opts
+            .engines
+            .iter()
+            .map(|e| (e.clone(), BTreeMap::new()))
+            .collect(),
         observed_length: None,
         observed_by: None,
         detail: format!("the worker died on this input ({how})"),

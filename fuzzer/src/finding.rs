@@ -86,18 +86,21 @@ pub fn input_order<T: AsRef<[u8]> + ?Sized>(input: &T) -> (usize, &[u8]) {
     (bytes.len(), bytes)
 }
 
-/// One finding per signature and campaign setting (mode and
-/// configuration), the one of the least input (so that any split of the
+/// One finding per signature and campaign setting (mode, configuration
+/// and engines), the one of the least input (so that any split of the
 /// same inputs keeps the same one), sorted by kind and signature, then
-/// mode and configuration. A signature does not name the mode or the
-/// configuration: `merge` of campaigns of different ones kept only one of
-/// them, which depended on the order of the directories given.
+/// mode, configuration and engines. A signature does not name the mode,
+/// the configuration or every engine (an engine-vs-engine one names
+/// neither engine, a worker's death none): `merge` of campaigns of
+/// different ones kept only one of them, which depended on the order of
+/// the directories given.
 pub fn dedupe(findings: impl IntoIterator<Item = Finding>) -> Vec<Finding> {
-    let mut best: BTreeMap<(String, String, Kind, String), Finding> = BTreeMap::new();
+    let mut best: BTreeMap<(String, String, Vec<String>, Kind, String), Finding> = BTreeMap::new();
     for f in findings {
         let k = (
             f.mode.clone(),
             f.config.clone(),
+            f.engines.keys().cloned().collect(),
             f.kind,
             f.signature.clone(),
         );
@@ -113,6 +116,7 @@ pub fn dedupe(findings: impl IntoIterator<Item = Finding>) -> Vec<Finding> {
         a.key()
             .cmp(&b.key())
             .then_with(|| (&a.mode, &a.config).cmp(&(&b.mode, &b.config)))
+            .then_with(|| a.engines.keys().cmp(b.engines.keys()))
     });
     v
 }
