@@ -434,7 +434,8 @@ fn campaigns_of_different_settings_merge_whole_in_any_order() {
     let dir = |n: &str| d.path().join(n);
     let path = |n: &str| dir(n).to_str().expect("utf-8").to_string();
     let planted = [("POPEK_FUZZ_PLANTED", "1")];
-    let settings: [(&str, &[&str], &[(&str, &str)]); 4] = [
+    type Setting<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let settings: [Setting; 4] = [
         ("m32", &["--mode", "32"], &[]),
         ("m64", &[], &[]),
         ("u64", &["--config", "umip=on"], &[]),
