@@ -967,6 +967,61 @@ fn a_spare_that_died_waiting_is_no_job_s_death() {
     assert!(w.wait().expect("wait").success());
 }
 
+/// A child killed while it waits for a job (as the OOM killer might),
+/// after it finished one or before it read the one just given, died in no
+/// job: its death names the job before the one sent since, or says that
+/// the line went to the next child, which runs it. The campaign blames no
+/// input for such a death.
+#[test]
+fn a_child_killed_while_it_waits_died_in_no_job() {
+    use std::io::{BufRead, Write};
+    let (mut w, mut stdin, mut out) = planted_worker("92");
+    let mut reply = || -> serde_json::Value {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("a reply");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    let mut job = |hex: &str| {
+        writeln!(stdin, r#"{{"Eval":{{"inputs":["{hex}"]}}}}"#).expect("send");
+    };
+    let kill = |pid: u32, sig: libc::c_int| {
+        // SAFETY: kill has no memory preconditions; the pid is a child of
+        // this test's own worker.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+    };
+    // The child at work is the one forked first, the spare the next.
+    let at_work = |pid: u32| {
+        assert_eq!(children_when(pid, 2).len(), 2);
+        children_in_fork_order(pid)[0]
+    };
+    job("91");
+    assert_eq!(reply()["Input"]["ran"], "91");
+    assert_eq!(reply(), serde_json::json!("Done"));
+    // Killed after its job 1.
+    kill(at_work(w.id()), libc::SIGKILL);
+    let died = reply();
+    assert_eq!(died["Died"]["job"], 1, "{died}");
+    assert_eq!(died["Died"]["resent"], false, "{died}");
+    job("91");
+    assert_eq!(reply()["Input"]["ran"], "91");
+    assert_eq!(reply(), serde_json::json!("Done"));
+    // Stopped, the child cannot read job 3; killed then, it has not.
+    let child = at_work(w.id());
+    kill(child, libc::SIGSTOP);
+    job("91");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    kill(child, libc::SIGKILL);
+    let died = reply();
+    let resent = died["Died"]["resent"] == true;
+    // Where the worker had not yet given it the line, it died after job 2.
+    assert!(resent || died["Died"]["job"] == 2, "{died}");
+    let ran = reply();
+    assert_eq!(ran["Input"]["ran"], "91", "{ran}");
+    assert_eq!(reply(), serde_json::json!("Done"));
+    drop(stdin);
+    assert!(w.wait().expect("wait").success());
+}
+
 #[test]
 fn a_worker_at_the_end_of_its_jobs_leaves_no_child_behind() {
     use std::io::{BufRead, Write};

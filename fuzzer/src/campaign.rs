@@ -135,6 +135,9 @@ struct Worker {
     gone: bool,
     /// Jobs sent to it.
     jobs: u64,
+    /// Deaths of its processes that were no input's (killed between jobs),
+    /// not yet counted as restarts.
+    idle_deaths: u64,
     /// The lane of the last `Lane` job sent to it, which its fork server
     /// keeps for a `Resume` ([`crate::worker::Base`]).
     lane_given: Option<u32>,
@@ -259,6 +262,7 @@ impl Worker {
             died: None,
             gone: false,
             jobs: 0,
+            idle_deaths: 0,
             lane_given: None,
         })
     }
@@ -300,13 +304,27 @@ impl Worker {
                     since = Instant::now();
                     continue;
                 }
-                Some(Reply::Died { status, stderr }) => {
-                    self.died = Some(Ending { status, stderr });
+                Some(Reply::Died {
+                    status,
+                    stderr,
+                    job,
+                    resent,
+                }) => {
                     // What the next process writes is its own (the dead
                     // one's, passed on by the worker, may still come).
                     if let Ok(mut s) = self.stderr.lock() {
                         *s = Said::default();
                     }
+                    // Killed after it finished its last job, or before it
+                    // read this one (which the next process runs): no
+                    // input's death, and the job goes on.
+                    if resent || job < self.jobs {
+                        self.idle_deaths += 1;
+                        say!("popek fuzz: a worker's process died between jobs ({status}); restarted");
+                        since = Instant::now();
+                        continue;
+                    }
+                    self.died = Some(Ending { status, stderr });
                     return Err(true);
                 }
                 Some(r) => return Ok(r),
@@ -508,7 +526,9 @@ fn run_lane(
             return Err(FuzzError::WorkerFailed(w.ending().told()));
         }
         loop {
-            match w.next(sh.stop) {
+            let reply = w.next(sh.stop);
+            res.restarts += std::mem::take(&mut w.idle_deaths);
+            match reply {
                 Ok(Reply::Done) => {
                     last = Some(w);
                     break 'lane;
@@ -987,6 +1007,62 @@ fn make_out_dir(out: &Path) -> Result<(), FindingsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker whose process died after it finished its last job (the
+    /// death names the job before) or before it read the one sent (its
+    /// line went to the next process) goes on with the job, the death
+    /// counted but no input's; a death in the job is the job's.
+    #[test]
+    fn a_death_between_jobs_is_no_input_s() {
+        // Stands in for a worker: a reply to each job line, as listed.
+        let died = |job: u64, resent: bool| {
+            format!(
+                r#"{{"Died":{{"status":"signal: 9 (SIGKILL)","stderr":"","job":{job},"resent":{resent}}}}}"#
+            )
+        };
+        let script = format!(
+            "read l; echo '\"Done\"'; read l; echo '{}'; echo '\"Done\"'; \
+             read l; echo '{}'; echo '\"Done\"'; read l; echo '{}'; read l",
+            died(1, false),
+            died(3, true),
+            died(4, false),
+        );
+        let opts = Options {
+            engines: vec!["unicorn".into()],
+            mode: Mode::Long64,
+            config: Config::UMIP_OFF,
+            gens: Generators::All,
+            seed: 0,
+            iterations: Some(1),
+            duration: None,
+            jobs: 1,
+            lanes: 1,
+            shard: (0, 1),
+            tunnel: (0, 0xff),
+            corpus: Vec::new(),
+            out: PathBuf::new(),
+            worker: WorkerCommand {
+                program: "sh".into(),
+                args: vec!["-c".into(), script, "sh".into()],
+                env: Vec::new(),
+            },
+            progress: false,
+        };
+        let stop = AtomicBool::new(false);
+        let mut w = Worker::start(&opts).expect("sh");
+        let job = Job::Minimize(Vec::new());
+        for (idle, done) in [(0, true), (1, true), (2, true), (2, false)] {
+            assert!(w.send(&job, false));
+            let r = w.next(&stop);
+            assert_eq!(w.idle_deaths, idle);
+            if done {
+                assert!(matches!(r, Ok(Reply::Done)), "{r:?}");
+            } else {
+                assert!(matches!(r, Err(true)), "{r:?}");
+                assert_eq!(w.ending().status, "signal: 9 (SIGKILL)");
+            }
+        }
+    }
 
     #[test]
     fn lanes_split_the_tunnel_range_without_gaps() {

@@ -9,7 +9,11 @@
 //! The server relays stdin to the child a job line at a time, through a
 //! pipe of the child's own: a job that reached a child that died is gone
 //! with it (the campaign, told of the death, sends what it needs again),
-//! and never runs twice. The child's stderr goes through a pipe the server
+//! and never runs twice. A line the child had not read when it was killed
+//! (it waited for it) never reached it, and goes to the next child; the
+//! death is reported as no job's ([`Death::resent`]), as is one of a
+//! child killed after it finished its job ([`Death::job`]), so that the
+//! campaign blames no input for it. The child's stderr goes through a pipe the server
 //! reads to its end (and passes on to its own), so that a report holds
 //! what the child wrote (its first lines, as the campaign keeps a
 //! worker's), then the child's wait status. A child never outlives its
@@ -24,11 +28,19 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
-/// How a child ended: its wait status as `std::process` prints it and
-/// what it wrote to stderr.
+/// How a child ended: its wait status as `std::process` prints it, what
+/// it wrote to stderr, the job it was given last and whether it read it.
 pub struct Death {
     pub status: ExitStatus,
     pub stderr: String,
+    /// The job line the child was given last, counted over the server's
+    /// life from 1: a death reported after the child finished that job
+    /// (it was killed while it waited for the next) names a job before the
+    /// one the campaign sent since.
+    pub job: u64,
+    /// The child was killed before it read that line, which the server
+    /// gave to the next child: the death is no input's.
+    pub resent: bool,
 }
 
 /// A pipe: (read end, write end).
@@ -248,6 +260,8 @@ struct Child {
     stderr: File,
     said: Said,
     ready: Option<File>,
+    /// The job line it was given last ([`Death::job`]).
+    job: u64,
 }
 
 impl Child {
@@ -319,7 +333,22 @@ impl Child {
             stderr: File::from(err_read),
             said: Said::default(),
             ready: ready.map(|(r, _)| File::from(r)),
+            job: 0,
         })
+    }
+
+    /// Whether bytes written to the child's stdin are still in the pipe:
+    /// it has not read the whole of its last line (a line is run only once
+    /// it is read whole).
+    fn unread(&self) -> bool {
+        let Some(stdin) = self.stdin.as_ref() else {
+            return false;
+        };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD on an open pipe descriptor (either end counts
+        // what the pipe holds) writes one int, to `n`.
+        let r = unsafe { libc::ioctl(stdin.as_raw_fd(), libc::FIONREAD, &raw mut n) };
+        r == 0 && n > 0
     }
 
     /// A spare taking over a job: once it is ready (waited for a while) and
@@ -398,6 +427,7 @@ impl Child {
 
     /// Waits for the child's end (its stdin closed first): how it ended.
     fn reap(mut self) -> std::io::Result<Death> {
+        let unread = self.unread();
         self.stdin = None;
         while self.hear() {}
         let mut raw = 0;
@@ -412,9 +442,15 @@ impl Child {
                 return Err(e);
             }
         }
+        let status = ExitStatus::from_raw(raw);
         Ok(Death {
-            status: ExitStatus::from_raw(raw),
+            // Killed, not ended by a failure of its own start (which
+            // exits with a code before it reads a job), with its line
+            // unread: it goes to the next child.
+            resent: unread && status.signal().is_some(),
+            status,
             stderr: self.said.end(),
+            job: self.job,
         })
     }
 }
@@ -486,51 +522,74 @@ pub fn serve<S>(
     let mut spare: Option<Child> = None;
     // Whether a spare could not be forked and it was said.
     let mut said_no_spare = false;
+    // The job lines read, the last one given to the child, and a line to
+    // give again: the child it went to was killed before it read it. A
+    // line is given again once (a second such child's death is reported as
+    // any other).
+    let mut lines = 0u64;
+    let mut last = String::new();
+    let mut again: Option<String> = None;
+    let mut given_again = false;
     loop {
-        // A line already read waits in the buffer: no need to poll.
-        let (job, heard) = if stdin.buffer().is_empty() {
-            match readable(&jobs, child.as_ref().map(|c| &c.stderr)) {
-                Ok(r) => r,
-                Err(e) => return fail("wait for a job", e),
-            }
-        } else {
-            (true, false)
-        };
-        if heard {
-            if let Some(c) = child.as_mut() {
-                if !c.hear() {
-                    let Some(c) = child.take() else { continue };
-                    match c.reap() {
-                        Ok(d) => report(&d),
-                        Err(e) => return fail("wait for the child", e),
+        let (line, fresh) = match again.take() {
+            Some(line) => (line, false),
+            None => {
+                // A line already read waits in the buffer: no need to poll.
+                let (job, heard) = if stdin.buffer().is_empty() {
+                    match readable(&jobs, child.as_ref().map(|c| &c.stderr)) {
+                        Ok(r) => r,
+                        Err(e) => return fail("wait for a job", e),
                     }
-                }
-            }
-            continue;
-        }
-        if !job {
-            continue;
-        }
-        let mut line = String::new();
-        match stdin.read_line(&mut line) {
-            Ok(0) => {
-                // The end of the jobs: the child ends with them.
-                if let Some(s) = spare.take() {
-                    s.discard();
-                }
-                let Some(c) = child.take() else { return 0 };
-                return match c.reap() {
-                    Ok(d) if d.status.success() => 0,
-                    Ok(d) => {
-                        report(&d);
-                        d.status.code().unwrap_or(3)
-                    }
-                    Err(e) => fail("wait for the child", e),
+                } else {
+                    (true, false)
                 };
+                if heard {
+                    if let Some(c) = child.as_mut() {
+                        if !c.hear() {
+                            let Some(c) = child.take() else { continue };
+                            match c.reap() {
+                                Ok(mut d) => {
+                                    d.resent &= !given_again;
+                                    report(&d);
+                                    if d.resent {
+                                        given_again = true;
+                                        again = Some(std::mem::take(&mut last));
+                                    }
+                                }
+                                Err(e) => return fail("wait for the child", e),
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if !job {
+                    continue;
+                }
+                let mut line = String::new();
+                match stdin.read_line(&mut line) {
+                    Ok(0) => {
+                        // The end of the jobs: the child ends with them.
+                        if let Some(s) = spare.take() {
+                            s.discard();
+                        }
+                        let Some(c) = child.take() else { return 0 };
+                        return match c.reap() {
+                            Ok(d) if d.status.success() => 0,
+                            Ok(d) => {
+                                report(&d);
+                                d.status.code().unwrap_or(3)
+                            }
+                            Err(e) => fail("wait for the child", e),
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(e) => return fail("read a job", e),
+                }
+                lines += 1;
+                given_again = false;
+                (line, true)
             }
-            Ok(_) => {}
-            Err(e) => return fail("read a job", e),
-        }
+        };
         if child.is_none() {
             match spare
                 .take()
@@ -541,27 +600,39 @@ pub fn serve<S>(
                 Err(e) => return fail("fork the child", e),
             }
         }
-        let sent = child
-            .as_mut()
-            .and_then(|c| c.stdin.as_mut())
-            .is_some_and(|s| {
+        let sent = child.as_mut().is_some_and(|c| {
+            c.job = lines;
+            c.stdin.as_mut().is_some_and(|s| {
                 s.write_all(line.as_bytes())
                     .and_then(|()| s.flush())
                     .is_ok()
-            });
+            })
+        });
+        let mut resend = false;
         if !sent {
-            // The child is dying: the job goes with it (see the module).
+            // The child is dying: the job goes with it (see the module),
+            // unless it was killed before the line reached it.
             if let Some(c) = child.take() {
                 match c.reap() {
-                    Ok(d) => report(&d),
+                    Ok(mut d) => {
+                        d.resent = d.status.signal().is_some() && !given_again;
+                        report(&d);
+                        resend = d.resent;
+                    }
                     Err(e) => return fail("wait for the child", e),
                 }
             }
         }
-        if take_in(&mut state, &line) {
+        if fresh && take_in(&mut state, &line) {
             if let Some(s) = spare.take() {
                 s.discard();
             }
+        }
+        if resend {
+            given_again = true;
+            again = Some(line);
+        } else {
+            last = line;
         }
         // The next child starts while this one works (the server holds
         // little beyond its state, a lane's job: its fork is quick);

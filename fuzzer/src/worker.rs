@@ -173,6 +173,15 @@ pub enum Reply {
     Died {
         status: String,
         stderr: String,
+        /// The worker's job it was given last, counted from 1 ([`Job`]
+        /// lines, as the campaign sends them): one before the campaign's
+        /// last means it died after it finished that job.
+        #[serde(default)]
+        job: u64,
+        /// It was killed before it read its last job, which the next
+        /// process runs: no input's death.
+        #[serde(default)]
+        resent: bool,
     },
 }
 
@@ -510,6 +519,8 @@ pub fn main(args: &[String]) -> i32 {
         let died = Reply::Died {
             status: death.status.to_string(),
             stderr: death.stderr.clone(),
+            job: death.job,
+            resent: death.resent,
         };
         if let Ok(mut line) = serde_json::to_string(&died) {
             line.push('\n');
