@@ -788,6 +788,22 @@ fn merge_refuses_findings_no_campaign_wrote() {
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("larger than"), "{err}");
+    // A finding of 1,000,000 engines, each with no outcome (11 MB, which
+    // took many times that to read).
+    let engines: Vec<String> = (0..1_000_000u32)
+        .map(|i| format!("\"{i:x}\":{{}}"))
+        .collect();
+    let line = first.replacen(
+        "\"engines\":{",
+        &format!("\"engines\":{{{},", engines.join(",")),
+        1,
+    );
+    assert_ne!(line, first);
+    std::fs::write(bad.join("findings.jsonl"), format!("{first}\n{line}\n")).expect("write");
+    let o = merge(&bad);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("would take about"), "{err}");
     assert!(!d.path().join("merged").join("findings.jsonl").exists());
 }
 

@@ -332,6 +332,30 @@ fn huge_inputs_are_refused_quickly_with_a_short_message() {
     assert_usage_error(&["scan", "--facts", path(&table)], "(100000 characters)");
 }
 
+/// A report made to take many times its size once read (a list of
+/// millions of one-character strings, which took 14 times) is refused
+/// before it is read, where it took GBs of memory; one popek wrote is read.
+#[test]
+fn a_report_made_to_take_many_times_its_size_is_refused() {
+    let d = tempfile::tempdir().expect("temp dir");
+    assert_eq!(small_scan(d.path(), "hlt").status.code(), Some(0));
+    let json = d.path().join("popek-unicorn.json");
+    let text = fs::read_to_string(&json).expect("json");
+    let o = popek(&["diff", path(&json), path(&json)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Every record's notes: 3,000,000 strings of one character (12 MB).
+    let notes = format!("\"notes\":[{}]", vec!["\"a\""; 3_000_000].join(","));
+    let at = text.find("\"notes\":[").expect("notes");
+    let end = at + text[at..].find(']').expect("end of notes") + 1;
+    let bloated = d.path().join("bloated.json");
+    fs::write(&bloated, format!("{}{notes}{}", &text[..at], &text[end..])).expect("write");
+    assert_usage_error(&["diff", path(&bloated), path(&json)], "would take about");
+    assert_usage_error(
+        &["violators", "--report", path(&bloated)],
+        "more than 3 times their size",
+    );
+}
+
 #[test]
 fn diff_tells_a_difference_from_a_broken_baseline() {
     let d = tempfile::tempdir().expect("temp dir");

@@ -116,9 +116,167 @@ pub fn clip_raw(s: &str) -> String {
     }
 }
 
+/// How many times its size JSON text may take in memory once read into
+/// popek's types, as [`json_memory`] estimates it: what popek writes is
+/// estimated at 1.3-1.6 times its size (reports of 30-118 MB; a report of
+/// 30 MB read takes about 34 MB), a finding's line at most 2.4 times, so
+/// this refuses only text made to take many times its size (a record
+/// whose lists hold millions of one-character strings took 14 times).
+pub const MEMORY_PER_BYTE: u64 = 3;
+
+/// What JSON text of any size may take in memory beyond
+/// [`MEMORY_PER_BYTE`] times its size: small text is never refused.
+const MEMORY_SLACK: u64 = 16 << 20;
+
+/// An estimate of the memory the JSON value `text` takes once read: every
+/// string its size and heap block (as a `String` takes them), every list
+/// and map entry a word or more, every other value a word. It reads the
+/// text without keeping it.
+pub fn json_memory(text: &str) -> serde_json::Result<u64> {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Cost(u64);
+    struct Costs;
+    /// A `String` of `n` bytes: its three words, and a heap block of at
+    /// least 32 bytes (malloc's least chunk) where it has any.
+    fn string(n: usize) -> u64 {
+        24 + if n == 0 {
+            0
+        } else {
+            (n as u64 + 8).next_multiple_of(16).max(32)
+        }
+    }
+    impl<'de> Visitor<'de> for Costs {
+        type Value = Cost;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Cost, E> {
+            Ok(Cost(1))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Cost, E> {
+            Ok(Cost(8))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Cost, E> {
+            Ok(Cost(8))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Cost, E> {
+            Ok(Cost(8))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Cost, E> {
+            Ok(Cost(string(s.len())))
+        }
+        fn visit_unit<E>(self) -> Result<Cost, E> {
+            Ok(Cost(8))
+        }
+        fn visit_none<E>(self) -> Result<Cost, E> {
+            Ok(Cost(8))
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Cost, D::Error> {
+            Cost::deserialize(d)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Cost, A::Error> {
+            let mut n = 24u64;
+            while let Some(Cost(c)) = seq.next_element::<Cost>()? {
+                n = n.saturating_add(c);
+            }
+            Ok(Cost(n))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cost, A::Error> {
+            // A struct's fields are its values (its names are not kept,
+            // nor fields it does not have); a map's keys are `String`s in
+            // a tree. No struct of popek's has more than `FIELDS` fields,
+            // so past them the keys count, with a tree node's share.
+            const FIELDS: usize = 64;
+            let (mut n, mut i) = (0u64, 0usize);
+            while let Some((Cost(k), Cost(v))) = map.next_entry::<Cost, Cost>()? {
+                n = n.saturating_add(v).saturating_add(8);
+                if i >= FIELDS {
+                    n = n.saturating_add(k).saturating_add(24);
+                }
+                i += 1;
+            }
+            Ok(Cost(n))
+        }
+    }
+    impl<'de> Deserialize<'de> for Cost {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Cost, D::Error> {
+            d.deserialize_any(Costs)
+        }
+    }
+    serde_json::from_str::<Cost>(text).map(|Cost(n)| n)
+}
+
+/// Refuses JSON text that would take more memory once read than what popek
+/// writes ever does ([`MEMORY_PER_BYTE`]): the reason, for an error
+/// message. Text that is not JSON passes (its parse says why).
+pub fn check_json_memory(text: &str) -> Result<(), String> {
+    match json_memory(text) {
+        Ok(need) => check_memory(text.len(), need),
+        Err(_) => Ok(()),
+    }
+}
+
+/// [`check_json_memory`] of JSON lines: each line a value, their sum
+/// against the whole text's size.
+pub fn check_json_lines_memory(text: &str) -> Result<(), String> {
+    let need = text
+        .lines()
+        .filter_map(|l| json_memory(l).ok())
+        .fold(0u64, u64::saturating_add);
+    check_memory(text.len(), need)
+}
+
+/// Refuses `need` bytes of memory for text of `len` bytes where that is
+/// more than [`MEMORY_PER_BYTE`] times its size (and the slack).
+fn check_memory(len: usize, need: u64) -> Result<(), String> {
+    let len = len as u64;
+    if need
+        > len
+            .saturating_mul(MEMORY_PER_BYTE)
+            .saturating_add(MEMORY_SLACK)
+    {
+        return Err(format!(
+            "its {len} bytes would take about {} MB of memory once read, more than \
+             {MEMORY_PER_BYTE} times their size (what popek writes takes less than twice)",
+            need >> 20
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_memory_counts_strings_lists_and_the_keys_of_large_maps() {
+        // A struct of two fields: a number (a word) and a string of 5
+        // bytes (three words and a 32-byte block), a word per field.
+        assert_eq!(json_memory(r#"{"a":1,"b":"hello"}"#).unwrap(), 8 + 56 + 16);
+        assert_eq!(json_memory(r#"["",true,null]"#).unwrap(), 24 + 24 + 1 + 8);
+        // Past 64 entries a map's keys count too.
+        let map = |n: usize| {
+            let e: Vec<String> = (0..n).map(|i| format!("\"k{i:02}\":0")).collect();
+            json_memory(&format!("{{{}}}", e.join(","))).unwrap()
+        };
+        assert_eq!(map(64), 64 * 16);
+        assert_eq!(map(65), 65 * 16 + 56 + 24);
+        assert!(json_memory("[1,").is_err());
+    }
+
+    #[test]
+    fn text_made_to_take_many_times_its_size_is_refused_and_other_text_passes() {
+        let strings = format!("[{}]", vec!["\"a\""; 5_000_000].join(","));
+        let e = check_json_memory(&strings).expect_err("bloated");
+        assert!(e.contains("more than 3 times their size"), "{e}");
+        let lines = "[\"a\",\"b\"]\n".repeat(2_000_000);
+        assert!(check_json_lines_memory(&lines).is_err());
+        // Numbers take a word for their 2 bytes; small text has the slack.
+        assert!(check_json_memory(&format!("[{}]", vec!["1"; 5_000_000].join(","))).is_ok());
+        assert!(check_json_memory(&format!("[{}]", vec!["\"a\""; 100_000].join(","))).is_ok());
+        // Not JSON: its parse says why.
+        assert!(check_json_memory("{oops").is_ok());
+    }
 
     #[test]
     fn a_file_that_never_ends_is_refused_at_the_limit() {

@@ -612,6 +612,12 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
     } else {
         raw
     };
+    if let Ok(t) = std::str::from_utf8(&text) {
+        crate::input::check_json_memory(t).map_err(|msg| VectorError::Corrupt {
+            path: path.to_path_buf(),
+            msg,
+        })?;
+    }
     let v: VectorFile = serde_json::from_slice(&text).map_err(|e| VectorError::Corrupt {
         path: path.to_path_buf(),
         msg: e.to_string(),
@@ -658,6 +664,7 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
             path: index.clone(),
             msg,
         };
+        crate::input::check_json_memory(&text).map_err(corrupt)?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         let listed = v

@@ -138,6 +138,10 @@ pub enum FindingsError {
         what: &'static str,
         msg: String,
     },
+    /// Text that would take many times its size once read
+    /// ([`analyzer::input::check_json_lines_memory`]).
+    #[error("{path}: not popek findings: {why}")]
+    Bloated { path: PathBuf, why: String },
 }
 
 /// The largest findings or corpus file read back.
@@ -247,6 +251,10 @@ impl Finding {
 /// have written is an error naming it.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Finding>, FindingsError> {
     let text = read_bounded(path)?;
+    analyzer::input::check_json_lines_memory(&text).map_err(|why| FindingsError::Bloated {
+        path: path.to_path_buf(),
+        why,
+    })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -55,6 +55,9 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
         serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(syntax)?;
         return Err(not("not a JSON object".into()));
     }
+    // Nothing popek wrote takes many times its size once read; text made
+    // to (millions of one-character strings in a list) would take GBs.
+    crate::input::check_json_memory(text).map_err(not)?;
     let peek: Peek = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             not(format!("line {}, column {}: {e}", e.line(), e.column()))
