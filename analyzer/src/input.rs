@@ -117,11 +117,12 @@ pub fn clip_raw(s: &str) -> String {
 }
 
 /// How many times its size JSON text may take in memory once read into
-/// popek's types, as [`json_memory`] estimates it: what popek writes is
-/// estimated at 1.3-1.6 times its size (reports of 30-118 MB; a report of
-/// 30 MB read takes about 34 MB), a finding's line at most 2.4 times, so
-/// this refuses only text made to take many times its size (a record
-/// whose lists hold millions of one-character strings took 14 times).
+/// popek's types, as [`json_memory`] estimates it. What popek writes is
+/// estimated at 1.4-1.7 times its size (engine reports of 30-118 MB; one
+/// of 30 MB read takes about 34 MB), 2.0 for a comparison, 2.3 for the
+/// runs, 2.1-2.2 for findings files (a line at most 2.6), so this refuses
+/// only text made to take many times its size (a record whose lists hold
+/// millions of one-character strings took 14 times).
 pub const MEMORY_PER_BYTE: u64 = 3;
 
 /// What JSON text of any size may take in memory beyond
@@ -185,9 +186,11 @@ pub fn json_memory(text: &str) -> serde_json::Result<u64> {
             // A struct's fields are its values (its names are not kept,
             // nor fields it does not have); a map's keys are `String`s in
             // a tree. No struct of popek's has more than `FIELDS` fields,
-            // so past them the keys count, with a tree node's share.
+            // so past them the keys count, with a tree node's share. A map
+            // takes its three words even empty (`{}`, a finding's engine
+            // with no outcome).
             const FIELDS: usize = 64;
-            let (mut n, mut i) = (0u64, 0usize);
+            let (mut n, mut i) = (24u64, 0usize);
             while let Some((Cost(k), Cost(v))) = map.next_entry::<Cost, Cost>()? {
                 n = n.saturating_add(v).saturating_add(8);
                 if i >= FIELDS {
@@ -210,20 +213,32 @@ pub fn json_memory(text: &str) -> serde_json::Result<u64> {
 /// writes ever does ([`MEMORY_PER_BYTE`]): the reason, for an error
 /// message. Text that is not JSON passes (its parse says why).
 pub fn check_json_memory(text: &str) -> Result<(), String> {
-    match json_memory(text) {
-        Ok(need) => check_memory(text.len(), need),
-        Err(_) => Ok(()),
-    }
+    check_memory(text.len(), json_memory_or_why(text)?)
 }
 
 /// [`check_json_memory`] of JSON lines: each line a value, their sum
 /// against the whole text's size.
 pub fn check_json_lines_memory(text: &str) -> Result<(), String> {
-    let need = text
-        .lines()
-        .filter_map(|l| json_memory(l).ok())
-        .fold(0u64, u64::saturating_add);
+    let mut need = 0u64;
+    for (i, line) in text.lines().enumerate() {
+        let n = json_memory_or_why(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        need = need.saturating_add(n);
+    }
     check_memory(text.len(), need)
+}
+
+/// [`json_memory`] of text that is JSON; 0 for text that is not (its parse
+/// says why). JSON that the estimate cannot read is refused: a number out
+/// of range (`1e400`), which popek never writes, and which its types skip
+/// in a field they do not have, so that the text would be read unchecked.
+fn json_memory_or_why(text: &str) -> Result<u64, String> {
+    match json_memory(text) {
+        Ok(n) => Ok(n),
+        Err(e) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Err(format!("not JSON popek writes: {e}")),
+            Err(_) => Ok(0),
+        },
+    }
 }
 
 /// Refuses `need` bytes of memory for text of `len` bytes where that is
@@ -237,7 +252,7 @@ fn check_memory(len: usize, need: u64) -> Result<(), String> {
     {
         return Err(format!(
             "its {len} bytes would take about {} MB of memory once read, more than \
-             {MEMORY_PER_BYTE} times their size (what popek writes takes less than twice)",
+             {MEMORY_PER_BYTE} times their size (what popek writes is estimated at 2.3 times at most)",
             need >> 20
         ));
     }
@@ -252,15 +267,19 @@ mod tests {
     fn json_memory_counts_strings_lists_and_the_keys_of_large_maps() {
         // A struct of two fields: a number (a word) and a string of 5
         // bytes (three words and a 32-byte block), a word per field.
-        assert_eq!(json_memory(r#"{"a":1,"b":"hello"}"#).unwrap(), 8 + 56 + 16);
+        assert_eq!(
+            json_memory(r#"{"a":1,"b":"hello"}"#).unwrap(),
+            24 + 8 + 56 + 16
+        );
+        assert_eq!(json_memory(r#"{"a":{}}"#).unwrap(), 24 + 24 + 8);
         assert_eq!(json_memory(r#"["",true,null]"#).unwrap(), 24 + 24 + 1 + 8);
         // Past 64 entries a map's keys count too.
         let map = |n: usize| {
             let e: Vec<String> = (0..n).map(|i| format!("\"k{i:02}\":0")).collect();
             json_memory(&format!("{{{}}}", e.join(","))).unwrap()
         };
-        assert_eq!(map(64), 64 * 16);
-        assert_eq!(map(65), 65 * 16 + 56 + 24);
+        assert_eq!(map(64), 24 + 64 * 16);
+        assert_eq!(map(65), 24 + 65 * 16 + 56 + 24);
         assert!(json_memory("[1,").is_err());
     }
 
@@ -276,6 +295,15 @@ mod tests {
         assert!(check_json_memory(&format!("[{}]", vec!["\"a\""; 100_000].join(","))).is_ok());
         // Not JSON: its parse says why.
         assert!(check_json_memory("{oops").is_ok());
+        // JSON the estimate cannot read, which a type would skip unread.
+        let e = check_json_memory(r#"{"zz":1e400}"#).expect_err("out of range");
+        assert!(e.contains("not JSON popek writes"), "{e}");
+        let e = check_json_lines_memory("{}\n[1e400]\n").expect_err("out of range");
+        assert!(e.starts_with("line 2: "), "{e}");
+        // Small maps of empty ones (a finding's engines): each its size.
+        let engines: Vec<String> = (0..64).map(|i| format!("\"{i:x}\":{{}}")).collect();
+        let line = format!("{{\"engines\":{{{}}}}}\n", engines.join(","));
+        assert!(check_json_lines_memory(&line.repeat(100_000)).is_err());
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl Worker {
                     // Killed after it finished its last job, or before it
                     // read this one (which the next process runs): no
                     // input's death, and the job goes on.
-                    if resent || job < self.jobs {
+                    if resent || job.is_some_and(|j| j < self.jobs) {
                         self.idle_deaths += 1;
                         say!("popek fuzz: a worker's process died between jobs ({status}); restarted");
                         since = Instant::now();
@@ -418,6 +418,8 @@ struct LaneResult {
     distinct: Distinct,
     findings: Vec<Finding>,
     restarts: u64,
+    /// Restarts after deaths that were no input's (see `Worker::next`).
+    idle_restarts: u64,
 }
 
 /// The finding of an input a worker died on.
@@ -527,7 +529,7 @@ fn run_lane(
         }
         loop {
             let reply = w.next(sh.stop);
-            res.restarts += std::mem::take(&mut w.idle_deaths);
+            res.idle_restarts += std::mem::take(&mut w.idle_deaths);
             match reply {
                 Ok(Reply::Done) => {
                     last = Some(w);
@@ -932,7 +934,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<Summary, FuzzError> {
     let mut all = Vec::new();
     for (_, mut r) in results {
         inputs += r.inputs;
-        restarts += r.restarts;
+        restarts += r.restarts + r.idle_restarts;
         if r.distinct.len() > distinct.len() {
             std::mem::swap(&mut distinct, &mut r.distinct);
         }

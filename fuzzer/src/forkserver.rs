@@ -3,8 +3,9 @@
 //! reports how and gives the next job to the next child, a spare forked
 //! beforehand. A restart then costs neither a new process that loads popek
 //! and builds iced-x86's tables again nor the wait for the child to open
-//! its engines (which start threads, so it does that after the fork): the
-//! spare did that while the last one worked.
+//! and warm up its engines: the server holds them opened, warmed and
+//! without threads (`worker::warmed`), each child has a copy, and the
+//! spare started their threads while the last one worked.
 //!
 //! The server relays stdin to the child a job line at a time, through a
 //! pipe of the child's own: a job that reached a child that died is gone
@@ -235,6 +236,10 @@ pub(crate) fn threads() -> Option<usize> {
         .parse()
         .ok()
 }
+
+/// How many times a job line goes to another child after the one it went
+/// to was killed before it read it.
+const GIVEN_AGAIN: u32 = 3;
 
 /// How a spare child tells the server it is ready for a job (given to
 /// `run` in a spare only): once it has opened its engines and warmed up.
@@ -468,9 +473,9 @@ impl Child {
 /// another forked.
 ///
 /// Once the first job has come, a spare child waits beside the one that
-/// runs the jobs, forked when that one got its first job: it opens its
-/// engines and warms up (a few milliseconds: Unicorn's code buffer and
-/// state, the base image) while the other works, says it is [`Ready`], and
+/// runs the jobs, forked when that one got its first job: it readies its
+/// engines (its copy of the server's, or its own where the server holds
+/// none: a few milliseconds) while the other works, says it is [`Ready`], and
 /// takes the next job after a death. A restart then costs what relaying a
 /// job does. A spare is a child like any other, forked from the same
 /// server: the same as one forked at the death but for what `run` does
@@ -524,12 +529,12 @@ pub fn serve<S>(
     let mut said_no_spare = false;
     // The job lines read, the last one given to the child, and a line to
     // give again: the child it went to was killed before it read it. A
-    // line is given again once (a second such child's death is reported as
-    // any other).
+    // line is given again at most `GIVEN_AGAIN` times (children killed as
+    // fast as they come: the next death is reported as any other).
     let mut lines = 0u64;
     let mut last = String::new();
     let mut again: Option<String> = None;
-    let mut given_again = false;
+    let mut given_again = 0u32;
     loop {
         let (line, fresh) = match again.take() {
             Some(line) => (line, false),
@@ -549,10 +554,10 @@ pub fn serve<S>(
                             let Some(c) = child.take() else { continue };
                             match c.reap() {
                                 Ok(mut d) => {
-                                    d.resent &= !given_again;
+                                    d.resent &= given_again < GIVEN_AGAIN;
                                     report(&d);
                                     if d.resent {
-                                        given_again = true;
+                                        given_again += 1;
                                         again = Some(std::mem::take(&mut last));
                                     }
                                 }
@@ -586,7 +591,7 @@ pub fn serve<S>(
                     Err(e) => return fail("read a job", e),
                 }
                 lines += 1;
-                given_again = false;
+                given_again = 0;
                 (line, true)
             }
         };
@@ -615,7 +620,7 @@ pub fn serve<S>(
             if let Some(c) = child.take() {
                 match c.reap() {
                     Ok(mut d) => {
-                        d.resent = d.status.signal().is_some() && !given_again;
+                        d.resent = d.status.signal().is_some() && given_again < GIVEN_AGAIN;
                         report(&d);
                         resend = d.resent;
                     }
@@ -629,13 +634,14 @@ pub fn serve<S>(
             }
         }
         if resend {
-            given_again = true;
+            given_again += 1;
             again = Some(line);
         } else {
             last = line;
         }
         // The next child starts while this one works (the server holds
-        // little beyond its state, a lane's job: its fork is quick);
+        // its state, a lane's job, and the warmed engines, some 15 MB
+        // resident: its fork is quick);
         // without one, the next job's child is forked when it comes.
         if spare.is_none() {
             match Child::fork(server, &state, &run, true) {

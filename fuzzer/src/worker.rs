@@ -177,7 +177,7 @@ pub enum Reply {
         /// lines, as the campaign sends them): one before the campaign's
         /// last means it died after it finished that job.
         #[serde(default)]
-        job: u64,
+        job: Option<u64>,
         /// It was killed before it read its last job, which the next
         /// process runs: no input's death.
         #[serde(default)]
@@ -519,7 +519,7 @@ pub fn main(args: &[String]) -> i32 {
         let died = Reply::Died {
             status: death.status.to_string(),
             stderr: death.stderr.clone(),
-            job: death.job,
+            job: Some(death.job),
             resent: death.resent,
         };
         if let Ok(mut line) = serde_json::to_string(&died) {
