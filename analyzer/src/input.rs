@@ -133,7 +133,7 @@ const MEMORY_SLACK: u64 = 16 << 20;
 /// string its size and heap block (as a `String` takes them), every list
 /// and map entry a word or more, every other value a word. It reads the
 /// text without keeping it.
-pub fn json_memory(text: &str) -> serde_json::Result<u64> {
+pub fn json_memory(text: &[u8]) -> serde_json::Result<u64> {
     use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
     struct Cost(u64);
     struct Costs;
@@ -206,38 +206,77 @@ pub fn json_memory(text: &str) -> serde_json::Result<u64> {
             d.deserialize_any(Costs)
         }
     }
-    serde_json::from_str::<Cost>(text).map(|Cost(n)| n)
+    serde_json::from_slice::<Cost>(text).map(|Cost(n)| n)
 }
 
-/// Refuses JSON text that would take more memory once read than what popek
-/// writes ever does ([`MEMORY_PER_BYTE`]): the reason, for an error
-/// message. Text that is not JSON passes (its parse says why).
-pub fn check_json_memory(text: &str) -> Result<(), String> {
-    check_memory(text.len(), json_memory_or_why(text)?)
+/// In a serde `Visitor` of a peek (a first look at JSON that keeps only
+/// what it needs): the scalar values (booleans, numbers, null), each read
+/// as `$v`. Strings, maps and lists are the visitor's own to take.
+macro_rules! other_json_values {
+    ($t:ty, $v:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$t, E> {
+            Ok($v)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$t, E> {
+            Ok($v)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$t, E> {
+            Ok($v)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$t, E> {
+            Ok($v)
+        }
+        fn visit_unit<E>(self) -> Result<$t, E> {
+            Ok($v)
+        }
+    };
+}
+pub(crate) use other_json_values;
+
+/// Why JSON text is not read: what [`check_json_memory`] finds.
+#[derive(Debug)]
+pub enum JsonRefusal {
+    /// It is not JSON, as serde_json says (its line and column): the
+    /// caller says so as its own parse would, without that parse, which
+    /// builds what the text holds before it finds the error at its end. A
+    /// number out of range (`1e400`), which popek never writes and its
+    /// types would skip in a field they do not have, is one.
+    Syntax(serde_json::Error),
+    /// It would take more memory once read than what popek writes ever
+    /// does ([`MEMORY_PER_BYTE`]).
+    Bloated(String),
 }
 
-/// [`check_json_memory`] of JSON lines: each line a value, their sum
-/// against the whole text's size.
-pub fn check_json_lines_memory(text: &str) -> Result<(), String> {
+/// Refuses JSON text that is not JSON or would take more memory once read
+/// than what popek writes ever does ([`MEMORY_PER_BYTE`]).
+pub fn check_json_memory(text: &[u8]) -> Result<(), JsonRefusal> {
+    let need = json_memory(text).map_err(JsonRefusal::Syntax)?;
+    check_memory(text.len(), need).map_err(JsonRefusal::Bloated)
+}
+
+/// [`check_json_memory`] of JSON lines (blank ones skipped): each line a
+/// value, their sum against the whole text's size; a line that is not
+/// JSON is named by its number (from 1).
+pub fn check_json_lines_memory(text: &str) -> Result<(), (Option<usize>, JsonRefusal)> {
     let mut need = 0u64;
     for (i, line) in text.lines().enumerate() {
-        let n = json_memory_or_why(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let n = json_memory(line.as_bytes()).map_err(|e| (Some(i + 1), JsonRefusal::Syntax(e)))?;
         need = need.saturating_add(n);
     }
-    check_memory(text.len(), need)
+    check_memory(text.len(), need).map_err(|why| (None, JsonRefusal::Bloated(why)))
 }
 
-/// [`json_memory`] of text that is JSON; 0 for text that is not (its parse
-/// says why). JSON that the estimate cannot read is refused: a number out
-/// of range (`1e400`), which popek never writes, and which its types skip
-/// in a field they do not have, so that the text would be read unchecked.
-fn json_memory_or_why(text: &str) -> Result<u64, String> {
-    match json_memory(text) {
-        Ok(n) => Ok(n),
-        Err(e) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            Ok(_) => Err(format!("not JSON popek writes: {e}")),
-            Err(_) => Ok(0),
-        },
+/// A serde_json error of one line as its message says it, with its column
+/// but without serde_json's "line 1" (the line is the caller's to name).
+pub fn json_line_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let tail = format!(" at line {} column {}", e.line(), e.column());
+    match msg.strip_suffix(&tail) {
+        Some(m) => format!("column {}: {m}", e.column()),
+        None => msg,
     }
 }
 
@@ -252,7 +291,7 @@ fn check_memory(len: usize, need: u64) -> Result<(), String> {
     {
         return Err(format!(
             "its {len} bytes would take about {} MB of memory once read, more than \
-             {MEMORY_PER_BYTE} times their size (what popek writes is estimated at 2.3 times at most)",
+             {MEMORY_PER_BYTE} times their size (what popek writes is estimated at under 3 times)",
             need >> 20
         ));
     }
@@ -265,45 +304,69 @@ mod tests {
 
     #[test]
     fn json_memory_counts_strings_lists_and_the_keys_of_large_maps() {
+        let m = |t: &str| json_memory(t.as_bytes()).unwrap();
         // A struct of two fields: a number (a word) and a string of 5
-        // bytes (three words and a 32-byte block), a word per field.
-        assert_eq!(
-            json_memory(r#"{"a":1,"b":"hello"}"#).unwrap(),
-            24 + 8 + 56 + 16
-        );
-        assert_eq!(json_memory(r#"{"a":{}}"#).unwrap(), 24 + 24 + 8);
-        assert_eq!(json_memory(r#"["",true,null]"#).unwrap(), 24 + 24 + 1 + 8);
+        // bytes (three words and a 32-byte block), a word per field, and
+        // the map's own three words.
+        assert_eq!(m(r#"{"a":1,"b":"hello"}"#), 24 + 8 + 56 + 16);
+        assert_eq!(m(r#"{"a":{}}"#), 24 + 24 + 8);
+        assert_eq!(m(r#"["",true,null]"#), 24 + 24 + 1 + 8);
         // Past 64 entries a map's keys count too.
         let map = |n: usize| {
             let e: Vec<String> = (0..n).map(|i| format!("\"k{i:02}\":0")).collect();
-            json_memory(&format!("{{{}}}", e.join(","))).unwrap()
+            m(&format!("{{{}}}", e.join(",")))
         };
         assert_eq!(map(64), 24 + 64 * 16);
         assert_eq!(map(65), 24 + 65 * 16 + 56 + 24);
-        assert!(json_memory("[1,").is_err());
+        assert!(json_memory(b"[1,").is_err());
     }
 
     #[test]
     fn text_made_to_take_many_times_its_size_is_refused_and_other_text_passes() {
+        let bloated = |r: Result<(), JsonRefusal>| match r {
+            Err(JsonRefusal::Bloated(why)) => why,
+            other => panic!("{other:?}"),
+        };
         let strings = format!("[{}]", vec!["\"a\""; 5_000_000].join(","));
-        let e = check_json_memory(&strings).expect_err("bloated");
+        let e = bloated(check_json_memory(strings.as_bytes()));
         assert!(e.contains("more than 3 times their size"), "{e}");
         let lines = "[\"a\",\"b\"]\n".repeat(2_000_000);
-        assert!(check_json_lines_memory(&lines).is_err());
+        assert!(matches!(
+            check_json_lines_memory(&lines),
+            Err((None, JsonRefusal::Bloated(_)))
+        ));
         // Numbers take a word for their 2 bytes; small text has the slack.
-        assert!(check_json_memory(&format!("[{}]", vec!["1"; 5_000_000].join(","))).is_ok());
-        assert!(check_json_memory(&format!("[{}]", vec!["\"a\""; 100_000].join(","))).is_ok());
-        // Not JSON: its parse says why.
-        assert!(check_json_memory("{oops").is_ok());
-        // JSON the estimate cannot read, which a type would skip unread.
-        let e = check_json_memory(r#"{"zz":1e400}"#).expect_err("out of range");
-        assert!(e.contains("not JSON popek writes"), "{e}");
-        let e = check_json_lines_memory("{}\n[1e400]\n").expect_err("out of range");
-        assert!(e.starts_with("line 2: "), "{e}");
+        let ones = format!("[{}]", vec!["1"; 5_000_000].join(","));
+        assert!(check_json_memory(ones.as_bytes()).is_ok());
+        let few = format!("[{}]", vec!["\"a\""; 100_000].join(","));
+        assert!(check_json_memory(few.as_bytes()).is_ok());
         // Small maps of empty ones (a finding's engines): each its size.
         let engines: Vec<String> = (0..64).map(|i| format!("\"{i:x}\":{{}}")).collect();
         let line = format!("{{\"engines\":{{{}}}}}\n", engines.join(","));
         assert!(check_json_lines_memory(&line.repeat(100_000)).is_err());
+    }
+
+    /// Text that is not JSON is said as such, with where, before any
+    /// parse builds what it holds; so is a number out of range, which a
+    /// type would skip unread. Bytes that are not UTF-8 are not JSON.
+    #[test]
+    fn what_is_not_json_is_said_with_where() {
+        let syntax = |r: Result<(), JsonRefusal>| match r {
+            Err(JsonRefusal::Syntax(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        let trailing = format!("[{}] x", vec!["\"a\""; 1000].join(","));
+        let e = syntax(check_json_memory(trailing.as_bytes()));
+        assert!(e.to_string().contains("trailing characters"), "{e}");
+        let e = syntax(check_json_memory(b"{\n\"zz\":1e400}"));
+        assert_eq!((e.line(), e.column()), (2, 10), "{e}");
+        assert!(check_json_memory(b"[\"\xff\"]").is_err());
+        match check_json_lines_memory("{}\n\n[1e400]\n") {
+            Err((Some(3), JsonRefusal::Syntax(e))) => {
+                assert_eq!(json_line_error(&e), "column 6: number out of range");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

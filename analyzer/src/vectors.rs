@@ -612,12 +612,15 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
     } else {
         raw
     };
-    if let Ok(t) = std::str::from_utf8(&text) {
-        crate::input::check_json_memory(t).map_err(|msg| VectorError::Corrupt {
-            path: path.to_path_buf(),
-            msg,
-        })?;
-    }
+    // Not JSON, or made to take many times its size once read: said
+    // before the parse builds it.
+    crate::input::check_json_memory(&text).map_err(|r| VectorError::Corrupt {
+        path: path.to_path_buf(),
+        msg: match r {
+            crate::input::JsonRefusal::Syntax(e) => e.to_string(),
+            crate::input::JsonRefusal::Bloated(why) => why,
+        },
+    })?;
     let v: VectorFile = serde_json::from_slice(&text).map_err(|e| VectorError::Corrupt {
         path: path.to_path_buf(),
         msg: e.to_string(),
@@ -629,6 +632,107 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
         });
     }
     Ok(v)
+}
+
+/// The index as [`list_dir`] reads it: whether it is an object, and its
+/// `files` (the last given): a list of names (`None` for one that is no
+/// string), or something else.
+enum IndexPeek {
+    Object(Option<FilesPeek>),
+    NotObject,
+}
+
+enum FilesPeek {
+    List(Vec<Option<String>>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for IndexPeek {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IndexPeek;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an index")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IndexPeek, A::Error> {
+                let mut files = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "files" {
+                        files = Some(map.next_value::<FilesPeek>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(IndexPeek::Object(files))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IndexPeek, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IndexPeek::NotObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IndexPeek, E> {
+                Ok(IndexPeek::NotObject)
+            }
+            crate::input::other_json_values!(IndexPeek, IndexPeek::NotObject);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for FilesPeek {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        /// A name, or `None` for a value that is no string (skipped).
+        struct Name(Option<String>);
+        impl<'de> Deserialize<'de> for Name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct N;
+                impl<'de> Visitor<'de> for N {
+                    type Value = Name;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a file name")
+                    }
+                    fn visit_str<E>(self, s: &str) -> Result<Name, E> {
+                        Ok(Name(Some(s.to_string())))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Name, A::Error> {
+                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        Ok(Name(None))
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Name, A::Error> {
+                        while seq.next_element::<IgnoredAny>()?.is_some() {}
+                        Ok(Name(None))
+                    }
+                    crate::input::other_json_values!(Name, Name(None));
+                }
+                d.deserialize_any(N)
+            }
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FilesPeek;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of files")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FilesPeek, A::Error> {
+                let mut names = Vec::new();
+                while let Some(Name(n)) = seq.next_element::<Name>()? {
+                    names.push(n);
+                }
+                Ok(FilesPeek::List(names))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FilesPeek, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(FilesPeek::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<FilesPeek, E> {
+                Ok(FilesPeek::Other)
+            }
+            crate::input::other_json_values!(FilesPeek, FilesPeek::Other);
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The vector files under `dir` (`*.json`, `*.json.gz`, not the index),
@@ -664,16 +768,22 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
             path: index.clone(),
             msg,
         };
-        crate::input::check_json_memory(&text).map_err(corrupt)?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-        let listed = v
-            .get("files")
-            .and_then(|f| f.as_array())
-            .ok_or_else(|| corrupt("no files list".into()))?;
-        for name in listed {
+        crate::input::check_json_memory(text.as_bytes()).map_err(|r| {
+            corrupt(match r {
+                crate::input::JsonRefusal::Syntax(e) => e.to_string(),
+                crate::input::JsonRefusal::Bloated(why) => why,
+            })
+        })?;
+        // Only its list of files is kept (a whole `Value` of the index
+        // took many times its size: a tree node for every small object).
+        let v: IndexPeek = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let listed = match v {
+            IndexPeek::Object(Some(FilesPeek::List(names))) => names,
+            _ => return Err(corrupt("no files list".into())),
+        };
+        for name in &listed {
             let name = name
-                .as_str()
+                .as_deref()
                 .ok_or_else(|| corrupt("a file name that is no string".into()))?;
             let rel = Path::new(name);
             if rel.is_absolute()
@@ -1015,6 +1125,37 @@ mod tests {
         std::fs::create_dir(&listed).expect("a directory in its place");
         let e = list_dir(&out).expect_err("a directory");
         assert!(e.to_string().contains("is not a regular file"), "{e}");
+    }
+
+    /// The index is read for its list of files only: what else it holds
+    /// is skipped, a list that is not one or a name that is no string is
+    /// said, and text that is not JSON is said before it is read.
+    #[test]
+    fn an_index_is_read_for_its_files_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let index = dir.path().join(INDEX);
+        for (text, said) in [
+            (r#"{"junk": [{"a": {}}, [1]], "files": []}"#, None),
+            (r#"["files"]"#, Some("no files list")),
+            (r#"{"files": {"a": "b"}}"#, Some("no files list")),
+            (
+                r#"{"files": [{"x": 1}, "a.json"]}"#,
+                Some("a file name that is no string"),
+            ),
+            (
+                r#"{"files": ["../a.json"]}"#,
+                Some("is not a path inside the set"),
+            ),
+            (r#"{"files": []} x"#, Some("trailing characters")),
+        ] {
+            std::fs::write(&index, text).expect("write");
+            match (list_dir(dir.path()), said) {
+                // An index of no files, in a set of none: read, then empty.
+                (Err(VectorError::Empty(_)), None) => {}
+                (Err(e), Some(said)) => assert!(e.to_string().contains(said), "{text}: {e}"),
+                (r, _) => panic!("{text}: {r:?}"),
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub struct Finding {
     pub input: String,
     pub decoder: Decoded,
     /// Engine name to its outcome per CPL (`cpl0`, `cpl3`).
+    #[serde(deserialize_with = "bounded_engines")]
     pub engines: BTreeMap<String, BTreeMap<String, String>>,
     /// The instruction's length as the first engine fetched it at CPL 3
     /// (CPL 0 in real mode), when known: by the page-boundary method, or
@@ -69,6 +70,48 @@ pub struct Finding {
     pub signature: String,
     /// A command line that shows the finding.
     pub reproduce: String,
+}
+
+/// The most engines a finding read back names, and outcomes per engine
+/// (a campaign runs at most the engines popek knows, each at CPL 0 to 3).
+const MAX_ENGINES: usize = 8;
+const MAX_OUTCOMES: usize = 4;
+
+/// A finding's engines as read back, at most [`MAX_ENGINES`] of at most
+/// [`MAX_OUTCOMES`] outcomes: refused as they are read, since a small map
+/// takes a tree node of some 500 bytes (findings of 64 engines of one
+/// outcome each took 21 times their size).
+fn bounded_engines<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, D::Error> {
+    use serde::de::{Error, MapAccess, Visitor};
+    struct Bounded<T>(usize, &'static str, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+        type Value = BTreeMap<String, T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a map of at most {} {}", self.0, self.1)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, T>()? {
+                out.insert(k, v);
+                if out.len() > self.0 {
+                    return Err(A::Error::custom(format!("more than {} {}", self.0, self.1)));
+                }
+            }
+            Ok(out)
+        }
+    }
+    struct Outcomes(BTreeMap<String, String>);
+    impl<'de> Deserialize<'de> for Outcomes {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Bounded(MAX_OUTCOMES, "outcomes", std::marker::PhantomData))
+                .map(Outcomes)
+        }
+    }
+    let m: BTreeMap<String, Outcomes> =
+        d.deserialize_map(Bounded(MAX_ENGINES, "engines", std::marker::PhantomData))?;
+    Ok(m.into_iter().map(|(k, Outcomes(v))| (k, v)).collect())
 }
 
 impl Finding {
@@ -251,9 +294,24 @@ impl Finding {
 /// have written is an error naming it.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Finding>, FindingsError> {
     let text = read_bounded(path)?;
-    analyzer::input::check_json_lines_memory(&text).map_err(|why| FindingsError::Bloated {
-        path: path.to_path_buf(),
-        why,
+    // A line that is not JSON is named before any line is parsed into a
+    // finding (which builds what it holds before it finds the error), and
+    // so is text made to take many times its size.
+    analyzer::input::check_json_lines_memory(&text).map_err(|(line, r)| match (line, r) {
+        (Some(line), analyzer::input::JsonRefusal::Syntax(e)) => FindingsError::Corrupt {
+            path: path.to_path_buf(),
+            line,
+            what: "finding",
+            msg: analyzer::input::json_line_error(&e),
+        },
+        (_, analyzer::input::JsonRefusal::Syntax(e)) => FindingsError::Bloated {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        },
+        (_, analyzer::input::JsonRefusal::Bloated(why)) => FindingsError::Bloated {
+            path: path.to_path_buf(),
+            why,
+        },
     })?;
     text.lines()
         .enumerate()
@@ -265,7 +323,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Finding>, FindingsError> {
                 what: "finding",
                 msg,
             };
-            let f: Finding = serde_json::from_str(l).map_err(|e| bad(e.to_string()))?;
+            let f: Finding =
+                serde_json::from_str(l).map_err(|e| bad(analyzer::input::json_line_error(&e)))?;
             f.check().map_err(bad)?;
             Ok(f)
         })
@@ -418,6 +477,36 @@ pub(crate) mod tests {
         assert_eq!(da.len(), 2);
         assert_eq!(da[0].kind, Kind::EngineVsEngine);
         assert_eq!(da[1].input, "01");
+    }
+
+    /// A finding read back names at most 8 engines of at most 4 outcomes,
+    /// refused as they are read (a small map is a tree node of its own).
+    #[test]
+    fn a_finding_of_too_many_engines_or_outcomes_is_refused_as_it_is_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("findings.jsonl");
+        let mut f = finding(Kind::Pg, "s", "0f01c8");
+        let of = |n: usize| -> BTreeMap<String, String> {
+            (0..n)
+                .map(|i| (format!("cpl{i}"), "completed".to_string()))
+                .collect()
+        };
+        f.engines = (0..8).map(|i| (format!("e{i}"), of(4))).collect();
+        write_atomic(&p, to_jsonl(std::slice::from_ref(&f)).as_bytes()).expect("write");
+        assert_eq!(read_jsonl(&p).expect("read"), vec![f.clone()]);
+        for (engines, said) in [(9, "more than 8 engines"), (1, "more than 4 outcomes")] {
+            let mut g = f.clone();
+            g.engines = (0..engines).map(|i| (format!("e{i}"), of(5))).collect();
+            if engines == 9 {
+                g.engines.values_mut().for_each(|o| *o = of(1));
+            }
+            write_atomic(&p, to_jsonl(&[f.clone(), g]).as_bytes()).expect("write");
+            let e = read_jsonl(&p).expect_err(said).to_string();
+            assert!(
+                e.contains(":2: not a popek finding: column ") && e.contains(said),
+                "{e}"
+            );
+        }
     }
 
     #[test]

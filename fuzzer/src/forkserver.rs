@@ -580,7 +580,9 @@ pub fn serve<S>(
                         let Some(c) = child.take() else { return 0 };
                         return match c.reap() {
                             Ok(d) if d.status.success() => 0,
-                            Ok(d) => {
+                            Ok(mut d) => {
+                                // No child is left to give its line to.
+                                d.resent = false;
                                 report(&d);
                                 d.status.code().unwrap_or(3)
                             }

@@ -30,6 +30,78 @@ pub fn read_report(path: &Path) -> Result<Report, ReportError> {
     parse_report(path, &text)
 }
 
+/// A report's header as the first look reads it: whether it is an
+/// object, and its `tool` (the last one given), nothing else kept.
+enum HeaderPeek {
+    Object(Option<HeaderTool>),
+    NotObject,
+}
+
+/// A header's `tool`: a string, or something else.
+enum HeaderTool {
+    Name(String),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for HeaderPeek {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderPeek;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a header")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderPeek, A::Error> {
+                let mut tool = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "tool" {
+                        tool = Some(map.next_value::<HeaderTool>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(HeaderPeek::Object(tool))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HeaderPeek, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(HeaderPeek::NotObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<HeaderPeek, E> {
+                Ok(HeaderPeek::NotObject)
+            }
+            crate::input::other_json_values!(HeaderPeek, HeaderPeek::NotObject);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HeaderTool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderTool;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a tool name")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<HeaderTool, E> {
+                Ok(HeaderTool::Name(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderTool, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(HeaderTool::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HeaderTool, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(HeaderTool::Other)
+            }
+            crate::input::other_json_values!(HeaderTool, HeaderTool::Other);
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Parses report text; `path` only names the source in errors.
 pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
     let not = |why: String| ReportError::NotAReport {
@@ -37,11 +109,11 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
         why,
     };
     // A first look at the header's tool and that the records are a list,
-    // which keeps nothing of them (a whole `Value` of a large report took
-    // many times the report's size).
+    // which keeps nothing of them nor of the rest of the header (a whole
+    // `Value` of a large report took many times the report's size).
     #[derive(serde::Deserialize)]
     struct Peek {
-        header: Option<serde_json::Value>,
+        header: Option<HeaderPeek>,
         records: Option<Vec<serde::de::IgnoredAny>>,
     }
     let syntax = |e: serde_json::Error| ReportError::Parse {
@@ -50,14 +122,19 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
         column: e.column(),
         msg: e.to_string(),
     };
-    // A struct reads from a JSON array too: a report is an object.
-    if !text.trim_start().starts_with('{') {
-        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(syntax)?;
-        return Err(not("not a JSON object".into()));
-    }
     // Nothing popek wrote takes many times its size once read; text made
     // to (millions of one-character strings in a list) would take GBs.
-    crate::input::check_json_memory(text).map_err(not)?;
+    // Text that is not JSON is said so here, before a parse into the
+    // report's types builds what it holds and finds the error at its end.
+    match crate::input::check_json_memory(text.as_bytes()) {
+        Ok(()) => {}
+        Err(crate::input::JsonRefusal::Syntax(e)) => return Err(syntax(e)),
+        Err(crate::input::JsonRefusal::Bloated(why)) => return Err(not(why)),
+    }
+    // A struct reads from a JSON array too: a report is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(not("not a JSON object".into()));
+    }
     let peek: Peek = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             not(format!("line {}, column {}: {e}", e.line(), e.column()))
@@ -65,19 +142,16 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
             syntax(e)
         }
     })?;
-    let header = peek.header.unwrap_or_default();
-    if !header.is_object() {
-        return Err(not("no header object".into()));
-    }
-    match header.get("tool") {
-        Some(serde_json::Value::String(t)) if t == TOOL => {}
-        Some(serde_json::Value::String(other)) => {
+    match peek.header {
+        Some(HeaderPeek::Object(Some(HeaderTool::Name(t)))) if t == TOOL => {}
+        Some(HeaderPeek::Object(Some(HeaderTool::Name(other)))) => {
             return Err(not(format!(
                 "written by '{}', not {TOOL}",
-                crate::input::clip(other)
+                crate::input::clip(&other)
             )))
         }
-        _ => return Err(not("no header.tool field".into())),
+        Some(HeaderPeek::Object(_)) => return Err(not("no header.tool field".into())),
+        Some(HeaderPeek::NotObject) | None => return Err(not("no header object".into())),
     }
     if peek.records.is_none() {
         return Err(not("no records array".into()));
@@ -211,6 +285,30 @@ mod tests {
         let e = parse_report(p(), "{\"header\": {\"tool\": \"popek\"}, \"records\": []}")
             .expect_err("fields");
         assert!(e.to_string().contains("missing field"), "{e}");
+        // The first look keeps only the header's tool, whatever else it
+        // holds: a tool that is no string is none.
+        for (header, said) in [
+            (
+                r#"{"junk": [{"a": 0}, {"b": [1]}], "tool": {"x": 1}}"#,
+                "no header.tool field",
+            ),
+            (
+                r#"{"junk": [{"a": 0}], "tool": "other"}"#,
+                "written by 'other'",
+            ),
+            (r#""popek""#, "no header object"),
+        ] {
+            let text = format!(r#"{{"header": {header}, "records": []}}"#);
+            let e = parse_report(p(), &text).expect_err(header);
+            assert!(e.to_string().contains(said), "{header}: {e}");
+        }
+        // Not JSON at its end: said as a syntax error with where.
+        let e = parse_report(
+            p(),
+            "{\"header\": {\"tool\": \"popek\"}, \"records\": []} x",
+        )
+        .expect_err("trailing");
+        assert!(e.to_string().contains("line 1, column 46"), "{e}");
         // Records of another engine, or of a configuration popek does not
         // know, and a header that names a mode twice.
         for (tamper, said) in [
