@@ -233,6 +233,66 @@ macro_rules! other_json_values {
 }
 pub(crate) use other_json_values;
 
+/// A list of at most `N` items, refused as it is read (for
+/// `#[serde(deserialize_with = ...)]`): where every item of a list takes
+/// memory the estimate ([`json_memory`]) does not see, such as a small
+/// map's tree node, a bound on the items bounds that.
+pub fn bounded_vec<'de, D, T, const N: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::de::{Error, SeqAccess, Visitor};
+    struct V<T, const N: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>, const N: usize> Visitor<'de> for V<T, N> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {N} items")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element()? {
+                if out.len() == N {
+                    return Err(A::Error::custom(format!("more than {N} items in a list")));
+                }
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V::<T, N>(std::marker::PhantomData))
+}
+
+/// A map of at most `N` entries, refused as it is read (see
+/// [`bounded_vec`]).
+pub fn bounded_map<'de, D, V, const N: usize>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: serde::Deserialize<'de>,
+{
+    use serde::de::{Error, MapAccess, Visitor};
+    struct M<V, const N: usize>(std::marker::PhantomData<V>);
+    impl<'de, V: serde::Deserialize<'de>, const N: usize> Visitor<'de> for M<V, N> {
+        type Value = std::collections::BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a map of at most {N} entries")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = std::collections::BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, V>()? {
+                out.insert(k, v);
+                if out.len() > N {
+                    return Err(A::Error::custom(format!("more than {N} entries in a map")));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(M::<V, N>(std::marker::PhantomData))
+}
+
 /// Why JSON text is not read: what [`check_json_memory`] finds.
 #[derive(Debug)]
 pub enum JsonRefusal {
@@ -344,6 +404,26 @@ mod tests {
         let engines: Vec<String> = (0..64).map(|i| format!("\"{i:x}\":{{}}")).collect();
         let line = format!("{{\"engines\":{{{}}}}}\n", engines.join(","));
         assert!(check_json_lines_memory(&line.repeat(100_000)).is_err());
+    }
+
+    #[test]
+    fn bounded_lists_and_maps_are_refused_past_their_bound() {
+        #[derive(serde::Deserialize, Debug)]
+        struct T {
+            #[serde(deserialize_with = "bounded_vec::<_, _, 3>")]
+            list: Vec<u8>,
+            #[serde(deserialize_with = "bounded_map::<_, _, 2>")]
+            map: std::collections::BTreeMap<String, u8>,
+        }
+        let read = |t: &str| serde_json::from_str::<T>(t).map_err(|e| e.to_string());
+        let t = read(r#"{"list":[1,2,3],"map":{"a":1,"b":2}}"#).expect("within");
+        assert_eq!((t.list.len(), t.map.len()), (3, 2));
+        let e = read(r#"{"list":[1,2,3,4],"map":{}}"#).expect_err("list");
+        assert!(e.contains("more than 3 items"), "{e}");
+        let e = read(r#"{"list":[],"map":{"a":1,"b":2,"c":3}}"#).expect_err("map");
+        assert!(e.contains("more than 2 entries"), "{e}");
+        // A key given twice is one entry.
+        assert!(read(r#"{"list":[],"map":{"a":1,"a":2,"b":3}}"#).is_ok());
     }
 
     /// Text that is not JSON is said as such, with where, before any

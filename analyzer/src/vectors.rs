@@ -46,10 +46,14 @@ pub struct VectorFile {
     /// The engine whose start states `initial` shows.
     pub initial_from: String,
     /// Per engine: the class of its verdict.
+    #[serde(deserialize_with = "crate::input::bounded_map::<_, _, 8>")]
     pub verdicts: BTreeMap<String, String>,
     /// The distinct 4 KiB memory pages of the initial states, hex; an
     /// initial state's `memory.<name>.page` is an index into this list.
     pub pages: Vec<String>,
+    /// At most 4,096 read back (a file holds one per run of the matrix, some
+    /// 50): each case's maps take tree nodes the memory check does not see.
+    #[serde(deserialize_with = "crate::input::bounded_vec::<_, _, 4096>")]
     pub cases: Vec<Case>,
 }
 
@@ -65,6 +69,7 @@ pub struct Case {
     pub repeat: u8,
     /// The initial state, flat (`regs.rax`, `segs.cs.base`, `cr0`, ...).
     pub initial: BTreeMap<String, String>,
+    #[serde(deserialize_with = "crate::input::bounded_map::<_, _, 8>")]
     pub engines: BTreeMap<String, View>,
 }
 

@@ -84,33 +84,13 @@ const MAX_OUTCOMES: usize = 4;
 fn bounded_engines<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>, D::Error> {
-    use serde::de::{Error, MapAccess, Visitor};
-    struct Bounded<T>(usize, &'static str, std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
-        type Value = BTreeMap<String, T>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "a map of at most {} {}", self.0, self.1)
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            while let Some((k, v)) = map.next_entry::<String, T>()? {
-                out.insert(k, v);
-                if out.len() > self.0 {
-                    return Err(A::Error::custom(format!("more than {} {}", self.0, self.1)));
-                }
-            }
-            Ok(out)
-        }
-    }
     struct Outcomes(BTreeMap<String, String>);
     impl<'de> Deserialize<'de> for Outcomes {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_map(Bounded(MAX_OUTCOMES, "outcomes", std::marker::PhantomData))
-                .map(Outcomes)
+            analyzer::input::bounded_map::<_, _, MAX_OUTCOMES>(d).map(Outcomes)
         }
     }
-    let m: BTreeMap<String, Outcomes> =
-        d.deserialize_map(Bounded(MAX_ENGINES, "engines", std::marker::PhantomData))?;
+    let m = analyzer::input::bounded_map::<_, Outcomes, MAX_ENGINES>(d)?;
     Ok(m.into_iter().map(|(k, Outcomes(v))| (k, v)).collect())
 }
 
@@ -494,7 +474,7 @@ pub(crate) mod tests {
         f.engines = (0..8).map(|i| (format!("e{i}"), of(4))).collect();
         write_atomic(&p, to_jsonl(std::slice::from_ref(&f)).as_bytes()).expect("write");
         assert_eq!(read_jsonl(&p).expect("read"), vec![f.clone()]);
-        for (engines, said) in [(9, "more than 8 engines"), (1, "more than 4 outcomes")] {
+        for (engines, said) in [(9, "more than 8 entries"), (1, "more than 4 entries")] {
             let mut g = f.clone();
             g.engines = (0..engines).map(|i| (format!("e{i}"), of(5))).collect();
             if engines == 9 {

@@ -48,6 +48,7 @@ pub struct Header {
     /// Configuration names in the order of the records.
     pub configurations: Vec<String>,
     /// Per (mode, configuration): how many records of each class.
+    #[serde(deserialize_with = "crate::input::bounded_vec::<_, _, 4096>")]
     pub counts: Vec<GroupCounts>,
     /// Per (mode, configuration): the theorem verdicts.
     pub theorems: Vec<Theorems>,
@@ -59,6 +60,7 @@ pub struct GroupCounts {
     pub mode: String,
     pub config: String,
     /// Class name to count; every class is present.
+    #[serde(deserialize_with = "crate::input::bounded_map::<_, _, 64>")]
     pub classes: BTreeMap<String, usize>,
 }
 
