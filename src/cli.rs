@@ -659,17 +659,20 @@ fn cmd_replay(a: ReplayArgs) -> Result<ExitCode> {
     } else {
         vectors::list_dir(&a.dir)?
     };
-    // Every file is read (and its schema checked) before anything runs.
-    let vecs = files
-        .iter()
-        .map(|f| vectors::read_file(f))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every file is read (and its schema checked) before anything runs,
+    // then read again when its turn comes: one file's vectors are held at
+    // a time (a set held whole took its size many times over: 40 files of
+    // small maps, 644 KB gzipped, 2 GB).
+    for f in &files {
+        vectors::read_file(f)?;
+    }
     let mut prober = Prober::open(Arc::new(move || engine::open(kind)))
         .with_context(|| format!("cannot open engine {kind}"))?;
     let mut catalogs = std::collections::BTreeMap::new();
     let mut mismatched = 0usize;
-    for (f, v) in files.iter().zip(&vecs) {
-        let lines = vectors::replay_one(v, &mut prober, &mut catalogs)
+    for f in &files {
+        let v = vectors::read_file(f)?;
+        let lines = vectors::replay_one(&v, &mut prober, &mut catalogs)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         if !lines.is_empty() {
             mismatched += 1;
@@ -680,7 +683,7 @@ fn cmd_replay(a: ReplayArgs) -> Result<ExitCode> {
     }
     say!(
         "popek: {} vectors replayed on {kind}, {mismatched} with mismatches",
-        vecs.len()
+        files.len()
     );
     Ok(if mismatched == 0 {
         ExitCode::SUCCESS

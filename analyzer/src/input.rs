@@ -298,35 +298,57 @@ where
 pub enum JsonRefusal {
     /// It is not JSON, as serde_json says (its line and column): the
     /// caller says so as its own parse would, without that parse, which
-    /// builds what the text holds before it finds the error at its end. A
-    /// number out of range (`1e400`), which popek never writes and its
-    /// types would skip in a field they do not have, is one.
+    /// builds what the text holds before it finds the error at its end.
     Syntax(serde_json::Error),
     /// It would take more memory once read than what popek writes ever
-    /// does ([`MEMORY_PER_BYTE`]).
-    Bloated(String),
+    /// does ([`MEMORY_PER_BYTE`]), or it holds a number out of range
+    /// (`1e400`: JSON, but not what popek writes, and one its types would
+    /// skip in a field they do not have): why.
+    Refused(String),
 }
 
 /// Refuses JSON text that is not JSON or would take more memory once read
 /// than what popek writes ever does ([`MEMORY_PER_BYTE`]).
 pub fn check_json_memory(text: &[u8]) -> Result<(), JsonRefusal> {
-    let need = json_memory(text).map_err(JsonRefusal::Syntax)?;
-    check_memory(text.len(), need).map_err(JsonRefusal::Bloated)
+    let need = json_memory(text).map_err(|e| {
+        if out_of_range(&e) {
+            JsonRefusal::Refused(format!("not JSON popek writes: {e}"))
+        } else {
+            JsonRefusal::Syntax(e)
+        }
+    })?;
+    check_memory(text.len(), need).map_err(JsonRefusal::Refused)
+}
+
+/// Whether serde_json refused a number out of range (`1e400`), which is
+/// JSON but nothing popek writes.
+fn out_of_range(e: &serde_json::Error) -> bool {
+    e.to_string().starts_with("number out of range")
 }
 
 /// [`check_json_memory`] of JSON lines (blank ones skipped): each line a
-/// value, their sum against the whole text's size; a line that is not
-/// JSON is named by its number (from 1).
-pub fn check_json_lines_memory(text: &str) -> Result<(), (Option<usize>, JsonRefusal)> {
+/// value, their sum against the whole text's size (the refusal); where
+/// that passes, the first line that is not JSON, with its number (from 1)
+/// and serde_json's error, for the caller to say when its reading gets
+/// there (lines before it may be refused for what they hold).
+pub fn check_json_lines_memory(text: &str) -> Result<Option<(usize, serde_json::Error)>, String> {
     let mut need = 0u64;
+    let mut first_bad = None;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let n = json_memory(line.as_bytes()).map_err(|e| (Some(i + 1), JsonRefusal::Syntax(e)))?;
-        need = need.saturating_add(n);
+        match json_memory(line.as_bytes()) {
+            Ok(n) => need = need.saturating_add(n),
+            Err(e) => {
+                if first_bad.is_none() {
+                    first_bad = Some((i + 1, e));
+                }
+            }
+        }
     }
-    check_memory(text.len(), need).map_err(|why| (None, JsonRefusal::Bloated(why)))
+    check_memory(text.len(), need)?;
+    Ok(first_bad)
 }
 
 /// A serde_json error of one line as its message says it, with its column
@@ -384,17 +406,14 @@ mod tests {
     #[test]
     fn text_made_to_take_many_times_its_size_is_refused_and_other_text_passes() {
         let bloated = |r: Result<(), JsonRefusal>| match r {
-            Err(JsonRefusal::Bloated(why)) => why,
+            Err(JsonRefusal::Refused(why)) => why,
             other => panic!("{other:?}"),
         };
         let strings = format!("[{}]", vec!["\"a\""; 5_000_000].join(","));
         let e = bloated(check_json_memory(strings.as_bytes()));
         assert!(e.contains("more than 3 times their size"), "{e}");
         let lines = "[\"a\",\"b\"]\n".repeat(2_000_000);
-        assert!(matches!(
-            check_json_lines_memory(&lines),
-            Err((None, JsonRefusal::Bloated(_)))
-        ));
+        assert!(check_json_lines_memory(&lines).is_err());
         // Numbers take a word for their 2 bytes; small text has the slack.
         let ones = format!("[{}]", vec!["1"; 5_000_000].join(","));
         assert!(check_json_memory(ones.as_bytes()).is_ok());
@@ -427,8 +446,8 @@ mod tests {
     }
 
     /// Text that is not JSON is said as such, with where, before any
-    /// parse builds what it holds; so is a number out of range, which a
-    /// type would skip unread. Bytes that are not UTF-8 are not JSON.
+    /// parse builds what it holds; a number out of range, which a type
+    /// would skip unread, is refused. Bytes that are not UTF-8 are not JSON.
     #[test]
     fn what_is_not_json_is_said_with_where() {
         let syntax = |r: Result<(), JsonRefusal>| match r {
@@ -438,15 +457,23 @@ mod tests {
         let trailing = format!("[{}] x", vec!["\"a\""; 1000].join(","));
         let e = syntax(check_json_memory(trailing.as_bytes()));
         assert!(e.to_string().contains("trailing characters"), "{e}");
-        let e = syntax(check_json_memory(b"{\n\"zz\":1e400}"));
-        assert_eq!((e.line(), e.column()), (2, 10), "{e}");
+        match check_json_memory(b"{\n\"zz\":1e400}") {
+            Err(JsonRefusal::Refused(why)) => {
+                assert!(
+                    why.contains("not JSON popek writes: number out of range at line 2 column 10"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(check_json_memory(b"[\"\xff\"]").is_err());
-        match check_json_lines_memory("{}\n\n[1e400]\n") {
-            Err((Some(3), JsonRefusal::Syntax(e))) => {
+        match check_json_lines_memory("{}\n\n[1e400]\n[\n") {
+            Ok(Some((3, e))) => {
                 assert_eq!(json_line_error(&e), "column 6: number out of range");
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(check_json_lines_memory("{}\n[1]\n"), Ok(None)));
     }
 
     #[test]

@@ -623,7 +623,7 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
         path: path.to_path_buf(),
         msg: match r {
             crate::input::JsonRefusal::Syntax(e) => e.to_string(),
-            crate::input::JsonRefusal::Bloated(why) => why,
+            crate::input::JsonRefusal::Refused(why) => why,
         },
     })?;
     let v: VectorFile = serde_json::from_slice(&text).map_err(|e| VectorError::Corrupt {
@@ -648,7 +648,9 @@ enum IndexPeek {
 }
 
 enum FilesPeek {
-    List(Vec<Option<String>>),
+    List(Vec<String>),
+    /// A list with a name that is no string (the rest of it skipped).
+    NotAName,
     Other,
 }
 
@@ -723,6 +725,12 @@ impl<'de> Deserialize<'de> for FilesPeek {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FilesPeek, A::Error> {
                 let mut names = Vec::new();
                 while let Some(Name(n)) = seq.next_element::<Name>()? {
+                    // The first name that is no string is the answer: the
+                    // rest is skipped, not kept.
+                    let Some(n) = n else {
+                        while seq.next_element::<IgnoredAny>()?.is_some() {}
+                        return Ok(FilesPeek::NotAName);
+                    };
                     names.push(n);
                 }
                 Ok(FilesPeek::List(names))
@@ -776,7 +784,7 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
         crate::input::check_json_memory(text.as_bytes()).map_err(|r| {
             corrupt(match r {
                 crate::input::JsonRefusal::Syntax(e) => e.to_string(),
-                crate::input::JsonRefusal::Bloated(why) => why,
+                crate::input::JsonRefusal::Refused(why) => why,
             })
         })?;
         // Only its list of files is kept (a whole `Value` of the index
@@ -784,12 +792,12 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
         let v: IndexPeek = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         let listed = match v {
             IndexPeek::Object(Some(FilesPeek::List(names))) => names,
+            IndexPeek::Object(Some(FilesPeek::NotAName)) => {
+                return Err(corrupt("a file name that is no string".into()))
+            }
             _ => return Err(corrupt("no files list".into())),
         };
         for name in &listed {
-            let name = name
-                .as_deref()
-                .ok_or_else(|| corrupt("a file name that is no string".into()))?;
             let rel = Path::new(name);
             if rel.is_absolute()
                 || rel

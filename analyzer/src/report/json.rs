@@ -129,7 +129,7 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
     match crate::input::check_json_memory(text.as_bytes()) {
         Ok(()) => {}
         Err(crate::input::JsonRefusal::Syntax(e)) => return Err(syntax(e)),
-        Err(crate::input::JsonRefusal::Bloated(why)) => return Err(not(why)),
+        Err(crate::input::JsonRefusal::Refused(why)) => return Err(not(why)),
     }
     // A struct reads from a JSON array too: a report is an object.
     if !text.trim_start().starts_with('{') {
