@@ -231,7 +231,96 @@ macro_rules! other_json_values {
         }
     };
 }
+
 pub(crate) use other_json_values;
+
+/// A first look at one field of a JSON object (the one of
+/// [`PEEK_FIELDS`] that `FIELD` numbers), nothing else of the object kept:
+/// `Object(None)` where the object lacks it (the last one given counts),
+/// `NotObject` for any other value.
+pub(crate) enum Peeked<T, const FIELD: u8> {
+    Object(Option<T>),
+    NotObject,
+}
+
+/// The names of the fields [`Peeked`] looks at.
+pub(crate) const PEEK_FIELDS: [&str; 2] = ["tool", "files"];
+
+impl<'de, T: serde::Deserialize<'de>, const FIELD: u8> serde::Deserialize<'de>
+    for Peeked<T, FIELD>
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V<T, const FIELD: u8>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>, const FIELD: u8> Visitor<'de> for V<T, FIELD> {
+            type Value = Peeked<T, FIELD>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut field = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == PEEK_FIELDS[FIELD as usize] {
+                        field = Some(map.next_value::<T>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Peeked::Object(field))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|()| Peeked::NotObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Peeked::NotObject)
+            }
+            other_json_values!(Self::Value, Peeked::NotObject);
+        }
+        d.deserialize_any(V::<T, FIELD>(std::marker::PhantomData))
+    }
+}
+
+/// A JSON string, or `None` for any other value (skipped, not kept).
+pub(crate) struct StringOrNot(pub Option<String>);
+
+impl<'de> serde::Deserialize<'de> for StringOrNot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StringOrNot;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<StringOrNot, E> {
+                Ok(StringOrNot(Some(s.to_string())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StringOrNot, A::Error> {
+                skip_map(map).map(|()| StringOrNot(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<StringOrNot, A::Error> {
+                skip_seq(seq).map(|()| StringOrNot(None))
+            }
+            other_json_values!(StringOrNot, StringOrNot(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads the rest of a JSON list, keeping nothing.
+pub(crate) fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Reads the rest of a JSON object, keeping nothing.
+pub(crate) fn skip_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
 
 /// A list of at most `N` items, refused as it is read (for
 /// `#[serde(deserialize_with = ...)]`): where every item of a list takes

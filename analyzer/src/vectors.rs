@@ -640,13 +640,10 @@ pub fn read_file(path: &Path) -> Result<VectorFile, VectorError> {
 }
 
 /// The index as [`list_dir`] reads it: whether it is an object, and its
-/// `files` (the last given): a list of names (`None` for one that is no
-/// string), or something else.
-enum IndexPeek {
-    Object(Option<FilesPeek>),
-    NotObject,
-}
+/// `files` (the last given), nothing else kept.
+type IndexPeek = crate::input::Peeked<FilesPeek, 1>;
 
+/// An index's `files`: a list of names, or not.
 enum FilesPeek {
     List(Vec<String>),
     /// A list with a name that is no string (the rest of it skipped).
@@ -654,68 +651,10 @@ enum FilesPeek {
     Other,
 }
 
-impl<'de> Deserialize<'de> for IndexPeek {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = IndexPeek;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an index")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IndexPeek, A::Error> {
-                let mut files = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "files" {
-                        files = Some(map.next_value::<FilesPeek>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(IndexPeek::Object(files))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IndexPeek, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(IndexPeek::NotObject)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<IndexPeek, E> {
-                Ok(IndexPeek::NotObject)
-            }
-            crate::input::other_json_values!(IndexPeek, IndexPeek::NotObject);
-        }
-        d.deserialize_any(V)
-    }
-}
-
 impl<'de> Deserialize<'de> for FilesPeek {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-        /// A name, or `None` for a value that is no string (skipped).
-        struct Name(Option<String>);
-        impl<'de> Deserialize<'de> for Name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct N;
-                impl<'de> Visitor<'de> for N {
-                    type Value = Name;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("a file name")
-                    }
-                    fn visit_str<E>(self, s: &str) -> Result<Name, E> {
-                        Ok(Name(Some(s.to_string())))
-                    }
-                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Name, A::Error> {
-                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                        Ok(Name(None))
-                    }
-                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Name, A::Error> {
-                        while seq.next_element::<IgnoredAny>()?.is_some() {}
-                        Ok(Name(None))
-                    }
-                    crate::input::other_json_values!(Name, Name(None));
-                }
-                d.deserialize_any(N)
-            }
-        }
+        use crate::input::{skip_map, skip_seq, StringOrNot};
+        use serde::de::{MapAccess, SeqAccess, Visitor};
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = FilesPeek;
@@ -724,20 +663,18 @@ impl<'de> Deserialize<'de> for FilesPeek {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FilesPeek, A::Error> {
                 let mut names = Vec::new();
-                while let Some(Name(n)) = seq.next_element::<Name>()? {
+                while let Some(StringOrNot(n)) = seq.next_element()? {
                     // The first name that is no string is the answer: the
                     // rest is skipped, not kept.
                     let Some(n) = n else {
-                        while seq.next_element::<IgnoredAny>()?.is_some() {}
-                        return Ok(FilesPeek::NotAName);
+                        return skip_seq(seq).map(|()| FilesPeek::NotAName);
                     };
                     names.push(n);
                 }
                 Ok(FilesPeek::List(names))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FilesPeek, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(FilesPeek::Other)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FilesPeek, A::Error> {
+                skip_map(map).map(|()| FilesPeek::Other)
             }
             fn visit_str<E>(self, _: &str) -> Result<FilesPeek, E> {
                 Ok(FilesPeek::Other)
@@ -791,8 +728,8 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, VectorError> {
         // took many times its size: a tree node for every small object).
         let v: IndexPeek = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         let listed = match v {
-            IndexPeek::Object(Some(FilesPeek::List(names))) => names,
-            IndexPeek::Object(Some(FilesPeek::NotAName)) => {
+            crate::input::Peeked::Object(Some(FilesPeek::List(names))) => names,
+            crate::input::Peeked::Object(Some(FilesPeek::NotAName)) => {
                 return Err(corrupt("a file name that is no string".into()))
             }
             _ => return Err(corrupt("no files list".into())),

@@ -31,76 +31,9 @@ pub fn read_report(path: &Path) -> Result<Report, ReportError> {
 }
 
 /// A report's header as the first look reads it: whether it is an
-/// object, and its `tool` (the last one given), nothing else kept.
-enum HeaderPeek {
-    Object(Option<HeaderTool>),
-    NotObject,
-}
-
-/// A header's `tool`: a string, or something else.
-enum HeaderTool {
-    Name(String),
-    Other,
-}
-
-impl<'de> serde::Deserialize<'de> for HeaderPeek {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = HeaderPeek;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a header")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderPeek, A::Error> {
-                let mut tool = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "tool" {
-                        tool = Some(map.next_value::<HeaderTool>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(HeaderPeek::Object(tool))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HeaderPeek, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(HeaderPeek::NotObject)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<HeaderPeek, E> {
-                Ok(HeaderPeek::NotObject)
-            }
-            crate::input::other_json_values!(HeaderPeek, HeaderPeek::NotObject);
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for HeaderTool {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = HeaderTool;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a tool name")
-            }
-            fn visit_str<E>(self, s: &str) -> Result<HeaderTool, E> {
-                Ok(HeaderTool::Name(s.to_string()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderTool, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(HeaderTool::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HeaderTool, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(HeaderTool::Other)
-            }
-            crate::input::other_json_values!(HeaderTool, HeaderTool::Other);
-        }
-        d.deserialize_any(V)
-    }
-}
+/// object, and its `tool` (the last one given; `None` if no string),
+/// nothing else kept.
+type HeaderPeek = crate::input::Peeked<crate::input::StringOrNot, 0>;
 
 /// Parses report text; `path` only names the source in errors.
 pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
@@ -142,16 +75,17 @@ pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReportError> {
             syntax(e)
         }
     })?;
+    use crate::input::{Peeked, StringOrNot};
     match peek.header {
-        Some(HeaderPeek::Object(Some(HeaderTool::Name(t)))) if t == TOOL => {}
-        Some(HeaderPeek::Object(Some(HeaderTool::Name(other)))) => {
+        Some(Peeked::Object(Some(StringOrNot(Some(t))))) if t == TOOL => {}
+        Some(Peeked::Object(Some(StringOrNot(Some(other))))) => {
             return Err(not(format!(
                 "written by '{}', not {TOOL}",
                 crate::input::clip(&other)
             )))
         }
-        Some(HeaderPeek::Object(_)) => return Err(not("no header.tool field".into())),
-        Some(HeaderPeek::NotObject) | None => return Err(not("no header object".into())),
+        Some(Peeked::Object(_)) => return Err(not("no header.tool field".into())),
+        Some(Peeked::NotObject) | None => return Err(not("no header object".into())),
     }
     if peek.records.is_none() {
         return Err(not("no records array".into()));
