@@ -84,7 +84,7 @@ fn bounded_engines<'de, D: serde::Deserializer<'de>>(
     use serde::de::{Error, MapAccess, Visitor};
     /// A map whose keys are among `known`.
     struct Known<T> {
-        known: &'static [&'static str],
+        known: Vec<&'static str>,
         what: &'static str,
         _t: std::marker::PhantomData<T>,
     }
@@ -113,15 +113,16 @@ fn bounded_engines<'de, D: serde::Deserializer<'de>>(
     impl<'de> Deserialize<'de> for Outcomes {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             d.deserialize_map(Known {
-                known: &["cpl0", "cpl1", "cpl2", "cpl3"],
+                known: vec!["cpl0", "cpl1", "cpl2", "cpl3"],
                 what: "CPLs",
                 _t: std::marker::PhantomData,
             })
             .map(Outcomes)
         }
     }
+    let engines = analyzer::engine::EngineKind::KNOWN.iter().map(|e| e.name());
     let m: BTreeMap<String, Outcomes> = d.deserialize_map(Known {
-        known: &["kvm", "native", "planted", "unicorn"],
+        known: engines.chain([crate::planted::NAME]).collect(),
         what: "engines",
         _t: std::marker::PhantomData,
     })?;

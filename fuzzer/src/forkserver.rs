@@ -431,8 +431,10 @@ impl Child {
     }
 
     /// Waits for the child's end (its stdin closed first): how it ended.
-    fn reap(mut self) -> std::io::Result<Death> {
-        let unread = self.unread();
+    /// `unread`: the server knows the child did not read its last line (the
+    /// write of it failed); else the pipe tells.
+    fn reap(mut self, unread: bool) -> std::io::Result<Death> {
+        let unread = unread || self.unread();
         self.stdin = None;
         while self.hear() {}
         let mut raw = 0;
@@ -535,6 +537,13 @@ pub fn serve<S>(
     let mut last = String::new();
     let mut again: Option<String> = None;
     let mut given_again = 0u32;
+    // Reports a death; true where its line goes to the next child.
+    let mut give_again = |d: &mut Death, given: &mut u32| {
+        d.resent &= *given < GIVEN_AGAIN;
+        report(d);
+        *given += u32::from(d.resent);
+        d.resent
+    };
     loop {
         let (line, fresh) = match again.take() {
             Some(line) => (line, false),
@@ -552,12 +561,9 @@ pub fn serve<S>(
                     if let Some(c) = child.as_mut() {
                         if !c.hear() {
                             let Some(c) = child.take() else { continue };
-                            match c.reap() {
+                            match c.reap(false) {
                                 Ok(mut d) => {
-                                    d.resent &= given_again < GIVEN_AGAIN;
-                                    report(&d);
-                                    if d.resent {
-                                        given_again += 1;
+                                    if give_again(&mut d, &mut given_again) {
                                         again = Some(std::mem::take(&mut last));
                                     }
                                 }
@@ -578,7 +584,7 @@ pub fn serve<S>(
                             s.discard();
                         }
                         let Some(c) = child.take() else { return 0 };
-                        return match c.reap() {
+                        return match c.reap(false) {
                             Ok(d) if d.status.success() => 0,
                             Ok(mut d) => {
                                 // No child is left to give its line to.
@@ -620,12 +626,8 @@ pub fn serve<S>(
             // The child is dying: the job goes with it (see the module),
             // unless it was killed before the line reached it.
             if let Some(c) = child.take() {
-                match c.reap() {
-                    Ok(mut d) => {
-                        d.resent = d.status.signal().is_some() && given_again < GIVEN_AGAIN;
-                        report(&d);
-                        resend = d.resent;
-                    }
+                match c.reap(true) {
+                    Ok(mut d) => resend = give_again(&mut d, &mut given_again),
                     Err(e) => return fail("wait for the child", e),
                 }
             }
@@ -636,7 +638,6 @@ pub fn serve<S>(
             }
         }
         if resend {
-            given_again += 1;
             again = Some(line);
         } else {
             last = line;

@@ -10,6 +10,9 @@ use analyzer::engine::Engine;
 use analyzer::machine::{GuestImage, Prepared};
 use analyzer::observe::{Observation, Outcome, Side};
 
+/// The engine's name, as `--engine` lists and findings name it.
+pub const NAME: &str = "planted";
+
 /// Unicorn with a planted disagreement and a planted crash.
 pub struct Planted {
     inner: Box<dyn Engine>,
@@ -56,7 +59,7 @@ impl Planted {
 
 impl Engine for Planted {
     fn name(&self) -> &'static str {
-        "planted"
+        NAME
     }
     fn version(&self) -> String {
         format!("planted ({})", self.inner.version())

@@ -415,7 +415,7 @@ pub fn openers(names: &[String]) -> Result<Vec<Opener>, String> {
         .iter()
         .map(|n| -> Result<Opener, String> {
             match n.as_str() {
-                "planted" => Ok(Arc::new(|| {
+                crate::planted::NAME => Ok(Arc::new(|| {
                     crate::planted::Planted::open()
                         .map(|p| Box::new(p) as Box<dyn analyzer::engine::Engine>)
                 })),
